@@ -1,0 +1,128 @@
+"""The one root error type: every error knows its SMTP reply and whether it is temporary.
+
+Modelled on maddy's exterrors: code, enhanced code, a short public message and a
+temporary flag. ``str(err)`` is the public message and is safe to show to a
+remote peer; ``err.detail`` is for the log (never plaintext or secrets).
+"""
+
+from __future__ import annotations
+
+
+class SecureMailError(Exception):
+    """Root of every error securemail raises on purpose."""
+
+    code: int = 451
+    enhanced: str = "4.3.0"
+    temporary: bool = True
+    default_message: str = "temporary local problem, try again later"
+
+    def __init__(self, message: str | None = None, *, detail: str | None = None,
+                 code: int | None = None, enhanced: str | None = None,
+                 temporary: bool | None = None) -> None:
+        self.message = message or self.default_message
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        if enhanced is not None:
+            self.enhanced = enhanced
+        if temporary is not None:
+            self.temporary = temporary
+        elif code is not None:
+            self.temporary = 400 <= code < 500
+        super().__init__(self.message)
+
+    def smtp_reply(self) -> str:
+        """The full SMTP reply line: code, enhanced status code, public message."""
+        text = " ".join(self.message.split())  # no CR/LF can reach the wire
+        return f"{self.code} {self.enhanced} {text}"
+
+
+class Permanent(SecureMailError):
+    code = 554
+    enhanced = "5.0.0"
+    temporary = False
+    default_message = "permanent failure"
+
+
+# --- configuration and usage -------------------------------------------------
+class ConfigError(Permanent):
+    enhanced = "5.3.5"
+    default_message = "invalid configuration"
+
+
+class UsageError(Permanent):
+    default_message = "invalid usage"
+
+
+# --- keys ----------------------------------------------------------------------
+class KeyProblem(Permanent):
+    enhanced = "5.7.0"
+    default_message = "key problem"
+
+
+class KeyRefused(KeyProblem):
+    """A key that must not be imported: broken self-signature, weak algorithm, garbage."""
+    default_message = "key refused"
+
+
+class KeyNotFound(KeyProblem):
+    enhanced = "5.1.1"
+    default_message = "no key found"
+
+
+class KeyUnusable(KeyProblem):
+    """The key exists but cannot be used now: expired, revoked, no usable subkey."""
+    default_message = "key unusable"
+
+
+class PassphraseError(KeyProblem):
+    default_message = "wrong or missing passphrase"
+
+
+# --- messages ------------------------------------------------------------------
+class CryptoError(Permanent):
+    enhanced = "5.7.0"
+    default_message = "cryptographic failure"
+
+
+class NotEncrypted(CryptoError):
+    """The message is not a properly integrity-protected OpenPGP encrypted message."""
+    code = 550
+    enhanced = "5.7.1"
+    default_message = "message is not encrypted"
+
+
+class IntegrityError(CryptoError):
+    """No MDC, MDC mismatch, AEAD failure, malformed packets."""
+    default_message = "message integrity check failed"
+
+
+class DecryptionFailed(CryptoError):
+    default_message = "message cannot be decrypted with the available keys"
+
+
+class LimitExceeded(CryptoError):
+    code = 552
+    enhanced = "5.3.4"
+    default_message = "message exceeds a processing limit"
+
+
+class MalformedMessage(Permanent):
+    code = 550
+    enhanced = "5.6.0"
+    default_message = "malformed message"
+
+
+# --- policy and transport -------------------------------------------------------
+class PolicyRefusal(Permanent):
+    code = 550
+    enhanced = "5.7.1"
+    default_message = "refused by policy"
+
+
+class TemporaryFailure(SecureMailError):
+    """Database down, disk full, key unreadable: 4xx, try again later."""
+
+
+class DeliveryError(SecureMailError):
+    default_message = "delivery failed"
