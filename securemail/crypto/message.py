@@ -1,0 +1,269 @@
+"""OpenPGP messages: sign+encrypt in one pass, and check-then-decrypt with bounded work.
+
+Writing: one-pass signature, binary literal data, signature, inside one SEIPD
+(v1, MDC) packet, AES-256, a PKESK per recipient subkey; no compression.
+Reading: the packet shape is checked before any decryption (packets.check_encrypted);
+the session key comes from a PKESK; the SEIPD is decrypted here and its MDC
+checked before a single byte of plaintext is parsed; decompression stops at a
+limit; signatures are judged by keys.KeyStatus, not by PGPy.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import hmac
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from ..errors import (DecryptionFailed, IntegrityError, LimitExceeded, MalformedMessage,
+                      NotEncrypted)
+from . import armor as A
+from . import openpgp
+from . import packets as P
+from .keys import WEAK_HASHES, Key
+
+AES256 = 9
+_KEYLEN = {7: 16, 8: 24, 9: 32}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message: int = 64 << 20        # encrypted input
+    max_plaintext: int = 64 << 20      # after decompression
+    max_packets: int = 10_000
+
+
+@dataclass(frozen=True)
+class SignatureResult:
+    status: str                 # "valid" | "invalid" | "unknown-key"
+    signer: str | None          # primary key fingerprint, when known
+    keyid: str
+    created: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Decrypted:
+    data: bytes
+    filename: str
+    mode: str                   # literal data format: "b", "t", "u"
+    signatures: tuple[SignatureResult, ...]
+    recipients: tuple[str, ...]  # key IDs the message was encrypted to
+
+    @property
+    def signature(self) -> SignatureResult | None:
+        """The one to report: a valid one if any, else the first."""
+        return next((s for s in self.signatures if s.status == "valid"), next(iter(self.signatures), None))
+
+
+CertLookup = Callable[[str, str | None], Key | None]  # (keyid, fingerprint or None) -> Key
+
+
+def _cfb(key: bytes, encrypt: bool):
+    c = Cipher(algorithms.AES(key), modes.CFB(b"\x00" * 16))
+    return c.encryptor() if encrypt else c.decryptor()
+
+
+# --- writing -----------------------------------------------------------------
+def _literal(data: bytes, filename: str = "") -> bytes:
+    name = filename.encode()[:255]
+    return P.write_packet(P.LITERAL, b"b" + bytes([len(name)]) + name + b"\x00\x00\x00\x00" + data)
+
+
+def _one_pass(sig_raw: bytes, last: bool) -> bytes:
+    sp = openpgp.parse_signature(sig_raw)
+    hash_id = {"SHA256": 8, "SHA384": 9, "SHA512": 10, "SHA224": 11}[sp.hash_name]
+    algo = sig_raw_body_algo(sig_raw)
+    return P.write_packet(P.OPS, bytes([3, sp.type, algo, hash_id]) + bytes.fromhex(sp.issuer_keyid)
+                          + bytes([1 if last else 0]))
+
+
+def sig_raw_body_algo(sig_raw: bytes) -> int:
+    pkt, _ = P.read_packet(sig_raw, 0)
+    return pkt.body[2] if pkt.body[0] == 4 else pkt.body[0]
+
+
+def sign_packets(data: bytes, signer: Key, now: float) -> tuple[bytes, bytes]:
+    """(one-pass signature packet, signature packet) over binary ``data``; key must be unlocked."""
+    comp = signer.require_signing_key(now)
+    sig = signer.pgp.sign_data(comp.keyid, data)
+    return _one_pass(sig, True), sig
+
+
+def encrypt(data: bytes, recipients: Iterable[tuple[Key, str]], signer: Key | None = None, *,
+            now: float | None = None, armor: bool = True, filename: str = "") -> bytes:
+    """Sign (if ``signer``, already unlocked) then encrypt ``data`` to every recipient.
+
+    ``recipients`` pairs a key with the address it stands for (for error messages).
+    Only valid, unexpired, unrevoked encryption subkeys are used; anything else
+    raises KeyUnusable naming the address, and nothing is produced.
+    """
+    now = time.time() if now is None else now
+    targets = [(k, c) for k, who in recipients for c in k.require_encryption_keys(now, who)]
+    if not targets:
+        raise DecryptionFailed("no recipients to encrypt to")
+    inner = _literal(data, filename)
+    if signer is not None:
+        ops, sig = sign_packets(data, signer, now)
+        inner = ops + inner + sig
+    session = openpgp.random_bytes(32)
+    prefix = openpgp.random_bytes(16)
+    prefix += prefix[-2:]
+    mdc_input = prefix + inner + b"\xd3\x14"
+    plain = mdc_input + hashlib.sha1(mdc_input).digest()
+    enc = _cfb(session, True)
+    body = b"\x01" + enc.update(plain) + enc.finalize()
+    seen = set()
+    esks = []
+    for key, comp in targets:
+        if comp.keyid in seen:
+            continue
+        seen.add(comp.keyid)
+        esks.append(key.pgp.encrypt_session_key(comp.keyid, AES256, session))
+    out = b"".join(esks) + P.write_packet(P.SEIPD, body)
+    return A.armor(out) if armor else out
+
+
+def sign_detached(data: bytes, signer: Key, *, now: float | None = None, armor: bool = True) -> bytes:
+    now = time.time() if now is None else now
+    _, sig = sign_packets(data, signer, now)
+    return A.armor(sig, "PGP SIGNATURE") if armor else sig
+
+
+# --- reading -------------------------------------------------------------------
+def _decrypt_seipd(seipd: P.Packet, sym: int, key: bytes) -> bytes:
+    if sym not in _KEYLEN or len(key) != _KEYLEN[sym]:
+        raise DecryptionFailed("unsupported symmetric cipher")
+    dec = _cfb(key, False)
+    plain = dec.update(seipd.body[1:]) + dec.finalize()
+    if len(plain) < 16 + 2 + 22:
+        raise IntegrityError("encrypted data too short")
+    if plain[-22:-20] != b"\xd3\x14":
+        raise IntegrityError("integrity check failed: no valid MDC; no plaintext shown")
+    digest = hashlib.sha1(plain[:-20]).digest()
+    if not hmac.compare_digest(digest, plain[-20:]):
+        raise IntegrityError("integrity check failed: the message was modified; no plaintext shown")
+    return plain[18:-22]
+
+
+def _decompress(pkt: P.Packet, limit: int) -> bytes:
+    if not pkt.body:
+        raise MalformedMessage("empty compressed packet")
+    algo, data = pkt.body[0], pkt.body[1:]
+    if algo == 0:
+        out = data
+    elif algo in (1, 2):
+        d = zlib.decompressobj(-15 if algo == 1 else 15)
+        try:
+            out = d.decompress(data, limit + 1)
+        except zlib.error:
+            raise MalformedMessage("corrupt compressed data") from None
+    elif algo == 3:
+        d = bz2.BZ2Decompressor()
+        try:
+            out = d.decompress(data, limit + 1)
+        except (OSError, ValueError):
+            raise MalformedMessage("corrupt compressed data") from None
+    else:
+        raise MalformedMessage("unknown compression algorithm")
+    if len(out) > limit:
+        raise LimitExceeded(f"decompressed message exceeds the limit of {limit >> 20} MiB; refused")
+    return out
+
+
+def parse_inner(plain: bytes, limits: Limits, depth: int = 0) -> tuple[bytes, str, str, list[bytes]]:
+    """(literal data, filename, mode, signature packets) from a decrypted packet stream."""
+    pkts = P.read_packets(plain, max_packets=limits.max_packets)
+    if len(pkts) == 1 and pkts[0].tag == P.COMPRESSED:
+        if depth > 0:
+            raise MalformedMessage("nested compression refused")
+        return parse_inner(_decompress(pkts[0], limits.max_plaintext), limits, depth + 1)
+    literals = [p for p in pkts if p.tag == P.LITERAL]
+    if len(literals) != 1 or any(p.tag not in (P.LITERAL, P.OPS, P.SIG, P.MARKER, P.PADDING) for p in pkts):
+        raise MalformedMessage("unexpected packet sequence inside the encrypted message")
+    body = literals[0].body
+    if len(body) < 6:
+        raise MalformedMessage("truncated literal data")
+    mode, n = chr(body[0]), body[1]
+    filename = body[2:2 + n].decode("utf-8", "replace")
+    data = body[2 + n + 4:]
+    if len(data) > limits.max_plaintext:
+        raise LimitExceeded("plaintext exceeds the limit")
+    return data, filename, mode, [p.raw for p in pkts if p.tag == P.SIG]
+
+
+def verify_signatures(data: bytes, sigs: list[bytes], lookup: CertLookup,
+                      text_mode: bool = False) -> tuple[SignatureResult, ...]:
+    out = []
+    for raw in sigs:
+        try:
+            sp = openpgp.parse_signature(raw)
+        except MalformedMessage:
+            out.append(SignatureResult("invalid", None, "", 0.0, "unreadable signature"))
+            continue
+        key = lookup(sp.issuer_keyid, sp.issuer_fpr)
+        if key is None:
+            out.append(SignatureResult("unknown-key", sp.issuer_fpr, sp.issuer_keyid, sp.created,
+                                       "signer's key is not known"))
+            continue
+        keyid = sp.issuer_keyid or next((c.keyid for c in (key.status.primary, *key.status.subkeys)
+                                         if c.fingerprint == sp.issuer_fpr), "")
+        reason = None
+        if sp.type not in (0x00, 0x01):
+            reason = "not a document signature"
+        elif sp.hash_name in WEAK_HASHES:
+            reason = f"weak hash {sp.hash_name}"
+        elif not key.pgp.verify_data(keyid, data, sp._sig):
+            reason = "signature does not match the content"
+        else:
+            reason = key.status.signature_problem(keyid, sp.created)
+        out.append(SignatureResult("invalid" if reason else "valid", key.fingerprint, keyid,
+                                   sp.created, reason or ""))
+    return tuple(out)
+
+
+def decrypt(data: bytes, secret_keys: Iterable[Key], lookup: CertLookup, *,
+            limits: Limits = Limits()) -> Decrypted:
+    """Check, decrypt and verify; secret keys must be unlocked by the caller.
+
+    Raises NotEncrypted, IntegrityError, DecryptionFailed, LimitExceeded or
+    MalformedMessage; never returns partial plaintext.
+    """
+    if len(data) > limits.max_message:
+        raise LimitExceeded("message exceeds the size limit")
+    binary = A.unarmor_if_needed(data)
+    shape = P.check_encrypted(binary)
+    if not shape.pkesks:
+        raise DecryptionFailed("message is encrypted with a password only; not supported")
+    session = None
+    keys = list(secret_keys)
+    for pk in shape.pkesks:
+        wanted = pk.body[1:9].hex().upper()
+        for key in keys:
+            for kid in key.keyids if wanted == "0" * 16 else ({wanted} & key.keyids):
+                session = key.pgp.decrypt_session_key(kid, pk.raw)
+                if session:
+                    break
+            if session:
+                break
+        if session:
+            break
+    if session is None:
+        raise DecryptionFailed("message is not encrypted to any of our keys")
+    plain = _decrypt_seipd(shape.seipd, *session)
+    content, filename, mode, sigs = parse_inner(plain, limits)
+    results = verify_signatures(content, sigs, lookup)
+    return Decrypted(content, filename, mode, results, shape.recipient_keyids)
+
+
+def check_encrypted(data: bytes) -> P.EncryptedShape:
+    """Packet-shape check of an armored or binary message, without decrypting."""
+    try:
+        return P.check_encrypted(A.unarmor_if_needed(data))
+    except NotEncrypted:
+        raise

@@ -1,0 +1,389 @@
+"""The only module that imports PGPy: keys in, neutral facts and primitives out.
+
+PGPy parses keys and signatures and does the public-key arithmetic. Everything
+PGPy gets wrong or leaves out (key validity, revocation, message integrity,
+decompression limits, one exception root) is decided elsewhere in this package
+from the neutral dataclasses returned here. Every PGPy exception is converted
+into one of ours at this boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import pgpy
+    from pgpy.constants import (CompressionAlgorithm, EllipticCurveOID, HashAlgorithm, KeyFlags,
+                                PubKeyAlgorithm, RevocationReason, SignatureType,
+                                SymmetricKeyAlgorithm)
+    from pgpy.packet import Packet as _PgpyPacket
+    from pgpy.packet.packets import PKESessionKeyV3
+
+from ..errors import KeyRefused, MalformedMessage, PassphraseError
+from . import armor as _armor
+from . import packets as P
+
+warnings.filterwarnings("ignore", module=r"pgpy(\..*)?")
+warnings.filterwarnings("ignore", message=".*(TripleDES|Camellia|CFB|Blowfish|CAST5|IDEA).*")
+
+MAX_KEY_BYTES = 1 << 20
+MAX_USER_IDS = 100
+
+_WEAK_HASHES = {"MD5", "SHA1", "RIPEMD160"}
+_ALGO_NAMES = {
+    PubKeyAlgorithm.RSAEncryptOrSign: "rsa", PubKeyAlgorithm.RSAEncrypt: "rsa",
+    PubKeyAlgorithm.RSASign: "rsa", PubKeyAlgorithm.DSA: "dsa",
+    PubKeyAlgorithm.ElGamal: "elgamal", PubKeyAlgorithm.ECDSA: "ecdsa",
+    PubKeyAlgorithm.EdDSA: "eddsa", PubKeyAlgorithm.ECDH: "ecdh",
+}
+_SYM_BY_ID = {7: ("AES128", 16), 8: ("AES192", 24), 9: ("AES256", 32)}
+
+
+def _ts(dt: datetime | None) -> float | None:
+    return None if dt is None else dt.timestamp()
+
+
+@dataclass(frozen=True)
+class SigFacts:
+    """What one signature says, and whether it verified against its expected issuer."""
+    type: int
+    created: float
+    expires_at: float | None
+    key_lifetime: float | None      # key expiration subpacket, seconds after key creation
+    key_flags: int | None
+    issuer_keyid: str
+    hash_name: str
+    revocation_code: int | None
+    revocation_text: str
+    primary_uid: bool
+    verified: bool
+    backsig_verified: bool = False  # for signing subkeys: the embedded 0x19 verified
+
+
+@dataclass(frozen=True)
+class SubkeyFacts:
+    fingerprint: str
+    keyid: str
+    algorithm: str
+    bits: int
+    created: float
+    sigs: tuple[SigFacts, ...]
+    has_secret: bool
+
+
+@dataclass(frozen=True)
+class KeyFacts:
+    """A certificate as neutral data, every self-signature already checked."""
+    fingerprint: str
+    keyid: str
+    algorithm: str
+    bits: int
+    created: float
+    direct_sigs: tuple[SigFacts, ...]          # revocations and direct-key signatures
+    uids: tuple[tuple[str, tuple[SigFacts, ...]], ...]
+    subkeys: tuple[SubkeyFacts, ...]
+    is_secret: bool
+    is_protected: bool
+
+
+def _algo(k) -> tuple[str, int]:
+    name = _ALGO_NAMES.get(k.key_algorithm, str(k.key_algorithm))
+    if name in ("eddsa", "ecdh", "ecdsa"):
+        oid = k._key.keymaterial.oid
+        curve = {EllipticCurveOID.Ed25519: "ed25519", EllipticCurveOID.Curve25519: "cv25519"}.get(
+            oid, getattr(oid, "name", str(oid)).lower())
+        return curve if name != "ecdsa" else f"ecdsa-{curve}", int(k.key_size if isinstance(k.key_size, int) else 256)
+    try:
+        return name, int(k.key_size)
+    except (TypeError, ValueError):
+        return name, 0
+
+
+def _verify_raw(signer, subject, sig) -> bool:
+    """Cryptographic check only (no PGPy key-management opinions)."""
+    try:
+        hashobj = getattr(__import__("cryptography.hazmat.primitives.hashes", fromlist=["x"]),
+                          sig.hash_algorithm.name)()
+        ok = signer._key.verify(sig.hashdata(subject), sig.__sig__, hashobj)
+        return ok is True
+    except Exception:  # noqa: BLE001 - any PGPy/cryptography failure means "did not verify"
+        return False
+
+
+def _sig_facts(sig, signer, subject, *, backsig_of=None) -> SigFacts:
+    sp = sig._signature.subpackets
+    reason = None
+    text = ""
+    if "ReasonForRevocation" in sp:
+        r = next(iter(sp["ReasonForRevocation"]))
+        reason, text = int(r.code), str(r.string)
+    lifetime = sig.key_expiration
+    flags = 0
+    for f in (sig.key_flags or ()):
+        flags |= int(f)
+    created = _ts(sig.created) or 0.0
+    expires = _ts(sig.expires_at) if sig.expires_at else None
+    backsig_ok = False
+    if backsig_of is not None and "EmbeddedSignature" in sp:
+        backsig_ok = _verify_backsig(sp, backsig_of, subject)
+    return SigFacts(
+        type=int(sig.type), created=created, expires_at=expires,
+        key_lifetime=lifetime.total_seconds() if lifetime else None,
+        key_flags=flags if sig.key_flags else None, issuer_keyid=str(sig.signer or "").upper(),
+        hash_name=sig.hash_algorithm.name, revocation_code=reason, revocation_text=text,
+        primary_uid=bool("PrimaryUserID" in sp and next(iter(sp["PrimaryUserID"])).primary),
+        verified=signer is not None and _verify_raw(signer, subject, sig), backsig_verified=backsig_ok)
+
+
+def _verify_backsig(sp, subkey, primary) -> bool:
+    try:
+        emb = next(iter(sp["EmbeddedSignature"]))
+        back = pgpy.PGPSignature()
+        back._signature = emb._sig if hasattr(emb, "_sig") else emb
+        hashobj = getattr(__import__("cryptography.hazmat.primitives.hashes", fromlist=["x"]),
+                          back.hash_algorithm.name)()
+        data = back.hashdata(subkey)
+        return subkey._key.verify(data, back.__sig__, hashobj) is True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+class PgpKey:
+    """One parsed transferable key (public or secret), wrapping a pgpy.PGPKey."""
+
+    def __init__(self, k) -> None:
+        self._k = k
+        self.fingerprint = str(k.fingerprint).replace(" ", "").upper()
+        self._privcache: dict[int, object] = {}
+
+    # --- facts ----------------------------------------------------------------
+    def facts(self) -> KeyFacts:
+        k = self._k
+        algo, bits = _algo(k)
+        direct = tuple(_sig_facts(s, k if s.signer == k.fingerprint.keyid else None, k)
+                       for s in k.__sig__)
+        uids = []
+        for u in k.userids[:MAX_USER_IDS]:
+            sigs = tuple(_sig_facts(s, k, u) for s in u.__sig__ if s.signer == k.fingerprint.keyid)
+            uids.append((u.userid if u.is_uid else "", sigs))
+        subs = []
+        for kid, sk in k.subkeys.items():
+            salgo, sbits = _algo(sk)
+            sigs = tuple(_sig_facts(s, k, sk, backsig_of=sk) for s in sk.__sig__
+                         if s.signer == k.fingerprint.keyid)
+            subs.append(SubkeyFacts(str(sk.fingerprint).replace(" ", "").upper(), kid.upper(), salgo,
+                                    sbits, _ts(sk.created) or 0.0, sigs, not sk.is_public))
+        return KeyFacts(self.fingerprint, k.fingerprint.keyid.upper(), algo, bits,
+                        _ts(k.created) or 0.0, direct, tuple(uids), tuple(subs),
+                        not k.is_public, bool(not k.is_public and k.is_protected))
+
+    @property
+    def is_secret(self) -> bool:
+        return not self._k.is_public
+
+    @property
+    def is_protected(self) -> bool:
+        return self.is_secret and bool(self._k.is_protected)
+
+    def binary(self) -> bytes:
+        return bytes(self._k)
+
+    def armored(self) -> bytes:
+        label = "PGP PUBLIC KEY BLOCK" if self._k.is_public else "PGP PRIVATE KEY BLOCK"
+        return _armor.armor(self.binary(), label)
+
+    def public(self) -> "PgpKey":
+        return self if self._k.is_public else PgpKey(self._k.pubkey)
+
+    def _subkey(self, keyid: str):
+        if keyid.upper() == self._k.fingerprint.keyid.upper():
+            return self._k
+        for kid, sk in self._k.subkeys.items():
+            if kid.upper() == keyid.upper():
+                return sk
+        raise KeyError(keyid)
+
+    # --- secrets ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def unlocked(self, passphrase: str | None):
+        """Scope in which secret material is usable; cached RSA keys are dropped on exit."""
+        if not self.is_secret:
+            raise PassphraseError("this is a public key; the secret key is needed")
+        if not self.is_protected:
+            self._cache_private()
+            yield self
+            return
+        if passphrase is None:
+            raise PassphraseError("the secret key is passphrase-protected; give the passphrase")
+        try:
+            ctx = self._k.unlock(passphrase)
+            ctx.__enter__()
+        except Exception:  # noqa: BLE001
+            raise PassphraseError("wrong passphrase for the secret key") from None
+        try:
+            self._cache_private()
+            yield self
+        finally:
+            self._drop_cache()
+            ctx.__exit__(None, None, None)
+
+    def _cache_private(self) -> None:
+        """PGPy rebuilds RSA private keys on every use (~80 ms); build each once."""
+        for sk in [self._k, *self._k.subkeys.values()]:
+            km = sk._key.keymaterial
+            if km.__class__.__name__ == "RSAPriv" and "__privkey__" not in vars(km):
+                built = type(km).__privkey__(km)
+                km.__privkey__ = lambda built=built: built
+
+    def _drop_cache(self) -> None:
+        for sk in [self._k, *self._k.subkeys.values()]:
+            vars(sk._key.keymaterial).pop("__privkey__", None)
+
+    # --- primitives ----------------------------------------------------------------
+    def sign_data(self, keyid: str, data: bytes, *, hash_name: str = "SHA512",
+                  created: datetime | None = None) -> bytes:
+        """A binary-document (0x00) signature packet over ``data`` by (sub)key ``keyid``."""
+        signer = self._subkey(keyid)
+        sig = pgpy.PGPSignature.new(SignatureType.BinaryDocument, signer.key_algorithm,
+                                    HashAlgorithm[hash_name], signer.fingerprint.keyid,
+                                    created=created)
+        sig = signer._sign(data, sig)
+        return bytes(sig)
+
+    def verify_data(self, keyid: str, data: bytes, sig) -> bool:
+        try:
+            return _verify_raw(self._subkey(keyid), data, sig)
+        except KeyError:
+            return False
+
+    def encrypt_session_key(self, keyid: str, sym_id: int, session_key: bytes) -> bytes:
+        """A PKESK packet carrying ``session_key`` to the (sub)key ``keyid``."""
+        sk = self._subkey(keyid)
+        pkesk = PKESessionKeyV3()
+        pkesk.encrypter = bytearray(bytes.fromhex(sk.fingerprint.keyid))
+        pkesk.pkalg = sk.key_algorithm
+        pkesk.encrypt_sk(sk._key, SymmetricKeyAlgorithm(sym_id), session_key)
+        return bytes(pkesk)
+
+    def decrypt_session_key(self, keyid: str, pkesk_raw: bytes) -> tuple[int, bytes] | None:
+        """(cipher id, session key) from a PKESK packet, or None when it is not for us."""
+        try:
+            sk = self._subkey(keyid)
+            pkt = _PgpyPacket(bytearray(pkesk_raw))
+            alg, key = pkt.decrypt_sk(sk._key)
+            return int(alg), bytes(key)
+        except Exception:  # noqa: BLE001 - wrong key, bad padding, unsupported: not for us
+            return None
+
+
+@dataclass(frozen=True)
+class SignaturePacket:
+    """A parsed data signature: who issued it, when, with what hash."""
+    issuer_keyid: str
+    issuer_fpr: str | None
+    created: float
+    hash_name: str
+    type: int
+    _sig: object = field(repr=False, compare=False)
+
+
+def parse_signature(raw: bytes) -> SignaturePacket:
+    try:
+        sig = pgpy.PGPSignature.from_blob(raw)
+        fpr = sig.signer_fingerprint
+        return SignaturePacket(str(sig.signer or "").upper(),
+                               str(fpr).replace(" ", "").upper() if fpr else None,
+                               _ts(sig.created) or 0.0, sig.hash_algorithm.name, int(sig.type), sig)
+    except Exception:  # noqa: BLE001
+        raise MalformedMessage("unreadable OpenPGP signature") from None
+
+
+def parse_keys(data: bytes) -> list[PgpKey | KeyRefused]:
+    """Every transferable key in ``data`` (armored or binary, public or secret).
+
+    A key PGPy cannot parse is returned as a KeyRefused in its place so the
+    caller can report it and go on with the others.
+    """
+    if len(data) > MAX_KEY_BYTES:
+        raise KeyRefused("key data too large")
+    if _armor.is_armored(data):
+        blocks = re.findall(rb"-----BEGIN PGP [A-Z ]+-----.*?-----END PGP [A-Z ]+-----", data, re.S)
+        if not blocks:
+            raise KeyRefused("no OpenPGP key found")
+        binary = b"".join(_armor.dearmor(b)[1] for b in blocks)
+    else:
+        binary = data
+    packets = P.read_packets(binary)
+    groups: list[list[P.Packet]] = []
+    for pkt in packets:
+        if pkt.tag in (P.PUBKEY, P.SECKEY):
+            groups.append([pkt])
+        elif groups:
+            groups[-1].append(pkt)
+        else:
+            raise KeyRefused("key data does not start with a primary key")
+    out: list[PgpKey | KeyRefused] = []
+    for g in groups:
+        uids = sum(1 for p in g if p.tag == P.UID)
+        if uids > MAX_USER_IDS:
+            out.append(KeyRefused(f"key has {uids} user IDs (limit {MAX_USER_IDS})"))
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                k = pgpy.PGPKey()
+                k.parse(bytearray(b"".join(p.raw for p in g if p.tag != P.TRUST)))
+            out.append(PgpKey(k))
+        except Exception:  # noqa: BLE001
+            out.append(KeyRefused("key cannot be parsed"))
+    return out
+
+
+def generate(uid: str, algorithm: str, lifetime: timedelta | None,
+             passphrase: str | None) -> PgpKey:
+    """Ed25519 primary + Cv25519 subkey, or RSA primary + RSA subkey."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if algorithm == "ed25519":
+            primary = pgpy.PGPKey.new(PubKeyAlgorithm.EdDSA, EllipticCurveOID.Ed25519)
+            sub = pgpy.PGPKey.new(PubKeyAlgorithm.ECDH, EllipticCurveOID.Curve25519)
+        elif algorithm in ("rsa3072", "rsa4096"):
+            bits = int(algorithm[3:])
+            primary = pgpy.PGPKey.new(PubKeyAlgorithm.RSAEncryptOrSign, bits)
+            sub = pgpy.PGPKey.new(PubKeyAlgorithm.RSAEncryptOrSign, bits)
+        else:
+            raise KeyRefused(f"unknown algorithm {algorithm!r}")
+        exp = {"key_expiration": lifetime} if lifetime else {}
+        primary.add_uid(pgpy.PGPUID.new(uid), usage={KeyFlags.Sign, KeyFlags.Certify},
+                        hashes=[HashAlgorithm.SHA512, HashAlgorithm.SHA256],
+                        ciphers=[SymmetricKeyAlgorithm.AES256, SymmetricKeyAlgorithm.AES128],
+                        compression=[CompressionAlgorithm.Uncompressed, CompressionAlgorithm.ZLIB],
+                        primary=True, **exp)
+        primary.add_subkey(sub, usage={KeyFlags.EncryptCommunications, KeyFlags.EncryptStorage}, **exp)
+        if passphrase:
+            primary.protect(passphrase, SymmetricKeyAlgorithm.AES256, HashAlgorithm.SHA256)
+    # Re-parse so the object is exactly what a later load gives.
+    return parse_keys(bytes(primary))[0]  # type: ignore[return-value]
+
+
+def revoke(key: PgpKey, passphrase: str | None, reason: str, comment: str) -> bytes:
+    """A key revocation signature packet; the caller merges it into the key."""
+    codes = {"none": RevocationReason.NotSpecified, "superseded": RevocationReason.Superseded,
+             "compromised": RevocationReason.Compromised, "retired": RevocationReason.Retired}
+    with key.unlocked(passphrase), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            sig = key._k.revoke(key._k, reason=codes[reason], comment=comment)
+        except Exception:  # noqa: BLE001
+            raise KeyRefused("cannot make a revocation with this key") from None
+    return bytes(sig)
+
+
+def random_bytes(n: int) -> bytes:
+    return os.urandom(n)
