@@ -1,0 +1,1 @@
+"""Cryptography behind one door: OpenPGP and DKIM, returning explicit result types."""
