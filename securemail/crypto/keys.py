@@ -215,7 +215,12 @@ class Key:
         return max(comps, key=lambda c: c.created)
 
     def public(self) -> "Key":
-        return self if not self.is_secret else Key(self.pgp.public())
+        """The certificate alone (cached: evaluating a key is not free)."""
+        if not self.is_secret:
+            return self
+        if getattr(self, "_public", None) is None:
+            self._public = Key(self.pgp.public())
+        return self._public
 
     def armored(self) -> bytes:
         return self.pgp.armored()

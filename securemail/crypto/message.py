@@ -20,8 +20,7 @@ from typing import Callable, Iterable
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ..errors import (DecryptionFailed, IntegrityError, LimitExceeded, MalformedMessage,
-                      NotEncrypted)
+from ..errors import DecryptionFailed, IntegrityError, LimitExceeded, MalformedMessage
 from . import armor as A
 from . import openpgp
 from . import packets as P
@@ -124,7 +123,8 @@ def encrypt(data: bytes, recipients: Iterable[tuple[Key, str]], signer: Key | No
         if comp.keyid in seen:
             continue
         seen.add(comp.keyid)
-        esks.append(key.pgp.encrypt_session_key(comp.keyid, AES256, session))
+        # PGPy cannot encrypt to the Cv25519 subkey of a *secret* key object: use the certificate.
+        esks.append(key.public().pgp.encrypt_session_key(comp.keyid, AES256, session))
     out = b"".join(esks) + P.write_packet(P.SEIPD, body)
     return A.armor(out) if armor else out
 
@@ -263,7 +263,4 @@ def decrypt(data: bytes, secret_keys: Iterable[Key], lookup: CertLookup, *,
 
 def check_encrypted(data: bytes) -> P.EncryptedShape:
     """Packet-shape check of an armored or binary message, without decrypting."""
-    try:
-        return P.check_encrypted(A.unarmor_if_needed(data))
-    except NotEncrypted:
-        raise
+    return P.check_encrypted(A.unarmor_if_needed(data))

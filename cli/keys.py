@@ -1,0 +1,161 @@
+"""securemail keys: generate, import, export, list, revoke, delete."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+import click
+
+from securemail.crypto import openpgp
+from securemail.crypto.keys import Key
+from securemail.errors import UsageError
+
+from .context import read_input, read_secret_file
+
+
+def parse_lifetime(text: str) -> timedelta | None:
+    """'2y', '6m', '30d', '12h' or 'never'."""
+    if text == "never":
+        return None
+    m = re.fullmatch(r"(\d+)([ymdh])", text.strip())
+    if not m:
+        raise UsageError(f"bad --expires {text!r}: use e.g. 2y, 6m, 30d or never")
+    n, unit = int(m.group(1)), m.group(2)
+    if n <= 0:
+        raise UsageError("--expires must be positive")
+    return timedelta(days={"y": 365 * n, "m": 30 * n, "d": n}.get(unit, 0), hours=n if unit == "h" else 0)
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+def key_json(key: Key, now: float, source: str = "") -> dict:
+    st = key.status
+    return {
+        "fingerprint": key.fingerprint, "uids": list(st.uids), "addresses": list(st.addresses),
+        "algorithm": st.algorithm, "bits": st.bits, "secret": key.is_secret,
+        "protected": key.pgp.is_protected, "state": key.state_at(now),
+        "created": _iso(st.created), "expires": _iso(st.expires),
+        "revoked": _iso(st.revocation.at) if st.revocation else None,
+        "revocation_reason": st.revocation.text if st.revocation else None,
+        "can_encrypt": bool(st.encryption_keys(now)), "source": source,
+    }
+
+
+@click.group()
+def keys() -> None:
+    """Manage OpenPGP keys in the home's key store."""
+
+
+@keys.command()
+@click.option("--uid", required=True, help='User ID, e.g. "Alice Martin <alice@interieur.gouv.fr>".')
+@click.option("--algorithm", type=click.Choice(["ed25519", "rsa3072", "rsa4096"]), default="ed25519",
+              show_default=True)
+@click.option("--expires", default="2y", show_default=True, help="2y, 6m, 30d, or never.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Protect the secret key.")
+@click.option("--no-passphrase", is_flag=True, help="Store the secret key unprotected.")
+@click.pass_obj
+def generate(obj, uid, algorithm, expires, passphrase_file, no_passphrase) -> None:
+    """Generate a key pair (Ed25519 + Cv25519 by default); print its fingerprint."""
+    if bool(passphrase_file) == bool(no_passphrase):
+        raise UsageError("give --passphrase-file F, or --no-passphrase to store the key unprotected")
+    if "@" not in uid:
+        raise UsageError("--uid must contain an address, e.g. 'Name <user@example.org>'")
+    passphrase = read_secret_file(passphrase_file)
+    if passphrase_file and not passphrase:
+        raise UsageError("the passphrase file is empty")
+    key = Key(openpgp.generate(uid, algorithm, parse_lifetime(expires), passphrase))
+    obj.core.keys.add(key, source="generated")
+    click.echo(key.fingerprint)
+
+
+@keys.command(name="import")
+@click.argument("files", nargs=-1, required=True)
+@click.pass_obj
+def import_(obj, files) -> None:
+    """Import keys from FILES (armored or binary, '-' for stdin)."""
+    refused = 0
+    for path in files:
+        for r in obj.core.keys.import_bytes(read_input(path), source="import"):
+            if r.outcome == "refused":
+                refused += 1
+                who = r.fingerprint or path
+                click.echo(f"refused {who}: {r.reason}", err=True)
+            else:
+                state = r.key.state_at(time.time()) if r.key else ""
+                uids = ", ".join(r.key.status.uids) if r.key else ""
+                click.echo(f"{r.outcome} {r.fingerprint} {uids} [{state}]")
+    if refused:
+        sys.exit(1)
+
+
+@keys.command()
+@click.argument("ident")
+@click.option("--secret", is_flag=True, help="Export the secret key (as stored, protected or not).")
+@click.option("--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
+@click.pass_obj
+def export(obj, ident, secret, output) -> None:
+    """Export the key of ADDR or FPR, armored."""
+    store = obj.core.keys
+    if "@" in ident:
+        found = store.find(ident)
+        if not found:
+            raise UsageError(f"no key for {ident}")
+        key = max(found, key=lambda k: k.status.created)
+    else:
+        key = store.get(ident)
+    if secret and not key.is_secret:
+        raise UsageError(f"no secret key for {ident}")
+    data = key.armored() if secret else key.public().armored()
+    if output:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    else:
+        click.get_binary_stream("stdout").write(data)
+
+
+@keys.command(name="list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def list_(obj, as_json) -> None:
+    """List keys with their state (valid, expired, revoked)."""
+    now = time.time()
+    rows = [key_json(k, now, src) for k, src, _ in obj.core.keys.all()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        kind = "sec" if r["secret"] else "pub"
+        click.echo(f"{kind} {r['fingerprint']} {r['algorithm']} [{r['state']}]"
+                   f"{' expires ' + r['expires'][:10] if r['expires'] else ''}")
+        for uid in r["uids"]:
+            click.echo(f"    {uid}")
+
+
+@keys.command()
+@click.argument("fpr")
+@click.option("--reason", type=click.Choice(["none", "superseded", "compromised", "retired"]),
+              default="none", show_default=True)
+@click.option("--comment", default="", help="Free text stored in the revocation.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False))
+@click.pass_obj
+def revoke(obj, fpr, reason, comment, passphrase_file) -> None:
+    """Revoke one of your keys; store and print the revocation (publish it to correspondents)."""
+    armored = obj.core.keys.revoke(fpr, read_secret_file(passphrase_file), reason, comment)
+    click.get_binary_stream("stdout").write(armored)
+
+
+@keys.command()
+@click.argument("fpr")
+@click.pass_obj
+def delete(obj, fpr) -> None:
+    """Delete a key (and its secret, if any) from the store."""
+    obj.core.keys.delete(fpr)
+    click.echo(f"deleted {fpr}")

@@ -1,0 +1,52 @@
+"""securemail send: an end-to-end encrypted and signed notice, from a script or a person."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from securemail.mail.compose import Draft, read_attachment
+from securemail.mail.outgoing import addr, build_encrypted, submit
+from securemail.errors import UsageError
+
+from .context import read_input, read_secret_file
+
+
+@click.command()
+@click.option("--from", "sender", required=True, help="Your address (its secret key signs).")
+@click.option("--to", "to", multiple=True, required=True, help="Recipient (repeatable).")
+@click.option("--cc", "cc", multiple=True, help="Copy recipient (repeatable).")
+@click.option("--subject", required=True, help="Subject (protected: only inside the encryption).")
+@click.option("--body-file", type=click.Path(dir_okay=False), help="Body text; default: stdin.")
+@click.option("--attach", multiple=True, type=click.Path(dir_okay=False), help="Attachment (repeatable).")
+@click.option("--server", help="SMTP server HOST:PORT to submit to.")
+@click.option("--starttls", is_flag=True, help="Require STARTTLS.")
+@click.option("--tls", is_flag=True, help="Implicit TLS (submissions port 465).")
+@click.option("--username", help="SMTP AUTH user name.")
+@click.option("--password-file", type=click.Path(dir_okay=False), help="SMTP AUTH password file.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of your secret key.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the .eml instead of sending.")
+@click.pass_obj
+def send(obj, sender, to, cc, subject, body_file, attach, server, starttls, tls, username,
+         password_file, passphrase_file, output) -> None:
+    """Encrypt to every recipient and to yourself, sign, and submit (or write with --output)."""
+    if starttls and tls:
+        raise UsageError("--starttls and --tls exclude each other")
+    if not output and not server:
+        raise UsageError("give --server HOST:PORT to send, or --output FILE to write the message")
+    if username and not password_file:
+        raise UsageError("--username needs --password-file")
+    body = read_input(body_file or "-").decode("utf-8", "replace")
+    draft = Draft(sender=sender, to=list(to), cc=list(cc), subject=subject, body=body,
+                  attachments=[read_attachment(p) for p in attach])
+    raw, rcpts = build_encrypted(obj.core.keys, draft, read_secret_file(passphrase_file))
+    if output:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        click.echo(f"wrote {output}")
+        return
+    submit(raw, addr(sender), rcpts, server, security="tls" if tls else "starttls" if starttls else "none",
+           username=username, password=read_secret_file(password_file))
+    click.echo(f"sent to {', '.join(rcpts)}")

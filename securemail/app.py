@@ -1,0 +1,44 @@
+"""Composition root: settings → objects. Nothing else builds engines or stores."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import sqlalchemy as sa
+
+from .config import CoreConfig
+from .db import make_engine
+from .home import Home
+from .keys.store import KeyStore
+
+
+@dataclass
+class Core:
+    home: Home
+    config: CoreConfig
+    engine: sa.Engine
+    keys: KeyStore
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_core(home_dir=None, clock: Callable[[], float] = time.time) -> Core:
+    home = Home.open(home_dir)
+    config = CoreConfig.load(home)
+    if config.database_url == home.default_database_url and not home.database_file.exists():
+        os.close(os.open(home.database_file, os.O_CREAT | os.O_WRONLY, 0o600))
+    engine = make_engine(config.database_url)
+    keys = KeyStore(engine, clock)
+    _private(home.database_file)
+    return Core(home, config, engine, keys)
+
+
+def _private(path) -> None:
+    """The database holds secret keys: owner-only, with its WAL files."""
+    for p in (path, f"{path}-wal", f"{path}-shm"):
+        if os.path.exists(p):
+            os.chmod(p, 0o600)

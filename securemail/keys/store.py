@@ -1,0 +1,191 @@
+"""The key store: certificates and secret keys in SQL, found by address or fingerprint.
+
+Every key is validated on the way in (crypto.keys.evaluate); an update to a
+known key is merged (new subkeys, revocations, new expiry). Revoked and expired
+keys are kept, marked, so that their signatures are reported invalid and
+nothing is encrypted to them. Secret keys live in the same database, which the
+home keeps at mode 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import sqlalchemy as sa
+
+from ..crypto import merge as _merge
+from ..crypto import openpgp
+from ..crypto.keys import Key, load_keys
+from ..db import transaction
+from ..errors import KeyNotFound, KeyRefused
+
+metadata = sa.MetaData()
+keys_table = sa.Table(
+    "keys", metadata,
+    sa.Column("fingerprint", sa.String(40), primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),        # binary transferable key
+    sa.Column("secret", sa.Boolean, nullable=False, default=False),
+    sa.Column("addresses", sa.Text, nullable=False),          # JSON list, lower case
+    sa.Column("source", sa.String(200), nullable=False, default="import"),
+    sa.Column("added_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+addresses_table = sa.Table(
+    "key_addresses", metadata,
+    sa.Column("address", sa.String(320), primary_key=True),
+    sa.Column("fingerprint", sa.String(40), sa.ForeignKey("keys.fingerprint", ondelete="CASCADE"),
+              primary_key=True),
+)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    fingerprint: str | None
+    outcome: str            # "new" | "updated" | "unchanged" | "refused"
+    reason: str = ""
+    key: Key | None = None
+
+
+class KeyStore:
+    def __init__(self, engine: sa.Engine, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.clock = clock
+        with transaction(engine) as conn:
+            metadata.create_all(conn)
+        self._cache: dict[str, tuple[bytes, Key]] = {}
+
+    # --- writing ------------------------------------------------------------------
+    def import_bytes(self, data: bytes, source: str = "import") -> list[ImportResult]:
+        """Import every key in ``data``; refused keys get a one-line reason each."""
+        try:
+            items = load_keys(data)
+        except KeyRefused as e:
+            return [ImportResult(None, "refused", e.message)]
+        except Exception as e:  # noqa: BLE001 - bad input must become a clear refusal
+            from ..errors import SecureMailError
+            msg = e.message if isinstance(e, SecureMailError) else "unreadable key data"
+            return [ImportResult(None, "refused", msg)]
+        return [ImportResult(i.detail, "refused", i.message) if isinstance(i, KeyRefused)
+                else self.add(i, source) for i in items]
+
+    def add(self, key: Key, source: str = "import") -> ImportResult:
+        now = self.clock()
+        with transaction(self.engine) as conn:
+            row = conn.execute(sa.select(keys_table.c.data).where(
+                keys_table.c.fingerprint == key.fingerprint)).first()
+            if row is None:
+                merged, outcome = key, "new"
+            else:
+                blob = _merge.merge(bytes(row.data), key.binary())
+                if blob == bytes(row.data):
+                    return ImportResult(key.fingerprint, "unchanged", key=self._key(blob))
+                merged, outcome = _load_one(blob), "updated"
+            self._write(conn, merged, source, now, new=row is None)
+        return ImportResult(key.fingerprint, outcome, key=merged)
+
+    def _write(self, conn, key: Key, source: str, now: float, new: bool) -> None:
+        addrs = list(key.status.addresses)
+        values = dict(data=key.binary(), secret=key.is_secret, addresses=json.dumps(addrs),
+                      updated_at=now)
+        if new:
+            conn.execute(keys_table.insert().values(fingerprint=key.fingerprint, source=source,
+                                                    added_at=now, **values))
+        else:
+            conn.execute(keys_table.update().where(keys_table.c.fingerprint == key.fingerprint)
+                         .values(**values))
+        conn.execute(addresses_table.delete().where(addresses_table.c.fingerprint == key.fingerprint))
+        for a in addrs:
+            conn.execute(addresses_table.insert().values(address=a, fingerprint=key.fingerprint))
+
+    def revoke(self, fingerprint: str, passphrase: str | None, reason: str = "none",
+               comment: str = "") -> bytes:
+        """Revoke one of our secret keys; store it and return the armored revocation."""
+        key = self.get(fingerprint)
+        if not key.is_secret:
+            raise KeyNotFound(f"no secret key {fingerprint}: only own keys can be revoked")
+        sig = openpgp.revoke(key.pgp, passphrase, reason, comment)
+        revoked = _load_one(_merge.add_signature(key.binary(), sig))
+        with transaction(self.engine) as conn:
+            self._write(conn, revoked, "revoke", self.clock(), new=False)
+        return revoked.public().armored()
+
+    def delete(self, fingerprint: str) -> None:
+        fpr = self._resolve(fingerprint)
+        with transaction(self.engine) as conn:
+            conn.execute(addresses_table.delete().where(addresses_table.c.fingerprint == fpr))
+            conn.execute(keys_table.delete().where(keys_table.c.fingerprint == fpr))
+
+    # --- reading -------------------------------------------------------------------
+    def _key(self, blob: bytes) -> Key:
+        fpr = _merge.fingerprint(_first_body(blob))
+        hit = self._cache.get(fpr)
+        if hit and hit[0] == blob:
+            return hit[1]
+        key = _load_one(blob)
+        self._cache[fpr] = (blob, key)
+        return key
+
+    def _resolve(self, ident: str) -> str:
+        ident = ident.replace(" ", "").upper()
+        with transaction(self.engine, write=False) as conn:
+            rows = conn.execute(sa.select(keys_table.c.fingerprint).where(
+                keys_table.c.fingerprint.like(f"%{ident}") if len(ident) in (8, 16) else
+                keys_table.c.fingerprint == ident)).all()
+        if len(rows) != 1:
+            raise KeyNotFound(f"no key {ident}" if not rows else f"key ID {ident} is ambiguous")
+        return rows[0].fingerprint
+
+    def get(self, ident: str) -> Key:
+        """By fingerprint (or unambiguous long/short key ID)."""
+        fpr = self._resolve(ident)
+        with transaction(self.engine, write=False) as conn:
+            row = conn.execute(sa.select(keys_table.c.data).where(keys_table.c.fingerprint == fpr)).one()
+        return self._key(bytes(row.data))
+
+    def find(self, address: str) -> list[Key]:
+        """Every key with a valid user ID for ``address`` (any state)."""
+        with transaction(self.engine, write=False) as conn:
+            rows = conn.execute(sa.select(keys_table.c.data).join(
+                addresses_table, addresses_table.c.fingerprint == keys_table.c.fingerprint).where(
+                addresses_table.c.address == address.strip().lower())).all()
+        return [self._key(bytes(r.data)) for r in rows]
+
+    def usable_for(self, address: str, now: float | None = None) -> Key | None:
+        """The newest valid key for ``address`` that can encrypt now."""
+        now = self.clock() if now is None else now
+        ok = [k for k in self.find(address) if k.status.encryption_keys(now)]
+        return max(ok, key=lambda k: k.status.created, default=None)
+
+    def secret_keys(self) -> list[Key]:
+        with transaction(self.engine, write=False) as conn:
+            rows = conn.execute(sa.select(keys_table.c.data).where(keys_table.c.secret.is_(True))).all()
+        return [self._key(bytes(r.data)) for r in rows]
+
+    def all(self) -> list[tuple[Key, str, float]]:
+        with transaction(self.engine, write=False) as conn:
+            rows = conn.execute(sa.select(keys_table.c.data, keys_table.c.source,
+                                          keys_table.c.added_at).order_by(keys_table.c.added_at)).all()
+        return [(self._key(bytes(r.data)), r.source, r.added_at) for r in rows]
+
+    def lookup(self, keyid: str, fpr: str | None) -> Key | None:
+        """CertLookup for message.decrypt: the key holding (sub)key ``keyid`` or ``fpr``."""
+        for key, _, _ in self.all():
+            comps = (key.status.primary, *key.status.subkeys)
+            if any((fpr and c.fingerprint == fpr) or (keyid and c.keyid == keyid) for c in comps):
+                return key.public()
+        return None
+
+
+def _first_body(blob: bytes) -> bytes:
+    from ..crypto.packets import read_packet
+    return read_packet(blob, 0)[0].body
+
+
+def _load_one(blob: bytes) -> Key:
+    items = load_keys(blob)
+    if len(items) != 1 or isinstance(items[0], KeyRefused):
+        raise items[0] if items and isinstance(items[0], KeyRefused) else KeyRefused("merge failed")
+    return items[0]

@@ -1,0 +1,100 @@
+"""Writing mail: the inner MIME entity with protected headers, and its PGP/MIME wrapper (RFC 3156, RFC 9788).
+
+The inner entity carries the real From, To, Cc, Subject, Date and Message-ID
+(header protection, ``hp="cipher"``), the text body and attachments. It is
+signed and encrypted as binary literal data, so its CRLFs survive byte for byte.
+The outer message shows only what transport needs; its Subject is ``...``.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import secrets
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+from ..errors import UsageError
+
+PROTECTED = ("From", "To", "Cc", "Subject", "Date", "Message-ID")
+HIDDEN_SUBJECT = "..."
+
+
+@dataclass
+class Draft:
+    sender: str
+    to: list[str]
+    subject: str
+    body: str
+    cc: list[str] = field(default_factory=list)
+    attachments: list[tuple[str, bytes]] = field(default_factory=list)  # (filename, content)
+    date: str | None = None
+    message_id: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        for value in [self.sender, self.subject, *self.to, *self.cc]:
+            if "\r" in value or "\n" in value:
+                raise UsageError("header values may not contain line breaks")
+        domain = self.sender.rpartition("@")[2] or "localhost"
+        h = {"From": self.sender, "To": ", ".join(self.to)}
+        if self.cc:
+            h["Cc"] = ", ".join(self.cc)
+        h["Subject"] = self.subject
+        h["Date"] = self.date or formatdate(localtime=False, usegmt=True)
+        h["Message-ID"] = self.message_id or make_msgid(domain=domain)
+        return h
+
+
+def inner_entity(draft: Draft, headers: dict[str, str]) -> bytes:
+    """The cryptographic payload: a MIME entity with the protected headers, CRLF line ends."""
+    msg = EmailMessage(policy=policy.SMTP)
+    for name in PROTECTED:
+        if name in headers:
+            msg[name] = headers[name]
+    msg.set_content(draft.body)
+    for name, content in draft.attachments:
+        ctype, _ = mimetypes.guess_type(name)
+        maintype, subtype = (ctype or "application/octet-stream").split("/", 1)
+        msg.add_attachment(content, maintype=maintype, subtype=subtype, filename=name)
+    msg.set_param("hp", "cipher")
+    return msg.as_bytes(policy=policy.SMTP)
+
+
+def pgp_mime(headers: dict[str, str], armored: bytes) -> bytes:
+    """The outer multipart/encrypted message around one armored OpenPGP message."""
+    boundary = "securemail-" + secrets.token_hex(12)
+    outer = []
+    for name in ("From", "To", "Cc", "Date", "Message-ID"):
+        if name in headers:
+            outer.append(_header(name, headers[name]))
+    outer += [f"Subject: {HIDDEN_SUBJECT}", "MIME-Version: 1.0",
+              'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";',
+              f' boundary="{boundary}"', "",
+              "This is an OpenPGP/MIME encrypted message (RFC 3156).",
+              f"--{boundary}", "Content-Type: application/pgp-encrypted",
+              "Content-Description: PGP/MIME version identification", "", "Version: 1", "",
+              f"--{boundary}", 'Content-Type: application/octet-stream; name="encrypted.asc"',
+              "Content-Description: OpenPGP encrypted message",
+              'Content-Disposition: inline; filename="encrypted.asc"', ""]
+    body = armored.replace(b"\r\n", b"\n").rstrip(b"\n").split(b"\n")
+    tail = ["", f"--{boundary}--", ""]
+    return ("\r\n".join(outer) + "\r\n").encode() + b"\r\n".join(body) + ("\r\n".join(tail)).encode()
+
+
+def _header(name: str, value: str) -> str:
+    msg = EmailMessage(policy=policy.SMTP)
+    msg[name] = value
+    return msg.as_string().split("\r\n\r\n", 1)[0].rstrip("\r\n")
+
+
+def read_attachment(path: str, max_size: int = 50 << 20) -> tuple[str, bytes]:
+    try:
+        size = os.path.getsize(path)
+        if size > max_size:
+            raise UsageError(f"attachment {path} is larger than {max_size >> 20} MiB")
+        with open(path, "rb") as f:
+            return os.path.basename(path), f.read()
+    except OSError as e:
+        raise UsageError(f"cannot read attachment {path}: {e.strerror}") from None

@@ -1,0 +1,206 @@
+"""Reading mail: PGP/MIME, inline PGP, PGP/MIME signed, or plain; one explicit result per message.
+
+Nothing from the email module or the crypto layer escapes as an exception: a
+message that cannot be read safely becomes a result with ``error`` set and no
+plaintext. A message that is not encrypted is reported as such, never as
+encrypted, even when it wears a multipart/encrypted costume.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+from ..crypto import armor as A
+from ..crypto import message as M
+from ..crypto import packets as P
+from ..crypto.keys import Key
+from ..errors import (LimitExceeded, MalformedMessage, NotEncrypted, SecureMailError)
+
+MAX_MESSAGE = 64 << 20
+MAX_MIME_PARTS = 500
+MAX_MIME_DEPTH = 20
+_PGP_BLOCK = re.compile(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", re.S)
+
+
+@dataclass
+class ReadResult:
+    file: str
+    encrypted: bool = False
+    decrypted: bool = False
+    signature: str = "none"
+    signer: str | None = None
+    sender: str = ""
+    subject: str = ""
+    body: str = ""
+    attachments: list[dict] = field(default_factory=list)
+    error: str | None = None
+    format: str = "plain"          # pgp/mime | inline | signed | plain
+    signature_reason: str = ""
+    warning: str = ""
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["from"] = d.pop("sender")
+        return d
+
+
+def _parse(raw: bytes) -> EmailMessage:
+    if raw.lower().count(b"boundary") > MAX_MIME_PARTS:
+        raise LimitExceeded("too many MIME parts")
+    try:
+        msg = BytesParser(policy=policy.default).parsebytes(raw)
+        _check_depth(msg, 0)
+        return msg
+    except SecureMailError:
+        raise
+    except Exception:  # noqa: BLE001 - any parser failure (incl. RecursionError) is malformed input
+        raise MalformedMessage("message cannot be parsed as MIME") from None
+
+
+def _check_depth(part, depth: int) -> None:
+    if depth > MAX_MIME_DEPTH:
+        raise LimitExceeded("MIME structure nested too deeply")
+    if part.is_multipart():
+        for sub in part.iter_parts():
+            _check_depth(sub, depth + 1)
+
+
+def _text(value) -> str:
+    return str(value) if value is not None else ""
+
+
+def _fill_content(res: ReadResult, msg: EmailMessage) -> None:
+    """Body text and attachment names from a (decrypted or plain) MIME entity."""
+    body_part = None
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        name = part.get_filename()
+        if name or part.get_content_disposition() == "attachment":
+            payload = part.get_payload(decode=True) or b""
+            res.attachments.append({"name": name or "unnamed", "size": len(payload)})
+        elif body_part is None and part.get_content_type() == "text/plain":
+            body_part = part
+    if body_part is not None:
+        try:
+            text = body_part.get_content()
+        except Exception:  # noqa: BLE001 - unknown charset and friends
+            text = (body_part.get_payload(decode=True) or b"").decode("utf-8", "replace")
+        res.body = text.replace("\r\n", "\n")
+
+
+def _signed_parts(raw: bytes, msg: EmailMessage) -> tuple[bytes, bytes]:
+    """(exact bytes of the signed part, signature bytes) of a multipart/signed message."""
+    boundary = msg.get_boundary()
+    if not boundary:
+        raise MalformedMessage("multipart/signed without boundary")
+    sep = b"\n--" + boundary.encode() 
+    body = raw.replace(b"\r\n", b"\n")
+    start = body.find(sep)
+    if start < 0:
+        raise MalformedMessage("broken multipart/signed boundary")
+    start = body.find(b"\n", start + len(sep)) + 1
+    end = body.find(sep, start)
+    if start <= 0 or end < 0:
+        raise MalformedMessage("broken multipart/signed boundary")
+    signed = body[start:end].replace(b"\n", b"\r\n")
+    parts = list(msg.iter_parts())
+    if len(parts) != 2:
+        raise MalformedMessage("multipart/signed must have two parts")
+    return signed, parts[1].get_payload(decode=True) or b""
+
+
+def _verify(res: ReadResult, data: bytes, sig: bytes, lookup) -> None:
+    binary = A.unarmor_if_needed(sig)
+    sigs = [p.raw for p in P.read_packets(binary) if p.tag == P.SIG]
+    _set_signature(res, M.verify_signatures(data, sigs, lookup))
+
+
+def _set_signature(res: ReadResult, results) -> None:
+    best = next((s for s in results if s.status == "valid"), next(iter(results), None))
+    if best is not None:
+        res.signature, res.signer, res.signature_reason = best.status, best.signer, best.reason
+
+
+def _from_inner(res: ReadResult, inner_raw: bytes, lookup) -> None:
+    inner = _parse(inner_raw)
+    if inner.get_content_type() == "multipart/signed":  # RFC 3156 §6.1: signed, then encrypted
+        data, sig = _signed_parts(inner_raw, inner)
+        _verify(res, data, sig, lookup)
+        inner = next(iter(inner.iter_parts()))
+    res.subject = _text(inner.get("Subject")) or res.subject
+    res.sender = _text(inner.get("From")) or res.sender
+    _fill_content(res, inner)
+
+
+def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
+                 limits: M.Limits = M.Limits()) -> ReadResult:
+    """Read one message; secret keys must already be unlocked."""
+    res = ReadResult(file=file)
+    try:
+        if len(raw) > MAX_MESSAGE:
+            raise LimitExceeded("message too large")
+        msg = _parse(raw)
+        res.sender, res.subject = _text(msg.get("From")), _text(msg.get("Subject"))
+        ctype = msg.get_content_type()
+        if ctype == "multipart/encrypted":
+            res.format = "pgp/mime"
+            parts = list(msg.iter_parts())
+            if len(parts) != 2 or parts[0].get_content_type() != "application/pgp-encrypted":
+                raise MalformedMessage("multipart/encrypted is not PGP/MIME")
+            _decrypt_into(res, parts[1].get_payload(decode=True) or b"", secret_keys, lookup,
+                          limits, mime=True)
+        elif ctype == "multipart/signed":
+            res.format = "signed"
+            data, sig = _signed_parts(raw, msg)
+            _verify(res, data, sig, lookup)
+            _fill_content(res, _parse(data))
+        elif ctype == "text/plain" and _PGP_BLOCK.search(msg.get_payload(decode=True) or b""):
+            res.format = "inline"
+            block = _PGP_BLOCK.search(msg.get_payload(decode=True) or b"").group(0)
+            _decrypt_into(res, block, secret_keys, lookup, limits, mime=False)
+        else:
+            _fill_content(res, msg)
+    except SecureMailError as e:
+        _refuse(res, e.message)
+    except Exception:  # noqa: BLE001 - never let a parser bug show plaintext or a traceback
+        _refuse(res, "message cannot be read")
+    return res
+
+
+def _refuse(res: ReadResult, reason: str) -> None:
+    res.error = reason
+    res.body, res.attachments, res.decrypted = "", [], False
+    if res.encrypted:
+        res.subject = ""
+
+
+def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool) -> None:
+    try:
+        M.check_encrypted(data)
+    except NotEncrypted as e:
+        res.encrypted = False
+        res.warning = f"claims to be encrypted but is not: {e.message}; shown as plaintext"
+        _show_disguised(res, data, limits)
+        return
+    res.encrypted = True
+    out = M.decrypt(data, secret_keys, lookup, limits=limits)
+    res.decrypted = True
+    _set_signature(res, out.signatures)
+    if mime:
+        _from_inner(res, out.data, lookup)
+    else:
+        res.body = out.data.decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+def _show_disguised(res: ReadResult, data: bytes, limits: M.Limits) -> None:
+    """A literal (maybe compressed) packet posing as encrypted: plaintext, labelled so."""
+    try:
+        content, _, _, _ = M.parse_inner(A.unarmor_if_needed(data), limits)
+        res.body = content.decode("utf-8", "replace")
+    except SecureMailError:
+        res.body = ""
