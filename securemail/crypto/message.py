@@ -18,7 +18,12 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+try:  # OpenPGP's CFB lives in "decrepit" since cryptography 47
+    from cryptography.hazmat.decrepit.ciphers.modes import CFB
+except ImportError:  # pragma: no cover
+    from cryptography.hazmat.primitives.ciphers.modes import CFB
 
 from ..errors import DecryptionFailed, IntegrityError, LimitExceeded, MalformedMessage
 from . import armor as A
@@ -64,7 +69,7 @@ CertLookup = Callable[[str, str | None], Key | None]  # (keyid, fingerprint or N
 
 
 def _cfb(key: bytes, encrypt: bool):
-    c = Cipher(algorithms.AES(key), modes.CFB(b"\x00" * 16))
+    c = Cipher(algorithms.AES(key), CFB(b"\x00" * 16))
     return c.encryptor() if encrypt else c.decryptor()
 
 
