@@ -57,3 +57,7 @@ _register()
 
 def main() -> None:
     cli(prog_name="securemail")
+
+
+if __name__ == "__main__":
+    main()
