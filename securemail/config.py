@@ -1,29 +1,20 @@
-"""Typed settings loaded once from the home's TOML file; no module-level instance."""
+"""Typed settings loaded once from the home's TOML file; no module-level instance.
+
+``CoreConfig`` is what the person-facing commands need (the database).
+``GatewayConfig`` is everything ``securemail serve`` reads; every key is
+documented in the README and in the file ``securemail gateway init`` writes.
+Relative paths are relative to the home.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
 from .home import Home
-
-
-@dataclass(frozen=True)
-class CoreConfig:
-    database_url: str
-
-    @classmethod
-    def load(cls, home: Home) -> "CoreConfig":
-        data = read_toml(home.config_file)
-        db = data.get("database", {})
-        if not isinstance(db, dict):
-            raise ConfigError("[database] must be a table")
-        url = db.get("url") or home.default_database_url
-        if not isinstance(url, str):
-            raise ConfigError("database.url must be a string")
-        return cls(database_url=url)
 
 
 def read_toml(path: Path) -> dict:
@@ -37,3 +28,174 @@ def read_toml(path: Path) -> dict:
         raise ConfigError(f"{path.name}: {e}") from None
     except OSError as e:
         raise ConfigError(f"{path.name}: {e.strerror}") from None
+
+
+def _table(data: dict, name: str) -> dict:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _get(table: dict, key: str, kind, default, where: str):
+    value = table.get(key, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}.{key} must be {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def parse_hostport(text: str, where: str) -> tuple[str, int]:
+    host, _, port = str(text).rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{where} must be HOST:PORT, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    database_url: str
+
+    @classmethod
+    def load(cls, home: Home) -> "CoreConfig":
+        db = _table(read_toml(home.config_file), "database")
+        return cls(database_url=_get(db, "url", str, home.default_database_url, "database"))
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str                 # "relay" | "submission"
+    host: str
+    port: int
+    trusted_networks: tuple[ipaddress._BaseNetwork, ...] = ()
+    require_starttls: bool = False
+    auth_required: bool = False
+
+    def trusts(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted_networks)
+
+
+@dataclass(frozen=True)
+class DkimKeyConfig:
+    domain: str
+    selector: str
+    algorithm: str            # "ed25519" | "rsa2048"
+    private_key: Path
+
+
+@dataclass(frozen=True)
+class Limits:
+    message_size: int = 25 << 20
+    recipients: int = 100
+    connections: int = 200
+    connections_per_ip: int = 20
+    command_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class Retry:
+    first: float = 300.0          # seconds before the first retry
+    cap: float = 3600.0           # the longest wait between two tries
+    give_up_after: float = 5 * 86400.0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    home: Path
+    domains: tuple[str, ...]
+    hostname: str
+    database_url: str
+    listeners: tuple[Listener, ...]
+    tls_cert: Path
+    tls_key: Path
+    passwords_file: Path
+    local_delivery: str            # "maildir" | "relay"
+    relay_to: tuple[str, int] | None
+    non_member_policy: str         # "refuse" | "allow-plain"
+    workers: int
+    lease_seconds: float
+    poll_interval: float
+    federation_authority: str | None
+    federation_manifest: Path
+    openpgp_keys: dict[str, str]   # domain -> fingerprint of the domain key in the key store
+    dkim_keys: tuple[DkimKeyConfig, ...]
+    limits: Limits = field(default_factory=Limits)
+    retry: Retry = field(default_factory=Retry)
+
+    def listener(self, name: str) -> Listener | None:
+        return next((li for li in self.listeners if li.name == name), None)
+
+    def serves(self, domain: str) -> bool:
+        return domain.lower() in self.domains
+
+    @classmethod
+    def load(cls, home: Home) -> "GatewayConfig":
+        if not home.config_file.exists():
+            raise ConfigError(f"no gateway configuration in {home.path}; run 'securemail gateway init'")
+        return cls.from_dict(read_toml(home.config_file), home.path)
+
+    @classmethod
+    def from_dict(cls, data: dict, home: Path) -> "GatewayConfig":
+        gw = _table(data, "gateway")
+        domains = gw.get("domains")
+        if not isinstance(domains, list) or not domains or not all(isinstance(d, str) and "." in d for d in domains):
+            raise ConfigError("gateway.domains must be a non-empty list of domain names")
+        path = lambda p: (home / p) if not Path(p).is_absolute() else Path(p)  # noqa: E731
+        listeners = []
+        for name, t in _table(data, "listeners").items():
+            if name not in ("relay", "submission") or not isinstance(t, dict):
+                raise ConfigError(f"unknown listener [listeners.{name}] (relay or submission)")
+            host, port = parse_hostport(_get(t, "listen", str, "", f"listeners.{name}"), f"listeners.{name}.listen")
+            try:
+                nets = tuple(ipaddress.ip_network(n, strict=False) for n in t.get("trusted_networks", []))
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"listeners.{name}.trusted_networks: {e}") from None
+            sub = name == "submission"
+            listeners.append(Listener(name, host, port, nets,
+                                      _get(t, "require_starttls", bool, sub, f"listeners.{name}"),
+                                      _get(t, "auth_required", bool, sub, f"listeners.{name}")))
+        tls, dl, fed, keys = (_table(data, n) for n in ("tls", "delivery", "federation", "keys"))
+        local = _get(dl, "local", str, "maildir", "delivery")
+        if local not in ("maildir", "relay"):
+            raise ConfigError("delivery.local must be 'maildir' or 'relay'")
+        relay_to = dl.get("relay_to")
+        if local == "relay" and not relay_to:
+            raise ConfigError("delivery.relay_to (HOST:PORT) is needed when delivery.local = 'relay'")
+        policy = _get(dl, "non_member_policy", str, "refuse", "delivery")
+        if policy not in ("refuse", "allow-plain"):
+            raise ConfigError("delivery.non_member_policy must be 'refuse' or 'allow-plain'")
+        dkim = []
+        for i, d in enumerate(keys.get("dkim", [])):
+            if not isinstance(d, dict):
+                raise ConfigError("keys.dkim must be a list of tables")
+            w = f"keys.dkim[{i}]"
+            dkim.append(DkimKeyConfig(_get(d, "domain", str, "", w).lower(), _get(d, "selector", str, "", w),
+                                      _get(d, "algorithm", str, "ed25519", w),
+                                      path(_get(d, "private_key", str, "", w))))
+        lim, rt = _table(data, "limits"), _table(data, "retry")
+        return cls(
+            home=home, domains=tuple(d.lower() for d in domains),
+            hostname=_get(gw, "hostname", str, domains[0], "gateway"),
+            database_url=_get(_table(data, "database"), "url", str, f"sqlite:///{home / 'securemail.db'}", "database"),
+            listeners=tuple(listeners),
+            tls_cert=path(_get(tls, "cert", str, "tls/cert.pem", "tls")),
+            tls_key=path(_get(tls, "key", str, "tls/key.pem", "tls")),
+            passwords_file=path(_get(_table(data, "auth"), "passwords_file", str, "passwords", "auth")),
+            local_delivery=local,
+            relay_to=parse_hostport(relay_to, "delivery.relay_to") if relay_to else None,
+            non_member_policy=policy,
+            workers=_get(dl, "workers", int, 4, "delivery"),
+            lease_seconds=_get(dl, "lease_seconds", float, 300.0, "delivery"),
+            poll_interval=_get(dl, "poll_interval", float, 1.0, "delivery"),
+            federation_authority=fed.get("authority"),
+            federation_manifest=path(_get(fed, "manifest", str, "federation.json", "federation")),
+            openpgp_keys={k.lower(): str(v).upper() for k, v in _table(keys, "openpgp").items()},
+            dkim_keys=tuple(dkim),
+            limits=Limits(*(_get(lim, k, type(v), v, "limits") for k, v in vars(Limits()).items())),
+            retry=Retry(*(_get(rt, k, float, v, "retry") for k, v in vars(Retry()).items())),
+        )
