@@ -1,0 +1,268 @@
+"""The durable queue: enqueue after commit, claim deliveries with leases, settle, operate.
+
+A message is stored once; each recipient gets a delivery row with its own state
+('queued' -> 'delivered' | 'bounced' | 'held' | 'failed') and next hop. Workers
+``claim`` due deliveries under a lease and settle them with ``mark_delivered``,
+``defer``, ``bounce`` or ``hold``; a settle succeeds only while the worker's
+lease (owner and lease_until) is still on the row, i.e. nobody re-claimed it
+after it expired. ``attempts`` counts claims, so a message that crashes its
+worker still ages towards giving up.
+
+Claims are exclusive: on PostgreSQL the due rows are selected ``FOR UPDATE SKIP
+LOCKED``; on SQLite every write transaction starts with ``BEGIN IMMEDIATE``
+(see ``securemail.db``), so claimers run one after the other.
+
+``enqueue``, the settle methods, ``retry`` and ``delete`` accept
+``audit=(kind, fields)``: the audit record is written in the same transaction
+as the change, and only if the change happened (needs ``Queue(..., audit_log=...)``).
+Database failures raise ``TemporaryFailure``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from securemail.audit import AuditLog
+from securemail.db import transaction
+from securemail.errors import UsageError
+from securemail.queue.models import FINAL_STATES, STATES, deliveries as D, messages as M
+
+AuditSpec = tuple[str, Mapping[str, Any]] | None
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """One message for ``enqueue_many``: envelope, (recipient, next_hop) pairs, final bytes."""
+    sender: str
+    recipients: Sequence[tuple[str, str]]
+    body: bytes
+    peer: str = ""
+    meta: Mapping[str, Any] | None = None
+    audit: AuditSpec = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A leased delivery; fetch the bytes with ``Queue.body(claim.message_id)``."""
+    delivery_id: str
+    message_id: str
+    recipient: str
+    next_hop: str
+    attempts: int        # including this one
+    sender: str
+    created_at: float    # of the message, for next_retry()
+    owner: str
+    lease_until: float
+
+
+class Queue:
+    """The queue over an engine whose schema exists (``securemail.db.create_schema``)."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time,
+                 audit_log: AuditLog | None = None) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.audit_log = audit_log
+
+    # --- intake -------------------------------------------------------------
+    def enqueue(self, sender: str, recipients_with_hops: Sequence[tuple[str, str]],
+                body: bytes, peer: str = "", meta: Mapping[str, Any] | None = None,
+                audit: AuditSpec = None) -> str:
+        """Store one message and its deliveries in one transaction; returns the id after commit."""
+        return self.enqueue_many(
+            [NewMessage(sender, recipients_with_hops, body, peer, meta, audit)])[0]
+
+    def enqueue_many(self, items: Iterable[NewMessage]) -> list[str]:
+        """Store several messages in ONE transaction (group commit); all or none."""
+        items = list(items)
+        for item in items:
+            _check(item)
+        now = float(self.clock())
+        with transaction(self.engine) as conn:
+            return [self._insert(conn, item, now) for item in items]
+
+    def _insert(self, conn: Connection, item: NewMessage, now: float) -> str:
+        mid = uuid.uuid4().hex
+        conn.execute(M.insert().values(
+            id=mid, created_at=now, sender=item.sender, body=bytes(item.body),
+            size=len(item.body), peer=item.peer,
+            meta=json.dumps(dict(item.meta or {}), sort_keys=True)))
+        conn.execute(D.insert(), [
+            dict(id=uuid.uuid4().hex, message_id=mid, recipient=rcpt, next_hop=hop,
+                 state="queued", attempts=0, next_attempt_at=now, lease_owner=None,
+                 lease_until=None, last_error="", created_at=now, updated_at=now)
+            for rcpt, hop in item.recipients])
+        self._audit(conn, item.audit, message_id=mid)
+        return mid
+
+    def _audit(self, conn: Connection, spec: AuditSpec, **ids: str) -> None:
+        if spec is None:
+            return
+        if self.audit_log is None:
+            raise UsageError("audit requested but the queue has no audit log")
+        kind, fields = spec
+        self.audit_log.append_in(conn, kind, **{**ids, **fields})
+
+    # --- workers ------------------------------------------------------------
+    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Claim]:
+        """Lease up to ``limit`` due deliveries to ``owner``; no two claimers get the same row."""
+        now = float(self.clock())
+        until = now + lease_seconds
+        due = (sa.select(D.c.id)
+               .where(D.c.state == "queued", D.c.next_attempt_at <= now,
+                      sa.or_(D.c.lease_until.is_(None), D.c.lease_until <= now))
+               .order_by(D.c.next_attempt_at).limit(limit)
+               .with_for_update(skip_locked=True))  # rendered on PostgreSQL only
+        with transaction(self.engine) as conn:
+            ids = conn.execute(due).scalars().all()
+            if not ids:
+                return []
+            conn.execute(D.update().where(D.c.id.in_(ids)).values(
+                lease_owner=owner, lease_until=until, attempts=D.c.attempts + 1,
+                updated_at=now))
+            rows = conn.execute(
+                sa.select(D.c.id, D.c.message_id, D.c.recipient, D.c.next_hop,
+                          D.c.attempts, M.c.sender, M.c.created_at)
+                .join(M, M.c.id == D.c.message_id)
+                .where(D.c.id.in_(ids)).order_by(D.c.next_attempt_at, D.c.id)).all()
+        return [Claim(r.id, r.message_id, r.recipient, r.next_hop, r.attempts,
+                      r.sender, r.created_at, owner, until) for r in rows]
+
+    def body(self, message_id: str) -> bytes | None:
+        """The message bytes, or None if the message is gone."""
+        with transaction(self.engine, write=False) as conn:
+            data = conn.execute(sa.select(M.c.body).where(M.c.id == message_id)).scalar()
+        return None if data is None else bytes(data)
+
+    def mark_delivered(self, claim: Claim, audit: AuditSpec = None) -> bool:
+        return self._settle(claim, {"state": "delivered", "last_error": ""}, audit)
+
+    def defer(self, claim: Claim, error: str, retry_at: float, audit: AuditSpec = None) -> bool:
+        return self._settle(claim, {"last_error": error, "next_attempt_at": retry_at}, audit)
+
+    def bounce(self, claim: Claim, error: str, audit: AuditSpec = None) -> bool:
+        return self._settle(claim, {"state": "bounced", "last_error": error}, audit)
+
+    def hold(self, claim: Claim, reason: str, audit: AuditSpec = None) -> bool:
+        return self._settle(claim, {"state": "held", "last_error": reason}, audit)
+
+    def _settle(self, claim: Claim, values: dict[str, Any], audit: AuditSpec) -> bool:
+        """Apply ``values`` and drop the lease, only if ``claim`` still holds it."""
+        now = float(self.clock())
+        with transaction(self.engine) as conn:
+            res = conn.execute(D.update().where(
+                D.c.id == claim.delivery_id, D.c.state == "queued",
+                D.c.lease_owner == claim.owner, D.c.lease_until == claim.lease_until,
+            ).values(**values, lease_owner=None, lease_until=None, updated_at=now))
+            if res.rowcount != 1:
+                return False
+            self._audit(conn, audit, message_id=claim.message_id,
+                        delivery_id=claim.delivery_id)
+        return True
+
+    # --- operator -----------------------------------------------------------
+    def retry(self, delivery_or_message_id: str, audit: AuditSpec = None) -> int:
+        """Requeue for now: one delivery (unless delivered) or a message's non-final ones.
+
+        Deliveries under a live lease are left alone (a worker is on them).
+        Returns how many deliveries were requeued.
+        """
+        now = float(self.clock())
+        ident = delivery_or_message_id
+        free = sa.or_(D.c.lease_until.is_(None), D.c.lease_until <= now)
+        values = dict(state="queued", next_attempt_at=now, lease_owner=None,
+                      lease_until=None, updated_at=now)
+        with transaction(self.engine) as conn:
+            res = conn.execute(D.update().where(
+                D.c.id == ident, D.c.state != "delivered", free).values(**values))
+            if res.rowcount == 0:
+                res = conn.execute(D.update().where(
+                    D.c.message_id == ident, D.c.state.not_in(FINAL_STATES), free
+                ).values(**values))
+            if res.rowcount:
+                self._audit(conn, audit, target=ident, requeued=res.rowcount)
+            return res.rowcount
+
+    def delete(self, message_id: str, audit: AuditSpec = None) -> bool:
+        """Remove a message and all its deliveries (operator action)."""
+        with transaction(self.engine) as conn:
+            conn.execute(D.delete().where(D.c.message_id == message_id))
+            if conn.execute(M.delete().where(M.c.id == message_id)).rowcount != 1:
+                return False
+            self._audit(conn, audit, message_id=message_id)
+        return True
+
+    def list(self, state: str | None = None, limit: int | None = None) -> list[dict]:
+        """Deliveries (oldest first) with their message's sender and size, like mailq."""
+        q = (sa.select(*_DELIVERY_COLS, M.c.sender, M.c.size)
+             .join(M, M.c.id == D.c.message_id).order_by(D.c.created_at, D.c.id))
+        if state is not None:
+            if state not in STATES:
+                raise UsageError(f"unknown state {state!r}")
+            q = q.where(D.c.state == state)
+        if limit is not None:
+            q = q.limit(limit)
+        with transaction(self.engine, write=False) as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def show(self, message_id: str, with_body: bool = False) -> dict | None:
+        """A message's metadata and deliveries (body bytes only if asked), or None."""
+        cols = [M.c.id, M.c.created_at, M.c.sender, M.c.size, M.c.peer, M.c.meta]
+        with transaction(self.engine, write=False, snapshot=True) as conn:
+            msg = conn.execute(sa.select(*cols, *([M.c.body] if with_body else []))
+                               .where(M.c.id == message_id)).first()
+            if msg is None:
+                return None
+            rows = conn.execute(sa.select(*_DELIVERY_COLS).where(
+                D.c.message_id == message_id).order_by(D.c.created_at, D.c.id)).all()
+        out = dict(msg._mapping)
+        out["meta"] = json.loads(out["meta"])
+        if with_body:
+            out["body"] = bytes(out["body"])
+        out["deliveries"] = [dict(r._mapping) for r in rows]
+        return out
+
+    def stats(self) -> dict[str, int]:
+        """Delivery counts by state (every state present, zero if none)."""
+        q = sa.select(D.c.state, sa.func.count()).group_by(D.c.state)
+        with transaction(self.engine, write=False) as conn:
+            counts = dict(conn.execute(q).all())
+        return {s: int(counts.get(s, 0)) for s in STATES}
+
+    def gc(self, min_age: float = 0.0) -> int:
+        """Remove messages older than ``min_age`` whose deliveries are all final; returns count."""
+        now = float(self.clock())
+        pending = sa.select(D.c.id).where(D.c.message_id == M.c.id,
+                                          D.c.state.not_in(FINAL_STATES))
+        q = sa.select(M.c.id).where(M.c.created_at <= now - min_age, ~pending.exists())
+        removed = 0
+        with transaction(self.engine) as conn:
+            ids = conn.execute(q).scalars().all()
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                conn.execute(D.delete().where(D.c.message_id.in_(chunk)))
+                removed += conn.execute(M.delete().where(M.c.id.in_(chunk))).rowcount
+        return removed
+
+
+_DELIVERY_COLS = (D.c.id, D.c.message_id, D.c.recipient, D.c.next_hop, D.c.state,
+                  D.c.attempts, D.c.next_attempt_at, D.c.lease_owner, D.c.lease_until,
+                  D.c.last_error, D.c.created_at, D.c.updated_at)
+
+
+def _check(item: NewMessage) -> None:
+    if not item.recipients:
+        raise UsageError("a message needs at least one recipient")
+    if not isinstance(item.body, (bytes, bytearray, memoryview)):
+        raise UsageError("message body must be bytes")
+    for pair in item.recipients:
+        if len(pair) != 2 or not all(isinstance(x, str) and x for x in pair):
+            raise UsageError("recipients must be (address, next_hop) pairs")
