@@ -58,6 +58,7 @@ class Decrypted:
     mode: str                   # literal data format: "b", "t", "u"
     signatures: tuple[SignatureResult, ...]
     recipients: tuple[str, ...]  # key IDs the message was encrypted to
+    packets: bytes = b""         # the decrypted packet stream, for re-encryption as is
 
     @property
     def signature(self) -> SignatureResult | None:
@@ -108,13 +109,28 @@ def encrypt(data: bytes, recipients: Iterable[tuple[Key, str]], signer: Key | No
     raises KeyUnusable naming the address, and nothing is produced.
     """
     now = time.time() if now is None else now
-    targets = [(k, c) for k, who in recipients for c in k.require_encryption_keys(now, who)]
-    if not targets:
-        raise DecryptionFailed("no recipients to encrypt to")
+    targets = _targets(recipients, now)
     inner = _literal(data, filename)
     if signer is not None:
         ops, sig = sign_packets(data, signer, now)
         inner = ops + inner + sig
+    return _seal(inner, targets, armor)
+
+
+def encrypt_packets(stream: bytes, recipients: Iterable[tuple[Key, str]], *,
+                    now: float | None = None, armor: bool = True) -> bytes:
+    """Encrypt an already-built packet stream (e.g. Decrypted.packets, signatures kept)."""
+    return _seal(stream, _targets(recipients, time.time() if now is None else now), armor)
+
+
+def _targets(recipients, now):
+    targets = [(k, c) for k, who in recipients for c in k.require_encryption_keys(now, who)]
+    if not targets:
+        raise DecryptionFailed("no recipients to encrypt to")
+    return targets
+
+
+def _seal(inner: bytes, targets, armor: bool) -> bytes:
     session = openpgp.random_bytes(32)
     prefix = openpgp.random_bytes(16)
     prefix += prefix[-2:]
@@ -263,7 +279,7 @@ def decrypt(data: bytes, secret_keys: Iterable[Key], lookup: CertLookup, *,
     plain = _decrypt_seipd(shape.seipd, *session)
     content, filename, mode, sigs = parse_inner(plain, limits)
     results = verify_signatures(content, sigs, lookup)
-    return Decrypted(content, filename, mode, results, shape.recipient_keyids)
+    return Decrypted(content, filename, mode, results, shape.recipient_keyids, plain)
 
 
 def check_encrypted(data: bytes) -> P.EncryptedShape:

@@ -1,0 +1,128 @@
+"""The policy chain: named rules in order, each returning a Verdict to refuse or None to pass.
+
+The order is data (``CHAIN``); ``evaluate`` runs it and returns the first
+refusal. Every rule is a pure function of ``Facts`` and has its own test.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from . import Verdict
+from .address import domain_of
+from .facts import MEMBER, OFFICE, OTHER, OWN, REMOTE, Facts
+
+MAX_RECEIVED = 30
+
+Rule = Callable[[Facts], Verdict | None]
+
+
+def one_from(f: Facts) -> Verdict | None:
+    """Exactly one From header with one well-formed address (two Froms, Mailsploit, garbage)."""
+    addrs = f.headers.from_addresses
+    if len(f.headers.from_values) != 1 or len(addrs) != 1 or domain_of(addrs[0]) is None:
+        return Verdict("one_from", "550 5.7.1 Message must have exactly one valid From address",
+                       "bad From header")
+    return None
+
+
+def mail_loop(f: Facts) -> Verdict | None:
+    if f.headers.received > MAX_RECEIVED:
+        return Verdict("mail_loop", "554 5.4.6 Too many Received headers: mail loop", "mail loop")
+    return None
+
+
+def auth_identity(f: Facts) -> Verdict | None:
+    """An authenticated user sends as itself only, in the envelope and in From."""
+    if f.auth_user and (f.mail_from != f.auth_user or f.headers.from_addresses != (f.auth_user,)):
+        return Verdict("auth_identity", "550 5.7.1 Authenticated users may only send as themselves",
+                       "sender differs from authenticated user")
+    return None
+
+
+def sender_alignment(f: Facts) -> Verdict | None:
+    """The envelope sender's domain is the From domain (null sender: bounces, exempt)."""
+    if f.mail_from and f.sender_domain != f.from_domain:
+        return Verdict("sender_alignment", "550 5.7.1 Envelope sender and From domains differ",
+                       "envelope/From mismatch")
+    return None
+
+
+def office_sender(f: Facts) -> Verdict | None:
+    """Mail from the office leaving the domain must come from a domain served here (we sign for it)."""
+    leaving = any(c != OWN for c in f.recipients.values())
+    if f.origin == OFFICE and leaving and f.from_class != OWN:
+        return Verdict("office_sender", "550 5.7.1 Sender domain is not served by this gateway",
+                       "foreign sender from office")
+    return None
+
+
+def remote_sender(f: Facts) -> Verdict | None:
+    """Mail from outside comes from a member gateway (or, if allowed, a non-member), never as us."""
+    if f.origin != REMOTE:
+        return None
+    cls = f.sender_class if f.mail_from else f.from_class
+    if cls == OWN or f.from_class == OWN:
+        return Verdict("remote_sender", "550 5.7.1 Mail from this domain must come from its own office",
+                       "own domain spoofed from outside")
+    if cls != MEMBER and f.non_member_policy != "allow-plain":
+        return Verdict("remote_sender", "550 5.7.1 Sender domain is not a member of the federation",
+                       "non-member sender")
+    return None
+
+
+def _from_member(f: Facts) -> bool:
+    return f.origin == REMOTE and (f.sender_class if f.mail_from else f.from_class) == MEMBER
+
+
+def member_tls(f: Facts) -> Verdict | None:
+    if _from_member(f) and not f.tls:
+        return Verdict("member_tls", "530 5.7.10 TLS is required between member gateways", "no TLS")
+    return None
+
+
+def member_dkim(f: Facts) -> Verdict | None:
+    if _from_member(f) and not f.dkim_aligned:
+        code = "451 4.7.5" if f.dkim_status == "temperror" else "550 5.7.20"
+        return Verdict("member_dkim", f"{code} No valid DKIM signature aligned with the From domain",
+                       f"dkim {f.dkim_status}")
+    return None
+
+
+def member_encrypted(f: Facts) -> Verdict | None:
+    """Between member domains, only integrity-protected OpenPGP: never plaintext."""
+    if _from_member(f) and not f.encryption.encrypted:
+        return Verdict("member_encrypted",
+                       "550 5.7.1 Plaintext between member domains is refused: message is not properly OpenPGP encrypted",
+                       f"not encrypted: {f.encryption.reason}")
+    return None
+
+
+def non_member_recipient(f: Facts) -> Verdict | None:
+    if f.recipients_of(OTHER) and f.non_member_policy != "allow-plain":
+        return Verdict("non_member_recipient",
+                       "550 5.7.1 Recipient domain is not a federation member; plain delivery refused by policy",
+                       "non-member recipient")
+    return None
+
+
+CHAIN: list[tuple[str, Rule]] = [
+    ("one_from", one_from),
+    ("mail_loop", mail_loop),
+    ("auth_identity", auth_identity),
+    ("sender_alignment", sender_alignment),
+    ("office_sender", office_sender),
+    ("remote_sender", remote_sender),
+    ("member_tls", member_tls),
+    ("member_dkim", member_dkim),
+    ("member_encrypted", member_encrypted),
+    ("non_member_recipient", non_member_recipient),
+]
+
+
+def evaluate(f: Facts, chain: list[tuple[str, Rule]] = CHAIN) -> Verdict | None:
+    for _, rule in chain:
+        verdict = rule(f)
+        if verdict is not None:
+            return verdict
+    return None
