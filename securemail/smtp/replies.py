@@ -1,0 +1,92 @@
+"""Named SMTP replies: every line the adapter sends, with its enhanced status code.
+
+One place to read what a client can be told. Replies never carry internals
+(exception types, paths, versions); ``for_exception`` is the only bridge from
+an error to the wire, and it logs the detail instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from securemail.errors import SecureMailError
+
+log = logging.getLogger(__name__)
+
+Reply = str
+"""A complete single-line SMTP reply: ``"250 2.0.0 OK: queued"``."""
+
+# --- positive -----------------------------------------------------------------
+OK = "250 2.0.0 OK: queued"
+MAIL_OK = "250 2.1.0 Sender OK"
+RCPT_OK = "250 2.1.5 Recipient OK"
+NOOP_OK = "250 2.0.0 OK"
+START_DATA = "354 End data with <CR><LF>.<CR><LF>"
+TLS_READY = "220 2.0.0 Ready to start TLS"
+BYE = "221 2.0.0 Bye"
+
+# --- temporary ----------------------------------------------------------------
+TEMP_FAILURE = "451 4.3.0 Temporary local problem, try again later"
+TIMEOUT = "421 4.4.2 Timeout exceeded, closing connection"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing connection"
+TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
+
+# --- permanent: protocol ------------------------------------------------------
+BARE_NEWLINE = "521 5.5.2 Bare <CR> or <LF> received, lines must end with <CR><LF>"
+LINE_TOO_LONG = "500 5.5.2 Line too long"
+BAD_SYNTAX = "500 5.5.2 Error: bad syntax"
+BAD_CHARACTERS = "501 5.5.2 Control or 8-bit characters not allowed in commands"
+DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
+NEED_MAIL = "503 5.5.1 Error: need MAIL command"
+NEED_RCPT = "503 5.5.1 Error: need RCPT command"
+NESTED_MAIL = "503 5.5.1 Error: nested MAIL command"
+BAD_SENDER_SYNTAX = "501 5.1.7 Bad sender address syntax"
+BAD_RCPT_SYNTAX = "501 5.1.3 Bad recipient address syntax"
+
+# --- permanent: message -------------------------------------------------------
+TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+DATA_LINE_TOO_LONG = "550 5.6.0 Message has a line longer than 1000 octets (RFC 5321 4.5.3.1.6)"
+
+# --- permanent: security ------------------------------------------------------
+NEED_TLS = "530 5.7.0 Must issue a STARTTLS command first"
+NEED_AUTH = "530 5.7.0 Authentication required"
+RELAY_DENIED = "554 5.7.1 Relay access denied"
+
+# aiosmtpd's own reply lines (1.4.6) that lack an enhanced code or say too much,
+# mapped to ours. The server rewrites them as they are pushed.
+AIOSMTPD_REWRITES: dict[str, Reply] = {
+    "500 Command line too long": LINE_TOO_LONG,
+    "500 Error: bad syntax": BAD_SYNTAX,
+    "500 Error: strict ASCII mode": BAD_CHARACTERS,
+    "530 Must issue a STARTTLS command first": NEED_TLS,
+    "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
+    "503 Error: need MAIL command": NEED_MAIL,
+    "503 Error: nested MAIL command": NESTED_MAIL,
+    "220 Ready to start TLS": TLS_READY,
+    "221 Bye": BYE,
+    "250 OK": NOOP_OK,
+}
+
+_WELL_FORMED = re.compile(r"[2-5][0-9][0-9] [2-5]\.[0-9]{1,3}\.[0-9]{1,3} [\x20-\x7e]*\Z")
+
+
+def for_exception(exc: BaseException) -> Reply:
+    """The reply for an error: its own for a SecureMailError, 451 for anything else.
+
+    The detail goes to the log, never to the client.
+    """
+    if isinstance(exc, SecureMailError):
+        log.info("refused: %s (%s)", exc.smtp_reply(), exc.detail or type(exc).__name__)
+        return checked(exc.smtp_reply())
+    log.error("unexpected error, answering %r", TEMP_FAILURE, exc_info=exc)
+    return TEMP_FAILURE
+
+
+def checked(reply: object) -> Reply:
+    """``reply`` if it is one well-formed reply line with an enhanced code, else 451."""
+    if isinstance(reply, str) and _WELL_FORMED.match(reply):
+        return reply
+    log.error("malformed reply %r replaced by %r", reply, TEMP_FAILURE)
+    return TEMP_FAILURE

@@ -1,0 +1,299 @@
+"""SMTP server: aiosmtpd's protocol with hardened defaults, and a start/stop wrapper.
+
+Differences from aiosmtpd 1.4.6, each tested in tests/integration/test_smtp_adapter.py:
+451 (never "500 Error: (Type) text") on unexpected errors; 521 and hang-up on a bare
+CR or LF anywhere (SMTP smuggling); DATA line, size, recipient, connection, idle and
+DATA-time limits; NUL/control/8-bit bytes in commands refused; no version in the greeting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import re
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException
+
+from securemail.errors import ConfigError, SecureMailError
+from securemail.smtp import replies
+from securemail.smtp.handler import Authenticator, login_password_authenticator
+
+log = logging.getLogger(__name__)
+
+MAX_DATA_LINE = 1000  # octets including CRLF after dot-unstuffing, RFC 5321 4.5.3.1.6
+_ADDRESS_COMMANDS = {b"MAIL": replies.BAD_SENDER_SYNTAX, b"RCPT": replies.BAD_RCPT_SYNTAX}
+_NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
+_NOT_PRINTABLE_OR_TAB = re.compile(rb"[^\t\x20-\x7e]")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-server resource limits; every one is answered with its own reply."""
+
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 100
+    max_connections: int = 200
+    max_connections_per_ip: int = 20
+    idle_timeout: float = 300.0  # seconds without a command (RFC 5321 4.5.3.2.7)
+    data_timeout: float = 600.0  # seconds from 354 to the end of data
+
+
+class CommandRefused(SecureMailError):
+    """A command line refused before aiosmtpd parses it; the message is the whole reply."""
+
+    def smtp_reply(self) -> str:
+        return self.message
+
+
+class _CommandReader:
+    """Wraps a session's StreamReader: every command line is checked before aiosmtpd parses it."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        object.__setattr__(self, "_inner", reader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:  # aiosmtpd sets _transport on STARTTLS
+        setattr(self._inner, name, value)
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        line = await self._inner.readuntil(separator)
+        if separator != b"\n":  # DATA reads up to b"\r\n"; only command lines are checked
+            return line
+        text = line[:-2]  # always CRLF-terminated: a bare LF never gets this far
+        verb = text.split(b" ", 1)[0].upper()
+        if verb in _ADDRESS_COMMANDS and _NOT_PRINTABLE.search(text):
+            raise CommandRefused(_ADDRESS_COMMANDS[verb])
+        if _NOT_PRINTABLE_OR_TAB.search(text):
+            raise CommandRefused(replies.BAD_CHARACTERS)
+        return line
+
+
+class _Session(Session):
+    """aiosmtpd's Session without the deprecation warning it logs on every AUTH."""
+    login_data = property(lambda s: s._login_data, lambda s, v: setattr(s, "_login_data", v))
+
+
+class GatewaySMTP(SMTP):
+    """One SMTP session: aiosmtpd's state machine with securemail's limits and replies."""
+
+    command_size_limit = 510  # 512 octets with CRLF, RFC 5321 4.5.3.1.4
+
+    def __init__(self, handler: Any, *, sessions: SMTPServer, **kwargs: Any) -> None:
+        limits = self.limits = sessions.limits
+        # aiosmtpd keeps this in a class attribute shared by every session; make it ours.
+        self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
+        super().__init__(handler, data_size_limit=limits.max_message_size,
+                         timeout=limits.idle_timeout, enable_SMTPUTF8=False,
+                         decode_data=False, auth_require_tls=True, **kwargs)
+        self._sessions = sessions
+        self._counted_ip: str | None = None
+        self._hung_up = False  # refused at connect, or close_with() was called
+        self._pending_cr = False
+
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None and self._original_transport is None:  # TCP, not the TLS upgrade
+            peer = transport.get_extra_info("peername") or ("", 0)
+            if not self._sessions.acquire(str(peer[0]), self):
+                log.warning("%s refused: too many connections", peer[0])
+                self._hung_up = True
+                transport.write(replies.TOO_MANY_CONNECTIONS.encode() + b"\r\n")  # type: ignore
+                transport.close()
+                return
+            self._counted_ip = str(peer[0])
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted_ip is None:  # refused at connect: aiosmtpd never saw this connection
+            return
+        self._sessions.release(self._counted_ip, self)
+        self._counted_ip = None
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        if self._hung_up:
+            return
+        text = b"\r" + data if self._pending_cr else data  # a CR that ended the last chunk
+        self._pending_cr = text.endswith(b"\r")
+        text = text[:-1] if self._pending_cr else text
+        crlf = text.count(b"\r\n")
+        if text.count(b"\r") != crlf or text.count(b"\n") != crlf:
+            self.close_with(replies.BARE_NEWLINE)
+            return
+        super().data_received(data)
+
+    def close_with(self, reply: str) -> None:
+        """Send one last reply and close; whatever the client sent after is never parsed."""
+        transport = self.transport
+        if transport is None or self._hung_up or transport.is_closing():
+            return
+        self._hung_up = True
+        log.info("%r closing: %s", self.session and self.session.peer, reply)
+        transport.write(reply.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
+        transport.close()
+
+    def _cb_client_connected(self, reader: asyncio.StreamReader, writer: Any) -> None:
+        super()._cb_client_connected(_CommandReader(reader), writer)  # type: ignore[arg-type]
+
+    def _timeout_cb(self) -> None:
+        self.close_with(replies.TIMEOUT)
+
+    async def push(self, status: Any) -> None:
+        if status == "250-AUTH ":  # aiosmtpd advertises AUTH even with no mechanism left
+            return
+        if isinstance(status, str):
+            status = replies.AIOSMTPD_REWRITES.get(status, status)
+        await super().push(status)
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            log.info("%r TLS failed: %r", self.session and self.session.peer, error.__cause__)
+            return replies.TEMP_FAILURE  # not sent: aiosmtpd closes the connection
+        return replies.for_exception(error)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self.command_size_limits.clear()  # aiosmtpd adds 26 for SIZE on every EHLO
+        await super().smtp_EHLO(hostname)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if self.envelope and self.envelope.mail_from and (
+                len(self.envelope.rcpt_tos) >= self.limits.max_recipients):
+            await self.push(replies.TOO_MANY_RCPT)
+            return
+        await super().smtp_RCPT(arg)
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos or arg:
+            await self.push(replies.DATA_SYNTAX if arg else replies.NEED_RCPT)
+            return
+        await self.push(replies.START_DATA)
+        self._reset_timeout(self.limits.data_timeout)
+        try:
+            content, problem = await self._read_data()
+            self._reset_timeout()
+            if problem is not None:
+                log.info("%r message refused: %s", self.session and self.session.peer, problem)
+                await self.push(problem)
+                return
+            self.envelope.content = self.envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
+            await self.push(replies.OK if status is MISSING else status)
+        finally:
+            self._set_post_data_state()
+
+    async def _read_data(self) -> tuple[bytes, str | None]:
+        """Read up to <CRLF>.<CRLF>, dot-unstuffing; keep nothing once a limit is broken."""
+        lines: list[bytes] = []
+        size, problem, line_start = 0, None, True
+        while True:
+            try:
+                chunk = await self._reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as exc:  # no CRLF within the reader limit
+                size += len(await self._reader.read(exc.consumed))
+                problem, line_start = problem or replies.DATA_LINE_TOO_LONG, False
+                continue
+            if line_start and chunk == b".\r\n":
+                return b"".join(lines), problem
+            size += len(chunk)
+            if line_start and chunk.startswith(b"."):
+                chunk = chunk[1:]
+            if problem is None and size > self.limits.max_message_size:
+                problem = replies.TOO_BIG
+            elif problem is None and (not line_start or len(chunk) > MAX_DATA_LINE):
+                problem = replies.DATA_LINE_TOO_LONG
+            line_start = True
+            if problem is None:
+                lines.append(chunk)
+            else:
+                lines.clear()
+
+
+class SMTPServer:
+    """A listening gateway: ``await start()`` binds, ``await stop()`` closes it and its sessions."""
+
+    def __init__(self, handler: Any, host: str, port: int, *, limits: Limits,
+                 session_kwargs: dict[str, Any]) -> None:
+        self.handler = handler
+        self.host = host
+        self.limits = limits
+        self._port = port
+        self._session_kwargs = session_kwargs
+        self._server: asyncio.AbstractServer | None = None
+        self._per_ip: collections.Counter[str] = collections.Counter()
+        self.live: set[GatewaySMTP] = set()
+
+    def acquire(self, ip: str, session: GatewaySMTP) -> bool:
+        """Count a new session in, unless that breaks a connection limit."""
+        if (len(self.live) >= self.limits.max_connections
+                or self._per_ip[ip] >= self.limits.max_connections_per_ip):
+            return False
+        self._per_ip[ip] += 1
+        self.live.add(session)
+        return True
+
+    def release(self, ip: str, session: GatewaySMTP) -> None:
+        self.live.discard(session)
+        self._per_ip -= collections.Counter({ip: 1})  # drops zero counts
+
+    @property
+    def port(self) -> int:  # the bound one, after binding port 0
+        return int(self._server.sockets[0].getsockname()[1]) if self._server else self._port
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> GatewaySMTP:
+            return GatewaySMTP(self.handler, sessions=self, loop=loop, **self._session_kwargs)
+
+        self._server = await loop.create_server(factory, self.host, self._port)
+        log.info("listening on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for session in list(self.live):
+            session.close_with(replies.SHUTTING_DOWN)
+        await self._server.wait_closed()
+        self._server = None
+
+
+def make_server(handler: Any, host: str, port: int, *,
+                tls_context: ssl.SSLContext | None = None, require_starttls: bool = False,
+                auth_required: bool = False, authenticator: Authenticator | None = None,
+                limits: Limits = Limits(), hostname: str | None = None) -> SMTPServer:
+    """Build (not start) a gateway SMTP server; refuses settings that would silently weaken it."""
+    if (require_starttls or auth_required) and tls_context is None:
+        raise ConfigError("require_starttls and auth_required need a tls_context")
+    if auth_required and authenticator is None:
+        raise ConfigError("auth_required needs an authenticator")
+    kwargs = dict(hostname=hostname or socket.getfqdn(), ident="ESMTP", tls_context=tls_context,
+                  require_starttls=require_starttls, auth_required=auth_required,
+                  authenticator=authenticator and login_password_authenticator(authenticator),
+                  auth_exclude_mechanism=[] if authenticator else ["LOGIN", "PLAIN"])
+    return SMTPServer(handler, host, port, limits=limits, session_kwargs=kwargs)
+
+
+@contextlib.asynccontextmanager
+async def running_server(handler: Any, host: str = "127.0.0.1", port: int = 0,
+                         **kwargs: Any) -> AsyncIterator[SMTPServer]:
+    """Start a server for the duration of a block (port 0: a free port, see ``.port``)."""
+    server = make_server(handler, host, port, **kwargs)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
