@@ -84,7 +84,7 @@ def _one_pass(sig_raw: bytes, last: bool) -> bytes:
     sp = openpgp.parse_signature(sig_raw)
     hash_id = {"SHA256": 8, "SHA384": 9, "SHA512": 10, "SHA224": 11}[sp.hash_name]
     algo = sig_raw_body_algo(sig_raw)
-    return P.write_packet(P.OPS, bytes([3, sp.type, algo, hash_id]) + bytes.fromhex(sp.issuer_keyid)
+    return P.write_packet(P.OPS, bytes([3, sp.type, hash_id, algo]) + bytes.fromhex(sp.issuer_keyid)
                           + bytes([1 if last else 0]))
 
 
