@@ -9,7 +9,7 @@ packet in disguise, SED without MDC, a signed-only message or plaintext are not.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email import policy as _policy
 from email.parser import BytesParser
 
@@ -25,6 +25,7 @@ class EncryptionCheck:
     format: str               # "pgp/mime" | "inline" | "none"
     reason: str               # why not, when not
     recipient_keyids: tuple[str, ...] = ()
+    payload: bytes = field(default=b"", repr=False)   # the OpenPGP message, transfer-decoded
 
 
 def check(raw: bytes) -> EncryptionCheck:
@@ -39,12 +40,12 @@ def check(raw: bytes) -> EncryptionCheck:
                 return EncryptionCheck(False, "none", "multipart/encrypted is not PGP/MIME")
             payload = parts[1].get_payload(decode=True) or b""
             shape = check_encrypted(payload)
-            return EncryptionCheck(True, "pgp/mime", "", shape.recipient_keyids)
+            return EncryptionCheck(True, "pgp/mime", "", shape.recipient_keyids, payload)
         if ctype == "text/plain" and not msg.is_multipart():
             body = msg.get_payload(decode=True) or b""
             if _BLOCK.match(body):
                 shape = check_encrypted(body)
-                return EncryptionCheck(True, "inline", "", shape.recipient_keyids)
+                return EncryptionCheck(True, "inline", "", shape.recipient_keyids, body)
         return EncryptionCheck(False, "none", "message is not OpenPGP encrypted")
     except SecureMailError as e:
         return EncryptionCheck(False, "none", e.message)
