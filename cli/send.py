@@ -23,12 +23,13 @@ from .context import read_input, read_secret_file
 @click.option("--server", help="SMTP server HOST:PORT to submit to.")
 @click.option("--starttls", is_flag=True, help="Require STARTTLS.")
 @click.option("--tls", is_flag=True, help="Implicit TLS (submissions port 465).")
+@click.option("--cafile", type=click.Path(dir_okay=False), help="Trust this CA/certificate for TLS.")
 @click.option("--username", help="SMTP AUTH user name.")
 @click.option("--password-file", type=click.Path(dir_okay=False), help="SMTP AUTH password file.")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of your secret key.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the .eml instead of sending.")
 @click.pass_obj
-def send(obj, sender, to, cc, subject, body_file, attach, server, starttls, tls, username,
+def send(obj, sender, to, cc, subject, body_file, attach, server, starttls, tls, cafile, username,
          password_file, passphrase_file, output) -> None:
     """Encrypt to every recipient and to yourself, sign, and submit (or write with --output)."""
     if starttls and tls:
@@ -48,5 +49,5 @@ def send(obj, sender, to, cc, subject, body_file, attach, server, starttls, tls,
         click.echo(f"wrote {output}")
         return
     submit(raw, addr(sender), rcpts, server, security="tls" if tls else "starttls" if starttls else "none",
-           username=username, password=read_secret_file(password_file))
+           username=username, password=read_secret_file(password_file), cafile=cafile)
     click.echo(f"sent to {', '.join(rcpts)}")

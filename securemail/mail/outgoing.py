@@ -59,16 +59,24 @@ def build_encrypted(store: KeyStore, draft: Draft, passphrase: str | None,
 
 
 def submit(raw: bytes, sender: str, rcpts: list[str], server: str, *, security: str = "none",
-           username: str | None = None, password: str | None = None, timeout: float = 60) -> None:
-    """Submit over SMTP; security is 'none', 'starttls' or 'tls'."""
+           username: str | None = None, password: str | None = None, timeout: float = 60,
+           cafile: str | None = None, source: tuple[str, int] | None = None) -> None:
+    """Submit over SMTP; security is 'none', 'starttls' or 'tls'.
+
+    The server certificate is verified against the system CAs, or ``cafile``
+    (a gateway's self-signed certificate, say).
+    """
     host, _, port = server.rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"--server must be HOST:PORT, not {server!r}")
-    ctx = ssl.create_default_context()
+    try:
+        ctx = ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as e:
+        raise UsageError(f"cannot load CA file {cafile}: {e}") from None
     try:
         cls = smtplib.SMTP_SSL if security == "tls" else smtplib.SMTP
         kw = {"context": ctx} if security == "tls" else {}
-        with cls(host, int(port), timeout=timeout, **kw) as smtp:
+        with cls(host, int(port), timeout=timeout, source_address=source, **kw) as smtp:
             smtp.ehlo()
             if security == "starttls":
                 smtp.starttls(context=ctx)

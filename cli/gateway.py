@@ -1,0 +1,201 @@
+"""securemail gateway / serve / queue / audit: set up and operate a gateway home."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import datetime, timezone
+
+import click
+
+from securemail.errors import UsageError
+
+from .context import read_secret_file
+
+
+def _iso(ts) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds") if ts else "-"
+
+
+@click.group()
+def gateway() -> None:
+    """Set up a gateway home and its submission users."""
+
+
+@gateway.command()
+@click.option("--domain", "domains", multiple=True, required=True, help="A domain served (repeatable).")
+@click.option("--listen", default="127.0.0.1:2525", show_default=True, help="Relay listener HOST:PORT.")
+@click.option("--submission", default="127.0.0.1:5870", show_default=True,
+              help="Submission listener HOST:PORT (AUTH after STARTTLS); 'none' for no submission.")
+@click.option("--hostname", help="EHLO name and TLS certificate name (default gateway.<first domain>).")
+@click.option("--trusted-network", "trusted", multiple=True, help="Office network that may relay (repeatable).")
+@click.option("--database-url", help="SQLAlchemy URL (default: SQLite file in the home).")
+@click.option("--relay-to", help="Office MTA HOST:PORT for local delivery instead of Maildirs.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="Real certificate (default: self-signed).")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="Its private key.")
+@click.pass_obj
+def init(obj, domains, listen, submission, hostname, trusted, database_url, relay_to, tls_cert, tls_key):
+    """Write a documented config, domain OpenPGP keys, DKIM keys and a TLS certificate."""
+    from securemail.gateway.setup import InitOptions, init_gateway
+    if bool(tls_cert) != bool(tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    opts = InitOptions(domains=list(domains), listen=listen,
+                       submission=None if submission == "none" else submission, hostname=hostname,
+                       database_url=database_url, relay_to=relay_to, tls_cert=tls_cert, tls_key=tls_key)
+    if trusted:
+        opts.trusted_networks = list(trusted)
+    out = init_gateway(obj.core.home.path, obj.core.keys, opts)
+    click.echo(f"wrote {out['config']}")
+    for d, fpr in out["openpgp"].items():
+        click.echo(f"{d}: OpenPGP key {fpr}")
+    for k in out["dkim"]:
+        click.echo(f"{k['domain']}: DKIM {k['selector']}._domainkey TXT \"{k['public_key'][:40]}...\"")
+    click.echo("next: securemail federation entry  (send it to the federation authority)")
+
+
+@gateway.group()
+def user() -> None:
+    """Submission users (AUTH LOGIN/PLAIN after STARTTLS)."""
+
+
+def _users(obj):
+    from securemail.config import GatewayConfig
+    from securemail.gateway.users import Users
+    return Users(GatewayConfig.load(obj.core.home).passwords_file)
+
+
+@user.command(name="add")
+@click.argument("address")
+@click.option("--password-file", required=True, type=click.Path(dir_okay=False))
+@click.pass_obj
+def user_add(obj, address, password_file):
+    """Add ADDRESS (or change its password)."""
+    _users(obj).set(address, read_secret_file(password_file) or "")
+    click.echo(f"user {address} set")
+
+
+@user.command(name="remove")
+@click.argument("address")
+@click.pass_obj
+def user_remove(obj, address):
+    if not _users(obj).remove(address):
+        raise UsageError(f"no user {address}")
+    click.echo(f"user {address} removed")
+
+
+@user.command(name="list")
+@click.pass_obj
+def user_list(obj):
+    for name in _users(obj).names():
+        click.echo(name)
+
+
+@click.command()
+@click.pass_obj
+def serve(obj):
+    """Run the gateway: listeners and delivery workers until SIGTERM/SIGINT."""
+    from securemail.gateway.service import build
+    gw = build(obj.core.home)
+    asyncio.run(gw.run_until_signal())
+
+
+# --- operators --------------------------------------------------------------------------
+def _queue(obj):
+    from securemail.audit import AuditLog
+    from securemail.db import create_schema
+    from securemail.queue import Queue
+    engine = obj.core.engine  # [database] url: the same for the key store, queue and audit log
+    create_schema(engine)
+    audit = AuditLog(engine)
+    return Queue(engine, audit_log=audit), audit
+
+
+@click.group()
+def queue() -> None:
+    """Inspect and operate the delivery queue."""
+
+
+@queue.command(name="list")
+@click.option("--state", type=click.Choice(["queued", "delivered", "bounced", "held", "failed"]))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def queue_list(obj, state, as_json):
+    q, _ = _queue(obj)
+    rows = q.list(state=state)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for r in rows:
+        click.echo(f"{r.get('message_id', r.get('id'))} {r.get('state', '')} {r.get('recipient', '')} "
+                   f"attempts={r.get('attempts', 0)} next={_iso(r.get('next_attempt_at'))} "
+                   f"{(r.get('last_error') or '')[:80]}")
+
+
+@queue.command(name="show")
+@click.argument("message_id")
+@click.pass_obj
+def queue_show(obj, message_id):
+    q, _ = _queue(obj)
+    info = q.show(message_id)
+    if info is None:
+        raise UsageError(f"no message {message_id}")
+    click.echo(json.dumps(info, indent=2, default=str))
+
+
+@queue.command(name="retry")
+@click.argument("ident")
+@click.pass_obj
+def queue_retry(obj, ident):
+    """Retry a delivery or every delivery of a message now (also held or bounced ones)."""
+    q, _ = _queue(obj)
+    n = q.retry(ident, audit=("retry", {"by": "operator"}))
+    click.echo(f"{n} deliveries requeued")
+
+
+@queue.command(name="delete")
+@click.argument("message_id")
+@click.pass_obj
+def queue_delete(obj, message_id):
+    q, _ = _queue(obj)
+    if not q.delete(message_id, audit=("deleted", {"by": "operator"})):
+        raise UsageError(f"no message {message_id}")
+    click.echo(f"deleted {message_id}")
+
+
+@click.group()
+def audit() -> None:
+    """The hash-chained audit log of decisions (metadata, never content)."""
+
+
+@audit.command(name="verify")
+@click.pass_obj
+def audit_verify(obj):
+    _, log = _queue(obj)
+    r = log.verify()
+    if r.ok:
+        click.echo(f"audit log intact: {r.count} records")
+        return
+    click.echo(f"audit log BROKEN at record {r.first_bad_seq}: {r.reason}", err=True)
+    sys.exit(1)
+
+
+@audit.command(name="show")
+@click.option("--since", type=int, help="Only records after this sequence number.")
+@click.option("--limit", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def audit_show(obj, since, limit, as_json):
+    _, log = _queue(obj)
+    recs = log.records(since=since, limit=limit)
+    if as_json:
+        click.echo(json.dumps([{"seq": r.seq, "at": r.at, "kind": r.kind, "fields": r.fields} for r in recs],
+                              indent=2))
+        return
+    for r in recs:
+        click.echo(f"{r.seq:6d} {_iso(r.at)} {r.kind:10s} {json.dumps(r.fields, sort_keys=True)}")
+
+
+def register(cli) -> None:
+    for cmd in (gateway, serve, queue, audit):
+        cli.add_command(cmd)

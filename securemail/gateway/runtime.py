@@ -1,0 +1,115 @@
+"""What a running gateway holds: the installed manifest (reloaded on change), domain keys, DKIM signers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from pathlib import Path
+
+from ..crypto.dkim import DkimSigner
+from ..crypto.keys import Key, load_key
+from ..errors import ConfigError, KeyUnusable, TemporaryFailure
+from ..federation import load_installed
+from ..keys.store import KeyStore
+
+log = logging.getLogger(__name__)
+
+
+class ManifestSource:
+    """The installed federation manifest; re-read when its file changes (cheap stat per call)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[float, int] | None = None
+        self._manifest = None
+        self._keys: dict[str, Key | None] = {}
+
+    def __call__(self):
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_mtime, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp != self._stamp:
+            self._manifest = load_installed(self.path) if stamp else None
+            self._keys = {}
+            self._stamp = stamp
+            log.info("federation manifest %s", f"serial {self._manifest.serial}" if self._manifest else "absent")
+        return self._manifest
+
+    def member_key(self, domain: str) -> Key | None:
+        """The member domain's gateway key, parsed once per manifest; None if unusable."""
+        m = self()
+        if m is None or not m.is_member(domain):
+            return None
+        if domain not in self._keys:
+            try:
+                self._keys[domain] = load_key(m.member(domain).openpgp_key)
+            except Exception:  # noqa: BLE001 - a broken entry must not break other domains
+                log.warning("member %s has an unusable OpenPGP key in the manifest", domain)
+                self._keys[domain] = None
+        return self._keys[domain]
+
+    def lookup(self, keyid: str, fpr: str | None) -> Key | None:
+        m = self()
+        for domain in (m.members if m else {}):
+            key = self.member_key(domain)
+            if key and ((fpr and fpr == key.fingerprint) or keyid in key.keyids):
+                return key
+        return None
+
+
+def domain_keys(config, keys: KeyStore) -> dict[str, Key]:
+    """Each served domain's secret key, unlocked for the life of the process."""
+    out = {}
+    for domain in config.domains:
+        fpr = config.openpgp_keys.get(domain)
+        if not fpr:
+            raise ConfigError(f"no OpenPGP key configured for {domain} ([keys.openpgp])")
+        key = keys.get(fpr)
+        if not key.is_secret:
+            raise ConfigError(f"the key for {domain} has no secret part in the key store")
+        key.pgp.unlocked(None).__enter__()  # gateway keys are unprotected, in a 0600 database
+        out[domain] = key
+    return out
+
+
+def dkim_signers(config) -> dict[str, DkimSigner]:
+    by_domain: dict[str, list] = {}
+    for d in config.dkim_keys:
+        try:
+            pem = d.private_key.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"cannot read DKIM key {d.private_key.name}: {e.strerror}") from None
+        by_domain.setdefault(d.domain, []).append((d.selector, pem, d.algorithm))
+    return {dom: DkimSigner(dom, ks) for dom, ks in by_domain.items()}
+
+
+def dkim_sign_fn(signers: dict[str, DkimSigner]):
+    def sign(body: bytes, domain: str) -> bytes:
+        signer = signers.get(domain)
+        if signer is None:
+            raise KeyUnusable(f"no DKIM key for {domain}; nothing is sent unsigned")
+        return signer.sign(body)
+    return sign
+
+
+def server_tls_context(config) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+    except (OSError, ssl.SSLError) as e:
+        raise TemporaryFailure("TLS certificate unavailable", detail=str(e)) from None
+    return ctx
+
+
+def combined_lookup(*lookups):
+    def lookup(keyid: str, fpr: str | None):
+        for fn in lookups:
+            key = fn(keyid, fpr)
+            if key is not None:
+                return key
+        return None
+    return lookup

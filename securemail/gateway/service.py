@@ -1,0 +1,170 @@
+"""securemail serve: build the gateway from its config, run listeners and delivery workers, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from ..audit import AuditLog
+from ..config import GatewayConfig
+from ..db import create_schema, make_engine
+from ..delivery.worker import DeliveryWorker
+from ..home import Home
+from ..keys.store import KeyStore
+from ..queue import Queue
+from ..smtp.handler import GatewayHandler
+from ..smtp.server import Limits, SMTPServer, make_server
+from ..delivery.hops import maildir_hop, relay_hop, smtp_hop
+from ..policy.address import domain_of
+from ..policy.encryption import EncryptionCheck
+from ..policy.facts import Facts, Headers
+from .pipeline import Pipeline
+from .runtime import (ManifestSource, combined_lookup, dkim_sign_fn, dkim_signers, domain_keys,
+                      server_tls_context)
+from .transform import Transformer
+from .users import Users
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    config: GatewayConfig
+    queue: Queue
+    audit: AuditLog
+    keys: KeyStore
+    pipeline: Pipeline
+    servers: list[SMTPServer]
+    workers: list[DeliveryWorker]
+    engine: object
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def start(self) -> None:
+        for s in self.servers:
+            await s.start()
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(w.run(self._stop)) for w in self.workers]
+        self.audit.append("started", domains=list(self.config.domains),
+                          listeners=[f"{s.host}:{s.port}" for s in self.servers])
+
+    async def stop(self) -> None:
+        for s in self.servers:
+            await s.stop()
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.audit.append("stopped")
+        self.engine.dispose()
+
+    async def run_until_signal(self) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("securemail gateway for %s running", ", ".join(self.config.domains))
+        await stop.wait()
+        log.info("stopping")
+        await self.stop()
+
+
+def build(home: Home, *, clock=time.time, owner: str | None = None) -> Gateway:
+    """The composition root of the gateway: config → every object, nothing global."""
+    config = GatewayConfig.load(home)
+    engine = make_engine(config.database_url)
+    create_schema(engine)
+    keys = KeyStore(engine, clock)
+    audit = AuditLog(engine, clock)
+    queue = Queue(engine, clock, audit_log=audit)
+    manifest = ManifestSource(config.federation_manifest)
+    manifest()
+    dk = domain_keys(config, keys)
+    transformer = Transformer(
+        hostname=config.hostname, domain_keys=dk, user_key=keys.usable_for,
+        member_key=manifest.member_key, lookup=combined_lookup(keys.lookup, manifest.lookup),
+        dkim_sign=dkim_sign_fn(dkim_signers(config)), clock=clock)
+    pipeline = Pipeline(config=config, manifest=manifest, queue=queue, audit=audit,
+                        transformer=transformer)
+    tls = server_tls_context(config)
+    users = Users(config.passwords_file)
+    lim = config.limits
+    servers = []
+    for li in config.listeners:
+        handler = GatewayHandler(pipeline.rcpt_decider(li), pipeline.data_acceptor(li), clock=clock)
+        servers.append(make_server(
+            handler, li.host, li.port, tls_context=tls, require_starttls=li.require_starttls,
+            auth_required=li.auth_required, authenticator=users.check if (li.auth_required or users.names()) else None,
+            hostname=config.hostname,
+            limits=Limits(max_message_size=lim.message_size, max_recipients=lim.recipients,
+                          max_connections=lim.connections, max_connections_per_ip=lim.connections_per_ip,
+                          idle_timeout=lim.command_timeout)))
+    owner = owner or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    bounces = Bounces(config, queue, transformer, manifest)
+    workers = [DeliveryWorker.from_config(
+        config, queue, owner=owner, clock=clock, audit_log=audit, concurrency=config.workers,
+        reporting_mta=config.domains[0], bounce_sender=bounces.send,
+        pre_send=KeyCheck(keys, manifest, clock).veto)]
+    return Gateway(config, queue, audit, keys, pipeline, servers, workers, engine)
+
+
+class KeyCheck:
+    """Before sending to a member: the recipient's key (or its domain's) must still be valid."""
+
+    def __init__(self, keys: KeyStore, manifest: ManifestSource, clock) -> None:
+        self.keys, self.manifest, self.clock = keys, manifest, clock
+
+    def veto(self, claim) -> str | None:
+        if not claim.next_hop.startswith("smtp:"):
+            return None
+        now = self.clock()
+        known = self.keys.find(claim.recipient)
+        if known:
+            if any(k.status.encryption_keys(now) for k in known):
+                return None
+            return "the recipient's key was revoked or expired while the message waited"
+        key = self.manifest.member_key(domain_of(claim.recipient) or "")
+        if key is None or not key.status.encryption_keys(now):
+            return "the recipient domain's key was revoked or expired while the message waited"
+        return None
+
+
+class Bounces:
+    """Queues DSNs with the null sender: locally, or encrypted and signed to a member domain."""
+
+    def __init__(self, config: GatewayConfig, queue: Queue, transformer: Transformer,
+                 manifest: ManifestSource) -> None:
+        self.config, self.queue, self.transformer, self.manifest = config, queue, transformer, manifest
+
+    def send(self, dsn: bytes, rcpt: str) -> None:
+        domain = domain_of(rcpt) or ""
+        body = dsn
+        if self.config.serves(domain):
+            hop = (relay_hop(*self.config.relay_to) if self.config.local_delivery == "relay"
+                   else maildir_hop(rcpt))
+        elif self.manifest() is not None and self.manifest().is_member(domain):
+            member = self.manifest().member(domain)
+            own = self.config.domains[0]
+            facts = bounce_facts(own, rcpt)
+            body, _ = self.transformer.outbound(dsn, facts, domain, [rcpt])
+            hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pin)
+        elif self.config.relay_to is not None and self.config.non_member_policy == "allow-plain":
+            hop = relay_hop(*self.config.relay_to)
+        else:
+            log.warning("DSN for a non-member address has no route; kept as bounced only")
+            self.queue.audit_log and self.queue.audit_log.append("dsn_unroutable", rcpt_domain=domain)
+            return
+        self.queue.enqueue("", [(rcpt, hop)], body, meta={"route": "dsn"},
+                           audit=("dsn_queued", {"rcpt_domain": domain}))
+
+
+def bounce_facts(own_domain: str, rcpt: str) -> Facts:
+    """What the crypto stage needs to know about a DSN we wrote ourselves."""
+    sender = f"MAILER-DAEMON@{own_domain}"
+    return Facts(origin="office", listener="internal", tls=True, auth_user=None, mail_from="",
+                 sender_domain=None, sender_class=None,
+                 headers=Headers((sender,), 0), recipients={rcpt: "member"},
+                 encryption=EncryptionCheck(False, "none", "ours"), from_class="own")

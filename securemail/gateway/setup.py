@@ -1,0 +1,159 @@
+"""gateway init: a documented config, the domain OpenPGP keys, DKIM keys and a TLS certificate."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from ..crypto import openpgp
+from ..crypto.dkim import generate_dkim_key
+from ..crypto.keys import Key
+from ..errors import UsageError
+from ..keys.store import KeyStore
+from ..policy.address import _DOMAIN
+
+
+@dataclass
+class InitOptions:
+    domains: list[str]
+    listen: str = "127.0.0.1:2525"
+    submission: str | None = "127.0.0.1:5870"
+    hostname: str | None = None
+    trusted_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    database_url: str | None = None
+    relay_to: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    key_lifetime_days: int = 730
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, mode)
+
+
+def self_signed_cert(hostname: str, cert_path: Path, key_path: Path, days: int = 825) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = dt.datetime.now(dt.timezone.utc)
+    sans = [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .sign(key, hashes.SHA256()))
+    _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()), 0o600)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def _toml_list(items) -> str:
+    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
+def init_gateway(home: Path, keys: KeyStore, opts: InitOptions) -> dict:
+    """Create everything a gateway needs in ``home``; refuse to overwrite an existing config."""
+    cfg = home / "securemail.toml"
+    if cfg.exists():
+        raise UsageError(f"{cfg} exists already; edit it, or use another --home")
+    domains = [d.strip().lower() for d in opts.domains]
+    for d in domains:
+        if not _DOMAIN.match(d):
+            raise UsageError(f"not a domain name: {d!r}")
+    hostname = opts.hostname or f"gateway.{domains[0]}"
+    fprs, dkim = {}, []
+    for d in domains:
+        key = Key(openpgp.generate(f"securemail gateway <gateway@{d}>", "ed25519",
+                                   dt.timedelta(days=opts.key_lifetime_days), None))
+        keys.add(key, source="gateway-init")
+        fprs[d] = key.fingerprint
+        for algo, selector in (("ed25519", "sm-ed25519"), ("rsa2048", "sm-rsa")):
+            k = generate_dkim_key(algo)
+            rel = f"dkim/{d}.{selector}.pem"
+            _write(home / rel, k.private_pem, 0o600)
+            dkim.append((d, selector, algo, rel, k.public_txt))
+    cert, tkey = opts.tls_cert or "tls/cert.pem", opts.tls_key or "tls/key.pem"
+    if not opts.tls_cert:
+        self_signed_cert(hostname, home / cert, home / tkey)
+    db = opts.database_url or f"sqlite:///{home / 'securemail.db'}"
+    text = CONFIG_TEMPLATE.format(
+        domains=_toml_list(domains), hostname=hostname, db=db, listen=opts.listen,
+        trusted=_toml_list(opts.trusted_networks), cert=cert, tkey=tkey,
+        local="relay" if opts.relay_to else "maildir",
+        relay_to=f'relay_to = "{opts.relay_to}"' if opts.relay_to else '# relay_to = "127.0.0.1:25"',
+        submission=(f'[listeners.submission]\nlisten = "{opts.submission}"\nrequire_starttls = true\n'
+                    'auth_required = true\n' if opts.submission else ""),
+        openpgp="\n".join(f'"{d}" = "{f}"' for d, f in fprs.items()),
+        dkim="\n".join(f'[[keys.dkim]]\ndomain = "{d}"\nselector = "{s}"\nalgorithm = "{a}"\n'
+                       f'private_key = "{p}"\n' for d, s, a, p, _ in dkim))
+    _write(cfg, text.encode(), 0o600)
+    return {"config": str(cfg), "hostname": hostname, "openpgp": fprs,
+            "dkim": [{"domain": d, "selector": s, "public_key": t} for d, s, _, _, t in dkim]}
+
+
+CONFIG_TEMPLATE = """\
+# securemail gateway configuration. Relative paths are relative to this home.
+# Every setting is described in the README ("Gateway configuration").
+
+[gateway]
+domains = {domains}          # the domains this gateway serves
+hostname = "{hostname}"      # EHLO name; the TLS certificate's name
+
+[database]
+url = "{db}"                 # or postgresql+psycopg://user@host/db to run several nodes
+
+[listeners.relay]            # office MTAs (trusted networks may relay out) and member gateways
+listen = "{listen}"
+trusted_networks = {trusted}
+require_starttls = false     # office MTAs may speak plain; member gateways must use TLS (policy)
+auth_required = false
+
+{submission}
+[tls]
+cert = "{cert}"
+key = "{tkey}"
+
+[auth]
+passwords_file = "passwords" # user:scrypt-hash lines; securemail gateway user add
+
+[delivery]
+local = "{local}"            # "maildir" (home/Maildir/<address>) or "relay" (hand to the office MTA)
+{relay_to}
+non_member_policy = "refuse" # or "allow-plain": hand non-member mail to relay_to
+workers = 4                  # concurrent deliveries per process
+lease_seconds = 300          # a crashed worker's deliveries are retried after this
+poll_interval = 1.0
+
+[retry]                      # like Postfix: 5 min doubling to 1 h, give up after 5 days
+first = 300
+cap = 3600
+give_up_after = 432000
+
+[limits]
+message_size = 26214400
+recipients = 100
+connections = 200
+connections_per_ip = 20
+command_timeout = 300
+
+[federation]
+manifest = "federation.json"
+# authority = "FINGERPRINT"  # set by: securemail federation install F --authority FPR
+
+[keys.openpgp]               # domain -> fingerprint of the domain key in the key store
+{openpgp}
+
+{dkim}"""

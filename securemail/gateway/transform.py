@@ -1,0 +1,168 @@
+"""The gateway's crypto stage: what each route does to a message before it is queued.
+
+Outbound to a member: encrypted mail passes with its transport headers
+stripped; plain office mail is encrypted (recipient key, else the recipient
+domain's key) and signed with our domain key. Inbound mail encrypted to our
+domain key is decrypted here and re-encrypted to the local user's key (the
+sender's signature kept) or handed to the office MTA with status headers.
+Every body that leaves for another domain is DKIM-signed last.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from email import policy as _policy
+from email.generator import BytesGenerator
+from email.parser import BytesParser
+from io import BytesIO
+from typing import Callable
+
+from ..crypto import message as M
+from ..crypto.keys import Key
+from ..errors import KeyUnusable, PolicyRefusal
+from ..mail.compose import pgp_mime
+from ..policy.facts import Facts
+
+TRANSPORT_HEADERS = ("received", "return-path", "x-originating-ip", "dkim-signature",
+                     "authentication-results", "securemail-status", "x-mailer-ip")
+_SMTP_POLICY = _policy.compat32.clone(linesep="\r\n")
+
+
+@dataclass
+class Item:
+    """One body to queue, with its recipients and their next hops."""
+    sender: str
+    recipients: list[tuple[str, str]]
+    body: bytes
+    meta: dict = field(default_factory=dict)
+
+
+def split_message(raw: bytes) -> tuple[bytes, bytes]:
+    end = raw.find(b"\r\n\r\n")
+    return (raw, b"") if end < 0 else (raw[:end + 2], raw[end + 4:])
+
+
+def strip_headers(raw: bytes, names=TRANSPORT_HEADERS) -> bytes:
+    """Remove whole header fields (with continuation lines) by name; body untouched."""
+    head, body = split_message(raw)
+    out, skipping = [], False
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                out.append(line)
+            continue
+        name = line.split(b":", 1)[0].strip().lower().decode("latin-1")
+        skipping = name in names
+        if not skipping:
+            out.append(line)
+    return b"\r\n".join(out).rstrip(b"\r\n") + b"\r\n\r\n" + body
+
+
+def add_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
+    """Prepend header fields (values must be single-line, no CR/LF)."""
+    lines = b"".join(f"{n}: {' '.join(v.split())}\r\n".encode() for n, v in headers)
+    return lines + raw
+
+
+def top_headers(raw: bytes, names=("From", "To", "Cc", "Date", "Message-ID")) -> dict[str, str]:
+    msg = BytesParser(policy=_policy.compat32).parsebytes(split_message(raw)[0] + b"\r\n", headersonly=True)
+    return {n: " ".join(str(msg[n]).split()) for n in names if msg[n] is not None}
+
+
+def protected_inner(raw: bytes) -> bytes:
+    """The plain message as an inner entity for encryption: transport headers gone, hp="cipher"."""
+    msg = BytesParser(policy=_policy.compat32).parsebytes(strip_headers(raw))
+    for name in ("MIME-Version",):
+        del msg[name]
+    if msg.get("Content-Type") is None:
+        msg["Content-Type"] = 'text/plain; charset="us-ascii"'
+    msg.set_param("hp", "cipher")
+    buf = BytesIO()
+    BytesGenerator(buf, mangle_from_=False, policy=_SMTP_POLICY).flatten(msg)
+    return buf.getvalue()
+
+
+class Transformer:
+    """Holds what the crypto stage needs, built once by the composition root."""
+
+    def __init__(self, *, hostname: str, domain_keys: dict[str, Key],
+                 user_key: Callable[[str], Key | None], member_key: Callable[[str], Key | None],
+                 lookup: M.CertLookup, dkim_sign: Callable[[bytes, str], bytes],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.hostname = hostname
+        self.domain_keys = domain_keys          # domain -> unlocked secret Key
+        self.user_key = user_key                # address -> valid Key or None (key store)
+        self.member_key = member_key            # member domain -> Key from the manifest
+        self.lookup = lookup
+        self.dkim_sign = dkim_sign
+        self.clock = clock
+
+    # --- outbound -----------------------------------------------------------------
+    def outbound(self, raw: bytes, f: Facts, domain: str, rcpts: list[str]) -> tuple[bytes, dict]:
+        """The body to send to member ``domain`` for ``rcpts``, always encrypted and DKIM-signed."""
+        if f.encryption.encrypted:
+            return self.dkim_sign(strip_headers(raw), f.from_domain or ""), {"encrypted_by": "sender", "encrypted_to": []}
+        now = self.clock()
+        targets, used = [], []
+        for r in rcpts:
+            key = self.user_key(r)
+            if key is None:
+                key = self.member_key(domain)
+            if key is None:
+                raise PolicyRefusal(f"no usable OpenPGP key for {r}; refusing to send in clear",
+                                    code=550, enhanced="5.7.1")
+            targets.append((key, r))
+            used.append(key.fingerprint)
+        signer = self.domain_keys.get(f.from_domain or "")
+        if signer is None:
+            raise PolicyRefusal("sender domain has no signing key here", code=550, enhanced="5.7.1")
+        try:
+            armored = M.encrypt(protected_inner(raw), targets, signer=signer, now=now)
+        except KeyUnusable as e:
+            raise PolicyRefusal(f"{e.message}; refusing to send in clear", code=550, enhanced="5.7.1") from None
+        body = pgp_mime(top_headers(raw), armored)
+        return self.dkim_sign(body, f.from_domain or ""), {"encrypted_by": "gateway", "encrypted_to": sorted(set(used)),
+                                      "signed_by": signer.fingerprint}
+
+    # --- inbound --------------------------------------------------------------------
+    def _ours(self, f: Facts) -> Key | None:
+        ids = set(f.encryption.recipient_keyids)
+        return next((k for k in self.domain_keys.values() if ids & k.keyids), None)
+
+    def status_headers(self, f: Facts, decrypted: M.Decrypted | None) -> list[tuple[str, str]]:
+        sig = decrypted.signature if decrypted else None
+        status = (f"encrypted={'yes' if f.encryption.encrypted else 'no'}; "
+                  f"signature={sig.status if sig else ('none' if decrypted else 'unchecked')}"
+                  + (f"; signer={sig.signer}" if sig and sig.signer else ""))
+        ar = f"{self.hostname}; dkim={f.dkim_status}" + (f" header.d={f.from_domain}" if f.from_domain else "")
+        return [("Authentication-Results", ar), ("Securemail-Status", status)]
+
+    def inbound(self, raw: bytes, f: Facts, rcpt: str, mode: str) -> tuple[bytes, dict]:
+        """Mail from a member gateway for local ``rcpt``: maildir (mode) or relay to the office."""
+        domain_key = self._ours(f) if f.encryption.encrypted else None
+        if domain_key is None:  # end-to-end to the user (or plain, where policy allowed it)
+            return add_headers(raw, self.status_headers(f, None)), {"decrypted": False}
+        out = M.decrypt(f.encryption.payload, [domain_key], self.lookup)
+        meta = {"decrypted": True, "signature": out.signature.status if out.signature else "none",
+                "signer": out.signature.signer if out.signature else None}
+        if mode == "relay":
+            return add_headers(out.data, self.status_headers(f, out)), meta
+        user = self.user_key(rcpt)
+        if user is None:
+            raise PolicyRefusal(f"no valid key for local recipient {rcpt}", code=550, enhanced="5.1.1")
+        armored = M.encrypt_packets(out.packets, [(user, rcpt)], now=self.clock())
+        body = add_headers(pgp_mime(top_headers(raw), armored), self.status_headers(f, out))
+        return body, {**meta, "reencrypted_to": user.fingerprint}
+
+    def local(self, raw: bytes, f: Facts, rcpt: str, mode: str) -> tuple[bytes, dict]:
+        """Office mail for a colleague on a domain served here."""
+        if mode == "relay" or f.encryption.encrypted:
+            return raw, {}
+        user = self.user_key(rcpt)
+        signer = self.domain_keys.get(f.from_domain or "")
+        if user is None or signer is None:
+            return raw, {"encrypted_by": None}
+        armored = M.encrypt(protected_inner(raw), [(user, rcpt)], signer=signer, now=self.clock())
+        return pgp_mime(top_headers(raw), armored), {"encrypted_by": "gateway",
+                                                      "encrypted_to": [user.fingerprint]}
