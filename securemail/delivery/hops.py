@@ -1,0 +1,133 @@
+"""Next-hop strings stored on each delivery row: parse them and build them.
+
+Three kinds, one per way a message leaves the gateway:
+
+``smtp:HOST:PORT:PIN``
+    a member gateway; STARTTLS is required and the server certificate's
+    SubjectPublicKeyInfo SHA-256 must equal PIN (64 lowercase hex digits).
+``relay:HOST:PORT``
+    the office MTA, inside the office; plain SMTP.
+``maildir:ADDRESS``
+    a local Maildir under ``<home>/Maildir/<address>/``.
+
+An IPv6 host is written in brackets (``smtp:[::1]:25:PIN``). ``parse_hop``
+raises ``UsageError`` for anything else; the worker holds such a delivery
+aside instead of guessing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from securemail.errors import UsageError
+
+_PIN = re.compile(r"^[0-9a-f]{64}$")
+_HOST = re.compile(r"^[A-Za-z0-9.\-_:]{1,253}$")  # names, IPv4, IPv6 (unbracketed)
+
+
+@dataclass(frozen=True)
+class SmtpHop:
+    """A member gateway: STARTTLS required, certificate pinned by SPKI SHA-256."""
+    host: str
+    port: int
+    pin: str
+    kind = "smtp"
+
+    def __str__(self) -> str:
+        return f"smtp:{_host(self.host)}:{self.port}:{self.pin}"
+
+
+@dataclass(frozen=True)
+class RelayHop:
+    """The office MTA: plain SMTP inside the office."""
+    host: str
+    port: int
+    kind = "relay"
+
+    def __str__(self) -> str:
+        return f"relay:{_host(self.host)}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MaildirHop:
+    """A local mailbox, named by the recipient address."""
+    address: str
+    kind = "maildir"
+
+    def __str__(self) -> str:
+        return f"maildir:{self.address}"
+
+
+Hop = SmtpHop | RelayHop | MaildirHop
+
+
+def smtp_hop(host: str, port: int, pin: str) -> str:
+    """The next-hop string for a member gateway (``pin`` is hex, any case)."""
+    return str(_smtp(host, port, pin.lower()))
+
+
+def relay_hop(host: str, port: int) -> str:
+    """The next-hop string for the office MTA."""
+    return str(RelayHop(_check_host(host), _check_port(port)))
+
+
+def maildir_hop(address: str) -> str:
+    """The next-hop string for local delivery to ``address``."""
+    return str(MaildirHop(_address(address)))
+
+
+def parse_hop(text: str) -> Hop:
+    """The hop a next-hop string names; ``UsageError`` if it is not one of the three forms."""
+    kind, sep, rest = str(text).partition(":")
+    if not sep:
+        raise UsageError(f"invalid next hop {text!r}")
+    if kind == "maildir":
+        return MaildirHop(_address(rest))
+    if kind == "smtp":
+        hostport, _, pin = rest.rpartition(":")
+        host, port = _split(hostport, text)
+        return _smtp(host, port, pin)
+    if kind == "relay":
+        host, port = _split(rest, text)
+        return RelayHop(host, port)
+    raise UsageError(f"unknown next-hop kind {kind!r}")
+
+
+def _smtp(host: str, port: int, pin: str) -> SmtpHop:
+    if not _PIN.match(pin):
+        raise UsageError("a member gateway pin is 64 lowercase hex digits (SPKI SHA-256)")
+    return SmtpHop(_check_host(host), _check_port(port), pin)
+
+
+def _address(address: str) -> str:
+    if not address or any(c.isspace() or ord(c) < 32 or c == "\x7f" for c in address):
+        raise UsageError(f"invalid maildir address {address!r}")
+    return address
+
+
+def _split(hostport: str, text: str) -> tuple[str, int]:
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"invalid next hop {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise UsageError(f"an IPv6 host must be in brackets: {text!r}")
+    return _check_host(host), _check_port(int(port))
+
+
+def _check_host(host: str) -> str:
+    if not _HOST.match(host or ""):
+        raise UsageError(f"invalid host {host!r}")
+    return host
+
+
+def _check_port(port: int) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise UsageError(f"invalid port {port!r}")
+    return port
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

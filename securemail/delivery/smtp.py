@@ -1,0 +1,236 @@
+"""Next-hop SMTP client: one transaction to a member gateway (STARTTLS, pinned key) or the office MTA.
+
+A member gateway (``smtp:HOST:PORT:PIN``) must offer STARTTLS, and the
+SubjectPublicKeyInfo SHA-256 of the certificate it presents must equal PIN.
+The CA chain is not checked (self-signed certificates are normal in the
+federation); the pin is the authentication. No STARTTLS, a failed handshake or
+a wrong key is a *temporary* failure: the message stays queued and is never
+sent in clear. Replies read before the pin is verified are unauthenticated, so
+a 5xx among them cannot bounce a message either (an on-path attacker could
+inject one); only an authenticated 5xx is permanent.
+
+The office MTA (``relay:HOST:PORT``) is inside the office: plain SMTP.
+
+Several recipients of one message with the same next hop go in one
+transaction (one MAIL, several RCPT, one DATA). ``deliver_smtp`` never raises
+for a network or protocol problem: it returns an ``Outcome``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+import os
+import ssl
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiosmtplib
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from securemail.delivery.hops import Hop, RelayHop, SmtpHop, parse_hop
+from securemail.delivery.outcome import PERMANENT, TEMPORARY, Outcome, clean, from_reply, temporary
+from securemail.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+TlsClientCert = tuple[str | os.PathLike, str | os.PathLike]
+
+# Our own phrases for failures no server answered (stored, audited, shown in DSNs).
+NO_STARTTLS = "member gateway did not offer STARTTLS; not sent in clear"
+TLS_FAILED = "TLS handshake with member gateway failed"
+PIN_MISMATCH = "member gateway certificate does not match its pinned key"
+UNAUTHENTICATED = "member gateway refused before TLS was established"
+TIMED_OUT = "connection timed out"
+CONNECT_FAILED = "connection failed"
+CONNECTION_LOST = "connection lost"
+NO_SMTPUTF8 = "next hop does not support SMTPUTF8 for a non-ASCII address"
+BAD_ADDRESS = "address cannot be sent over SMTP"
+_RCPT_OK = (250, 251)
+
+
+class _Stop(Exception):
+    """Ends the transaction early with an outcome (internal)."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+
+
+async def deliver_smtp(hop: str | Hop, mail_from: str, rcpt: str | Sequence[str], body: bytes,
+                       *, helo: str, timeout: float = 60.0,
+                       tls_client_cert: TlsClientCert | None = None) -> Outcome:
+    """Send ``body`` from ``mail_from`` ("" = null sender) to ``rcpt`` (one or several) via ``hop``.
+
+    ``timeout`` bounds each network step (connect, each command, the handshake).
+    ``tls_client_cert`` is ``(cert_file, key_file)`` presented on a member gateway's STARTTLS.
+    """
+    h = parse_hop(hop) if isinstance(hop, str) else hop
+    if not isinstance(h, (SmtpHop, RelayHop)):
+        raise UsageError(f"not an SMTP next hop: {h}")
+    rcpts = [rcpt] if isinstance(rcpt, str) else list(rcpt)
+    if not rcpts:
+        raise UsageError("deliver_smtp needs at least one recipient")
+    if not all(_sendable(a) for a in [mail_from, *rcpts]) or not all(rcpts):
+        return Outcome(PERMANENT, None, BAD_ADDRESS)
+    client = aiosmtplib.SMTP(hostname=h.host, port=h.port, timeout=timeout,
+                             local_hostname=helo, use_tls=False, start_tls=False)
+    where = f"{h.kind}:{h.host}:{h.port}"
+    try:
+        outcome = await _transaction(client, h, mail_from, rcpts, body, tls_client_cert)
+    except _Stop as stop:
+        outcome = stop.outcome
+    except aiosmtplib.SMTPResponseException as err:
+        outcome = from_reply(err.code, err.message)
+        if isinstance(h, SmtpHop) and outcome.kind == PERMANENT and not _tls_up(client):
+            outcome = Outcome(TEMPORARY, err.code, f"{UNAUTHENTICATED}: {outcome.message}")
+    except (aiosmtplib.SMTPTimeoutError, TimeoutError) as err:
+        outcome = _failed(where, TIMED_OUT, err)
+    except aiosmtplib.SMTPConnectError as err:
+        outcome = _failed(where, CONNECT_FAILED, err)
+    except aiosmtplib.SMTPServerDisconnected as err:
+        outcome = _failed(where, CONNECTION_LOST, err)
+    except ssl.SSLError as err:
+        outcome = _failed(where, TLS_FAILED, err)
+    except (OSError, aiosmtplib.SMTPException) as err:
+        outcome = _failed(where, CONNECT_FAILED, err)
+    finally:
+        client.close()
+    log.log(logging.INFO if outcome.kind == "delivered" else logging.WARNING,
+            "deliver %s: %d recipient(s): %s: %s", where, len(rcpts), outcome.kind, outcome.describe())
+    return outcome
+
+
+async def _transaction(client: aiosmtplib.SMTP, h: SmtpHop | RelayHop, mail_from: str,
+                       rcpts: list[str], body: bytes,
+                       tls_client_cert: TlsClientCert | None) -> Outcome:
+    await client.connect()
+    await _hello(client)
+    if isinstance(h, SmtpHop):
+        await _secure(client, h, tls_client_cert)
+        await _hello(client)
+    utf8 = not all(a.isascii() for a in [mail_from, *rcpts])
+    if utf8 and not client.supports_extension("smtputf8"):
+        return Outcome(PERMANENT, None, NO_SMTPUTF8)
+    encoding = "utf-8" if utf8 else "ascii"
+    options = [b"SMTPUTF8"] if utf8 else []
+    if client.supports_extension("size"):
+        options.append(b"SIZE=%d" % len(body))
+    if not body.isascii() and client.supports_extension("8bitmime"):
+        options.append(b"BODY=8BITMIME")
+    reply = await client.execute_command(b"MAIL", b"FROM:<" + mail_from.encode(encoding) + b">",
+                                         *options)
+    if reply.code != 250:
+        return from_reply(reply.code, reply.message)
+    refused: dict[str, Outcome] = {}
+    for rcpt in rcpts:
+        reply = await client.execute_command(b"RCPT", b"TO:<" + rcpt.encode(encoding) + b">")
+        if reply.code not in _RCPT_OK:
+            refused[rcpt] = from_reply(reply.code, reply.message)
+    if len(refused) == len(rcpts):
+        await _quit(client)
+        return _all_refused(refused)
+    try:
+        reply = await client.data(body)
+    except aiosmtplib.SMTPResponseException as err:  # DATA or end-of-data refused
+        reply = err
+    outcome = from_reply(reply.code, reply.message)
+    await _quit(client)
+    return Outcome(outcome.kind, outcome.code, outcome.message, refused)
+
+
+async def _hello(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError:
+        if not client.is_connected:
+            raise
+        await client.helo()
+
+
+async def _secure(client: aiosmtplib.SMTP, h: SmtpHop,
+                  tls_client_cert: TlsClientCert | None) -> None:
+    """STARTTLS and the pin check; any failure is temporary and ends the session."""
+    if not client.supports_extension("starttls"):
+        raise _Stop(temporary(NO_STARTTLS))
+    try:
+        await client.starttls(tls_context=_tls_context(tls_client_cert), server_hostname=h.host)
+    except aiosmtplib.SMTPResponseException as err:
+        raise _Stop(Outcome(TEMPORARY, err.code, f"STARTTLS refused: {clean(err.message)}"))
+    except ssl.SSLError as err:
+        log.warning("smtp %s:%d: TLS handshake failed: %s", h.host, h.port, err)
+        raise _Stop(temporary(TLS_FAILED))
+    ssl_object = client.get_transport_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    got = spki_sha256(der) if der else None
+    if got is None or not hmac.compare_digest(got, h.pin):
+        log.warning("smtp %s:%d: certificate key %s does not match pin %s; closing",
+                    h.host, h.port, got, h.pin)
+        raise _Stop(temporary(PIN_MISMATCH))
+
+
+def spki_sha256(certificate: bytes) -> str | None:
+    """The pin of a certificate (DER or PEM): SHA-256 of its SubjectPublicKeyInfo, lowercase hex."""
+    try:
+        if certificate.lstrip().startswith(b"-----BEGIN"):
+            cert = x509.load_pem_x509_certificate(certificate)
+        else:
+            cert = x509.load_der_x509_certificate(certificate)
+        spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+    return hashlib.sha256(spki).hexdigest()
+
+
+def _tls_context(tls_client_cert: TlsClientCert | None) -> ssl.SSLContext:
+    if tls_client_cert is None:
+        return _context(None, None, 0.0, 0.0)
+    cert, key = (Path(p) for p in tls_client_cert)
+    # the mtimes are part of the cache key, so a renewed certificate is picked up
+    return _context(str(cert), str(key), cert.stat().st_mtime, key.stat().st_mtime)
+
+
+@functools.lru_cache(maxsize=8)
+def _context(cert: str | None, key: str | None, _m1: float, _m2: float) -> ssl.SSLContext:
+    """A client context that does not verify the chain (the pin does) and needs TLS 1.2+."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _tls_up(client: aiosmtplib.SMTP) -> bool:
+    transport = client.transport
+    return transport is not None and transport.get_extra_info("ssl_object") is not None
+
+
+def _all_refused(refused: dict[str, Outcome]) -> Outcome:
+    """The transaction's outcome when every RCPT was refused (each keeps its own)."""
+    first = next(iter(refused.values()))
+    kind = TEMPORARY if any(o.kind == TEMPORARY for o in refused.values()) else PERMANENT
+    return Outcome(kind, first.code, first.message, refused)
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    """QUIT politely; the outcome is already decided, so errors here do not matter."""
+    try:
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        pass
+
+
+def _sendable(address: str) -> bool:
+    """No brackets, spaces or controls: nothing that could break or extend the command line."""
+    return not any(c in "<>" or c.isspace() or ord(c) < 32 or c == "\x7f" for c in address)
+
+
+def _failed(where: str, message: str, err: BaseException) -> Outcome:
+    log.debug("smtp %s: %s: %r", where, message, err)
+    return temporary(message)

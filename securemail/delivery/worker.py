@@ -1,0 +1,289 @@
+"""The delivery stage's loop: claim due deliveries, send each (message, next hop) group, settle.
+
+One ``run_once`` claims up to ``batch`` deliveries under a lease, groups them
+by message and next hop (so one SMTP transaction carries every recipient of a
+message that goes to the same gateway), delivers the groups concurrently
+(at most ``concurrency`` at a time) and settles every claim:
+
+* delivered -> ``mark_delivered``
+* temporary -> ``defer`` to the next time of the retry schedule, or, once the
+  schedule gives up, ``bounce`` with a DSN (status 4.4.7 unless the remote gave one)
+* permanent -> ``bounce`` with a DSN
+* a next hop that cannot be parsed -> ``hold`` (moved aside, never dropped)
+
+Before a member gateway is contacted, ``pre_send(claim)`` may veto a
+recipient (its key expired or was revoked while the mail waited): the
+delivery is bounced with a DSN and nothing is sent, in clear or otherwise.
+A DSN is enqueued, after its bounce is committed, through ``bounce_sender``
+with the null envelope sender; none is made for a null-sender message.
+Database failures surface as ``TemporaryFailure``; ``run`` backs off on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from securemail.audit import AuditLog
+from securemail.config import Retry
+from securemail.delivery.dsn import BounceSender, build_dsn, header_block
+from securemail.delivery.hops import Hop, MaildirHop, SmtpHop, parse_hop
+from securemail.delivery.maildir import deliver_maildir
+from securemail.delivery.outcome import DELIVERED, PERMANENT, Outcome, permanent, temporary
+from securemail.delivery.smtp import TlsClientCert, deliver_smtp
+from securemail.errors import SecureMailError, TemporaryFailure, UsageError
+from securemail.queue import Claim, Queue, next_retry
+
+log = logging.getLogger(__name__)
+
+PreSend = Callable[[Claim], "str | None | Awaitable[str | None]"]
+
+EXPIRED_STATUS = "4.4.7"      # RFC 3463: delivery time expired
+PERMANENT_STATUS = "5.0.0"
+VETO_STATUS = "5.7.0"         # security: the recipient key is no longer usable
+BAD_HOP = "invalid next hop"
+NO_MAILDIR = "local delivery is not configured"
+INTERNAL = "internal delivery error"
+PRE_SEND_FAILED = "recipient key check failed; will retry"
+
+
+class DeliveryWorker:
+    """Delivers what the queue says is due; several workers (owners) may share one queue."""
+
+    def __init__(self, queue: Queue, *, owner: str, helo: str,
+                 maildir_root: Path | None = None, lease_seconds: float = 300.0,
+                 retry: Retry = Retry(), batch: int = 50, concurrency: int = 10,
+                 timeout: float = 60.0, poll_interval: float = 1.0, max_backoff: float = 60.0,
+                 clock: Callable[[], float] = time.time,
+                 deliver_smtp: Callable[..., Awaitable[Outcome]] = deliver_smtp,
+                 deliver_maildir: Callable[..., Outcome] = deliver_maildir,
+                 bounce_sender: BounceSender | None = None, pre_send: PreSend | None = None,
+                 tls_client_cert: TlsClientCert | None = None,
+                 reporting_mta: str | None = None, audit_log: AuditLog | None = None) -> None:
+        if lease_seconds <= timeout:
+            raise UsageError("lease_seconds must exceed the SMTP timeout")
+        self.queue, self.owner, self.helo = queue, owner, helo
+        self.maildir_root = maildir_root
+        self.lease_seconds, self.retry, self.batch = lease_seconds, retry, batch
+        self.timeout, self.poll_interval, self.max_backoff = timeout, poll_interval, max_backoff
+        self.clock = clock
+        self.deliver_smtp, self.deliver_maildir = deliver_smtp, deliver_maildir
+        self.bounce_sender, self.pre_send = bounce_sender, pre_send
+        self.tls_client_cert = tls_client_cert
+        self.reporting_mta = reporting_mta or helo
+        self.audit_log = audit_log if audit_log is not None else queue.audit_log
+        self.concurrency = concurrency
+
+    @classmethod
+    def from_config(cls, config, queue: Queue, *, owner: str, **kwargs) -> "DeliveryWorker":
+        """A worker with the gateway's settings (``GatewayConfig``); ``kwargs`` add or override."""
+        settings = dict(helo=config.hostname, maildir_root=Path(config.home) / "Maildir",
+                        lease_seconds=config.lease_seconds, retry=config.retry,
+                        poll_interval=config.poll_interval)
+        return cls(queue, owner=owner, **{**settings, **kwargs})
+
+    # --- the loop -------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; back off (doubling, up to max_backoff) while the DB fails."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                n = await self.run_once()
+            except Exception as err:  # noqa: BLE001 - the loop must outlive any one batch
+                failures += 1
+                wait = min(self.max_backoff, self.poll_interval * 2 ** min(failures, 16))
+                if isinstance(err, TemporaryFailure):
+                    log.warning("delivery %s: queue unavailable (%s); next try in %.1fs",
+                                self.owner, err.detail or err, wait)
+                else:
+                    log.exception("delivery %s: unexpected error; next try in %.1fs", self.owner, wait)
+            else:
+                failures = 0
+                wait = 0.0 if n >= self.batch else self.poll_interval
+            try:
+                await asyncio.wait_for(stop.wait(), wait)
+            except TimeoutError:
+                pass
+
+    async def run_once(self) -> int:
+        """Claim one batch, deliver and settle it; returns how many deliveries were claimed."""
+        claims = await asyncio.to_thread(self.queue.claim, self.owner, self.batch, self.lease_seconds)
+        groups: dict[tuple[str, str], list[Claim]] = {}
+        for c in claims:
+            groups.setdefault((c.message_id, c.next_hop), []).append(c)
+        slots = asyncio.Semaphore(self.concurrency)
+        results = await asyncio.gather(*(self._slot(slots, g) for g in groups.values()),
+                                       return_exceptions=True)
+        failure: TemporaryFailure | None = None
+        for r in results:
+            if isinstance(r, TemporaryFailure):
+                failure = failure or r
+            elif isinstance(r, BaseException):
+                log.error("delivery %s: group failed", self.owner, exc_info=r)
+        if failure is not None:
+            raise failure
+        return len(claims)
+
+    async def _slot(self, slots: asyncio.Semaphore, claims: list[Claim]) -> None:
+        async with slots:
+            await self._group(claims)
+
+    # --- one (message, next hop) group -------------------------------------------------
+    async def _group(self, claims: list[Claim]) -> None:
+        first = claims[0]
+        try:
+            hop = parse_hop(first.next_hop)
+        except UsageError:
+            return await self._hold(claims, BAD_HOP)
+        if isinstance(hop, MaildirHop) and self.maildir_root is None:
+            return await self._hold(claims, NO_MAILDIR)
+        body = await asyncio.to_thread(self.queue.body, first.message_id)
+        if body is None:
+            log.warning("delivery %s: message %s is gone", self.owner, first.message_id)
+            return
+        if self.clock() + self.timeout >= min(c.lease_until for c in claims):
+            log.warning("delivery %s: lease too short for message %s; left for a later claim",
+                        self.owner, first.message_id)
+            return
+        if isinstance(hop, SmtpHop) and self.pre_send is not None:
+            claims = await self._vet(hop, claims, body)
+        if claims:
+            outcome = await self._send(hop, first.sender, [c.recipient for c in claims], body)
+            await self._settle(hop, claims, outcome, body)
+
+    async def _vet(self, hop: Hop, claims: list[Claim], body: bytes) -> list[Claim]:
+        """Ask ``pre_send`` about each recipient; bounce the vetoed, defer on a failed check."""
+        ok: list[Claim] = []
+        vetoed: dict[str, list[tuple[Claim, Outcome]]] = {}
+        for c in claims:
+            try:
+                if inspect.iscoroutinefunction(self.pre_send):
+                    reason = await self.pre_send(c)
+                else:
+                    reason = await asyncio.to_thread(self.pre_send, c)
+                    if inspect.isawaitable(reason):
+                        reason = await reason
+            except Exception:  # noqa: BLE001 - a failed check must not send
+                log.exception("delivery %s: pre_send failed for %s", self.owner, c.delivery_id)
+                await self._settle(hop, [c], temporary(PRE_SEND_FAILED), body)
+                continue
+            if reason:
+                log.info("delivery %s: %s vetoed before sending: %s", self.owner, c.delivery_id, reason)
+                vetoed.setdefault(str(reason), []).append((c, permanent(str(reason))))
+            else:
+                ok.append(c)
+        for reason, items in vetoed.items():
+            await self._bounce(items, body, VETO_STATUS, reason, "vetoed", hop)
+        return ok
+
+    async def _send(self, hop: Hop, sender: str, rcpts: list[str], body: bytes) -> Outcome:
+        try:
+            if isinstance(hop, MaildirHop):
+                return await asyncio.to_thread(self.deliver_maildir, self.maildir_root, hop.address,
+                                               body, clock=self.clock, hostname=self.helo)
+            return await self.deliver_smtp(str(hop), sender, rcpts[0] if len(rcpts) == 1 else rcpts,
+                                           body, helo=self.helo, timeout=self.timeout,
+                                           tls_client_cert=self.tls_client_cert)
+        except Exception:  # noqa: BLE001 - a bug in one delivery defers it, never drops it
+            log.exception("delivery %s: delivering via %s failed", self.owner, _label(hop))
+            return temporary(INTERNAL)
+
+    # --- settling ------------------------------------------------------------------------
+    async def _settle(self, hop: Hop | None, claims: Sequence[Claim], outcome: Outcome,
+                      body: bytes) -> None:
+        now = self.clock()
+        bounced: list[tuple[Claim, Outcome]] = []
+        expired: list[tuple[Claim, Outcome]] = []
+        for c in claims:
+            o = outcome.for_recipient(c.recipient)
+            fields = {"hop": _label(hop), "code": o.code, "status": o.status}
+            if o.kind == DELIVERED:
+                self._lost(c, await self._call(self.queue.mark_delivered, c,
+                                               audit=self._spec("delivered", c, fields)))
+            elif o.kind == PERMANENT:
+                bounced.append((c, o))
+            else:
+                r = self.retry
+                at = next_retry(c.attempts, r.first, r.cap, r.give_up_after,
+                                created_at=c.created_at, now=now)
+                if at is None:
+                    expired.append((c, o))
+                    continue
+                self._lost(c, await self._call(self.queue.defer, c, o.describe(), at,
+                                               audit=self._spec("deferred", c, {**fields, "retry_at": at})))
+        dsns: dict[tuple[str, str, str], list[tuple[Claim, Outcome]]] = {}
+        for (c, o) in bounced:
+            status = o.status if (o.status or "").startswith("5") else PERMANENT_STATUS
+            dsns.setdefault((status, o.describe(), "permanent"), []).append((c, o))
+        for (c, o) in expired:
+            status = o.status if (o.status or "").startswith("4") else EXPIRED_STATUS
+            reason = f"gave up after {c.attempts} attempts; last error: {o.describe()}"
+            dsns.setdefault((status, reason, "expired"), []).append((c, o))
+        for (status, reason, why), items in dsns.items():
+            await self._bounce(items, body, status, reason, why, hop)
+
+    async def _bounce(self, items: list[tuple[Claim, Outcome]], body: bytes, status: str,
+                      reason: str, why: str, hop: Hop | None = None) -> None:
+        """Bounce each claim (lease permitting), then enqueue one DSN for those that bounced."""
+        done: list[tuple[Claim, Outcome]] = []
+        for c, o in items:
+            fields = {"hop": _label(hop), "code": o.code, "status": status, "why": why,
+                      "dsn": c.sender != ""}
+            ok = await self._call(self.queue.bounce, c, reason, audit=self._spec("bounced", c, fields))
+            self._lost(c, ok)
+            if ok:
+                done.append((c, o))
+        if not done or done[0][0].sender == "":
+            return
+        c, o = done[0]
+        dsn = build_dsn(header_block(body), c.sender, [d.recipient for d, _ in done], reason,
+                        self.reporting_mta, c.created_at, self.clock(), status,
+                        remote_reply=(o.code, o.message) if o.code is not None else None)
+        if self.bounce_sender is None:
+            log.error("delivery %s: no bounce sender; DSN for message %s not sent", self.owner, c.message_id)
+            return
+        try:
+            await asyncio.to_thread(self.bounce_sender, dsn, c.sender)
+        except Exception as err:  # noqa: BLE001 - the bounce is committed; record the lost DSN
+            log.error("delivery %s: DSN for message %s could not be queued: %r", self.owner, c.message_id, err)
+            self._note("dsn_failed", message_id=c.message_id, delivery_id=c.delivery_id)
+
+    async def _hold(self, claims: list[Claim], reason: str) -> None:
+        log.error("delivery %s: holding message %s: %s", self.owner, claims[0].message_id, reason)
+        for c in claims:
+            self._lost(c, await self._call(self.queue.hold, c, reason,
+                                           audit=self._spec("held", c, {"reason": reason})))
+
+    async def _call(self, fn, *args, **kwargs):
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def _spec(self, kind: str, c: Claim, fields: dict):
+        """The queue's audit argument: metadata only (domain, hop, codes), never addresses or text."""
+        if self.queue.audit_log is None:
+            return None
+        return kind, {**fields, "rcpt_domain": c.recipient.rpartition("@")[2].lower(),
+                      "attempts": c.attempts, "owner": self.owner}
+
+    def _note(self, kind: str, **fields) -> None:
+        if self.audit_log is None:
+            return
+        try:
+            self.audit_log.append(kind, **fields)
+        except SecureMailError:
+            log.warning("audit record %s could not be written", kind)
+
+    def _lost(self, c: Claim, ok: bool) -> None:
+        if not ok:
+            log.warning("delivery %s: lease on %s was lost before settling; another worker owns it",
+                        self.owner, c.delivery_id)
+
+
+def _label(hop: Hop | None) -> str:
+    """The hop for logs and the audit: kind, host and port; a mailbox is just "maildir"."""
+    if hop is None:
+        return ""
+    return "maildir" if isinstance(hop, MaildirHop) else f"{hop.kind}:{hop.host}:{hop.port}"
