@@ -135,11 +135,13 @@ def evaluate(f: KeyFacts) -> KeyStatus:
     if weak:
         raise KeyRefused(weak)
     selfsigs = [s for _, sigs in f.uids for s in sigs] + [s for s in f.direct_sigs]
-    if any(not s.verified for s in selfsigs if s.issuer_keyid == f.keyid):
-        raise KeyRefused("broken self-signature")
     uids, bindings = [], []
     for uid, sigs in f.uids:
         best = _latest(sigs, CERT_TYPES)
+        if best is None and any(not s.verified for s in sigs if s.type in CERT_TYPES):
+            # A user ID whose only binding does not verify: tampered, refuse the whole key.
+            # (A bad extra signature next to a good one is ignored, as gpg does.)
+            raise KeyRefused("broken self-signature")
         if best is None or _revocation(sigs, UID_REVOCATION):
             continue
         uids.append(uid)
@@ -241,6 +243,8 @@ def load_keys(data: bytes) -> list[Key | KeyRefused]:
         except KeyRefused as e:
             e.detail = item.fingerprint
             out.append(e)
+        except Exception:  # noqa: BLE001 - hostile packets PGPy chokes on
+            out.append(KeyRefused("key cannot be parsed", detail=item.fingerprint))
     return out
 
 

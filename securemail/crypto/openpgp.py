@@ -116,6 +116,21 @@ def _verify_raw(signer, subject, sig) -> bool:
         return False
 
 
+def _facts_or_none(sig, signer, subject, **kw) -> SigFacts | None:
+    """A signature PGPy cannot even describe (missing creation time, unknown hash) is ignored."""
+    try:
+        return _sig_facts(sig, signer, subject, **kw)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _signer_of(sig) -> str:
+    try:
+        return str(sig.signer or "")
+    except Exception:  # noqa: BLE001 - no issuer subpacket at all
+        return ""
+
+
 def _sig_facts(sig, signer, subject, *, backsig_of=None) -> SigFacts:
     sp = sig._signature.subpackets
     reason = None
@@ -166,17 +181,18 @@ class PgpKey:
     def facts(self) -> KeyFacts:
         k = self._k
         algo, bits = _algo(k)
-        direct = tuple(_sig_facts(s, k if s.signer == k.fingerprint.keyid else None, k)
-                       for s in k.__sig__)
+        me = k.fingerprint.keyid
+        direct = tuple(f for f in (_facts_or_none(s, k if _signer_of(s) == me else None, k)
+                                   for s in k.__sig__) if f)
         uids = []
         for u in k.userids[:MAX_USER_IDS]:
-            sigs = tuple(_sig_facts(s, k, u) for s in u.__sig__ if s.signer == k.fingerprint.keyid)
+            sigs = tuple(f for f in (_facts_or_none(s, k, u) for s in u.__sig__ if _signer_of(s) == me) if f)
             uids.append((u.userid if u.is_uid else "", sigs))
         subs = []
         for kid, sk in k.subkeys.items():
             salgo, sbits = _algo(sk)
-            sigs = tuple(_sig_facts(s, k, sk, backsig_of=sk) for s in sk.__sig__
-                         if s.signer == k.fingerprint.keyid)
+            sigs = tuple(f for f in (_facts_or_none(s, k, sk, backsig_of=sk) for s in sk.__sig__
+                                     if _signer_of(s) == me) if f)
             subs.append(SubkeyFacts(str(sk.fingerprint).replace(" ", "").upper(), kid.upper(), salgo,
                                     sbits, _ts(sk.created) or 0.0, sigs, not sk.is_public))
         return KeyFacts(self.fingerprint, k.fingerprint.keyid.upper(), algo, bits,
@@ -199,7 +215,11 @@ class PgpKey:
         return _armor.armor(self.binary(), label)
 
     def public(self) -> "PgpKey":
-        return self if self._k.is_public else PgpKey(self._k.pubkey)
+        if self._k.is_public:
+            return self
+        if getattr(self, "_pub", None) is None:
+            self._pub = PgpKey(self._k.pubkey)
+        return self._pub
 
     def _subkey(self, keyid: str):
         if keyid.upper() == self._k.fingerprint.keyid.upper():
@@ -250,10 +270,15 @@ class PgpKey:
                   created: datetime | None = None) -> bytes:
         """A binary-document (0x00) signature packet over ``data`` by (sub)key ``keyid``."""
         signer = self._subkey(keyid)
+        if not self.is_secret or (self.is_protected and not signer.is_unlocked):
+            raise PassphraseError("the secret key is locked; give its passphrase")
         sig = pgpy.PGPSignature.new(SignatureType.BinaryDocument, signer.key_algorithm,
                                     HashAlgorithm[hash_name], signer.fingerprint.keyid,
                                     created=created)
-        sig = signer._sign(data, sig)
+        try:
+            sig = signer._sign(data, sig)
+        except Exception:  # noqa: BLE001 - PGPy/cryptography failure while signing
+            raise PassphraseError("the secret key cannot sign (locked or damaged)") from None
         return bytes(sig)
 
     def verify_data(self, keyid: str, data: bytes, sig) -> bool:
@@ -264,6 +289,8 @@ class PgpKey:
 
     def encrypt_session_key(self, keyid: str, sym_id: int, session_key: bytes) -> bytes:
         """A PKESK packet carrying ``session_key`` to the (sub)key ``keyid``."""
+        if self.is_secret:  # PGPy cannot encrypt to a secret Cv25519 key object
+            return self.public().encrypt_session_key(keyid, sym_id, session_key)
         sk = self._subkey(keyid)
         pkesk = PKESessionKeyV3()
         pkesk.encrypter = bytearray(bytes.fromhex(sk.fingerprint.keyid))
@@ -312,14 +339,17 @@ def parse_keys(data: bytes) -> list[PgpKey | KeyRefused]:
     """
     if len(data) > MAX_KEY_BYTES:
         raise KeyRefused("key data too large")
-    if _armor.is_armored(data):
+    if b"-----BEGIN PGP" in data:
         blocks = re.findall(rb"-----BEGIN PGP [A-Z ]+-----.*?-----END PGP [A-Z ]+-----", data, re.S)
         if not blocks:
             raise KeyRefused("no OpenPGP key found")
         binary = b"".join(_armor.dearmor(b)[1] for b in blocks)
     else:
         binary = data
-    packets = P.read_packets(binary)
+    try:
+        packets = P.read_packets(binary)
+    except MalformedMessage as e:
+        raise KeyRefused(f"not OpenPGP key data ({e.message})") from None
     groups: list[list[P.Packet]] = []
     for pkt in packets:
         if pkt.tag in (P.PUBKEY, P.SECKEY):

@@ -209,9 +209,6 @@ def test_encrypt_to_a_key_holding_its_secret(alice, bob):
     assert message.decrypt(msg, [bob], nobody).data == b"copy to self"
 
 
-@pytest.mark.xfail(reason="BUG openpgp.py:271 PgpKey.encrypt_session_key on a secret key with a "
-                          "Cv25519 subkey leaks PGPy's TypeError (\"Can't instantiate abstract class "
-                          "X25519\"); message._seal works around it with key.public()", strict=True)
 def test_session_key_primitive_on_a_secret_key_raises_only_our_errors(alice):
     comp = alice.status.encryption_keys(time.time())[0]
     try:
