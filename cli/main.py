@@ -41,15 +41,10 @@ def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from . import keys, read, send
-    cli.add_command(keys.keys)
-    cli.add_command(send.send)
-    cli.add_command(read.read)
-    try:
-        from . import gateway
-        gateway.register(cli)
-    except ImportError:
-        pass
+    from . import federation, gateway, keys, read, send
+    for command in (keys.keys, send.send, read.read, federation.federation):
+        cli.add_command(command)
+    gateway.register(cli)
 
 
 _register()

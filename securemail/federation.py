@@ -1,0 +1,376 @@
+"""Federation: the signed list of member domains, their gateways, TLS pins and keys.
+
+``federation.json`` is ``{"manifest": {"serial", "created", "members": [{"domain",
+"gateway": "host:port", "tls_pin": sha256(cert SPKI DER) hex, "openpgp_key": armored,
+"dkim": [{"selector", "public_key": "v=DKIM1; k=...; p=..."}]}]}, "signature": armored}``;
+the signature is a detached OpenPGP signature over ``canonical(manifest)``. A gateway
+installs a manifest only if the signature is valid by the configured authority's
+primary fingerprint and the serial moves forward. Entries are checked when signing,
+verifying and installing; every error names the domain.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fcntl
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from .config import GatewayConfig, parse_hostport
+from .crypto.armor import unarmor_if_needed
+from .crypto.keys import Key, load_key
+from .crypto.message import sign_detached, verify_signatures
+from .crypto.packets import SIG, read_packets
+from .errors import ConfigError, PolicyRefusal, SecureMailError
+
+if TYPE_CHECKING:
+    from .app import Core
+    from .audit import AuditLog
+
+MAX_MANIFEST = 16 << 20
+MIN_RSA_BITS = 2048
+FIELDS = ("domain", "gateway", "tls_pin", "openpgp_key", "dkim")
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DOMAIN = re.compile(rf"(?=.{{4,253}}$){_LABEL}(?:\.{_LABEL})+")    # lower-case A-labels, dotted
+_HOST = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*|[0-9a-f:.]+")  # a name or an IP
+_SELECTOR = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
+_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)")
+_PIN = re.compile(r"[0-9a-f]{64}")
+_FPR = re.compile(r"[0-9A-F]{40}|[0-9A-F]{64}")
+
+
+class ManifestRefused(PolicyRefusal):
+    """Not signed by the authority, or it would move the federation backwards."""
+    default_message = "federation manifest refused"
+
+
+class ManifestInvalid(ConfigError):
+    """The manifest or one of its entries is malformed; the message names the domain."""
+    default_message = "invalid federation manifest"
+
+
+@dataclass(frozen=True)
+class Member:
+    domain: str
+    gateway: tuple[str, int]
+    tls_pin: str
+    openpgp_key: bytes                      # armored certificate
+    dkim: tuple[tuple[str, str], ...]       # (selector, TXT record value)
+
+    def to_dict(self) -> dict:
+        return {"domain": self.domain, "gateway": hostport(*self.gateway), "tls_pin": self.tls_pin,
+                "openpgp_key": self.openpgp_key.decode("ascii"),
+                "dkim": [{"selector": s, "public_key": t} for s, t in self.dkim]}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    serial: int
+    created: str
+    members: dict[str, Member]
+    digest: str = ""                        # SHA-256 of canonical(manifest), hex
+
+    def is_member(self, domain: str) -> bool:
+        return domain.lower().rstrip(".") in self.members
+
+    def member(self, domain: str) -> Member | None:
+        """The member entry of ``domain``, None when it is not in the federation."""
+        return self.members.get(domain.lower().rstrip("."))
+
+    def dkim_records(self) -> dict[str, str]:
+        """``selector._domainkey.domain.`` -> TXT value, for crypto.dkim.manifest_dnsfunc."""
+        return {f"{sel}._domainkey.{m.domain}.": txt
+                for m in self.members.values() for sel, txt in m.dkim}
+
+
+@dataclass(frozen=True)
+class Installed:
+    manifest: Manifest
+    previous: Manifest | None
+    changed: bool                           # False: this exact manifest was already installed
+
+
+def hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def canonical(manifest: dict) -> bytes:
+    """The signed bytes: sorted keys, no spaces, UTF-8."""
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def normalize_fpr(fpr: str) -> str:
+    text = str(fpr).replace(" ", "").upper()
+    if not _FPR.fullmatch(text):
+        raise ConfigError(f"not an OpenPGP fingerprint: {fpr!r} (40 or 64 hex digits)")
+    return text
+
+
+# --- entries ---------------------------------------------------------------------------
+def dkim_txt_problem(txt: str) -> str | None:
+    """Why ``txt`` is not a usable DKIM key record (Ed25519, or RSA >= 2048); None if it is."""
+    parts = [p.strip().partition("=") for p in txt.split(";") if p.strip()]
+    tags = {n.strip(): "".join(v.split()) for n, _, v in parts}
+    if len(tags) != len(parts) or not all(eq for _, eq, _ in parts):
+        return "malformed or repeated tag"
+    if tags.get("v", "DKIM1") != "DKIM1" or not tags.get("p"):
+        return "needs v=DKIM1 and a public key in p="
+    try:
+        raw, kind = base64.b64decode(tags["p"], validate=True), tags.get("k", "rsa")
+        if kind == "ed25519":
+            ed25519.Ed25519PublicKey.from_public_bytes(raw)
+        elif kind == "rsa":
+            key = serialization.load_der_public_key(raw)
+            if not isinstance(key, rsa.RSAPublicKey) or key.key_size < MIN_RSA_BITS:
+                return f"RSA key must be at least {MIN_RSA_BITS} bits"
+        else:
+            return f"unknown key type k={kind}"
+    except (binascii.Error, ValueError):
+        return "p= is not a valid public key"
+    return None
+
+
+def _ensure(ok, message: str) -> None:
+    if not ok:
+        raise ManifestInvalid(message)
+
+
+def parse_member(entry, *, now: float | None = None, check_keys: bool = True) -> Member:
+    """A checked Member from one JSON entry; ManifestInvalid naming the domain otherwise.
+
+    ``check_keys`` requires the OpenPGP key to be valid now with an encryption
+    subkey (on signing and installing; off when reloading the installed file).
+    """
+    domain = entry.get("domain") if isinstance(entry, dict) else None
+    _ensure(isinstance(domain, str) and _DOMAIN.fullmatch(domain),
+            f"member entry: invalid domain {domain!r} (lower-case A-labels)")
+    missing = [f for f in FIELDS if f not in entry]
+    _ensure(not missing, f"{domain}: missing {', '.join(missing)}")
+    gw, pin, armored, dkim = (entry[f] for f in FIELDS[1:])
+    try:
+        host, port = parse_hostport(gw, "gateway") if isinstance(gw, str) else ("", 0)
+    except ConfigError:
+        host, port = "", 0
+    _ensure(port and _HOST.fullmatch(host), f"{domain}: gateway must be HOST:PORT, not {gw!r}")
+    _ensure(isinstance(pin, str) and _PIN.fullmatch(pin), f"{domain}: tls_pin must be the SHA-256 "
+            "of the TLS certificate's SubjectPublicKeyInfo, 64 lower-case hex digits")
+    try:
+        key = load_key(armored.encode("ascii") if isinstance(armored, str) else b"")
+    except Exception as e:  # noqa: BLE001 - PGPy raises many types on hostile input
+        why = e.message if isinstance(e, SecureMailError) else "not a readable certificate"
+        raise ManifestInvalid(f"{domain}: openpgp_key refused: {why}") from None
+    t = time.time() if now is None else now
+    _ensure(not key.is_secret, f"{domain}: openpgp_key holds secret key material; give the certificate")
+    if check_keys:
+        _ensure(key.state_at(t) == "valid", f"{domain}: openpgp_key {key.fingerprint} is {key.state_at(t)}")
+        _ensure(key.status.encryption_keys(t),
+                f"{domain}: openpgp_key {key.fingerprint} has no valid encryption subkey")
+    _ensure(isinstance(dkim, list) and dkim, f"{domain}: dkim must be a non-empty list of "
+            "{selector, public_key}")
+    records: dict[str, str] = {}
+    for d in dkim:
+        sel, txt = (d.get("selector"), d.get("public_key")) if isinstance(d, dict) else (None, None)
+        _ensure(isinstance(sel, str) and _SELECTOR.fullmatch(sel) and sel not in records,
+                f"{domain}: invalid or repeated DKIM selector {sel!r}")
+        why = dkim_txt_problem(txt) if isinstance(txt, str) else "public_key must be a string"
+        _ensure(not why, f"{domain}: DKIM selector {sel}: {why}")
+        records[sel] = txt
+    return Member(domain, (host, port), pin, armored.encode("ascii"), tuple(records.items()))
+
+
+def parse_manifest(m, *, now: float | None = None, check_keys: bool = True) -> Manifest:
+    """A checked Manifest from the ``manifest`` object (signature not checked here)."""
+    get = m.get if isinstance(m, dict) else {}.get
+    serial, created, members = get("serial"), get("created"), get("members")
+    _ensure(type(serial) is int and serial > 0, "manifest serial must be a positive integer")
+    _ensure(isinstance(created, str) and _ISO.fullmatch(created),
+            f"manifest created must be an ISO 8601 time with zone, not {created!r}")
+    _ensure(isinstance(members, list), "manifest members must be a list")
+    out: dict[str, Member] = {}
+    for entry in members:
+        member = parse_member(entry, now=now, check_keys=check_keys)
+        if out.setdefault(member.domain, member) is not member:
+            raise ManifestInvalid(f"{member.domain}: listed twice")
+    return Manifest(serial, created, out, hashlib.sha256(canonical(m)).hexdigest())
+
+
+# --- signing and verifying ------------------------------------------------------------------
+def sign_manifest(manifest: dict, authority_key: Key, *, now: float | None = None) -> bytes:
+    """The bytes of ``federation.json``: ``manifest`` checked, then signed by the unlocked key."""
+    parse_manifest(manifest, now=now)
+    sig = sign_detached(canonical(manifest), authority_key, now=now, armor=True)
+    doc = {"manifest": manifest, "signature": sig.decode("ascii")}
+    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n"
+
+
+def _split(data: bytes) -> tuple[dict, str]:
+    _ensure(len(data) <= MAX_MANIFEST, "federation manifest is too large")
+    try:
+        doc = json.loads(data, parse_constant=lambda c: {}[c])  # no NaN, no Infinity
+    except (ValueError, KeyError):
+        raise ManifestInvalid("federation manifest is not valid JSON") from None
+    _ensure(isinstance(doc, dict) and isinstance(doc.get("manifest"), dict)
+            and isinstance(doc.get("signature"), str),
+            'federation manifest must be {"manifest": {...}, "signature": "..."}')
+    return doc["manifest"], doc["signature"]
+
+
+def verify_manifest(data: bytes, authority_fpr: str, authority_cert: Key, *,
+                    now: float | None = None, check_keys: bool = True) -> Manifest:
+    """The checked Manifest if a valid signature by the authority covers it; else ManifestRefused."""
+    fpr = normalize_fpr(authority_fpr)
+    if authority_cert.fingerprint != fpr:
+        raise ManifestRefused(f"the certificate given is {authority_cert.fingerprint}, "
+                              f"not the federation authority {fpr}")
+    manifest, signature = _split(data)
+    cert = authority_cert.public()  # the only key the signature is checked against
+    fprs = {c.fingerprint for c in (cert.status.primary, *cert.status.subkeys)}
+    try:
+        sigs = [p.raw for p in read_packets(unarmor_if_needed(signature.encode("ascii")))
+                if p.tag == SIG]
+        results = verify_signatures(canonical(manifest), sigs,
+                                    lambda kid, sfpr: cert if kid in cert.keyids or sfpr in fprs else None)
+    except Exception:  # noqa: BLE001 - PGPy raises many types on hostile input
+        raise ManifestRefused("the manifest signature is unreadable") from None
+    if not any(r.status == "valid" and r.signer == fpr for r in results):
+        why = next((r.reason for r in results), "no signature")
+        raise ManifestRefused(f"manifest not signed by the federation authority {fpr}: {why}")
+    return parse_manifest(manifest, now=now, check_keys=check_keys)
+
+
+# --- installing -----------------------------------------------------------------------------
+def load_installed(path, authority_fpr: str | None = None,
+                   authority_cert: Key | None = None) -> Manifest | None:
+    """The installed manifest or None; member keys are parsed, not judged (they may have expired).
+
+    install() verified the file; pass the authority to verify its signature again.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path.name}: {e.strerror}") from None
+    if authority_cert is not None:
+        return verify_manifest(data, authority_fpr or "", authority_cert, check_keys=False)
+    return parse_manifest(_split(data)[0], check_keys=False)
+
+
+def install(data: bytes, path, authority_fpr: str, authority_cert: Key,
+            audit: AuditLog | None = None, *, now: float | None = None) -> Installed:
+    """Verify ``data``; make it the installed manifest if its serial moves forward; audit it."""
+    new = verify_manifest(data, authority_fpr, authority_cert, now=now)
+    path = Path(path)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time: serial check and rename together
+        try:
+            old = load_installed(path)
+        except ConfigError as e:
+            raise ConfigError(f"installed {path.name} is unreadable ({e.message}); "
+                              "move it aside to install a new one") from None
+        if old is not None and new.serial < old.serial:
+            raise ManifestRefused(f"manifest serial {new.serial} is older than the installed "
+                                  f"serial {old.serial}")
+        if old is not None and new.serial == old.serial:
+            if new.digest != old.digest:
+                raise ManifestRefused(f"manifest serial {new.serial} is already installed with "
+                                      "different content; the authority must sign a new serial")
+            return Installed(new, old, False)
+        before = old.members if old else {}
+
+        def record() -> None:  # before the rename: it may name a change a crash prevented, never the reverse
+            if audit is not None:
+                audit.append("manifest-change", serial=new.serial, digest=new.digest,
+                             previous_serial=old.serial if old else None,
+                             authority=normalize_fpr(authority_fpr),
+                             added=sorted(new.members.keys() - before.keys()),
+                             removed=sorted(before.keys() - new.members.keys()),
+                             changed=sorted(d for d in new.members.keys() & before.keys()
+                                            if new.members[d] != before[d]))
+        write_atomic(path, data, before_rename=record)
+    return Installed(new, old, True)
+
+
+def write_atomic(path, data: bytes, mode: int = 0o644, before_rename=None) -> None:
+    """tmp + fsync, then ``before_rename()``, then rename + directory fsync; no tmp left behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+# --- this gateway's entries ------------------------------------------------------------------
+def tls_pin_of_cert(pem_or_der: bytes | str) -> str:
+    """SHA-256 of the (first) certificate's SubjectPublicKeyInfo DER, lower-case hex."""
+    data = pem_or_der.encode() if isinstance(pem_or_der, str) else pem_or_der
+    try:
+        cert = (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
+                else x509.load_der_x509_certificate(data))
+    except ValueError:
+        raise ConfigError("not an X.509 certificate (PEM or DER)") from None
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).hexdigest()
+
+
+def dkim_public_txt(private_pem: bytes) -> str:
+    """The DNS TXT value of a DKIM private key: Ed25519 raw key, or RSA SubjectPublicKeyInfo."""
+    try:
+        key = serialization.load_pem_private_key(private_pem, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError("DKIM private key unreadable (unencrypted PEM expected)") from None
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        k, enc, fmt = "ed25519", serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    elif isinstance(key, rsa.RSAPrivateKey):
+        k, enc, fmt = "rsa", serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    else:
+        raise ConfigError("DKIM key must be Ed25519 or RSA")
+    return f"v=DKIM1; k={k}; p={base64.b64encode(key.public_key().public_bytes(enc, fmt)).decode()}"
+
+
+def own_entries(config: GatewayConfig, core: Core) -> list[dict]:
+    """This gateway's entries, one per served domain, checked as the authority will check them."""
+    relay = config.listener("relay")
+    if relay is None:
+        raise ConfigError("no [listeners.relay]: member gateways reach this one through it")
+    host = config.hostname if relay.host in ("", "0.0.0.0", "::") else relay.host  # not a wildcard
+    entries = []
+    try:
+        pin = tls_pin_of_cert(config.tls_cert.read_bytes())
+        for domain in config.domains:
+            dkim = [{"selector": d.selector, "public_key": dkim_public_txt(d.private_key.read_bytes())}
+                    for d in config.dkim_keys if d.domain == domain]
+            if domain not in config.openpgp_keys or not dkim:
+                raise ConfigError(f"{domain} needs a key in [keys.openpgp] and a [[keys.dkim]] entry")
+            entries.append({"domain": domain, "gateway": hostport(host, relay.port), "tls_pin": pin,
+                            "openpgp_key": core.keys.get(config.openpgp_keys[domain]).public()
+                            .armored().decode("ascii"), "dkim": dkim})
+            parse_member(entries[-1])
+    except OSError as e:
+        raise ConfigError(f"cannot read {e.filename}: {e.strerror}") from None
+    return entries
