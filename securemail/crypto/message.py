@@ -173,28 +173,45 @@ def _decrypt_seipd(seipd: P.Packet, sym: int, key: bytes) -> bytes:
 
 
 def _decompress(pkt: P.Packet, limit: int) -> bytes:
+    """Inflate in 1 MiB steps into one buffer: a bomb stops at ``limit``, memory ~1x the limit."""
     if not pkt.body:
         raise MalformedMessage("empty compressed packet")
     algo, data = pkt.body[0], pkt.body[1:]
     if algo == 0:
-        out = data
-    elif algo in (1, 2):
+        return data
+    if algo in (1, 2):
         d = zlib.decompressobj(-15 if algo == 1 else 15)
-        try:
-            out = d.decompress(data, limit + 1)
-        except zlib.error:
-            raise MalformedMessage("corrupt compressed data") from None
+        errors: tuple = (zlib.error,)
     elif algo == 3:
         d = bz2.BZ2Decompressor()
-        try:
-            out = d.decompress(data, limit + 1)
-        except (OSError, ValueError):
-            raise MalformedMessage("corrupt compressed data") from None
+        errors = (OSError, ValueError, EOFError)
     else:
         raise MalformedMessage("unknown compression algorithm")
+    out = bytearray()
+    step = lambda: min(1 << 20, limit + 1 - len(out))  # noqa: E731 - never past limit + 1
+    try:
+        if algo == 3:
+            chunk = d.decompress(data, step())
+            while True:
+                out += chunk
+                if len(out) > limit:
+                    break
+                if d.eof or (not chunk and d.needs_input):
+                    break
+                chunk = d.decompress(b"", step())
+        else:
+            tail = data
+            while True:
+                chunk = d.decompress(tail, step())
+                out += chunk
+                tail = d.unconsumed_tail
+                if len(out) > limit or not (tail or chunk):
+                    break
+    except errors:
+        raise MalformedMessage("corrupt compressed data") from None
     if len(out) > limit:
         raise LimitExceeded(f"decompressed message exceeds the limit of {limit >> 20} MiB; refused")
-    return out
+    return bytes(out)
 
 
 def parse_inner(plain: bytes, limits: Limits, depth: int = 0) -> tuple[bytes, str, str, list[bytes]]:

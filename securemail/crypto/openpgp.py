@@ -396,10 +396,27 @@ def generate(uid: str, algorithm: str, lifetime: timedelta | None,
                         compression=[CompressionAlgorithm.Uncompressed, CompressionAlgorithm.ZLIB],
                         primary=True, **exp)
         primary.add_subkey(sub, usage={KeyFlags.EncryptCommunications, KeyFlags.EncryptStorage}, **exp)
+        _rsa_p_below_q(primary)
         if passphrase:
             primary.protect(passphrase, SymmetricKeyAlgorithm.AES256, HashAlgorithm.SHA256)
     # Re-parse so the object is exactly what a later load gives.
     return parse_keys(bytes(primary))[0]  # type: ignore[return-value]
+
+
+def _rsa_p_below_q(k) -> None:
+    """RFC 4880 §5.5.3 wants p < q (u = p^-1 mod q); OpenSSL gives p > q.
+
+    GnuPG's libgcrypt assumes p < q and then fails about 1% of decryptions
+    ("Wrong secret key used", dev.gnupg.org T4579). Self-signatures cover only
+    n and e, so swapping keeps them valid.
+    """
+    from pgpy.packet.types import MPI
+    for sk in [k, *k.subkeys.values()]:
+        km = sk._key.keymaterial
+        if type(km).__name__ == "RSAPriv" and int(km.p) > int(km.q):
+            km.p, km.q = MPI(int(km.q)), MPI(int(km.p))
+            km.u = MPI(pow(int(km.p), -1, int(km.q)))
+            km._compute_chksum()
 
 
 def revoke(key: PgpKey, passphrase: str | None, reason: str, comment: str) -> bytes:
