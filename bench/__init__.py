@@ -1,0 +1,1 @@
+"""Benchmarks for securemail (not part of the installed package; run from the repo root)."""
