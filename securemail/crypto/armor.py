@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import struct
 
 import anycrc
 
@@ -35,8 +36,11 @@ def armor(data: bytes, label: str = "PGP MESSAGE", checksum: bool = True) -> byt
     """Armor ``data``; lines of 64 base64 characters, CRLF-free output."""
     if label not in LABELS:
         raise ValueError(f"unknown armor label {label!r}")
-    b64 = base64.b64encode(data)
-    lines = [b64[i:i + 64] for i in range(0, len(b64), 64)]
+    b64 = binascii.b2a_base64(data, newline=False)
+    n = len(b64) // 64
+    lines = list(struct.unpack_from("64s" * n, b64)) if n else []
+    if len(b64) % 64:
+        lines.append(b64[n * 64:])
     out = [f"-----BEGIN {label}-----".encode(), b"", *lines]
     if checksum:
         out.append(b"=" + base64.b64encode(crc24(data).to_bytes(3, "big")))
@@ -59,34 +63,34 @@ def dearmor(data: bytes, *, max_size: int | None = None) -> tuple[str, bytes]:
     end = data.find(end_marker, m.end())
     if end < 0:
         raise MalformedMessage("OpenPGP armor has no END line")
-    lines = data[m.end():end].splitlines()
-    i = 1 if lines and not lines[0].strip() else 0  # the rest of the BEGIN line
-    # Skip armor headers (Version:, Comment:, ...).
-    while i < len(lines) and _HEADER.match(lines[i].lstrip()):
-        i += 1
-    body: list[bytes] = []
+    region = data[m.end():end]
+    pos = region.find(b"\n") + 1  # the rest of the BEGIN line
+    while True:  # armor headers (Version:, Comment:, ...) up to the blank line
+        nl = region.find(b"\n", pos)
+        line = region[pos:nl if nl >= 0 else len(region)]
+        if nl < 0 or not _HEADER.match(line.lstrip()):
+            break
+        pos = nl + 1
+    body = region[pos:].rstrip()
     checksum: bytes | None = None
-    for line in lines[i:]:
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith(b"=") and len(line) == 5:
-            checksum = line[1:]
-            continue
-        if checksum is not None:
-            raise MalformedMessage("OpenPGP armor has data after its checksum")
-        body.append(line)
-    joined = b"".join(body)
+    last_nl = body.rfind(b"\n")
+    last = body[last_nl + 1:].strip()
+    if last.startswith(b"=") and len(last) == 5:
+        checksum, body = last[1:], body[:last_nl + 1]
+    inner = body.find(b"\n=") + 1 or (1 if body.lstrip().startswith(b"=") else 0)
+    if inner and body[inner:].strip().find(b"\n") >= 0:  # a "=XXXX" line with data after it
+        raise MalformedMessage("OpenPGP armor has data after its checksum")
+    joined = body.translate(None, b" \t\r\n")
     if max_size is not None and len(joined) * 3 // 4 > max_size:
         from ..errors import LimitExceeded
         raise LimitExceeded("OpenPGP message too large")
     try:
-        binary = base64.b64decode(joined, validate=True)
+        binary = binascii.a2b_base64(joined, strict_mode=True)
     except (binascii.Error, ValueError):
         raise MalformedMessage("OpenPGP armor is not valid base64") from None
     if checksum is not None:
         try:
-            want = int.from_bytes(base64.b64decode(checksum, validate=True), "big")
+            want = int.from_bytes(binascii.a2b_base64(checksum, strict_mode=True), "big")
         except (binascii.Error, ValueError):
             raise MalformedMessage("OpenPGP armor checksum is not valid base64") from None
         if crc24(binary) != want:
