@@ -59,8 +59,13 @@ def read(obj, path, as_json, passphrase_file) -> None:
     secrets = core.keys.secret_keys()
     results = []
     with _unlocked(secrets, passphrase) as usable:
+        locked = len(secrets) - len(usable)
         for f in files:
-            results.append(read_message(f.read_bytes(), usable, core.keys.lookup, file=str(f)))
+            r = read_message(f.read_bytes(), usable, core.keys.lookup, file=str(f))
+            if locked and r.error and "not encrypted to any of our keys" in r.error:
+                r.error += (f" ({locked} secret key(s) stayed locked: "
+                            f"{'wrong passphrase' if passphrase else 'give --passphrase-file'})")
+            results.append(r)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in results], indent=2, ensure_ascii=False))
     else:
