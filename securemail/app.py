@@ -10,7 +10,8 @@ from typing import Callable
 import sqlalchemy as sa
 
 from .config import CoreConfig
-from .db import make_engine
+from .audit import AuditLog
+from .db import create_schema, make_engine
 from .home import Home
 from .keys.store import KeyStore
 
@@ -32,7 +33,8 @@ def open_core(home_dir=None, clock: Callable[[], float] = time.time) -> Core:
     if config.database_url == home.default_database_url and not home.database_file.exists():
         os.close(os.open(home.database_file, os.O_CREAT | os.O_WRONLY, 0o600))
     engine = make_engine(config.database_url)
-    keys = KeyStore(engine, clock)
+    create_schema(engine)  # queue and audit tables: key changes are audited in every home
+    keys = KeyStore(engine, clock, audit=AuditLog(engine, clock))
     _private(home.database_file)
     return Core(home, config, engine, keys)
 

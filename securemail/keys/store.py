@@ -50,9 +50,11 @@ class ImportResult:
 
 
 class KeyStore:
-    def __init__(self, engine: sa.Engine, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, engine: sa.Engine, clock: Callable[[], float] = time.time,
+                 audit=None) -> None:
         self.engine = engine
         self.clock = clock
+        self.audit = audit  # AuditLog: key changes are recorded (fingerprints and states only)
         with transaction(engine) as conn:
             metadata.create_all(conn)
         self._cache: dict[str, tuple[bytes, Key]] = {}
@@ -84,7 +86,15 @@ class KeyStore:
                     return ImportResult(key.fingerprint, "unchanged", key=self._key(blob))
                 merged, outcome = _load_one(blob), "updated"
             self._write(conn, merged, source, now, new=row is None)
+            self._record(conn, outcome, merged, source)
         return ImportResult(key.fingerprint, outcome, key=merged)
+
+    def _record(self, conn, action: str, key: Key | None, source: str, fpr: str = "") -> None:
+        if self.audit is not None:
+            self.audit.append_in(conn, "key-change", action=action, source=source,
+                                 fingerprint=key.fingerprint if key else fpr,
+                                 secret=bool(key and key.is_secret),
+                                 state=key.state_at(self.clock()) if key else "deleted")
 
     def _write(self, conn, key: Key, source: str, now: float, new: bool) -> None:
         addrs = list(key.status.addresses)
@@ -110,6 +120,7 @@ class KeyStore:
         revoked = _load_one(_merge.add_signature(key.binary(), sig))
         with transaction(self.engine) as conn:
             self._write(conn, revoked, "revoke", self.clock(), new=False)
+            self._record(conn, "revoked", revoked, "revoke")
         return revoked.public().armored()
 
     def delete(self, fingerprint: str) -> None:
@@ -117,6 +128,7 @@ class KeyStore:
         with transaction(self.engine) as conn:
             conn.execute(addresses_table.delete().where(addresses_table.c.fingerprint == fpr))
             conn.execute(keys_table.delete().where(keys_table.c.fingerprint == fpr))
+            self._record(conn, "deleted", None, "operator", fpr)
 
     # --- reading -------------------------------------------------------------------
     def _key(self, blob: bytes) -> Key:
