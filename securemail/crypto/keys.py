@@ -13,7 +13,7 @@ from email.utils import parseaddr
 
 from ..errors import KeyRefused, KeyUnusable
 from . import openpgp
-from .openpgp import KeyFacts, SigFacts
+from .facts import KeyFacts, SigFacts
 
 CERT_TYPES = {0x10, 0x11, 0x12, 0x13}
 SUBKEY_BINDING, KEY_REVOCATION, SUBKEY_REVOCATION, UID_REVOCATION, DIRECT = 0x18, 0x20, 0x28, 0x30, 0x1F

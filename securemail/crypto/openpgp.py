@@ -14,7 +14,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -26,6 +26,7 @@ with warnings.catch_warnings():
     from pgpy.packet.packets import PKESessionKeyV3
 
 from ..errors import KeyRefused, MalformedMessage, PassphraseError
+from .facts import KeyFacts, SigFacts, SubkeyFacts
 from . import armor as _armor
 from . import packets as P
 
@@ -47,49 +48,6 @@ _SYM_BY_ID = {7: ("AES128", 16), 8: ("AES192", 24), 9: ("AES256", 32)}
 
 def _ts(dt: datetime | None) -> float | None:
     return None if dt is None else dt.timestamp()
-
-
-@dataclass(frozen=True)
-class SigFacts:
-    """What one signature says, and whether it verified against its expected issuer."""
-    type: int
-    created: float
-    expires_at: float | None
-    key_lifetime: float | None      # key expiration subpacket, seconds after key creation
-    key_flags: int | None
-    issuer_keyid: str
-    hash_name: str
-    revocation_code: int | None
-    revocation_text: str
-    primary_uid: bool
-    verified: bool
-    backsig_verified: bool = False  # for signing subkeys: the embedded 0x19 verified
-
-
-@dataclass(frozen=True)
-class SubkeyFacts:
-    fingerprint: str
-    keyid: str
-    algorithm: str
-    bits: int
-    created: float
-    sigs: tuple[SigFacts, ...]
-    has_secret: bool
-
-
-@dataclass(frozen=True)
-class KeyFacts:
-    """A certificate as neutral data, every self-signature already checked."""
-    fingerprint: str
-    keyid: str
-    algorithm: str
-    bits: int
-    created: float
-    direct_sigs: tuple[SigFacts, ...]          # revocations and direct-key signatures
-    uids: tuple[tuple[str, tuple[SigFacts, ...]], ...]
-    subkeys: tuple[SubkeyFacts, ...]
-    is_secret: bool
-    is_protected: bool
 
 
 def _algo(k) -> tuple[str, int]:
