@@ -3,7 +3,8 @@
 Differences from aiosmtpd 1.4.6, each tested in tests/integration/test_smtp_adapter.py:
 451 (never "500 Error: (Type) text") on unexpected errors; 521 and hang-up on a bare
 CR or LF anywhere (SMTP smuggling); DATA line, size, recipient, connection, idle and
-DATA-time limits; NUL/control/8-bit bytes in commands refused; no version in the greeting.
+DATA-time limits; NUL/control/8-bit bytes in commands refused; no version in the greeting;
+a source-routed RCPT (``<@relay:user@domain>``) refused, where aiosmtpd would drop the route.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ MAX_DATA_LINE = 1000  # octets including CRLF after dot-unstuffing, RFC 5321 4.5
 _ADDRESS_COMMANDS = {b"MAIL": replies.BAD_SENDER_SYNTAX, b"RCPT": replies.BAD_RCPT_SYNTAX}
 _NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
 _NOT_PRINTABLE_OR_TAB = re.compile(rb"[^\t\x20-\x7e]")
+_SOURCE_ROUTE = re.compile(r"TO:\s*<\s*@", re.I)  # RFC 5321 4.1.2 A-d-l, obsolete
 
 
 @dataclass(frozen=True)
@@ -166,10 +168,13 @@ class GatewaySMTP(SMTP):
         await super().smtp_EHLO(hostname)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        if self.envelope and self.envelope.mail_from and (
-                len(self.envelope.rcpt_tos) >= self.limits.max_recipients):
-            await self.push(replies.TOO_MANY_RCPT)
-            return
+        if self.envelope and self.envelope.mail_from:  # so HELO, AUTH and MAIL checks came first
+            if len(self.envelope.rcpt_tos) >= self.limits.max_recipients:
+                await self.push(replies.TOO_MANY_RCPT)
+                return
+            if arg and _SOURCE_ROUTE.match(arg):  # aiosmtpd would hand over only user@domain
+                await self.push(replies.BAD_RCPT_SYNTAX)
+                return
         await super().smtp_RCPT(arg)
 
     async def smtp_DATA(self, arg: str | None) -> None:

@@ -1,0 +1,90 @@
+"""Test support for the refusal tests: one SMTP transaction with its reply, DKIM as a member, the queue.
+
+``transact`` drives a session step by step (EHLO, optional STARTTLS, MAIL,
+RCPT, DATA) and returns the first reply that is not a success, or the reply to
+DATA, so a test can assert code and enhanced code exactly. ``signer_for``
+DKIM-signs with the keys a gateway home really holds (its securemail.toml
+``[[keys.dkim]]``), as that member's gateway would.
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import tomllib
+from dataclasses import dataclass
+
+from securemail.crypto.dkim import DkimSigner
+
+from .gateways import GatewayHome, ok
+from tests.conftest import run_cli
+
+GATEWAY_PEER = "127.0.0.1"   # where member gateways connect from (not a trusted network)
+OFFICE = "127.0.0.3"         # the office MTA (the trusted network)
+STRANGER = "127.0.0.2"       # neither
+
+
+@dataclass(frozen=True)
+class Reply:
+    stage: str                 # the command answered: MAIL, RCPT, DATA, ...
+    code: int
+    text: str                  # after the code: "5.7.1 Relay access denied"
+
+    @property
+    def enhanced(self) -> str:
+        return self.text.split(" ", 1)[0]
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {self.code} {self.text}"
+
+
+def reply(stage: str, code: int, text: bytes | str) -> Reply:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return Reply(stage, code, " ".join(text.split()))
+
+
+def crlf(data: bytes) -> bytes:
+    """Every line ending as CRLF (corpus files may use LF, or both)."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
+def transact(port: int, sender: str, rcpts: list[str], data: bytes, *, source: str = GATEWAY_PEER,
+             starttls: bool = True, helo: str = "gw.justice.gouv.fr") -> Reply:
+    """One mail transaction; the first refusal (MAIL, RCPT) or the reply to the end of DATA."""
+    with smtplib.SMTP("127.0.0.1", port, source_address=(source, 0), timeout=60) as s:
+        s.ehlo(helo)
+        if starttls:
+            code, text = s.starttls()
+            assert code == 220, (code, text)
+            s.ehlo(helo)
+        code, text = s.mail(sender)
+        if code != 250:
+            return reply("MAIL", code, text)
+        for r in rcpts:
+            code, text = s.rcpt(r)
+            if code != 250:
+                return reply("RCPT", code, text)
+        try:
+            code, text = s.data(data)
+        except smtplib.SMTPDataError as e:  # refused at the DATA command itself
+            return reply("DATA", e.smtp_code, e.smtp_error)
+        return reply("DATA", code, text)
+
+
+def signer_for(gateway: GatewayHome) -> DkimSigner:
+    """A DKIM signer with every key the gateway home has for its domain."""
+    config = tomllib.loads((gateway.home / "securemail.toml").read_text())
+    keys = [(k["selector"], (gateway.home / k["private_key"]).read_bytes(), k["algorithm"])
+            for k in config["keys"]["dkim"] if k["domain"] == gateway.domain]
+    return DkimSigner(gateway.domain, keys)
+
+
+def queued(gateway: GatewayHome) -> list[dict]:
+    """The gateway's queue as ``securemail queue list --json`` shows it."""
+    return json.loads(ok(run_cli(gateway.home, "queue", "list", "--json"), "queue list").stdout)
+
+
+def queued_messages(gateway: GatewayHome) -> set[str]:
+    """Ids of the messages in the queue (delivery states move on in the background; ids do not)."""
+    return {row["message_id"] for row in queued(gateway)}
