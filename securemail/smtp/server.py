@@ -32,6 +32,7 @@ _ADDRESS_COMMANDS = {b"MAIL": replies.BAD_SENDER_SYNTAX, b"RCPT": replies.BAD_RC
 _NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
 _NOT_PRINTABLE_OR_TAB = re.compile(rb"[^\t\x20-\x7e]")
 _SOURCE_ROUTE = re.compile(r"TO:\s*<\s*@", re.I)  # RFC 5321 4.1.2 A-d-l, obsolete
+_MAIL_SOURCE_ROUTE = re.compile(r"FROM:\s*<\s*@", re.I)
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,14 @@ class GatewaySMTP(SMTP):
                 await self.push(replies.BAD_RCPT_SYNTAX)
                 return
         await super().smtp_RCPT(arg)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg and _MAIL_SOURCE_ROUTE.match(arg):  # aiosmtpd would drop the route silently
+            if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
+                return
+            await self.push(replies.BAD_SENDER_SYNTAX)
+            return
+        await super().smtp_MAIL(arg)
 
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):

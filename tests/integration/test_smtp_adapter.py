@@ -475,7 +475,9 @@ def test_auth_required(serve, tls):
     (b"RCPT TO:<a\0b@gov.test>", replies.BAD_RCPT_SYNTAX),
     ("RCPT TO:<jos\u00e9@gov.test>".encode(), replies.BAD_RCPT_SYNTAX),
     (b"HELO a\0b", replies.BAD_CHARACTERS),
-], ids=["mail-NUL", "mail-8bit", "rcpt-NUL", "rcpt-8bit", "helo-NUL"])
+    (b"MAIL FROM:<@relay.example:a@gov.test>", replies.BAD_SENDER_SYNTAX),
+    (b"RCPT TO:<@gw.gov.test:u@elsewhere.example>", replies.BAD_RCPT_SYNTAX),
+], ids=["mail-NUL", "mail-8bit", "rcpt-NUL", "rcpt-8bit", "helo-NUL", "mail-route", "rcpt-route"])
 def test_bad_bytes_in_commands(serve, command, reply):
     port, _ = serve()
     raw = Raw(port)
