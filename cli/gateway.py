@@ -45,7 +45,15 @@ def init(obj, domains, listen, submission, hostname, trusted, database_url, rela
                        database_url=database_url, relay_to=relay_to, tls_cert=tls_cert, tls_key=tls_key)
     if trusted:
         opts.trusted_networks = list(trusted)
-    out = init_gateway(obj.core.home.path, obj.core.keys, opts)
+    if database_url:  # the domain keys belong in the database serve will use
+        from securemail.app import open_core
+        core = open_core(obj.core.home.path, database_url=database_url)
+        try:
+            out = init_gateway(core.home.path, core.keys, opts)
+        finally:
+            core.close()
+    else:
+        out = init_gateway(obj.core.home.path, obj.core.keys, opts)
     click.echo(f"wrote {out['config']}")
     for d, fpr in out["openpgp"].items():
         click.echo(f"{d}: OpenPGP key {fpr}")

@@ -27,9 +27,13 @@ class Core:
         self.engine.dispose()
 
 
-def open_core(home_dir=None, clock: Callable[[], float] = time.time) -> Core:
+def open_core(home_dir=None, clock: Callable[[], float] = time.time, *,
+              database_url: str | None = None) -> Core:
+    """The person-facing objects of a home; ``database_url`` overrides the config (gateway init)."""
     home = Home.open(home_dir)
     config = CoreConfig.load(home)
+    if database_url:
+        config = CoreConfig(database_url=database_url)
     if config.database_url == home.default_database_url and not home.database_file.exists():
         os.close(os.open(home.database_file, os.O_CREAT | os.O_WRONLY, 0o600))
     engine = make_engine(config.database_url)

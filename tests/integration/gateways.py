@@ -4,22 +4,38 @@
 (``gateway init`` on free ports, entries, a signed manifest installed on
 each), then ``Running`` starts the gateways (``service.build`` + ``start``)
 in an event loop on a background thread, as ``securemail serve`` would.
+``Serve`` runs a real ``securemail serve`` OS process instead. ``pg_schemas``
+gives fresh PostgreSQL schemas (one database URL each) and drops them after;
+``office_send`` hands mail to a gateway as the office MTA and returns its queue id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import shutil
+import signal
+import smtplib
 import socket
+import subprocess
+import sys
 import threading
+import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import run_cli
+import pytest
+
+from tests.conftest import REPO, run_cli
 
 DOMAINS = ("interieur.gouv.fr", "justice.gouv.fr")
 FAST = {"first": "1", "cap": "2", "poll_interval": "0.1", "give_up_after": "60"}
+OFFICE = "127.0.0.3"  # the office MTA's address in the tests; gateways reach each other from 127.0.0.1
+PG_URL = os.environ.get("SECUREMAIL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def free_port() -> int:
@@ -31,6 +47,85 @@ def free_port() -> int:
 def ok(res, what: str = ""):
     assert res.exit_code == 0, f"{what}: exit {res.exit_code}\n{res.output}\n{getattr(res, 'stderr', '')}"
     return res
+
+
+def wait_for(pred, timeout: float = 60.0, what: str = "condition", every: float = 0.1):
+    """Poll ``pred`` until it returns something true; that value, or AssertionError at ``timeout``."""
+    end = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def office_send(port: int, sender: str, rcpts: list[str], msg: bytes, *, source: str = OFFICE,
+                client: smtplib.SMTP | None = None) -> str:
+    """One SMTP transaction as the office MTA (on ``client`` or a new connection); the queue id from the 250."""
+    if client is None:
+        with smtplib.SMTP("127.0.0.1", port, source_address=(source, 0), timeout=60) as s:
+            return office_send(port, sender, rcpts, msg, client=s)
+    client.ehlo_or_helo_if_needed()
+    code, text = client.mail(sender)
+    assert code == 250, (code, text)
+    for r in rcpts:
+        code, text = client.rcpt(r)
+        assert code in (250, 251), (r, code, text)
+    code, text = client.data(msg)
+    assert code == 250, (code, text)
+    return re.search(r"queued as ([0-9a-f]+)", text.decode()).group(1)
+
+
+def queue_rows(home: Path, message_id: str | None = None) -> list[dict]:
+    """``securemail queue list --json`` on ``home``, optionally only one message's deliveries."""
+    rows = json.loads(ok(run_cli(home, "queue", "list", "--json"), "queue list").stdout)
+    return [r for r in rows if message_id is None or r["message_id"] == message_id]
+
+
+def audit_records(home: Path, kind: str | None = None) -> list[dict]:
+    recs = json.loads(ok(run_cli(home, "audit", "show", "--json"), "audit show").stdout)
+    return [r for r in recs if kind is None or r["kind"] == kind]
+
+
+def require_pg() -> None:
+    """Skip when PostgreSQL is unreachable, visibly; fail instead when $CI is set."""
+    import sqlalchemy as sa
+    engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.SQLAlchemyError as err:
+        msg = f"PostgreSQL unreachable at {PG_URL}: {type(getattr(err, 'orig', None) or err).__name__}"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def pg_schemas(*names: str):
+    """Fresh PostgreSQL schemas, yielded as {name: database URL with that search_path}; dropped after."""
+    import sqlalchemy as sa
+    require_pg()
+    tag = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    schemas = {n: f"smgw_{n}_{tag}" for n in names}
+    admin = sa.create_engine(PG_URL)
+    try:
+        with admin.begin() as conn:
+            for schema in schemas.values():
+                conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        base = sa.engine.make_url(PG_URL)
+        yield {n: base.update_query_dict({"options": f"-csearch_path={schema}"})
+               .render_as_string(hide_password=False) for n, schema in schemas.items()}
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text("SET LOCAL lock_timeout = '20s'"))
+            for schema in schemas.values():
+                conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
 
 
 @dataclass
@@ -122,3 +217,65 @@ class Running:
             self.call(gw.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def second_node(g: GatewayHome, path: Path) -> GatewayHome:
+    """A copy of ``g``'s home (same database URL, keys, certificate) listening on other ports."""
+    shutil.copytree(g.home, path, ignore=shutil.ignore_patterns("Maildir", "serve.log"))
+    node = GatewayHome(g.domain, path, free_port(), free_port())
+    cfg = path / "securemail.toml"
+    text = cfg.read_text()
+    for old, new in ((g.relay, node.relay), (g.submission, node.submission)):
+        text, n = re.subn(rf'(?m)^listen = "127\.0\.0\.1:{old}"$', f'listen = "127.0.0.1:{new}"', text)
+        assert n == 1, f"no listener on port {old} in {cfg}"
+    cfg.write_text(text)
+    return node
+
+
+def wait_listening(port: int, timeout: float = 60.0, alive=lambda: True) -> None:
+    def up():
+        alive()  # raises when the server process died
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+    wait_for(up, timeout, f"port {port} to listen")
+
+
+class Serve:
+    """A real ``securemail serve`` OS process on a gateway home; its stderr goes to ``home/serve.log``."""
+
+    def __init__(self, home: GatewayHome) -> None:
+        self.home = home
+        self.log = home.home / "serve.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> "Serve":
+        with open(self.log, "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cli.main", "--home", str(self.home.home), "serve"],
+                cwd=REPO, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        for port in (self.home.relay, self.home.submission):
+            wait_listening(port, timeout, alive=self._alive)
+        return self
+
+    def _alive(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"securemail serve exited with {self.proc.returncode}:\n{self.output()}")
+        return True
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM, then the exit status (SIGKILL and None if it does not stop within ``timeout``)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
