@@ -2,80 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
-from dataclasses import dataclass, field
 
 import pytest
 import sqlalchemy as sa
 
 from securemail.audit import GENESIS, AuditLog, audit, audit_head, chain_hash
-from securemail.db import create_schema, make_engine
+from securemail.db import make_engine
 from securemail.errors import TemporaryFailure, UsageError
 
-PG_URL = os.environ.get("SECUREMAIL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
-# --- fixtures (the same helpers live in test_queue.py) ------------------------------
-def require_pg() -> None:
-    """Skip when PostgreSQL is unreachable, visibly; fail instead when $CI is set."""
-    engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa.exc.SQLAlchemyError as err:
-        msg = f"PostgreSQL unreachable at {PG_URL}: {type(err.orig or err).__name__}"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    finally:
-        engine.dispose()
-
-
-@dataclass
-class Target:
-    url: str
-    search_path: str | None = None
-    engines: list = field(default_factory=list)
-
-    def engine(self, **kw) -> sa.Engine:
-        engine = make_engine(self.url, search_path=self.search_path, **kw)
-        self.engines.append(engine)
-        return engine
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def target(request, tmp_path):
-    if request.param == "sqlite":
-        t = Target(f"sqlite:///{tmp_path}/audit.db")
-        yield t
-        for engine in t.engines:
-            engine.dispose()
-        return
-    require_pg()
-    schema = f"smtest_{os.getpid()}_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    t = Target(PG_URL, schema)
-    try:
-        yield t
-    finally:
-        for engine in t.engines:
-            engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
-@pytest.fixture
-def engine(target):
-    engine = target.engine()
-    create_schema(engine)
-    return engine
-
-
+# --- fixtures (target and engine: tests/conftest.py) ------------------------------
 @pytest.fixture
 def log(engine):
     ticks = iter(range(1_700_000_000, 1_800_000_000))
