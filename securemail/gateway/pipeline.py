@@ -18,12 +18,14 @@ from ..audit import AuditLog
 from ..crypto import dkim as D
 from ..delivery.hops import maildir_hop, relay_hop, smtp_hop
 from ..envelope import Envelope
-from ..errors import PolicyRefusal, SecureMailError
+from ..errors import KeyChanged, PolicyRefusal, SecureMailError
 from ..policy import Verdict, encryption, rules
 from ..policy.address import MEMBER, OTHER, OWN, domain_of
 from ..policy.facts import OFFICE, Facts, gather
 from ..policy.recipient import decide_rcpt
 from ..queue import NewMessage, Queue
+from ..smtp.replies import KEY_CHANGED_HELD
+from .commit import GroupCommit
 from .transform import Item, Transformer
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class Pipeline:
         self.transformer = transformer
         self.dnsfunc_fallback = dnsfunc_fallback
         self.run_cpu = run_cpu or (lambda fn, *a: asyncio.to_thread(fn, *a))
+        self.commit = GroupCommit(queue.enqueue_many)
 
     def members(self) -> frozenset[str]:
         m = self.manifest()
@@ -71,6 +74,12 @@ class Pipeline:
             return self._refuse(verdict, env)
         try:
             items = await self.run_cpu(self._items, env, facts)
+        except KeyChanged as e:  # never sent to the new key silently: the office MTA keeps it and retries
+            log.warning("holding mail for %s: key changed from %s to %s; accept with "
+                        "'securemail keys accept %s %s'", e.address, e.pinned, e.offered, e.address, e.offered)
+            self._audit("key-change-held", address=e.address, pinned=e.pinned, offered=e.offered,
+                        peer=env.peer_ip)
+            return KEY_CHANGED_HELD
         except SecureMailError as e:
             if not e.temporary:
                 return self._refuse(Verdict("crypto", e.smtp_reply(), e.message), env)
@@ -82,7 +91,7 @@ class Pipeline:
                                                "encrypted_to": it.meta.get("encrypted_to", []),
                                                "origin": facts.origin, "peer": env.peer_ip}))
                 for it in items]
-        ids = await asyncio.to_thread(self.queue.enqueue_many, news)
+        ids = await self.commit.submit(news)
         return f"250 2.0.0 OK: queued as {ids[0] if len(ids) == 1 else ids[0] + '+' + str(len(ids) - 1)}"
 
     def _refuse(self, v: Verdict, env: Envelope) -> str:
