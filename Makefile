@@ -20,6 +20,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.crypto
+	$(BIN)/python -m bench.gateway
+
+proof: $(STAMP)
+	$(BIN)/python -m proof.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,363 @@
+"""End-to-end gateway throughput: securemail serve vs an SMTP floor, a durable-queue floor and a gpg filter.
+
+Run from the repository root::
+
+    python -m bench.gateway                        # default run (~4-5 min on 2 cores)
+    python -m bench.gateway --sizes 4K --no-pg --no-big --scale 0.3   # quick look
+    python -m bench.gateway --profile              # py-spy on securemail at 4 KiB (pip install py-spy)
+
+The same load generator (bench/loadgen.py: N messages of a fixed size over C
+concurrent connections from 127.0.0.3, the office MTA's address) drives each
+server, every one a separate process on 127.0.0.1:
+
+floor-smtp     aiosmtpd answering 250 (bench/baselines.py)
+floor-queue    aiosmtpd committing each message to SQLite (WAL, synchronous=FULL) before 250
+gpg-filter     one gpg process per message to the recipient's key, commit, 250, relay
+securemail     a real ``securemail serve`` (SQLite; or PostgreSQL, one or two processes
+               sharing the database and keys): plain office mail for a member domain,
+               encrypted to its Cv25519 key, signed, DKIM-signed, committed, then
+               delivered over STARTTLS with the pin checked to a null sink holding the
+               receiving gateway's own certificate (bench/sinks.py)
+
+Each run: start the sink and the server(s), warm up, send N messages, wait
+until the sink has every acknowledged message (matched by Message-ID), stop.
+See bench/README.md for what each column means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench import gateway_report as report
+from bench.crypto import parse_size
+from bench.homes import OFFICE, PG_URL, make_federation, pg_available, pg_schema, free_port, second_node
+from bench.loadgen import LoadResult, MessageSpec, percentile, run_load
+from bench.procs import Proc, TreeSampler, pids_with_arg, reset_peak, status_bytes
+from bench.sinks import read_arrivals
+
+KINDS = ("floor-smtp", "floor-queue", "gpg-filter", "securemail")
+DEFAULT_SIZES = "4K,64K,1M"
+BIG = 25_000_000          # "a 25 MB message": under the default 25 MiB limit with its headers
+SENDER, RCPT = "alice@interieur.gouv.fr", "bob@justice.gouv.fr"
+# Messages per run at 4 KiB / 64 KiB / 1 MiB, sized for ~4-5 min in all on 2 cores.
+COUNTS = {"floor-smtp": (1000, 400, 60), "floor-queue": (1000, 400, 60),
+          "gpg-filter": (400, 200, 40), "securemail": (600, 200, 30), "securemail-pg": (300, 100, 20)}
+RATE_SECONDS = 10.0       # length of the rate-limited run
+
+
+@dataclass
+class Scenario:
+    name: str               # the label in the table
+    kind: str               # one of KINDS
+    size: int
+    n: int
+    c: int
+    db: str = "sqlite"      # securemail: sqlite | pg
+    nodes: int = 1          # securemail processes sharing the database
+    rate: float | None = None
+    warmup: int = 20
+    warm_size: int | None = None    # warm-up message size (default: size)
+    rss_growth: bool = False        # reset the peak RSS after warm-up, report the growth
+
+
+def default_count(kind: str, size: int, scale: float) -> int:
+    small, mid, big = COUNTS[kind]
+    n = small if size <= 16 << 10 else mid if size <= 256 << 10 else big
+    return max(5, int(n * scale))
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- one run ------------------------------------------------------------------------
+class Setup:
+    """What a run started (stopped by the run's ExitStack): servers, sink, where the load goes."""
+
+    def __init__(self) -> None:
+        self.servers: list[Proc] = []
+        self.sink: Proc | None = None
+        self.sink_log: Path | None = None
+        self.targets: list[tuple[str, int]] = []
+        self.stats: list[Path] = []
+        self.extra_pids: list[int] = []   # e.g. gpg-agent, counted in the memory of the run
+
+
+def start_sink(d: Path, port: int, tls: tuple[Path, Path] | None = None,
+               wkd: int | None = None) -> tuple[Proc, Path]:
+    arrivals = d / "arrivals.tsv"
+    args = ["--listen", f"127.0.0.1:{port}", "--log", str(arrivals)]
+    if tls:
+        args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+    if wkd:
+        args += ["--wkd-listen", f"127.0.0.1:{wkd}"]
+    ports = [port] + ([wkd] if wkd else [])
+    return Proc.module("bench.sinks", *args, log=d / "sink.log", ports=ports).start(), arrivals
+
+
+def setup_securemail(sc: Scenario, d: Path, stack: ExitStack, tuning: dict) -> Setup:
+    s = Setup()
+    db = stack.enter_context(pg_schema(sc.name.replace("-", "_"))) if sc.db == "pg" else None
+    fed = make_federation(d, sender_db=db, **tuning)
+    s.sink, s.sink_log = start_sink(d, fed.receiver.relay, (fed.receiver.cert, fed.receiver.key),
+                                    fed.receiver.wkd)
+    stack.callback(s.sink.stop)
+    homes = [fed.sender] + [second_node(fed.sender, d / f"node{i + 2}") for i in range(sc.nodes - 1)]
+    for h in homes:
+        p = Proc.module("cli.main", "--home", str(h.home), "serve", log=h.home / "serve.log",
+                        ports=[h.relay, h.submission])
+        s.servers.append(p.start())
+        stack.callback(p.stop)
+        s.targets.append(("127.0.0.1", h.relay))
+    return s
+
+
+def setup_baseline(sc: Scenario, d: Path, stack: ExitStack, recipient: tuple[str, bytes]) -> Setup:
+    s = Setup()
+    port = free_port()
+    args = [sc.kind, "--listen", f"127.0.0.1:{port}", "--stats", str(d / "stats.json")]
+    if sc.kind != "floor-smtp":
+        args += ["--db", str(d / "queue.db")]
+    if sc.kind == "gpg-filter":
+        gnupg = d / "gnupg"
+        gnupg.mkdir(mode=0o700)
+        subprocess.run(["gpg", "--homedir", str(gnupg), "--batch", "--import"], input=recipient[1],
+                       check=True, capture_output=True)
+        stack.callback(subprocess.run, ["gpgconf", "--homedir", str(gnupg), "--kill", "all"],
+                       capture_output=True)
+        sink_port = free_port()
+        s.sink, s.sink_log = start_sink(d, sink_port)
+        stack.callback(s.sink.stop)
+        args += ["--gnupghome", str(gnupg), "--recipient", recipient[0], "--relay", f"127.0.0.1:{sink_port}"]
+    p = Proc.module("bench.baselines", *args, log=d / "server.log", ports=[port]).start()
+    stack.callback(p.stop)
+    s.servers.append(p)
+    s.stats.append(d / "stats.json")
+    s.targets.append(("127.0.0.1", port))
+    return s
+
+
+def arrivals_of(arrivals: Path, expected: set[str]) -> dict[str, list[float]]:
+    """Every arrival time at the sink of each expected id (the Message-ID's left-hand side)."""
+    seen: dict[str, list[float]] = {}
+    for mid, t, _ in read_arrivals(arrivals):
+        mid = mid.rpartition("@")[0] or mid
+        if mid in expected:
+            seen.setdefault(mid, []).append(t)
+    return seen
+
+
+def wait_delivered(arrivals: Path, expected: set[str], idle: float = 30.0) -> dict[str, list[float]]:
+    """``arrivals_of`` once every expected id arrived, or after ``idle`` s without progress."""
+    last, last_count = time.monotonic(), -1
+    while True:
+        seen = arrivals_of(arrivals, expected)
+        if len(seen) >= len(expected):
+            time.sleep(0.3)  # let a late duplicate show up
+            return arrivals_of(arrivals, expected)
+        if len(seen) != last_count:
+            last, last_count = time.monotonic(), len(seen)
+        elif time.monotonic() - last > idle:
+            return seen
+        time.sleep(0.1)
+
+
+def run_scenario(sc: Scenario, root: Path, *, tuning: dict, recipient: tuple[str, bytes],
+                 source: str = OFFICE) -> dict:
+    d = root / f"{sc.name}-{sc.size}"
+    d.mkdir(parents=True)
+    tag = f"{sc.name}-{sc.size}-{os.getpid()}"
+    spec = MessageSpec(SENDER, RCPT, sc.size, SENDER.rpartition("@")[2])
+    t_run = time.perf_counter()
+    with ExitStack() as stack:
+        s = (setup_securemail(sc, d, stack, tuning) if sc.kind == "securemail"
+             else setup_baseline(sc, d, stack, recipient))
+        if sc.warmup:
+            warm_spec = MessageSpec(SENDER, RCPT, sc.warm_size or sc.size, spec.domain)
+            w = asyncio.run(run_load(s.targets, warm_spec, sc.warmup, min(sc.c, sc.warmup),
+                                     run_id=f"warm-{tag}", source=source))
+            if s.sink_log:
+                wait_delivered(s.sink_log, {x.mid for x in w.acked}, idle=20)
+        if sc.kind == "gpg-filter":
+            s.extra_pids = [p for p in pids_with_arg(str(d / "gnupg")) if p != os.getpid()]
+        rss_before = [p.rss() or 0 for p in s.servers]
+        if sc.rss_growth:
+            for p in s.servers:
+                reset_peak(p.pid)
+        cpu0 = [p.cpu() for p in s.servers]
+        sink_cpu0 = s.sink.cpu() if s.sink else 0.0
+        with TreeSampler([p.pid for p in s.servers] + s.extra_pids) as sampler:
+            client0 = time.process_time()
+            res = asyncio.run(run_load(s.targets, spec, sc.n, sc.c, run_id=tag, source=source,
+                                       rate=sc.rate))
+            client_cpu = time.process_time() - client0
+            got = (wait_delivered(s.sink_log, {x.mid for x in res.acked}, idle=60)
+                   if s.sink_log else {})
+        cpu = sum(p.cpu() for p in s.servers) - sum(cpu0)
+        sink_cpu = (s.sink.cpu() - sink_cpu0) if s.sink else None
+        hwm = [p.peak_rss() or 0 for p in s.servers]
+        hwm_extra = sum(status_bytes(p, "VmHWM") or 0 for p in s.extra_pids)
+        tails = {p.log.name: p.tail(1500) for p in s.servers}
+    out = summarize(sc, res, got, cpu=cpu, sink_cpu=sink_cpu, hwm=hwm, hwm_extra=hwm_extra,
+                    tree_peak=sampler.peak, rss_before=rss_before)
+    for path in s.stats:
+        if path.exists():
+            out["server_stats"] = json.loads(path.read_text())
+    if out["failed"] or out.get("missing"):
+        out["server_log_tail"] = tails
+    out["client_cpu_ms_per_msg"] = round(client_cpu * 1e3 / max(1, sc.n), 2)
+    out["run_seconds"] = round(time.perf_counter() - t_run, 1)
+    return out
+
+
+def summarize(sc: Scenario, res: LoadResult, got: dict[str, list[float]], *, cpu: float,
+              sink_cpu: float | None, hwm: list[int], hwm_extra: int, tree_peak: int,
+              rss_before: list[int]) -> dict:
+    ok = res.acked
+    by_id = {x.mid: x for x in ok}
+    t250 = [(x.t_done - x.t_sched) * 1e3 for x in ok]
+    ttd = [(min(ts) - by_id[m].t_sched) * 1e3 for m, ts in got.items()]
+    last_ack = max((x.t_done for x in ok), default=res.t_begin)
+    last_arrival = max((min(ts) for ts in got.values()), default=res.t_begin)
+    delivering = sc.kind in ("gpg-filter", "securemail")
+    r = lambda v, k=1: None if v is None else round(v, k)  # noqa: E731
+    out = {**asdict(sc), "size_label": report.label(sc.size),
+           "acked": len(ok), "failed": sc.n - len(ok), "failures": res.failures(),
+           "acked_per_s": r(len(ok) / (last_ack - res.t_begin) if ok else 0.0, 1),
+           "t250_p50_ms": r(percentile(t250, 50), 2), "t250_p99_ms": r(percentile(t250, 99), 2),
+           "t250_max_ms": r(max(t250, default=None), 2),
+           "server_cpu_ms_per_msg": r(cpu * 1e3 / len(ok) if ok else None, 2),
+           "peak_rss_bytes": [max(h, 0) for h in hwm],
+           "peak_rss_tree_bytes": max(tree_peak, sum(hwm) + hwm_extra),
+           "rss_before_bytes": rss_before}
+    if delivering:
+        out.update({
+            "delivered": len(got), "missing": len(ok) - len(got),
+            "double_deliveries": sum(1 for ts in got.values() if len(ts) > 1),
+            "delivered_per_s": r(len(got) / (last_arrival - res.t_begin) if got else 0.0, 1),
+            "ttd_p50_ms": r(percentile(ttd, 50), 1), "ttd_p99_ms": r(percentile(ttd, 99), 1),
+            "sink_cpu_ms_per_msg": r(sink_cpu * 1e3 / len(got) if got and sink_cpu is not None else None, 2)})
+    if sc.rss_growth:
+        out["rss_growth_bytes"] = [h - b for h, b in zip(hwm, rss_before)]
+    return out
+
+
+# --- the whole benchmark --------------------------------------------------------------
+def tree_state() -> dict:
+    """The commit measured and the files changed on top of it (the tree is often mid-edit)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(),
+            "changed": [line[3:] for line in git("status", "--porcelain").splitlines()
+                        if not line[3:].startswith("bench/")]}
+
+
+def plan(a, sizes: list[int], kinds: list[str]) -> list[Scenario]:
+    n = lambda kind, size: a.n or default_count(kind, size, a.scale)  # noqa: E731
+    warm = lambda count: max(5, min(20, count // 3))  # noqa: E731
+    out = [Scenario(k, k, size, n(k, size), a.c, warmup=warm(n(k, size))) for size in sizes for k in kinds]
+    small = sizes[0] if sizes else 4096
+    if "securemail" in kinds and not a.no_pg:
+        count = n("securemail-pg", small)
+        out.append(Scenario("securemail-pg", "securemail", small, count, a.c, db="pg", warmup=warm(count)))
+        out.append(Scenario("securemail-pg-x2", "securemail", small, count, a.c, db="pg", nodes=2,
+                            warmup=warm(count)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated sizes (default %(default)s)")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="subset of " + ",".join(KINDS))
+    ap.add_argument("-n", type=int, default=None, help="messages per run (default: per kind and size)")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply the default message counts")
+    ap.add_argument("-c", type=int, default=10, help="concurrent connections (default %(default)s)")
+    ap.add_argument("--no-pg", action="store_true", help="skip the PostgreSQL runs")
+    ap.add_argument("--no-rate", action="store_true", help="skip the rate-limited run")
+    ap.add_argument("--no-big", action="store_true", help="skip the 25 MB message")
+    ap.add_argument("--big-size", default=str(BIG), help="size of the big message (default 25000000)")
+    ap.add_argument("--poll-interval", default="0.05", help="securemail [delivery] poll_interval for the run")
+    ap.add_argument("--workers", default="4", help="securemail [delivery] workers for the run")
+    ap.add_argument("--json", default="bench/results-gateway.json", help="'-' for none")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary homes and logs")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead: profile securemail serve under load with py-spy (4 KiB unless --sizes)")
+    ap.add_argument("--profile-mode", choices=("gil", "active", "idle"), default="gil",
+                    help="py-spy sampling: GIL holder (CPU), running threads, or all threads (wall)")
+    ap.add_argument("--profile-out", default="bench/profiles/gateway", help="py-spy output prefix")
+    ap.add_argument("--profile-seconds", type=float, default=None, help="py-spy duration (default: the run)")
+    a = ap.parse_args(argv)
+    sizes = [parse_size(x) for x in a.sizes.split(",") if x]
+    kinds = [k for k in a.kinds.split(",") if k]
+    for k in kinds:
+        if k not in KINDS:
+            ap.error(f"unknown kind {k!r}")
+    tuning = {"poll_interval": a.poll_interval, "workers": a.workers, "first": "1", "cap": "2"}
+    root = Path(tempfile.mkdtemp(prefix="smbench-"))
+    t0 = time.perf_counter()
+    load0 = os.getloadavg()
+    try:
+        if a.profile:
+            from bench.gateway_profile import profile
+            return profile(a, sizes[0] if a.sizes != DEFAULT_SIZES else 4096, root, tuning)
+        if "securemail" in kinds and not a.no_pg and (why := pg_available()):
+            log(f"{why}: leaving out the PostgreSQL runs")
+            a.no_pg = True
+        log("setting up keys for gpg-filter")
+        keyfed = make_federation(root / "keys")
+        recipient = (keyfed.receiver.domain_key(), keyfed.receiver_certificate())
+        results = []
+
+        def go(sc: Scenario) -> dict:
+            log(f"{sc.name} {report.label(sc.size)}: N={sc.n} C={sc.c}"
+                + (f" rate={sc.rate:.0f}/s" if sc.rate else ""))
+            r = run_scenario(sc, root, tuning=tuning, recipient=recipient)
+            log("  " + report.one_line(r))
+            results.append(r)
+            return r
+
+        for sc in plan(a, sizes, kinds):
+            go(sc)
+        base = next((r for r in results if r["name"] == "securemail" and r["size"] == sizes[0]), None)
+        if base and not a.no_rate and base["acked_per_s"]:
+            rate = base["acked_per_s"] / 2
+            go(Scenario("securemail-half-rate", "securemail", sizes[0], max(20, int(rate * RATE_SECONDS)),
+                        a.c, rate=rate))
+        if "securemail" in kinds and not a.no_big:
+            go(Scenario("securemail-big", "securemail", parse_size(a.big_size), 1, 1, warmup=5,
+                        warm_size=4096, rss_growth=True))
+    finally:
+        if a.keep:
+            log(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    elapsed = time.perf_counter() - t0
+    meta = {"python": sys.version.split()[0], "platform": platform.platform(), "nproc": os.cpu_count(),
+            "loadavg_start": [round(x, 2) for x in load0],
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()], "elapsed_s": round(elapsed, 1),
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:], "tuning": tuning,
+            "postgres": None if a.no_pg else PG_URL, "source_address": OFFICE, "tree": tree_state()}
+    text, ratios, targets = report.render(results, meta)
+    print(text)
+    if a.json != "-":
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios,
+                                            "targets": targets}, indent=1))
+        print(f"wrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
