@@ -75,6 +75,18 @@ class KeyUnusable(KeyProblem):
     default_message = "key unusable"
 
 
+class KeyChanged(KeyProblem):
+    """The key offered for an address is not the one pinned for it; a person must accept it first."""
+    default_message = "recipient key changed"
+
+    def __init__(self, address: str, pinned: str, offered: str) -> None:
+        self.address, self.pinned, self.offered = address, pinned, offered
+        super().__init__(
+            f"the key for {address} changed: pinned {pinned}, now offered {offered}; nothing was "
+            f"sent. Check the new key with its owner, then accept it: "
+            f"securemail keys accept {address} {offered}")
+
+
 class PassphraseError(KeyProblem):
     default_message = "wrong or missing passphrase"
 

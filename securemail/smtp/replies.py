@@ -32,6 +32,7 @@ TIMEOUT = "421 4.4.2 Timeout exceeded, closing connection"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing connection"
 TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
+KEY_CHANGED_HELD = "451 4.7.1 recipient key changed; held for operator review"
 
 # --- permanent: protocol ------------------------------------------------------
 BARE_NEWLINE = "521 5.5.2 Bare <CR> or <LF> received, lines must end with <CR><LF>"
@@ -68,6 +69,23 @@ AIOSMTPD_REWRITES: dict[str, Reply] = {
     "221 Bye": BYE,
     "250 OK": NOOP_OK,
 }
+
+# aiosmtpd's other refusals (syntax errors, unknown commands, parameters) carry no
+# enhanced code; they get one from their reply code (RFC 3463) as they are pushed.
+_ENHANCED_FOR_CODE = {"454": "4.7.0", "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1",
+                      "504": "5.5.4", "530": "5.7.0", "535": "5.7.8", "552": "5.3.4", "553": "5.1.3",
+                      "555": "5.5.4"}
+_NO_ENHANCED = re.compile(r"([45][0-9][0-9]) (?![2-5]\.[0-9]{1,3}\.[0-9]{1,3} )")
+
+
+def with_enhanced_code(reply: str) -> Reply:
+    """``reply`` with an enhanced status code after the reply code when a refusal has none."""
+    m = _NO_ENHANCED.match(reply)
+    if m is None:
+        return reply
+    code = m.group(1)
+    return f"{code} {_ENHANCED_FOR_CODE.get(code, code[0] + '.0.0')} {reply[4:]}"
+
 
 _WELL_FORMED = re.compile(r"[2-5][0-9][0-9] [2-5]\.[0-9]{1,3}\.[0-9]{1,3} [\x20-\x7e]*\Z")
 

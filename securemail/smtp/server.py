@@ -155,7 +155,7 @@ class GatewaySMTP(SMTP):
         if status == "250-AUTH ":  # aiosmtpd advertises AUTH even with no mechanism left
             return
         if isinstance(status, str):
-            status = replies.AIOSMTPD_REWRITES.get(status, status)
+            status = replies.with_enhanced_code(replies.AIOSMTPD_REWRITES.get(status, status))
         await super().push(status)
 
     async def handle_exception(self, error: Exception) -> str:
