@@ -17,6 +17,9 @@ from ..crypto.message import check_encrypted
 from ..errors import SecureMailError
 
 _BLOCK = re.compile(rb"\A\s*-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----\s*\Z", re.S)
+# Deeper MIME structures are refused as malformed: the email package parses and
+# writes one recursion level per MIME level and fails somewhere past 300.
+MAX_MIME_DEPTH = 100
 
 
 @dataclass(frozen=True)
@@ -26,11 +29,14 @@ class EncryptionCheck:
     reason: str               # why not, when not
     recipient_keyids: tuple[str, ...] = ()
     payload: bytes = field(default=b"", repr=False)   # the OpenPGP message, transfer-decoded
+    malformed: bool = False   # the MIME structure cannot be taken apart (unparseable, nested too deep)
 
 
 def check(raw: bytes) -> EncryptionCheck:
     try:
         msg = BytesParser(policy=_policy.compat32).parsebytes(raw)
+        if _too_deep(msg):
+            return EncryptionCheck(False, "none", "MIME structure nested too deeply", malformed=True)
         ctype = msg.get_content_type()
         if ctype == "multipart/encrypted":
             parts = msg.get_payload()
@@ -50,4 +56,16 @@ def check(raw: bytes) -> EncryptionCheck:
     except SecureMailError as e:
         return EncryptionCheck(False, "none", e.message)
     except Exception:  # noqa: BLE001 - unparseable is simply not encrypted
-        return EncryptionCheck(False, "none", "message cannot be parsed")
+        return EncryptionCheck(False, "none", "message cannot be parsed", malformed=True)
+
+
+def _too_deep(msg) -> bool:
+    """True when the MIME tree is nested deeper than MAX_MIME_DEPTH (walked without recursion)."""
+    stack = [(msg, 0)]
+    while stack:
+        part, depth = stack.pop()
+        if depth > MAX_MIME_DEPTH:
+            return True
+        if part.is_multipart():
+            stack.extend((sub, depth + 1) for sub in part.get_payload())
+    return False

@@ -6,6 +6,7 @@ refusal. Every rule is a pure function of ``Facts`` and has its own test.
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from . import Verdict
@@ -13,6 +14,8 @@ from .address import domain_of
 from .facts import MEMBER, OFFICE, OTHER, OWN, REMOTE, Facts
 
 MAX_RECEIVED = 30
+# An RFC 2047 encoded-word: never allowed inside an address (RFC 2047 §5), the Mailsploit trick.
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
 
 Rule = Callable[[Facts], Verdict | None]
 
@@ -20,7 +23,8 @@ Rule = Callable[[Facts], Verdict | None]
 def one_from(f: Facts) -> Verdict | None:
     """Exactly one From header with one well-formed address (two Froms, Mailsploit, garbage)."""
     addrs = f.headers.from_addresses
-    if len(f.headers.from_values) != 1 or len(addrs) != 1 or domain_of(addrs[0]) is None:
+    if (len(f.headers.from_values) != 1 or len(addrs) != 1 or domain_of(addrs[0]) is None
+            or _ENCODED_WORD.search(addrs[0])):
         return Verdict("one_from", "550 5.7.1 Message must have exactly one valid From address",
                        "bad From header")
     return None
@@ -98,6 +102,14 @@ def member_encrypted(f: Facts) -> Verdict | None:
     return None
 
 
+def mime_structure(f: Facts) -> Verdict | None:
+    """A MIME structure the gateway cannot take apart is refused for good (a 4xx would be retried forever)."""
+    if f.encryption.malformed:
+        return Verdict("mime_structure", "550 5.6.0 Malformed MIME structure (unparseable or nested too deeply)",
+                       f"malformed: {f.encryption.reason}")
+    return None
+
+
 def non_member_recipient(f: Facts) -> Verdict | None:
     if f.recipients_of(OTHER) and f.non_member_policy != "allow-plain":
         return Verdict("non_member_recipient",
@@ -116,6 +128,7 @@ CHAIN: list[tuple[str, Rule]] = [
     ("member_tls", member_tls),
     ("member_dkim", member_dkim),
     ("member_encrypted", member_encrypted),
+    ("mime_structure", mime_structure),
     ("non_member_recipient", non_member_recipient),
 ]
 
