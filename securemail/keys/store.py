@@ -5,6 +5,11 @@ known key is merged (new subkeys, revocations, new expiry). Revoked and expired
 keys are kept, marked, so that their signatures are reported invalid and
 nothing is encrypted to them. Secret keys live in the same database, which the
 home keeps at mode 0600.
+
+Pinning: the first key that can encrypt seen for an address is pinned to it
+(table ``pins``). Encryption then uses the pinned key only; another key for that
+address is a *change* (``trusted_for`` raises KeyChanged) until a person
+accepts it (``accept``, ``securemail keys accept``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from ..crypto import merge as _merge
 from ..crypto import openpgp
 from ..crypto.keys import Key, load_keys
 from ..db import transaction
-from ..errors import KeyNotFound, KeyRefused
+from ..errors import KeyChanged, KeyNotFound, KeyRefused, UsageError
 
 metadata = sa.MetaData()
 keys_table = sa.Table(
@@ -38,6 +43,15 @@ addresses_table = sa.Table(
     sa.Column("address", sa.String(320), primary_key=True),
     sa.Column("fingerprint", sa.String(40), sa.ForeignKey("keys.fingerprint", ondelete="CASCADE"),
               primary_key=True),
+)
+
+pins_table = sa.Table(
+    "pins", metadata,
+    sa.Column("address", sa.String(320), primary_key=True),
+    sa.Column("fingerprint", sa.String(40), nullable=False),
+    sa.Column("pinned_at", sa.Float, nullable=False),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("superseded", sa.Text, nullable=False, default="[]"),  # JSON: keys set aside for it
 )
 
 
@@ -87,7 +101,62 @@ class KeyStore:
                 merged, outcome = _load_one(blob), "updated"
             self._write(conn, merged, source, now, new=row is None)
             self._record(conn, outcome, merged, source)
+            if merged.status.encryption_keys(now):
+                self._pin_new(conn, merged, source, now)
         return ImportResult(key.fingerprint, outcome, key=merged)
+
+    def _pin_new(self, conn, key: Key, source: str, now: float) -> None:
+        """Pin each address of ``key`` that has no pin yet to the first key seen for it (``key``, or
+        the newest usable key stored before pins existed)."""
+        pinned = {r.address for r in conn.execute(sa.select(pins_table.c.address).where(
+            pins_table.c.address.in_(key.status.addresses)))}
+        for a in key.status.addresses:
+            if a not in pinned:
+                before = [k for k in self._find(conn, a)
+                          if k.fingerprint != key.fingerprint and k.status.encryption_keys(now)]
+                first = max(before, key=lambda k: k.status.created) if before else key
+                conn.execute(pins_table.insert().values(address=a, fingerprint=first.fingerprint,
+                                                        pinned_at=now, source=source, superseded="[]"))
+
+    def pin(self, address: str, fingerprint: str, source: str) -> str | None:
+        """Pin ``address`` to the stored key ``fingerprint`` (it must carry the address); the old pin.
+
+        A decision by a person (accept, publish): every other key known now for the
+        address is set aside, and only a key seen later is a change.
+        """
+        address = address.strip().lower()
+        key = self.get(fingerprint)
+        if address not in key.status.addresses:
+            raise UsageError(f"key {key.fingerprint} has no valid user ID for {address}")
+        old = self.pinned(address)
+        with transaction(self.engine) as conn:
+            others = sorted(k.fingerprint for k in self._find(conn, address) if k.fingerprint != key.fingerprint)
+            conn.execute(pins_table.delete().where(pins_table.c.address == address))
+            conn.execute(pins_table.insert().values(address=address, fingerprint=key.fingerprint,
+                                                    pinned_at=self.clock(), source=source,
+                                                    superseded=json.dumps(others)))
+        return old
+
+    def accept(self, address: str, fingerprint: str) -> str | None:
+        """A person accepts a changed key: re-pin, audit "key-accepted"; the previous pin."""
+        key = self.get(fingerprint)
+        if not key.status.encryption_keys(self.clock()):
+            raise UsageError(f"key {key.fingerprint} is {key.state_at(self.clock())} or cannot "
+                             "encrypt; it cannot be accepted")
+        old = self.pin(address, key.fingerprint, "accepted")
+        if self.audit is not None:
+            self.audit.append("key-accepted", address=address.strip().lower(),
+                              fingerprint=key.fingerprint, previous=old)
+        return old
+
+    def pinned(self, address: str) -> str | None:
+        row = self._pin_row(address)
+        return row.fingerprint if row else None
+
+    def _pin_row(self, address: str):
+        with transaction(self.engine, write=False) as conn:
+            return conn.execute(sa.select(pins_table).where(
+                pins_table.c.address == address.strip().lower())).first()
 
     def _record(self, conn, action: str, key: Key | None, source: str, fpr: str = "") -> None:
         if self.audit is not None:
@@ -127,6 +196,7 @@ class KeyStore:
         fpr = self._resolve(fingerprint)
         with transaction(self.engine) as conn:
             conn.execute(addresses_table.delete().where(addresses_table.c.fingerprint == fpr))
+            conn.execute(pins_table.delete().where(pins_table.c.fingerprint == fpr))
             conn.execute(keys_table.delete().where(keys_table.c.fingerprint == fpr))
             self._record(conn, "deleted", None, "operator", fpr)
 
@@ -160,16 +230,39 @@ class KeyStore:
     def find(self, address: str) -> list[Key]:
         """Every key with a valid user ID for ``address`` (any state)."""
         with transaction(self.engine, write=False) as conn:
-            rows = conn.execute(sa.select(keys_table.c.data).join(
-                addresses_table, addresses_table.c.fingerprint == keys_table.c.fingerprint).where(
-                addresses_table.c.address == address.strip().lower())).all()
+            return self._find(conn, address)
+
+    def _find(self, conn, address: str) -> list[Key]:
+        rows = conn.execute(sa.select(keys_table.c.data).join(
+            addresses_table, addresses_table.c.fingerprint == keys_table.c.fingerprint).where(
+            addresses_table.c.address == address.strip().lower())).all()
         return [self._key(bytes(r.data)) for r in rows]
 
     def usable_for(self, address: str, now: float | None = None) -> Key | None:
-        """The newest valid key for ``address`` that can encrypt now."""
+        """The key to encrypt to for ``address``: the pinned one if it can encrypt now (None if
+        it cannot); without a pin, the newest valid key that can."""
         now = self.clock() if now is None else now
         ok = [k for k in self.find(address) if k.status.encryption_keys(now)]
+        pin = self.pinned(address)
+        if pin is not None:
+            return next((k for k in ok if k.fingerprint == pin), None)
         return max(ok, key=lambda k: k.status.created, default=None)
+
+    def trusted_for(self, address: str, now: float | None = None) -> Key | None:
+        """``usable_for``, but KeyChanged when another key that can encrypt is known for a
+        pinned address: a change is never used, nor ignored, without a person accepting it."""
+        now = self.clock() if now is None else now
+        key = self.usable_for(address, now)
+        row = self._pin_row(address)
+        if row is None:
+            return key
+        aside = {row.fingerprint, *json.loads(row.superseded or "[]")}
+        others = [k for k in self.find(address)
+                  if k.fingerprint not in aside and k.status.encryption_keys(now)]
+        if others:
+            offered = max(others, key=lambda k: k.status.created)
+            raise KeyChanged(address.strip().lower(), row.fingerprint, offered.fingerprint)
+        return key
 
     def secret_keys(self) -> list[Key]:
         with transaction(self.engine, write=False) as conn:

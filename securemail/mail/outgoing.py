@@ -22,15 +22,21 @@ def addr(value: str) -> str:
 
 
 def recipient_key(store: KeyStore, address: str, now: float) -> Key:
-    """The key to encrypt to, or a clear error naming the address."""
-    key = store.usable_for(address, now)
+    """The key to encrypt to, or a clear error naming the address.
+
+    A pinned address uses its pinned key only; another key for it raises
+    KeyChanged (with the ``securemail keys accept`` command to run).
+    """
+    key = store.trusted_for(address, now)
     if key is not None:
         return key
     known = store.find(address)
     if not known:
-        raise KeyNotFound(f"no key for {address}; import it first (securemail keys import)")
-    states = sorted({k.state_at(now) for k in known})
-    raise KeyUnusable(f"the key for {address} is {'/'.join(states)}; nothing was sent")
+        raise KeyNotFound(f"no key for {address}; import it first (securemail keys import), "
+                          "or find it in the federation's directory (securemail keys locate)")
+    pin = store.pinned(address)
+    states = sorted({k.state_at(now) for k in known if pin is None or k.fingerprint == pin})
+    raise KeyUnusable(f"the key for {address} is {'/'.join(states) or 'unusable'}; nothing was sent")
 
 
 def signing_key(store: KeyStore, address: str, now: float) -> Key:
