@@ -3,8 +3,10 @@
 Authority home: ``init`` makes the authority key and ``federation-draft.json``;
 ``add``/``remove`` edit the draft; ``sign`` bumps the serial and writes a signed
 ``federation.json``. Gateway home: ``entry`` prints this gateway's entries for the
-authority; ``install`` checks and installs a signed manifest. When the gateway
-has no ``[federation] authority`` yet, ``install --authority FPR`` records it in
+authority; ``install`` checks and installs a signed manifest. A person's home
+installs it too (as ``federation.json``), so that ``send`` and ``keys locate``
+find keys in the members' directories. When the home has no ``[federation]
+authority`` yet, ``install --authority FPR`` records it in
 securemail.toml (a line under ``[federation]``, or that table appended); an
 authority already configured is changed only by editing the file.
 """
@@ -23,7 +25,8 @@ import click
 
 from securemail import federation as F
 from securemail.audit import AuditLog
-from securemail.config import GatewayConfig
+from securemail.app import manifest_path
+from securemail.config import GatewayConfig, read_toml
 from securemail.crypto import openpgp
 from securemail.crypto.keys import Key, load_key
 from securemail.db import create_schema
@@ -73,7 +76,7 @@ def save_draft(home: Path, draft: Draft) -> None:
 
 def record_authority(config_file: Path, fpr: str) -> None:
     """Add ``authority = "FPR"`` under [federation] (or append that table); parsed back first."""
-    text = config_file.read_text(encoding="utf-8")
+    text = config_file.read_text(encoding="utf-8") if config_file.exists() else ""
     line = f'authority = "{fpr}"'
     m = re.search(r"^\[federation\][ \t]*(#.*)?$", text, re.M)
     if m:
@@ -86,7 +89,8 @@ def record_authority(config_file: Path, fpr: str) -> None:
         ok = False
     if not ok:
         raise ConfigError(f"add {line} to [federation] in {config_file.name} by hand")
-    F.write_atomic(config_file, new.encode("utf-8"), config_file.stat().st_mode & 0o777)
+    mode = config_file.stat().st_mode & 0o777 if config_file.exists() else 0o600
+    F.write_atomic(config_file, new.encode("utf-8"), mode)
 
 
 def _draft(obj) -> Draft:
@@ -97,14 +101,20 @@ def _draft(obj) -> Draft:
 
 
 def _gateway(obj) -> GatewayConfig | None:
+    """The gateway config of a gateway home; None for a person's or the authority's home."""
     home = obj.core.home
-    return GatewayConfig.load(home) if home.config_file.exists() else None
+    return GatewayConfig.load(home) if "gateway" in read_toml(home.config_file) else None
+
+
+def _configured_authority(obj) -> str | None:
+    config = _gateway(obj)
+    return config.federation_authority if config else obj.core.config.federation_authority
 
 
 def _authority(obj, fpr: str | None, key_file: str | None, *, store: bool) -> tuple[str, Key]:
     """The authority fingerprint (option, gateway config, else draft) and its certificate."""
-    config, draft = _gateway(obj), load_draft(obj.core.home.path)
-    fpr = fpr or (config and config.federation_authority) or (draft and draft.authority)
+    draft = load_draft(obj.core.home.path)
+    fpr = fpr or _configured_authority(obj) or (draft and draft.authority)
     if not fpr:
         raise UsageError("no federation authority here: give --authority FPR")
     fpr = F.normalize_fpr(fpr)
@@ -179,13 +189,14 @@ def init(obj, uid, expires, passphrase_file, no_passphrase) -> None:
 @click.option("--tls-pin", help="SHA-256 of the TLS certificate's SubjectPublicKeyInfo, hex.")
 @click.option("--openpgp-key", type=click.Path(dir_okay=False), help="The domain key's certificate.")
 @click.option("--dkim", multiple=True, metavar="SELECTOR:FILE", help="FILE holds the TXT value.")
+@click.option("--wkd", help="HOST:PORT of the member's key directory (optional).")
 @click.pass_obj
-def add(obj, entry_file, domain, gateway, tls_pin, openpgp_key, dkim) -> None:
+def add(obj, entry_file, domain, gateway, tls_pin, openpgp_key, dkim, wkd) -> None:
     """Add or replace member domains in the draft (every entry is checked first)."""
     draft = _draft(obj)
     fields = (domain, gateway, tls_pin, openpgp_key, dkim)
     if entry_file:
-        if any(fields):
+        if any(fields) or wkd:
             raise UsageError("give --entry FILE, or --domain and its fields, not both")
         try:
             entries = json.loads(read_input(entry_file))
@@ -204,6 +215,8 @@ def add(obj, entry_file, domain, gateway, tls_pin, openpgp_key, dkim) -> None:
                     "openpgp_key": _load_cert(openpgp_key).public().armored().decode("ascii"),
                     "dkim": [{"selector": sel, "public_key": _txt(read_input(path))}
                              for sel, _, path in sels]}]
+        if wkd:
+            entries[0]["wkd"] = wkd.strip().lower()
     members = [F.parse_member(e) for e in entries]
     verbs = [("updated" if m.domain in draft.members else "added", m.domain) for m in members]
     draft.members.update((m.domain, m.to_dict()) for m in members)
@@ -269,14 +282,14 @@ def verify(obj, file, authority, authority_key) -> None:
 @click.pass_obj
 def show(obj) -> None:
     """Show the installed manifest (gateway home) and the draft (authority home)."""
-    config, draft = _gateway(obj), load_draft(obj.core.home.path)
-    installed = F.load_installed(config.federation_manifest) if config else None
+    draft = load_draft(obj.core.home.path)
+    installed = F.load_installed(manifest_path(obj.core.home))
     if installed is None and draft is None:
         raise UsageError("no manifest installed here ('securemail federation install F') "
                          "and no draft ('securemail federation init')")
     if installed is not None:
         click.echo(f"installed manifest serial {installed.serial} created {installed.created}, "
-                   f"authority {config.federation_authority}")
+                   f"authority {_configured_authority(obj)}")
         _echo_members(installed.members.values())
     if draft is not None:
         click.echo(f"draft of authority {draft.authority}, last signed serial {draft.serial}")
@@ -290,10 +303,10 @@ def show(obj) -> None:
               help="Import the authority certificate from FILE first.")
 @click.pass_obj
 def install(obj, file, authority, authority_key) -> None:
-    """Install a signed manifest FILE on this gateway; its serial must move forward."""
+    """Install a signed manifest FILE (gateway or person home); its serial must move forward."""
     home = obj.core.home
-    config = GatewayConfig.load(home)
-    configured = F.normalize_fpr(config.federation_authority) if config.federation_authority else None
+    authority_now = _configured_authority(obj)
+    configured = F.normalize_fpr(authority_now) if authority_now else None
     if configured and authority and F.normalize_fpr(authority) != configured:
         raise UsageError(f"this gateway's federation authority is {configured}; "
                          "edit [federation] authority in securemail.toml to change it")
@@ -302,7 +315,7 @@ def install(obj, file, authority, authority_key) -> None:
                          "(its fingerprint, obtained out of band)")
     fpr, cert = _authority(obj, configured or authority, authority_key, store=True)
     create_schema(obj.core.engine)
-    result = F.install(read_input(file), config.federation_manifest, fpr, cert,
+    result = F.install(read_input(file), manifest_path(home), fpr, cert,
                        AuditLog(obj.core.engine))
     if not configured:
         record_authority(home.config_file, fpr)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import sqlalchemy as sa
 
-from .config import CoreConfig
+from .config import CoreConfig, GatewayConfig, read_toml
 from .audit import AuditLog
 from .db import create_schema, make_engine
 from .home import Home
 from .keys.store import KeyStore
+
+if TYPE_CHECKING:
+    from .keys.locate import Locator
 
 
 @dataclass
@@ -48,3 +52,22 @@ def _private(path) -> None:
     for p in (path, f"{path}-wal", f"{path}-shm"):
         if os.path.exists(p):
             os.chmod(p, 0o600)
+
+
+def manifest_path(home: Home) -> Path:
+    """Where the home's installed federation manifest is: the gateway's ``[federation] manifest``,
+    else ``federation.json`` in a person's home."""
+    data = read_toml(home.config_file)
+    if "gateway" in data:
+        return GatewayConfig.from_dict(data, home.path).federation_manifest
+    return home.path / "federation.json"
+
+
+def open_locator(core: Core) -> "Locator | None":
+    """The key locator of a home with an installed federation manifest; None without one."""
+    from .gateway.runtime import ManifestSource
+    from .keys.locate import Locator
+    path = manifest_path(core.home)
+    if not path.exists():
+        return None
+    return Locator(core.keys, ManifestSource(path), refresh_seconds=core.config.directory_refresh)

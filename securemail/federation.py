@@ -2,7 +2,8 @@
 
 ``federation.json`` is ``{"manifest": {"serial", "created", "members": [{"domain",
 "gateway": "host:port", "tls_pin": sha256(cert SPKI DER) hex, "openpgp_key": armored,
-"dkim": [{"selector", "public_key": "v=DKIM1; k=...; p=..."}]}]}, "signature": armored}``;
+"dkim": [{"selector", "public_key": "v=DKIM1; k=...; p=..."}], optional "wkd": "host:port"
+of its key directory (HTTPS, same certificate as ``tls_pin``)}]}, "signature": armored}``;
 the signature is a detached OpenPGP signature over ``canonical(manifest)``. A gateway
 installs a manifest only if the signature is valid by the configured authority's
 primary fingerprint and the serial moves forward. Entries are checked when signing,
@@ -67,11 +68,15 @@ class Member:
     tls_pin: str
     openpgp_key: bytes                      # armored certificate
     dkim: tuple[tuple[str, str], ...]       # (selector, TXT record value)
+    wkd: tuple[str, int] | None = None      # the key directory's HTTPS listener, if any
 
     def to_dict(self) -> dict:
-        return {"domain": self.domain, "gateway": hostport(*self.gateway), "tls_pin": self.tls_pin,
-                "openpgp_key": self.openpgp_key.decode("ascii"),
-                "dkim": [{"selector": s, "public_key": t} for s, t in self.dkim]}
+        out = {"domain": self.domain, "gateway": hostport(*self.gateway), "tls_pin": self.tls_pin,
+               "openpgp_key": self.openpgp_key.decode("ascii"),
+               "dkim": [{"selector": s, "public_key": t} for s, t in self.dkim]}
+        if self.wkd is not None:
+            out["wkd"] = hostport(*self.wkd)
+        return out
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,7 @@ def parse_member(entry, *, now: float | None = None, check_keys: bool = True) ->
     except ConfigError:
         host, port = "", 0
     _ensure(port and _HOST.fullmatch(host), f"{domain}: gateway must be HOST:PORT, not {gw!r}")
+    wkd = _wkd(entry, domain)
     _ensure(isinstance(pin, str) and _PIN.fullmatch(pin), f"{domain}: tls_pin must be the SHA-256 "
             "of the TLS certificate's SubjectPublicKeyInfo, 64 lower-case hex digits")
     try:
@@ -186,7 +192,20 @@ def parse_member(entry, *, now: float | None = None, check_keys: bool = True) ->
         why = dkim_txt_problem(txt) if isinstance(txt, str) else "public_key must be a string"
         _ensure(not why, f"{domain}: DKIM selector {sel}: {why}")
         records[sel] = txt
-    return Member(domain, (host, port), pin, armored.encode("ascii"), tuple(records.items()))
+    return Member(domain, (host, port), pin, armored.encode("ascii"), tuple(records.items()), wkd)
+
+
+def _wkd(entry: dict, domain: str) -> tuple[str, int] | None:
+    """The optional ``wkd`` field: HOST:PORT of the member's key directory."""
+    if "wkd" not in entry:
+        return None
+    text = entry["wkd"]
+    try:
+        host, port = parse_hostport(text, "wkd") if isinstance(text, str) else ("", 0)
+    except ConfigError:
+        host, port = "", 0
+    _ensure(port and _HOST.fullmatch(host), f"{domain}: wkd must be HOST:PORT, not {text!r}")
+    return host, port
 
 
 def parse_manifest(m, *, now: float | None = None, check_keys: bool = True) -> Manifest:
@@ -359,6 +378,8 @@ def own_entries(config: GatewayConfig, core: Core) -> list[dict]:
     if relay is None:
         raise ConfigError("no [listeners.relay]: member gateways reach this one through it")
     host = config.hostname if relay.host in ("", "0.0.0.0", "::") else relay.host  # not a wildcard
+    wkd = config.listener("wkd")
+    wkd_host = (config.hostname if wkd.host in ("", "0.0.0.0", "::") else wkd.host) if wkd else None
     entries = []
     try:
         pin = tls_pin_of_cert(config.tls_cert.read_bytes())
@@ -370,6 +391,8 @@ def own_entries(config: GatewayConfig, core: Core) -> list[dict]:
             entries.append({"domain": domain, "gateway": hostport(host, relay.port), "tls_pin": pin,
                             "openpgp_key": core.keys.get(config.openpgp_keys[domain]).public()
                             .armored().decode("ascii"), "dkim": dkim})
+            if wkd is not None:
+                entries[-1]["wkd"] = hostport(wkd_host, wkd.port)
             parse_member(entries[-1])
     except OSError as e:
         raise ConfigError(f"cannot read {e.filename}: {e.strerror}") from None
