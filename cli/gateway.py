@@ -28,6 +28,8 @@ def gateway() -> None:
 @click.option("--listen", default="127.0.0.1:2525", show_default=True, help="Relay listener HOST:PORT.")
 @click.option("--submission", default="127.0.0.1:5870", show_default=True,
               help="Submission listener HOST:PORT (AUTH after STARTTLS); 'none' for no submission.")
+@click.option("--wkd", default="127.0.0.1:8443", show_default=True,
+              help="Key directory (WKD, key publication) HTTPS listener HOST:PORT; 'none' for no directory.")
 @click.option("--hostname", help="EHLO name and TLS certificate name (default gateway.<first domain>).")
 @click.option("--trusted-network", "trusted", multiple=True, help="Office network that may relay (repeatable).")
 @click.option("--database-url", help="SQLAlchemy URL (default: SQLite file in the home).")
@@ -35,13 +37,14 @@ def gateway() -> None:
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="Real certificate (default: self-signed).")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="Its private key.")
 @click.pass_obj
-def init(obj, domains, listen, submission, hostname, trusted, database_url, relay_to, tls_cert, tls_key):
+def init(obj, domains, listen, submission, wkd, hostname, trusted, database_url, relay_to, tls_cert, tls_key):
     """Write a documented config, domain OpenPGP keys, DKIM keys and a TLS certificate."""
     from securemail.gateway.setup import InitOptions, init_gateway
     if bool(tls_cert) != bool(tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     opts = InitOptions(domains=list(domains), listen=listen,
-                       submission=None if submission == "none" else submission, hostname=hostname,
+                       submission=None if submission == "none" else submission,
+                       wkd=None if wkd == "none" else wkd, hostname=hostname,
                        database_url=database_url, relay_to=relay_to, tls_cert=tls_cert, tls_key=tls_key)
     if trusted:
         opts.trusted_networks = list(trusted)

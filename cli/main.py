@@ -41,8 +41,8 @@ def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from . import federation, gateway, keys, read, send
-    for command in (keys.keys, send.send, read.read, federation.federation):
+    from . import directory, federation, gateway, keys, read, send
+    for command in (keys.keys, send.send, read.read, federation.federation, directory.directory):
         cli.add_command(command)
     gateway.register(cli)
 

@@ -53,19 +53,33 @@ def parse_hostport(text: str, where: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _refresh(data: dict) -> float:
+    """``[directory] refresh_seconds``: how long a key found in the federation's directory is used
+    before it is fetched again (revocations and changes are noticed then)."""
+    value = _get(_table(data, "directory"), "refresh_seconds", float, 86400.0, "directory")
+    if value <= 0:
+        raise ConfigError("directory.refresh_seconds must be positive")
+    return value
+
+
 @dataclass(frozen=True)
 class CoreConfig:
     database_url: str
+    directory_refresh: float = 86400.0
+    federation_authority: str | None = None
 
     @classmethod
     def load(cls, home: Home) -> "CoreConfig":
-        db = _table(read_toml(home.config_file), "database")
-        return cls(database_url=_get(db, "url", str, home.default_database_url, "database"))
+        data = read_toml(home.config_file)
+        db = _table(data, "database")
+        return cls(database_url=_get(db, "url", str, home.default_database_url, "database"),
+                   directory_refresh=_refresh(data),
+                   federation_authority=_table(data, "federation").get("authority"))
 
 
 @dataclass(frozen=True)
 class Listener:
-    name: str                 # "relay" | "submission"
+    name: str                 # "relay" | "submission" (SMTP) | "wkd" (HTTPS key directory)
     host: str
     port: int
     trusted_networks: tuple[ipaddress._BaseNetwork, ...] = ()
@@ -126,6 +140,7 @@ class GatewayConfig:
     dkim_keys: tuple[DkimKeyConfig, ...]
     limits: Limits = field(default_factory=Limits)
     retry: Retry = field(default_factory=Retry)
+    directory_refresh: float = 86400.0   # [directory] refresh_seconds
 
     def listener(self, name: str) -> Listener | None:
         return next((li for li in self.listeners if li.name == name), None)
@@ -148,8 +163,8 @@ class GatewayConfig:
         path = lambda p: (home / p) if not Path(p).is_absolute() else Path(p)  # noqa: E731
         listeners = []
         for name, t in _table(data, "listeners").items():
-            if name not in ("relay", "submission") or not isinstance(t, dict):
-                raise ConfigError(f"unknown listener [listeners.{name}] (relay or submission)")
+            if name not in ("relay", "submission", "wkd") or not isinstance(t, dict):
+                raise ConfigError(f"unknown listener [listeners.{name}] (relay, submission or wkd)")
             host, port = parse_hostport(_get(t, "listen", str, "", f"listeners.{name}"), f"listeners.{name}.listen")
             try:
                 nets = tuple(ipaddress.ip_network(n, strict=False) for n in t.get("trusted_networks", []))
@@ -198,4 +213,5 @@ class GatewayConfig:
             dkim_keys=tuple(dkim),
             limits=Limits(*(_get(lim, k, type(v), v, "limits") for k, v in vars(Limits()).items())),
             retry=Retry(*(_get(rt, k, float, v, "retry") for k, v in vars(Retry()).items())),
+            directory_refresh=_refresh(data),
         )

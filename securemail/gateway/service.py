@@ -15,6 +15,9 @@ from ..config import GatewayConfig
 from ..db import create_schema, make_engine
 from ..delivery.worker import DeliveryWorker
 from ..home import Home
+from ..keys.directory import Directory
+from ..keys.locate import Locator
+from ..keys.publish import Nonces
 from ..keys.store import KeyStore
 from ..queue import Queue
 from ..smtp.handler import GatewayHandler
@@ -28,6 +31,7 @@ from .runtime import (ManifestSource, combined_lookup, dkim_sign_fn, dkim_signer
                       server_tls_context)
 from .transform import Transformer
 from .users import Users
+from .wkd_server import WkdServer
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +46,29 @@ class Gateway:
     servers: list[SMTPServer]
     workers: list[DeliveryWorker]
     engine: object
+    wkd: WkdServer | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def start(self) -> None:
         for s in self.servers:
             await s.start()
+        listeners = [f"{s.host}:{s.port}" for s in self.servers]
+        if self.wkd is not None:
+            try:
+                await self.wkd.start()
+                listeners.append(f"https://{self.wkd.host}:{self.wkd.port}")
+            except OSError as e:  # mail keeps flowing: lookups of our users fall back to the domain key
+                log.error("key directory cannot listen on %s:%d: %s", self.wkd.host, self.wkd.port,
+                          e.strerror or e)
+                self.audit.append("wkd-unavailable", listen=f"{self.wkd.host}:{self.wkd.port}",
+                                  reason=e.strerror or type(e).__name__)
         self._stop = asyncio.Event()
         self._tasks = [asyncio.create_task(w.run(self._stop)) for w in self.workers]
-        self.audit.append("started", domains=list(self.config.domains),
-                          listeners=[f"{s.host}:{s.port}" for s in self.servers])
+        self.audit.append("started", domains=list(self.config.domains), listeners=listeners)
 
     async def stop(self) -> None:
+        if self.wkd is not None:
+            await self.wkd.stop()
         for s in self.servers:
             await s.stop()
         self._stop.set()
@@ -83,10 +99,12 @@ def build(home: Home, *, clock=time.time, owner: str | None = None) -> Gateway:
     manifest = ManifestSource(config.federation_manifest)
     manifest()
     dk = domain_keys(config, keys)
+    locator = Locator(keys, manifest, clock=clock, refresh_seconds=config.directory_refresh,
+                      own_domains=config.domains)
     transformer = Transformer(
         hostname=config.hostname, domain_keys=dk, user_key=keys.usable_for,
         member_key=manifest.member_key, lookup=combined_lookup(keys.lookup, manifest.lookup),
-        dkim_sign=dkim_sign_fn(dkim_signers(config)), clock=clock)
+        dkim_sign=dkim_sign_fn(dkim_signers(config)), clock=clock, locate=locator.key_for)
     pipeline = Pipeline(config=config, manifest=manifest, queue=queue, audit=audit,
                         transformer=transformer)
     tls = server_tls_context(config)
@@ -94,6 +112,8 @@ def build(home: Home, *, clock=time.time, owner: str | None = None) -> Gateway:
     lim = config.limits
     servers = []
     for li in config.listeners:
+        if li.name == "wkd":
+            continue
         handler = GatewayHandler(pipeline.rcpt_decider(li), pipeline.data_acceptor(li), clock=clock)
         servers.append(make_server(
             handler, li.host, li.port, tls_context=tls, require_starttls=li.require_starttls,
@@ -108,7 +128,11 @@ def build(home: Home, *, clock=time.time, owner: str | None = None) -> Gateway:
         config, queue, owner=owner, clock=clock, audit_log=audit, concurrency=config.workers,
         reporting_mta=config.domains[0], bounce_sender=bounces.send,
         pre_send=KeyCheck(keys, manifest, clock).veto)]
-    return Gateway(config, queue, audit, keys, pipeline, servers, workers, engine)
+    wkd, li = None, config.listener("wkd")
+    if li is not None:
+        wkd = WkdServer(li.host, li.port, tls, Directory(engine, keys, config.domains, clock=clock, audit=audit),
+                        Nonces(engine), users.check, audit=audit, clock=clock)
+    return Gateway(config, queue, audit, keys, pipeline, servers, workers, engine, wkd)
 
 
 class KeyCheck:

@@ -26,6 +26,7 @@ class InitOptions:
     domains: list[str]
     listen: str = "127.0.0.1:2525"
     submission: str | None = "127.0.0.1:5870"
+    wkd: str | None = "127.0.0.1:8443"     # the key directory (HTTPS); None: no directory
     hostname: str | None = None
     trusted_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     database_url: str | None = None
@@ -96,6 +97,8 @@ def init_gateway(home: Path, keys: KeyStore, opts: InitOptions) -> dict:
         relay_to=f'relay_to = "{opts.relay_to}"' if opts.relay_to else '# relay_to = "127.0.0.1:25"',
         submission=(f'[listeners.submission]\nlisten = "{opts.submission}"\nrequire_starttls = true\n'
                     'auth_required = true\n' if opts.submission else ""),
+        wkd=(f'[listeners.wkd]             # the key directory (WKD and key publication), HTTPS with [tls]\n'
+             f'listen = "{opts.wkd}"\n' if opts.wkd else ""),
         openpgp="\n".join(f'"{d}" = "{f}"' for d, f in fprs.items()),
         dkim="\n".join(f'[[keys.dkim]]\ndomain = "{d}"\nselector = "{s}"\nalgorithm = "{a}"\n'
                        f'private_key = "{p}"\n' for d, s, a, p, _ in dkim))
@@ -122,6 +125,7 @@ require_starttls = false     # office MTAs may speak plain; member gateways must
 auth_required = false
 
 {submission}
+{wkd}
 [tls]
 cert = "{cert}"
 key = "{tkey}"
@@ -148,6 +152,9 @@ recipients = 100
 connections = 200
 connections_per_ip = 20
 command_timeout = 300
+
+[directory]
+refresh_seconds = 86400      # keys found in members' directories are fetched again after this
 
 [federation]
 manifest = "federation.json"
