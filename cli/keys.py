@@ -1,4 +1,4 @@
-"""securemail keys: generate, import, export, list, revoke, delete."""
+"""securemail keys: generate, import, export, list, revoke, delete; publish, locate, accept (key directory)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import click
 
 from securemail.crypto import openpgp
 from securemail.crypto.keys import Key
-from securemail.errors import UsageError
+from securemail.errors import KeyNotFound, UsageError
 
 from .context import read_input, read_secret_file
 
@@ -159,3 +159,93 @@ def delete(obj, fpr) -> None:
     """Delete a key (and its secret, if any) from the store."""
     obj.core.keys.delete(fpr)
     click.echo(f"deleted {fpr}")
+
+
+@keys.command()
+@click.argument("address", required=False)
+@click.option("--server", required=True, help="Your gateway's key directory HOST:PORT ([listeners.wkd]).")
+@click.option("--cafile", type=click.Path(dir_okay=False), help="Trust this CA/certificate for TLS.")
+@click.option("--username", required=True, help="Your submission user name (your address).")
+@click.option("--password-file", required=True, type=click.Path(dir_okay=False))
+@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of your secret key.")
+@click.pass_obj
+def publish(obj, address, server, cafile, username, password_file, passphrase_file) -> None:
+    """Publish your key for ADDRESS (default: --username) in your gateway's directory.
+
+    The request is signed by the key itself; revocations of your older keys for
+    the address are sent too, so that correspondents who cached them learn of it.
+    """
+    from securemail.keys.publish import build_request, post
+    from securemail.mail.outgoing import addr
+    address, now = addr(address or username), time.time()
+    own = [k for k in obj.core.keys.find(address) if k.is_secret]
+    valid = [k for k in own if k.status.signing_keys(now) and k.status.encryption_keys(now)]
+    revoked = [k for k in own if k.state_at(now) == "revoked"]
+    if not valid and not revoked:
+        raise KeyNotFound(f"no valid secret key for {address}; generate one (securemail keys generate)")
+    docs = []
+    if valid:
+        key = max(valid, key=lambda k: k.status.created)
+        with key.pgp.unlocked(read_secret_file(passphrase_file)):
+            docs.append(build_request(key, address, now=now))
+    docs += [build_request(k, address, now=now, sign=False) for k in revoked]
+    password, refused = read_secret_file(password_file) or "", 0
+    for doc in docs:
+        answer = post(server, doc, username, password, cafile=cafile)
+        try:
+            reply = json.loads(answer.text)
+        except ValueError:
+            reply = {}
+        if answer.status == 200:
+            verb = "published" if "published" in reply else "published the revocation of"
+            click.echo(f"{verb} {reply.get('fingerprint')} for {address}")
+        else:
+            refused += 1
+            click.echo(f"refused ({answer.status}): {reply.get('error') or answer.text[:200]}", err=True)
+    if refused:
+        sys.exit(1)
+
+
+@keys.command()
+@click.argument("address")
+@click.option("--refresh", is_flag=True, help="Fetch again even if a fresh copy is cached.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def locate(obj, address, refresh, as_json) -> None:
+    """Find the key of ADDRESS in the federation's key directory (WKD at its domain's gateway).
+
+    Exit 0 when a usable key is known, 1 otherwise (not found, changed, revoked).
+    """
+    from securemail.app import open_locator
+    from securemail.mail.outgoing import addr
+    locator = open_locator(obj.core)
+    if locator is None:
+        raise UsageError("no federation manifest in this home: securemail federation install F "
+                         "--authority FPR --authority-key FILE")
+    r = locator.locate(addr(address), refresh=refresh)
+    out = {"address": r.address, "status": r.status, "fingerprint": r.key.fingerprint if r.key else None,
+           "pinned": r.pinned, "offered": r.offered, "source": r.source,
+           "fetched_at": _iso(r.fetched_at), "detail": r.detail}
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+    elif r.key is not None:
+        click.echo(f"{r.status} {r.key.fingerprint} {r.address} [{r.key.state_at(time.time())}]"
+                   f"{' from ' + r.source if r.source else ''}"
+                   f"{' fetched ' + out['fetched_at'] if r.fetched_at else ''}")
+    else:
+        click.echo(f"{r.status} {r.address}: {r.detail or 'no usable key'}", err=True)
+    if r.key is None:
+        sys.exit(1)
+
+
+@keys.command()
+@click.argument("address")
+@click.argument("fpr")
+@click.pass_obj
+def accept(obj, address, fpr) -> None:
+    """Accept FPR as the key of ADDRESS (after checking it with its owner): it is pinned and used."""
+    from securemail.mail.outgoing import addr
+    address = addr(address)
+    old = obj.core.keys.accept(address, fpr)
+    key = obj.core.keys.get(fpr)
+    click.echo(f"accepted {key.fingerprint} for {address}" + (f" (was {old})" if old and old != key.fingerprint else ""))

@@ -8,7 +8,7 @@ import click
 
 from securemail.mail.compose import Draft, read_attachment
 from securemail.mail.outgoing import addr, build_encrypted, submit
-from securemail.errors import UsageError
+from securemail.errors import TemporaryFailure, UsageError
 
 from .context import read_input, read_secret_file
 
@@ -41,6 +41,7 @@ def send(obj, sender, to, cc, subject, body_file, attach, server, starttls, tls,
     body = read_input(body_file or "-").decode("utf-8", "replace")
     draft = Draft(sender=sender, to=list(to), cc=list(cc), subject=subject, body=body,
                   attachments=[read_attachment(p) for p in attach])
+    _locate(obj, [*to, *cc])
     raw, rcpts = build_encrypted(obj.core.keys, draft, read_secret_file(passphrase_file))
     if output:
         fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -51,3 +52,19 @@ def send(obj, sender, to, cc, subject, body_file, attach, server, starttls, tls,
     submit(raw, addr(sender), rcpts, server, security="tls" if tls else "starttls" if starttls else "none",
            username=username, password=read_secret_file(password_file), cafile=cafile)
     click.echo(f"sent to {', '.join(rcpts)}")
+
+
+def _locate(obj, recipients) -> None:
+    """With a federation manifest in the home: find missing keys, refresh stale ones (WKD)."""
+    from securemail.app import open_locator
+    locator = open_locator(obj.core)
+    if locator is None:
+        return
+    for a in dict.fromkeys(addr(r) for r in recipients):
+        try:
+            r = locator.ensure(a)
+        except TemporaryFailure as e:
+            click.echo(f"securemail: cannot look up {a}: {e.message}", err=True)
+            continue
+        if r is not None and r.status == "fetched" and r.key is not None:
+            click.echo(f"found {r.key.fingerprint} for {a} ({r.source})", err=True)

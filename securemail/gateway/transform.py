@@ -1,15 +1,18 @@
 """The gateway's crypto stage: what each route does to a message before it is queued.
 
 Outbound to a member: encrypted mail passes with its transport headers
-stripped; plain office mail is encrypted (recipient key, else the recipient
-domain's key) and signed with our domain key. Inbound mail encrypted to our
-domain key is decrypted here and re-encrypted to the local user's key (the
-sender's signature kept) or handed to the office MTA with status headers.
+stripped; plain office mail is encrypted (recipient key, from the key store or
+found in the member's key directory, else the recipient domain's key) and
+signed with our domain key; a changed recipient key raises KeyChanged. Inbound
+mail encrypted to our domain key is decrypted here and re-encrypted to the local
+user's key (the sender's signature kept) or handed to the office MTA with status
+headers.
 Every body that leaves for another domain is DKIM-signed last.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from email import policy as _policy
@@ -20,13 +23,15 @@ from typing import Callable
 
 from ..crypto import message as M
 from ..crypto.keys import Key
-from ..errors import KeyUnusable, PolicyRefusal
+from ..errors import KeyUnusable, PolicyRefusal, TemporaryFailure
 from ..mail.compose import pgp_mime
 from ..policy.facts import Facts
 
 TRANSPORT_HEADERS = ("received", "return-path", "x-originating-ip", "dkim-signature",
                      "authentication-results", "securemail-status", "x-mailer-ip")
 _SMTP_POLICY = _policy.compat32.clone(linesep="\r\n")
+OWN_KEY_UNUSABLE = "the gateway's signing key is unusable; try again later"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,17 +88,30 @@ def protected_inner(raw: bytes) -> bytes:
     return buf.getvalue()
 
 
+def usable_signer(signer: Key, now: float) -> None:
+    """Our own signing key must be usable now; if it is not, the fault is ours: 4xx, nothing unsigned."""
+    try:
+        signer.require_signing_key(now)
+    except KeyUnusable as e:
+        log.error("own signing key %s is unusable (%s): mail is deferred until it is renewed",
+                  signer.fingerprint, e.message)
+        raise TemporaryFailure(OWN_KEY_UNUSABLE, detail=e.message) from None
+
+
 class Transformer:
     """Holds what the crypto stage needs, built once by the composition root."""
 
     def __init__(self, *, hostname: str, domain_keys: dict[str, Key],
                  user_key: Callable[[str], Key | None], member_key: Callable[[str], Key | None],
                  lookup: M.CertLookup, dkim_sign: Callable[[bytes, str], bytes],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 locate: Callable[[str], Key | None] | None = None) -> None:
         self.hostname = hostname
         self.domain_keys = domain_keys          # domain -> unlocked secret Key
         self.user_key = user_key                # address -> valid Key or None (key store)
         self.member_key = member_key            # member domain -> Key from the manifest
+        self.locate = locate                    # address -> pinned Key found in the federation's
+        #                                         directory (or the store); raises KeyChanged
         self.lookup = lookup
         self.dkim_sign = dkim_sign
         self.clock = clock
@@ -106,7 +124,7 @@ class Transformer:
         now = self.clock()
         targets, used = [], []
         for r in rcpts:
-            key = self.user_key(r)
+            key = (self.locate or self.user_key)(r)
             if key is None:
                 key = self.member_key(domain)
             if key is None:
@@ -117,6 +135,7 @@ class Transformer:
         signer = self.domain_keys.get(f.from_domain or "")
         if signer is None:
             raise PolicyRefusal("sender domain has no signing key here", code=550, enhanced="5.7.1")
+        usable_signer(signer, now)
         try:
             armored = M.encrypt(protected_inner(raw), targets, signer=signer, now=now)
         except KeyUnusable as e:
@@ -163,6 +182,7 @@ class Transformer:
         signer = self.domain_keys.get(f.from_domain or "")
         if user is None or signer is None:
             return raw, {"encrypted_by": None}
+        usable_signer(signer, self.clock())
         armored = M.encrypt(protected_inner(raw), [(user, rcpt)], signer=signer, now=self.clock())
         return pgp_mime(top_headers(raw), armored), {"encrypted_by": "gateway",
                                                       "encrypted_to": [user.fingerprint]}

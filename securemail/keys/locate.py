@@ -1,0 +1,201 @@
+"""Finding a recipient's key in the federation: WKD at the recipient domain's gateway, pinned TLS, cached.
+
+The recipient's domain must be a federation member with a ``wkd`` entry; the
+key is fetched over HTTPS from that host and port, and the TLS certificate's
+public key must match the member's ``tls_pin`` (checked before the request is
+sent; a mismatch is a failure, never a fallback). Keys with a valid user ID for
+the address go to the key store (source ``wkd:<domain>``; updates are merged,
+so a revocation is honoured), and each fetch is recorded in ``key_sources``
+with its time. A cached answer is used until ``refresh_seconds`` old (a "no key
+there" answer until ``negative_seconds``). Pinning and changes are the key
+store's (``KeyStore.trusted_for``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import aiohttp
+import sqlalchemy as sa
+
+from ..crypto.keys import Key
+from ..db import transaction
+from ..delivery.smtp import spki_sha256
+from ..errors import KeyChanged, TemporaryFailure
+from ..federation import hostport
+from .store import KeyStore
+from .wkd import MAX_KEY_BYTES, advanced_url, keys_for, split_address
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+sources_table = sa.Table(
+    "key_sources", metadata,
+    sa.Column("address", sa.String(320), primary_key=True),
+    sa.Column("fingerprint", sa.String(40), primary_key=True),   # "" records "no key there"
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("fetched_at", sa.Float, nullable=False),
+)
+DAY = 86400.0
+
+
+class LocateError(TemporaryFailure):
+    """The directory could not be asked or answered badly (network, TLS pin, HTTP status)."""
+    default_message = "key directory unavailable"
+
+
+@dataclass(frozen=True)
+class Located:
+    address: str
+    key: Key | None          # the key to encrypt to: pinned (or first seen) and usable now
+    status: str              # fetched | cached | not-found | changed | unusable | no-directory | failed
+    detail: str = ""
+    pinned: str | None = None
+    offered: str | None = None   # a different key the directory offers (status "changed")
+    source: str | None = None
+    fetched_at: float | None = None
+
+
+class SpkiPin(aiohttp.Fingerprint):
+    """aiohttp's certificate check, comparing the SubjectPublicKeyInfo SHA-256 (the federation's pin)."""
+
+    def __init__(self, pin: str) -> None:
+        super().__init__(bytes.fromhex(pin))
+        self.pin = pin
+
+    def check(self, transport: asyncio.Transport) -> None:
+        sslobj = transport.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        got = spki_sha256(der) if der else None
+        if got is None or not hmac.compare_digest(got, self.pin):
+            host, port, *_ = transport.get_extra_info("peername") or ("?", 0)
+            raise aiohttp.ServerFingerprintMismatch(bytes.fromhex(self.pin),
+                                                    bytes.fromhex(got or ""), host, port)
+
+
+def fetch_wkd(url: str, pin: str, *, timeout: float = 10.0) -> bytes | None:
+    """The body of a WKD answer (None for 404), over TLS whose key must match ``pin``."""
+    return asyncio.run(_fetch(url, pin, timeout))
+
+
+async def _fetch(url: str, pin: str, timeout: float) -> bytes | None:
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+            async with s.get(url, ssl=SpkiPin(pin), allow_redirects=False) as r:
+                if r.status == 404:
+                    return None
+                if r.status != 200:
+                    raise LocateError(f"key directory answered HTTP {r.status}")
+                data = await r.content.read(MAX_KEY_BYTES + 1)
+                if len(data) > MAX_KEY_BYTES:
+                    raise LocateError("key directory answer too large")
+                return data
+    except aiohttp.ServerFingerprintMismatch:
+        raise LocateError("key directory certificate does not match the federation's TLS pin") from None
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+        raise LocateError(f"key directory unreachable: {type(e).__name__}") from None
+
+
+class Locator:
+    """Looks up, caches and refreshes keys of federation members' users."""
+
+    def __init__(self, store: KeyStore, manifest_source: Callable[[], object], *,
+                 clock: Callable[[], float] = time.time, fetch=fetch_wkd,
+                 refresh_seconds: float = DAY, negative_seconds: float = 600.0,
+                 retry_seconds: float = 60.0, own_domains=()) -> None:
+        self.store, self.manifest, self.clock, self.fetch = store, manifest_source, clock, fetch
+        self.refresh_seconds, self.negative_seconds = refresh_seconds, negative_seconds
+        self.retry_seconds = retry_seconds   # after a failure, that directory is left alone this long
+        self._down: dict[str, float] = {}    # domain -> time of its directory's last failure
+        self.own_domains = tuple(d.lower() for d in own_domains)
+        with transaction(store.engine) as conn:
+            metadata.create_all(conn)
+
+    def _last(self, address: str):
+        with transaction(self.store.engine, write=False) as conn:
+            return conn.execute(sa.select(sources_table).where(sources_table.c.address == address)
+                                .order_by(sources_table.c.fetched_at.desc())).first()
+
+    def _fresh(self, address: str, now: float) -> bool:
+        last = self._last(address)
+        if last is None:
+            return False
+        ttl = self.refresh_seconds if last.fingerprint else min(self.negative_seconds, self.refresh_seconds)
+        return now - last.fetched_at < ttl
+
+    def _directory(self, domain: str):
+        m = self.manifest() if domain not in self.own_domains else None
+        member = m.member(domain) if m is not None else None
+        return member if member is not None and getattr(member, "wkd", None) else None
+
+    def locate(self, address: str, refresh: bool = False) -> Located:
+        """Fetch (unless a fresh cached answer exists and not ``refresh``) and judge the key."""
+        address = address.strip().lower()
+        domain = split_address(address)[1]
+        member = self._directory(domain)
+        if member is None:
+            return self._judge(address, "no-directory", f"{domain} has no key directory in the federation")
+        now = self.clock()
+        if not refresh and self._fresh(address, now):
+            return self._judge(address, "cached")
+        if now - self._down.get(domain, -self.retry_seconds) < self.retry_seconds:
+            return self._judge(address, "failed", f"{domain}'s key directory failed recently")
+        url = advanced_url(hostport(*member.wkd), address)
+        try:
+            data = self.fetch(url, member.tls_pin)
+        except LocateError as e:
+            log.warning("locate %s: %s", address, e.message)
+            self._down[domain] = now
+            return self._judge(address, "failed", e.message)
+        keys, dropped = keys_for(data, address) if data else ([], [])
+        for why in dropped:
+            log.info("locate %s: ignored a key: %s", address, why)
+        source = f"wkd:{domain}"
+        with transaction(self.store.engine) as conn:
+            conn.execute(sources_table.delete().where(sources_table.c.address == address))
+            for fpr in [k.fingerprint for k in keys] or [""]:
+                conn.execute(sources_table.insert().values(address=address, fingerprint=fpr,
+                                                           source=source, fetched_at=now))
+        # valid keys first: the first key seen that can encrypt is the one pinned
+        for key in sorted(keys, key=lambda k: not k.status.encryption_keys(now)):
+            self.store.add(key, source=source)
+        return self._judge(address, "fetched" if keys else "not-found",
+                           "" if keys else "; ".join(dropped) or "no key published")
+
+    def _judge(self, address: str, status: str, detail: str = "") -> Located:
+        now = self.clock()
+        pinned, offered = self.store.pinned(address), None
+        try:
+            key = self.store.trusted_for(address, now)
+        except KeyChanged as e:
+            key, offered, status = None, e.offered, "changed"
+            detail = e.message
+        if key is None and status in ("fetched", "cached") and self.store.find(address):
+            status, detail = "unusable", "every key known for the address is revoked, expired or not pinned"
+        last = self._last(address)
+        return Located(address, key, status, detail, pinned, offered,
+                       last.source if last else None, last.fetched_at if last else None)
+
+    def ensure(self, address: str) -> Located | None:
+        """Locate when the store has no usable key for ``address`` or its directory copy is stale."""
+        address = address.strip().lower()
+        if self._directory(split_address(address)[1]) is None:
+            return None
+        now = self.clock()
+        if self.store.usable_for(address, now) is not None and (
+                self._last(address) is None or self._fresh(address, now)):
+            return None  # imported by hand, or fetched recently
+        return self.locate(address)
+
+    def key_for(self, address: str) -> Key | None:
+        """The gateway's recipient key: located if needed, then the pinned one; KeyChanged on a change."""
+        try:
+            self.ensure(address)
+        except TemporaryFailure as e:  # the directory or the database: use what is known
+            log.warning("locate %s: %s", address, e.message)
+        return self.store.trusted_for(address)
