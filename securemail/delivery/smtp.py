@@ -70,49 +70,92 @@ async def deliver_smtp(hop: str | Hop, mail_from: str, rcpt: str | Sequence[str]
     ``tls_client_cert`` is ``(cert_file, key_file)`` presented on a member gateway's STARTTLS.
     """
     h = parse_hop(hop) if isinstance(hop, str) else hop
+    rcpts = [rcpt] if isinstance(rcpt, str) else list(rcpt)
+    bad = check_args(h, mail_from, rcpts)
+    if bad is not None:
+        return bad
+    client = new_client(h, helo, timeout)
+    try:
+        outcome = await _transaction(client, h, mail_from, rcpts, body, tls_client_cert)
+    except Exception as err:  # noqa: BLE001 - mapped below; anything unexpected is re-raised
+        outcome = failure_outcome(err, h, client)
+    finally:
+        client.close()
+    _log(h, rcpts, outcome)
+    return outcome
+
+
+def check_args(h: Hop, mail_from: str, rcpts: list[str]) -> Outcome | None:
+    """None when the hop and addresses can go over SMTP, else the outcome to settle with."""
     if not isinstance(h, (SmtpHop, RelayHop)):
         raise UsageError(f"not an SMTP next hop: {h}")
-    rcpts = [rcpt] if isinstance(rcpt, str) else list(rcpt)
     if not rcpts:
         raise UsageError("deliver_smtp needs at least one recipient")
     if not all(_sendable(a) for a in [mail_from, *rcpts]) or not all(rcpts):
         return Outcome(PERMANENT, None, BAD_ADDRESS)
-    client = aiosmtplib.SMTP(hostname=h.host, port=h.port, timeout=timeout,
-                             local_hostname=helo, use_tls=False, start_tls=False)
+    return None
+
+
+def new_client(h: SmtpHop | RelayHop, helo: str, timeout: float) -> aiosmtplib.SMTP:
+    return aiosmtplib.SMTP(hostname=h.host, port=h.port, timeout=timeout,
+                           local_hostname=helo, use_tls=False, start_tls=False)
+
+
+def failure_outcome(err: BaseException, h: SmtpHop | RelayHop, client: aiosmtplib.SMTP) -> Outcome:
+    """The outcome of a session that ended in ``err``; re-raises what is not a network problem."""
     where = f"{h.kind}:{h.host}:{h.port}"
-    try:
-        outcome = await _transaction(client, h, mail_from, rcpts, body, tls_client_cert)
-    except _Stop as stop:
-        outcome = stop.outcome
-    except aiosmtplib.SMTPResponseException as err:
+    if isinstance(err, _Stop):
+        return err.outcome
+    if isinstance(err, aiosmtplib.SMTPResponseException):
         outcome = from_reply(err.code, err.message)
         if isinstance(h, SmtpHop) and outcome.kind == PERMANENT and not _tls_up(client):
             outcome = Outcome(TEMPORARY, err.code, f"{UNAUTHENTICATED}: {outcome.message}")
-    except (aiosmtplib.SMTPTimeoutError, TimeoutError) as err:
-        outcome = _failed(where, TIMED_OUT, err)
-    except aiosmtplib.SMTPConnectError as err:
-        outcome = _failed(where, CONNECT_FAILED, err)
-    except aiosmtplib.SMTPServerDisconnected as err:
-        outcome = _failed(where, CONNECTION_LOST, err)
-    except ssl.SSLError as err:
-        outcome = _failed(where, TLS_FAILED, err)
-    except (OSError, aiosmtplib.SMTPException) as err:
-        outcome = _failed(where, CONNECT_FAILED, err)
-    finally:
-        client.close()
+        return outcome
+    if isinstance(err, (aiosmtplib.SMTPTimeoutError, TimeoutError)):
+        return _failed(where, TIMED_OUT, err)
+    if isinstance(err, aiosmtplib.SMTPConnectError):
+        return _failed(where, CONNECT_FAILED, err)
+    if isinstance(err, aiosmtplib.SMTPServerDisconnected):
+        return _failed(where, CONNECTION_LOST, err)
+    if isinstance(err, ssl.SSLError):
+        return _failed(where, TLS_FAILED, err)
+    if isinstance(err, (OSError, aiosmtplib.SMTPException)):
+        return _failed(where, CONNECT_FAILED, err)
+    raise err
+
+
+def _log(h: SmtpHop | RelayHop, rcpts: list[str], outcome: Outcome) -> None:
     log.log(logging.INFO if outcome.kind == "delivered" else logging.WARNING,
-            "deliver %s: %d recipient(s): %s: %s", where, len(rcpts), outcome.kind, outcome.describe())
-    return outcome
+            "deliver %s:%s:%d: %d recipient(s): %s: %s", h.kind, h.host, h.port, len(rcpts),
+            outcome.kind, outcome.describe())
 
 
 async def _transaction(client: aiosmtplib.SMTP, h: SmtpHop | RelayHop, mail_from: str,
                        rcpts: list[str], body: bytes,
                        tls_client_cert: TlsClientCert | None) -> Outcome:
+    await open_session(client, h, tls_client_cert)
+    outcome = await send_mail(client, mail_from, rcpts, body)
+    await _quit(client)
+    return outcome
+
+
+async def open_session(client: aiosmtplib.SMTP, h: SmtpHop | RelayHop,
+                       tls_client_cert: TlsClientCert | None) -> None:
+    """Connect, EHLO and, for a member gateway, STARTTLS with the pin check and EHLO again."""
     await client.connect()
     await _hello(client)
     if isinstance(h, SmtpHop):
         await _secure(client, h, tls_client_cert)
         await _hello(client)
+
+
+async def send_mail(client: aiosmtplib.SMTP, mail_from: str, rcpts: list[str],
+                    body: bytes, progress: list[str] | None = None) -> Outcome:
+    """One MAIL/RCPT/DATA transaction on an open session; the session stays usable after it.
+
+    ``progress`` gets "data" appended once the message body is on its way, so a
+    caller knows whether a failure could have left a copy at the next hop.
+    """
     utf8 = not all(a.isascii() for a in [mail_from, *rcpts])
     if utf8 and not client.supports_extension("smtputf8"):
         return Outcome(PERMANENT, None, NO_SMTPUTF8)
@@ -125,6 +168,7 @@ async def _transaction(client: aiosmtplib.SMTP, h: SmtpHop | RelayHop, mail_from
     reply = await client.execute_command(b"MAIL", b"FROM:<" + mail_from.encode(encoding) + b">",
                                          *options)
     if reply.code != 250:
+        await _rset(client)
         return from_reply(reply.code, reply.message)
     refused: dict[str, Outcome] = {}
     for rcpt in rcpts:
@@ -132,15 +176,23 @@ async def _transaction(client: aiosmtplib.SMTP, h: SmtpHop | RelayHop, mail_from
         if reply.code not in _RCPT_OK:
             refused[rcpt] = from_reply(reply.code, reply.message)
     if len(refused) == len(rcpts):
-        await _quit(client)
+        await _rset(client)
         return _all_refused(refused)
+    if progress is not None:
+        progress.append("data")
     try:
         reply = await client.data(body)
     except aiosmtplib.SMTPResponseException as err:  # DATA or end-of-data refused
         reply = err
     outcome = from_reply(reply.code, reply.message)
-    await _quit(client)
     return Outcome(outcome.kind, outcome.code, outcome.message, refused)
+
+
+async def _rset(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.rset()
+    except aiosmtplib.SMTPResponseException:
+        pass
 
 
 async def _hello(client: aiosmtplib.SMTP) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..audit import AuditLog
 from ..config import GatewayConfig
 from ..db import create_schema, make_engine
+from ..delivery.pool import SessionPool
 from ..delivery.worker import DeliveryWorker
 from ..home import Home
 from ..keys.directory import Directory
@@ -47,6 +48,7 @@ class Gateway:
     workers: list[DeliveryWorker]
     engine: object
     wkd: WkdServer | None = None
+    sessions: SessionPool | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -73,6 +75,8 @@ class Gateway:
             await s.stop()
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.sessions is not None:
+            await self.sessions.close()
         self.audit.append("stopped")
         self.engine.dispose()
 
@@ -124,15 +128,16 @@ def build(home: Home, *, clock=time.time, owner: str | None = None) -> Gateway:
                           idle_timeout=lim.command_timeout)))
     owner = owner or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     bounces = Bounces(config, queue, transformer, manifest)
+    sessions = SessionPool()  # next-hop SMTP sessions reused across messages and workers
     workers = [DeliveryWorker.from_config(
         config, queue, owner=owner, clock=clock, audit_log=audit, concurrency=config.workers,
-        reporting_mta=config.domains[0], bounce_sender=bounces.send,
+        reporting_mta=config.domains[0], bounce_sender=bounces.send, deliver_smtp=sessions.deliver,
         pre_send=KeyCheck(keys, manifest, clock).veto)]
     wkd, li = None, config.listener("wkd")
     if li is not None:
         wkd = WkdServer(li.host, li.port, tls, Directory(engine, keys, config.domains, clock=clock, audit=audit),
                         Nonces(engine), users.check, audit=audit, clock=clock)
-    return Gateway(config, queue, audit, keys, pipeline, servers, workers, engine, wkd)
+    return Gateway(config, queue, audit, keys, pipeline, servers, workers, engine, wkd, sessions)
 
 
 class KeyCheck:
