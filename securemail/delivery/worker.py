@@ -37,6 +37,7 @@ from securemail.delivery.outcome import DELIVERED, PERMANENT, Outcome, permanent
 from securemail.delivery.smtp import TlsClientCert, deliver_smtp
 from securemail.errors import SecureMailError, TemporaryFailure, UsageError
 from securemail.queue import Claim, Queue, next_retry
+from securemail.queue.batch import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ BAD_HOP = "invalid next hop"
 NO_MAILDIR = "local delivery is not configured"
 INTERNAL = "internal delivery error"
 PRE_SEND_FAILED = "recipient key check failed; will retry"
+SMTP_TIMEOUT = 60.0           # seconds per next-hop SMTP step (connect, each command, DATA)
 
 
 class DeliveryWorker:
@@ -57,7 +59,7 @@ class DeliveryWorker:
     def __init__(self, queue: Queue, *, owner: str, helo: str,
                  maildir_root: Path | None = None, lease_seconds: float = 300.0,
                  retry: Retry = Retry(), batch: int = 50, concurrency: int = 10,
-                 timeout: float = 60.0, poll_interval: float = 1.0, max_backoff: float = 60.0,
+                 timeout: float = SMTP_TIMEOUT, poll_interval: float = 1.0, max_backoff: float = 60.0,
                  clock: Callable[[], float] = time.time,
                  deliver_smtp: Callable[..., Awaitable[Outcome]] = deliver_smtp,
                  deliver_maildir: Callable[..., Outcome] = deliver_maildir,
@@ -76,14 +78,21 @@ class DeliveryWorker:
         self.tls_client_cert = tls_client_cert
         self.reporting_mta = reporting_mta or helo
         self.audit_log = audit_log if audit_log is not None else queue.audit_log
+        # delivered/deferred settles of concurrent groups share transactions (one fsync)
+        self._settles = GroupCommit(lambda ops: self.queue.settle_many(ops))
         self.concurrency = concurrency
 
     @classmethod
     def from_config(cls, config, queue: Queue, *, owner: str, **kwargs) -> "DeliveryWorker":
-        """A worker with the gateway's settings (``GatewayConfig``); ``kwargs`` add or override."""
+        """A worker with the gateway's settings (``GatewayConfig``); ``kwargs`` add or override.
+
+        The SMTP step timeout is ``SMTP_TIMEOUT``, or a quarter of a shorter lease, so that any
+        ``delivery.lease_seconds`` an operator sets leaves room for a whole attempt.
+        """
         settings = dict(helo=config.hostname, maildir_root=Path(config.home) / "Maildir",
                         lease_seconds=config.lease_seconds, retry=config.retry,
-                        poll_interval=config.poll_interval)
+                        poll_interval=config.poll_interval,
+                        timeout=min(SMTP_TIMEOUT, config.lease_seconds / 4))
         return cls(queue, owner=owner, **{**settings, **kwargs})
 
     # --- the loop -------------------------------------------------------------------
@@ -202,8 +211,9 @@ class DeliveryWorker:
             o = outcome.for_recipient(c.recipient)
             fields = {"hop": _label(hop), "code": o.code, "status": o.status}
             if o.kind == DELIVERED:
-                self._lost(c, await self._call(self.queue.mark_delivered, c,
-                                               audit=self._spec("delivered", c, fields)))
+                (ok,) = await self._settles.submit(
+                    [(c, self.queue.delivered_values(), self._spec("delivered", c, fields))])
+                self._lost(c, ok)
             elif o.kind == PERMANENT:
                 bounced.append((c, o))
             else:
@@ -213,8 +223,10 @@ class DeliveryWorker:
                 if at is None:
                     expired.append((c, o))
                     continue
-                self._lost(c, await self._call(self.queue.defer, c, o.describe(), at,
-                                               audit=self._spec("deferred", c, {**fields, "retry_at": at})))
+                (ok,) = await self._settles.submit(
+                    [(c, self.queue.deferred_values(o.describe(), at),
+                      self._spec("deferred", c, {**fields, "retry_at": at}))])
+                self._lost(c, ok)
         dsns: dict[tuple[str, str, str], list[tuple[Claim, Outcome]]] = {}
         for (c, o) in bounced:
             status = o.status if (o.status or "").startswith("5") else PERMANENT_STATUS

@@ -24,8 +24,8 @@ from ..policy.address import MEMBER, OTHER, OWN, domain_of
 from ..policy.facts import OFFICE, Facts, gather
 from ..policy.recipient import decide_rcpt
 from ..queue import NewMessage, Queue
+from ..queue.batch import GroupCommit
 from ..smtp.replies import KEY_CHANGED_HELD
-from .commit import GroupCommit
 from .transform import Item, Transformer
 
 log = logging.getLogger(__name__)

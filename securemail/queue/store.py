@@ -143,10 +143,10 @@ class Queue:
         return None if data is None else bytes(data)
 
     def mark_delivered(self, claim: Claim, audit: AuditSpec = None) -> bool:
-        return self._settle(claim, {"state": "delivered", "last_error": ""}, audit)
+        return self._settle(claim, self.delivered_values(), audit)
 
     def defer(self, claim: Claim, error: str, retry_at: float, audit: AuditSpec = None) -> bool:
-        return self._settle(claim, {"last_error": error, "next_attempt_at": retry_at}, audit)
+        return self._settle(claim, self.deferred_values(error, retry_at), audit)
 
     def bounce(self, claim: Claim, error: str, audit: AuditSpec = None) -> bool:
         return self._settle(claim, {"state": "bounced", "last_error": error}, audit)
@@ -156,17 +156,35 @@ class Queue:
 
     def _settle(self, claim: Claim, values: dict[str, Any], audit: AuditSpec) -> bool:
         """Apply ``values`` and drop the lease, only if ``claim`` still holds it."""
+        return self.settle_many([(claim, values, audit)])[0]
+
+    def settle_many(self, ops: Sequence[tuple[Claim, dict[str, Any], AuditSpec]]) -> list[bool]:
+        """Several settles (``values`` as for mark_delivered/defer/...) in ONE transaction.
+
+        Each applies only if its claim still holds the lease; the result says which did.
+        """
         now = float(self.clock())
+        done: list[bool] = []
         with transaction(self.engine) as conn:
-            res = conn.execute(D.update().where(
-                D.c.id == claim.delivery_id, D.c.state == "queued",
-                D.c.lease_owner == claim.owner, D.c.lease_until == claim.lease_until,
-            ).values(**values, lease_owner=None, lease_until=None, updated_at=now))
-            if res.rowcount != 1:
-                return False
-            self._audit(conn, audit, message_id=claim.message_id,
-                        delivery_id=claim.delivery_id)
-        return True
+            for claim, values, audit in ops:
+                res = conn.execute(D.update().where(
+                    D.c.id == claim.delivery_id, D.c.state == "queued",
+                    D.c.lease_owner == claim.owner, D.c.lease_until == claim.lease_until,
+                ).values(**values, lease_owner=None, lease_until=None, updated_at=now))
+                ok = res.rowcount == 1
+                if ok:
+                    self._audit(conn, audit, message_id=claim.message_id,
+                                delivery_id=claim.delivery_id)
+                done.append(ok)
+        return done
+
+    @staticmethod
+    def delivered_values() -> dict[str, Any]:
+        return {"state": "delivered", "last_error": ""}
+
+    @staticmethod
+    def deferred_values(error: str, retry_at: float) -> dict[str, Any]:
+        return {"last_error": error, "next_attempt_at": retry_at}
 
     # --- operator -----------------------------------------------------------
     def retry(self, delivery_or_message_id: str, audit: AuditSpec = None) -> int:

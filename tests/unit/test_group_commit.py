@@ -9,7 +9,7 @@ import time
 import pytest
 
 from securemail.errors import TemporaryFailure
-from securemail.gateway.commit import GroupCommit
+from securemail.queue.batch import GroupCommit
 
 
 class SlowStore:

@@ -122,6 +122,22 @@ def test_expired_lease_is_reclaimable_and_old_owner_loses(queue, clock):
     assert [r.kind for r in queue.audit_log.records()] == ["delivered"]
 
 
+def test_settle_many_is_one_transaction_with_a_lease_check_each(queue, clock):
+    queue.enqueue("a@gov.example", [("r1@x.example", HOP), ("r2@x.example", HOP)], b"m")
+    old = queue.claim("w1", 2, 60)
+    clock.advance(61)
+    new = queue.claim("w2", 1, 60)  # takes one of the two over
+    mine = [c for c in old if c.delivery_id != new[0].delivery_id][0]
+    stolen = [c for c in old if c.delivery_id == new[0].delivery_id][0]
+    got = queue.settle_many([
+        (mine, queue.delivered_values(), ("delivered", {"hop": HOP})),
+        (stolen, queue.deferred_values("4xx", clock() + 10), ("deferred", {"hop": HOP})),
+    ])
+    assert got == [True, False]
+    assert queue.stats()["delivered"] == 1 and queue.stats()["queued"] == 1
+    assert [r.kind for r in queue.audit_log.records()] == ["delivered"]  # only what happened
+
+
 def test_expired_but_unclaimed_lease_can_still_settle(queue, clock):
     queue.enqueue("a@gov.example", [("r@x.example", HOP)], b"m")
     [c] = queue.claim("w1", 1, 60)

@@ -1,9 +1,10 @@
-"""Group commit: messages accepted by concurrent sessions share one durable transaction.
+"""Group commit: queue writes from concurrent tasks share one durable transaction.
 
-Each session awaits its own items' ids; 250 is answered only after the
-transaction holding them has committed. While one commit (and its fsync) is
-in flight, newly accepted messages gather, and the next commit takes them all:
-no timer, no added latency when the gateway is idle.
+Used for intake (messages accepted by concurrent SMTP sessions: each answers
+250 only after the transaction holding its items has committed) and for the
+workers' settles (delivered/deferred). While one commit (and its fsync) is in
+flight, new work gathers and the next commit takes it all: no timer, no added
+latency when the gateway is idle.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ log = logging.getLogger(__name__)
 
 
 class GroupCommit:
-    def __init__(self, enqueue_many: Callable[[list], list[str]], max_batch: int = 256) -> None:
-        self._enqueue_many = enqueue_many
+    def __init__(self, run_many: Callable[[list], list], max_batch: int = 256) -> None:
+        self._enqueue_many = run_many
         self._max = max_batch
         self._pending: list[tuple[Sequence, asyncio.Future]] = []
         self._running = False
 
-    async def submit(self, items: Sequence) -> list[str]:
-        """Commit ``items`` (one message's queue entries) with whatever else is waiting."""
+    async def submit(self, items: Sequence) -> list:
+        """Commit ``items`` with whatever else is waiting; their results, in order."""
         fut = asyncio.get_running_loop().create_future()
         self._pending.append((items, fut))
         if not self._running:
