@@ -107,12 +107,14 @@ class Locator:
     def __init__(self, store: KeyStore, manifest_source: Callable[[], object], *,
                  clock: Callable[[], float] = time.time, fetch=fetch_wkd,
                  refresh_seconds: float = DAY, negative_seconds: float = 600.0,
-                 retry_seconds: float = 60.0, own_domains=()) -> None:
+                 retry_seconds: float = 60.0, own_domains=(), memo_seconds: float = 60.0) -> None:
         self.store, self.manifest, self.clock, self.fetch = store, manifest_source, clock, fetch
         self.refresh_seconds, self.negative_seconds = refresh_seconds, negative_seconds
         self.retry_seconds = retry_seconds   # after a failure, that directory is left alone this long
         self._down: dict[str, float] = {}    # domain -> time of its directory's last failure
         self.own_domains = tuple(d.lower() for d in own_domains)
+        self.memo_seconds = memo_seconds
+        self._memo: dict[str, tuple[float, tuple, object]] = {}
         with transaction(store.engine) as conn:
             metadata.create_all(conn)
 
@@ -193,7 +195,30 @@ class Locator:
         return self.locate(address)
 
     def key_for(self, address: str) -> Key | None:
-        """The gateway's recipient key: located if needed, then the pinned one; KeyChanged on a change."""
+        """The gateway's recipient key: located if needed, then the pinned one; KeyChanged on a change.
+
+        Answers are remembered while the key store is unchanged (one cheap query
+        instead of a dozen per message), for at most ``memo_seconds``.
+        """
+        now = self.clock()
+        gen = self.store.generation()
+        hit = self._memo.get(address)
+        if hit is not None and hit[0] > now and hit[1] == gen:
+            if isinstance(hit[2], KeyChanged):
+                raise hit[2]
+            return hit[2]
+        if len(self._memo) > 10_000:
+            self._memo.clear()
+        until = now + min(self.memo_seconds, self.refresh_seconds)  # never past a due refresh
+        try:
+            key = self._key_for(address)
+        except KeyChanged as e:
+            self._memo[address] = (until, self.store.generation(), e)
+            raise
+        self._memo[address] = (until, self.store.generation(), key)
+        return key
+
+    def _key_for(self, address: str) -> Key | None:
         try:
             self.ensure(address)
         except TemporaryFailure as e:  # the directory or the database: use what is known

@@ -69,6 +69,7 @@ class KeyStore:
         self.engine = engine
         self.clock = clock
         self.audit = audit  # AuditLog: key changes are recorded (fingerprints and states only)
+        self._writes = 0    # changes made through this object (part of generation())
         with transaction(engine) as conn:
             metadata.create_all(conn)
         self._cache: dict[str, tuple[bytes, Key]] = {}
@@ -88,6 +89,7 @@ class KeyStore:
                 else self.add(i, source) for i in items]
 
     def add(self, key: Key, source: str = "import") -> ImportResult:
+        self._writes += 1
         now = self.clock()
         with transaction(self.engine) as conn:
             row = conn.execute(sa.select(keys_table.c.data).where(
@@ -124,6 +126,7 @@ class KeyStore:
         A decision by a person (accept, publish): every other key known now for the
         address is set aside, and only a key seen later is a change.
         """
+        self._writes += 1
         address = address.strip().lower()
         key = self.get(fingerprint)
         if address not in key.status.addresses:
@@ -139,6 +142,7 @@ class KeyStore:
 
     def accept(self, address: str, fingerprint: str) -> str | None:
         """A person accepts a changed key: re-pin, audit "key-accepted"; the previous pin."""
+        self._writes += 1
         key = self.get(fingerprint)
         if not key.status.encryption_keys(self.clock()):
             raise UsageError(f"key {key.fingerprint} is {key.state_at(self.clock())} or cannot "
@@ -182,6 +186,7 @@ class KeyStore:
     def revoke(self, fingerprint: str, passphrase: str | None, reason: str = "none",
                comment: str = "") -> bytes:
         """Revoke one of our secret keys; store it and return the armored revocation."""
+        self._writes += 1
         key = self.get(fingerprint)
         if not key.is_secret:
             raise KeyNotFound(f"no secret key {fingerprint}: only own keys can be revoked")
@@ -193,6 +198,7 @@ class KeyStore:
         return revoked.public().armored()
 
     def delete(self, fingerprint: str) -> None:
+        self._writes += 1
         fpr = self._resolve(fingerprint)
         with transaction(self.engine) as conn:
             conn.execute(addresses_table.delete().where(addresses_table.c.fingerprint == fpr))
@@ -274,6 +280,15 @@ class KeyStore:
             rows = conn.execute(sa.select(keys_table.c.data, keys_table.c.source,
                                           keys_table.c.added_at).order_by(keys_table.c.added_at)).all()
         return [(self._key(bytes(r.data)), r.source, r.added_at) for r in rows]
+
+    def generation(self) -> tuple:
+        """Changes whenever a key or a pin is added, updated or removed (one cheap query)."""
+        q = sa.select(sa.select(sa.func.max(keys_table.c.updated_at)).scalar_subquery(),
+                      sa.select(sa.func.count()).select_from(keys_table).scalar_subquery(),
+                      sa.select(sa.func.max(pins_table.c.pinned_at)).scalar_subquery(),
+                      sa.select(sa.func.count()).select_from(pins_table).scalar_subquery())
+        with transaction(self.engine, write=False) as conn:
+            return (self._writes, *conn.execute(q).one())
 
     def lookup(self, keyid: str, fpr: str | None) -> Key | None:
         """CertLookup for message.decrypt: the key holding (sub)key ``keyid`` or ``fpr``."""
