@@ -15,10 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from email import policy as _policy
-from email.generator import BytesGenerator
-from email.parser import BytesParser
-from io import BytesIO
 from typing import Callable
 
 from ..crypto import message as M
@@ -29,7 +25,6 @@ from ..policy.facts import Facts
 
 TRANSPORT_HEADERS = ("received", "return-path", "x-originating-ip", "dkim-signature",
                      "authentication-results", "securemail-status", "x-mailer-ip")
-_SMTP_POLICY = _policy.compat32.clone(linesep="\r\n")
 OWN_KEY_UNUSABLE = "the gateway's signing key is unusable; try again later"
 log = logging.getLogger(__name__)
 
@@ -70,22 +65,46 @@ def add_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
     return lines + raw
 
 
+def header_fields(head: bytes) -> list[tuple[str, bytes]]:
+    """(lower-case name, whole field with its continuation lines) for a CRLF header block."""
+    fields: list[tuple[str, bytes]] = []
+    for line in head.split(b"\r\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] = (fields[-1][0], fields[-1][1] + b"\r\n" + line)
+        else:
+            fields.append((line.split(b":", 1)[0].strip().lower().decode("latin-1"), line))
+    return fields
+
+
 def top_headers(raw: bytes, names=("From", "To", "Cc", "Date", "Message-ID")) -> dict[str, str]:
-    msg = BytesParser(policy=_policy.compat32).parsebytes(split_message(raw)[0] + b"\r\n", headersonly=True)
-    return {n: " ".join(str(msg[n]).split()) for n in names if msg[n] is not None}
+    """The first value of each named header, unfolded (no MIME parse: bytes in, text out)."""
+    wanted = {n.lower(): n for n in names}
+    out: dict[str, str] = {}
+    for lname, field_bytes in header_fields(split_message(raw)[0]):
+        if lname in wanted and wanted[lname] not in out:
+            value = field_bytes.split(b":", 1)[1].decode("utf-8", "replace")
+            out[wanted[lname]] = " ".join(value.split())
+    return {n: out[n] for n in names if n in out}
 
 
 def protected_inner(raw: bytes) -> bytes:
-    """The plain message as an inner entity for encryption: transport headers gone, hp="cipher"."""
-    msg = BytesParser(policy=_policy.compat32).parsebytes(strip_headers(raw))
-    for name in ("MIME-Version",):
-        del msg[name]
-    if msg.get("Content-Type") is None:
-        msg["Content-Type"] = 'text/plain; charset="us-ascii"'
-    msg.set_param("hp", "cipher")
-    buf = BytesIO()
-    BytesGenerator(buf, mangle_from_=False, policy=_SMTP_POLICY).flatten(msg)
-    return buf.getvalue()
+    """The plain message as an inner entity for encryption: transport headers gone, hp="cipher".
+
+    Done on the header bytes only: the body (and its MIME structure) is kept
+    byte for byte, and a 25 MB message is not parsed and regenerated.
+    """
+    head, body = split_message(strip_headers(raw, TRANSPORT_HEADERS + ("mime-version",)))
+    fields = header_fields(head)
+    for i, (lname, field_bytes) in enumerate(fields):
+        if lname == "content-type":
+            if b"hp=" not in field_bytes.lower():
+                fields[i] = (lname, field_bytes.rstrip(b"; \t") + b'; hp="cipher"')
+            break
+    else:
+        fields.append(("content-type", b'Content-Type: text/plain; charset="us-ascii"; hp="cipher"'))
+    return b"\r\n".join(f for _, f in fields) + b"\r\n\r\n" + body
 
 
 def usable_signer(signer: Key, now: float) -> None:

@@ -84,9 +84,26 @@ def pgp_mime(headers: dict[str, str], armored: bytes) -> bytes:
 
 
 def _header(name: str, value: str) -> str:
+    """One header field, folded at 78 columns; ASCII values as they are, others RFC 2047-encoded."""
+    if value.isascii() and "\r" not in value and "\n" not in value:
+        return _fold(f"{name}: {value}")
     msg = EmailMessage(policy=policy.SMTP)
     msg[name] = value
     return msg.as_string().split("\r\n\r\n", 1)[0].rstrip("\r\n")
+
+
+def _fold(line: str, width: int = 78) -> str:
+    if len(line) <= width:
+        return line
+    out, current = [], ""
+    for word in line.split(" "):
+        if current and len(current) + 1 + len(word) > width:
+            out.append(current)
+            current = " " + word
+        else:
+            current = f"{current} {word}" if current else word
+    out.append(current)
+    return "\r\n".join(out)
 
 
 def read_attachment(path: str, max_size: int = 50 << 20) -> tuple[str, bytes]:
