@@ -68,12 +68,8 @@ class Pipeline:
         return accept
 
     async def accept(self, env: Envelope, listener) -> str:
-        facts = await self.run_cpu(self._facts, env, listener)
-        verdict = rules.evaluate(facts)
-        if verdict is not None:
-            return self._refuse(verdict, env)
-        try:
-            items = await self.run_cpu(self._items, env, facts)
+        try:  # one trip off the event loop for facts, policy and the crypto stage
+            facts, verdict, items = await self.run_cpu(self._decide, env, listener)
         except KeyChanged as e:  # never sent to the new key silently: the office MTA keeps it and retries
             log.warning("holding mail for %s: key changed from %s to %s; accept with "
                         "'securemail keys accept %s %s'", e.address, e.pinned, e.offered, e.address, e.offered)
@@ -84,6 +80,8 @@ class Pipeline:
             if not e.temporary:
                 return self._refuse(Verdict("crypto", e.smtp_reply(), e.message), env)
             raise
+        if verdict is not None:
+            return self._refuse(verdict, env)
         news = [NewMessage(it.sender, it.recipients, it.body, peer=env.peer_ip, meta=it.meta,
                            audit=("accepted", {"route": it.meta.get("route"),
                                                "sender_domain": facts.sender_domain or "",
@@ -105,6 +103,13 @@ class Pipeline:
             self.audit.append(kind, **fields)
         except SecureMailError:
             log.warning("audit record %s could not be written", kind)
+
+    def _decide(self, env: Envelope, listener) -> tuple[Facts, Verdict | None, list[Item]]:
+        facts = self._facts(env, listener)
+        verdict = rules.evaluate(facts)
+        if verdict is not None:
+            return facts, verdict, []
+        return facts, None, self._items(env, facts)
 
     def _facts(self, env: Envelope, listener) -> Facts:
         members = self.members()
