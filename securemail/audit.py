@@ -90,6 +90,13 @@ def init_head(conn: Connection) -> None:
         conn.execute(audit_head.insert().values(id=1, seq=0, hash=GENESIS))
 
 
+# Constant statements (parameters bound at execution): compiled once, cached by SQLAlchemy.
+_LOCK_HEAD = sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
+_INSERT = audit.insert()
+_ADVANCE_HEAD = (audit_head.update().where(audit_head.c.id == 1)
+                 .values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash")))
+
+
 class AuditLog:
     """The audit log over an engine; ``clock`` returns epoch seconds."""
 
@@ -111,16 +118,14 @@ class AuditLog:
         except (TypeError, ValueError) as err:
             raise UsageError("audit fields must be plain JSON metadata", detail=str(err)) from err
         fields = json.loads(text)  # hash exactly what verify() will read back
-        head = conn.execute(sa.select(audit_head.c.seq, audit_head.c.hash)
-                            .where(audit_head.c.id == 1).with_for_update()).first()
+        head = conn.execute(_LOCK_HEAD).first()
         if head is None:
             raise TemporaryFailure(detail="audit_head row missing; run create_schema")
         seq, at = head.seq + 1, float(self.clock())
         digest = chain_hash(head.hash, seq, at, kind, fields)
-        conn.execute(audit.insert().values(seq=seq, at=at, kind=kind, fields=text,
-                                           prev_hash=head.hash, hash=digest))
-        conn.execute(audit_head.update().where(audit_head.c.id == 1)
-                     .values(seq=seq, hash=digest))
+        conn.execute(_INSERT, dict(seq=seq, at=at, kind=kind, fields=text,
+                                   prev_hash=head.hash, hash=digest))
+        conn.execute(_ADVANCE_HEAD, dict(new_seq=seq, new_hash=digest))
         return AuditRecord(seq, at, kind, fields, head.hash, digest)
 
     def head(self) -> tuple[int, str]:

@@ -20,6 +20,7 @@ Database failures raise ``TemporaryFailure``.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -36,6 +37,18 @@ from securemail.errors import UsageError
 from securemail.queue.models import FINAL_STATES, STATES, deliveries as D, messages as M
 
 AuditSpec = tuple[str, Mapping[str, Any]] | None
+_INSERT_MESSAGE = M.insert()
+_INSERT_DELIVERY = D.insert()
+
+
+@functools.lru_cache(maxsize=16)
+def _settle_statement(columns: tuple[str, ...]):
+    """UPDATE of one leased delivery setting ``columns``; one constant statement per column set."""
+    return D.update().where(
+        D.c.id == sa.bindparam("b_id"), D.c.state == "queued",
+        D.c.lease_owner == sa.bindparam("b_owner"), D.c.lease_until == sa.bindparam("b_until"),
+    ).values(**{c: sa.bindparam(c) for c in columns}, lease_owner=None, lease_until=None,
+             updated_at=sa.bindparam("b_now"))
 
 
 @dataclass(frozen=True)
@@ -90,12 +103,13 @@ class Queue:
             return [self._insert(conn, item, now) for item in items]
 
     def _insert(self, conn: Connection, item: NewMessage, now: float) -> str:
+        # Constant statements with parameters: SQLAlchemy caches their compiled form.
         mid = uuid.uuid4().hex
-        conn.execute(M.insert().values(
+        conn.execute(_INSERT_MESSAGE, dict(
             id=mid, created_at=now, sender=item.sender, body=bytes(item.body),
             size=len(item.body), peer=item.peer,
             meta=json.dumps(dict(item.meta or {}), sort_keys=True)))
-        conn.execute(D.insert(), [
+        conn.execute(_INSERT_DELIVERY, [
             dict(id=uuid.uuid4().hex, message_id=mid, recipient=rcpt, next_hop=hop,
                  state="queued", attempts=0, next_attempt_at=now, lease_owner=None,
                  lease_until=None, last_error="", created_at=now, updated_at=now)
@@ -167,10 +181,9 @@ class Queue:
         done: list[bool] = []
         with transaction(self.engine) as conn:
             for claim, values, audit in ops:
-                res = conn.execute(D.update().where(
-                    D.c.id == claim.delivery_id, D.c.state == "queued",
-                    D.c.lease_owner == claim.owner, D.c.lease_until == claim.lease_until,
-                ).values(**values, lease_owner=None, lease_until=None, updated_at=now))
+                res = conn.execute(_settle_statement(tuple(sorted(values))), dict(
+                    values, b_id=claim.delivery_id, b_owner=claim.owner,
+                    b_until=claim.lease_until, b_now=now))
                 ok = res.rowcount == 1
                 if ok:
                     self._audit(conn, audit, message_id=claim.message_id,
