@@ -145,12 +145,19 @@ class KeyCheck:
 
     def __init__(self, keys: KeyStore, manifest: ManifestSource, clock) -> None:
         self.keys, self.manifest, self.clock = keys, manifest, clock
+        self._known: dict[str, tuple[tuple, list]] = {}  # address -> (store generation, keys)
 
     def veto(self, claim) -> str | None:
         if not claim.next_hop.startswith("smtp:"):
             return None
         now = self.clock()
-        known = self.keys.find(claim.recipient)
+        gen = self.keys.generation()
+        hit = self._known.get(claim.recipient)
+        if hit is None or hit[0] != gen:
+            if len(self._known) > 10_000:
+                self._known.clear()
+            hit = self._known[claim.recipient] = (gen, self.keys.find(claim.recipient))
+        known = hit[1]
         if known:
             if any(k.status.encryption_keys(now) for k in known):
                 return None

@@ -70,6 +70,7 @@ class KeyStore:
         self.clock = clock
         self.audit = audit  # AuditLog: key changes are recorded (fingerprints and states only)
         self._writes = 0    # changes made through this object (part of generation())
+        self._gen_at: tuple[float, tuple] | None = None
         with transaction(engine) as conn:
             metadata.create_all(conn)
         self._cache: dict[str, tuple[bytes, Key]] = {}
@@ -282,13 +283,22 @@ class KeyStore:
         return [(self._key(bytes(r.data)), r.source, r.added_at) for r in rows]
 
     def generation(self) -> tuple:
-        """Changes whenever a key or a pin is added, updated or removed (one cheap query)."""
+        """Changes whenever a key or a pin is added, updated or removed.
+
+        Writes through this object count at once; writes by other processes (the
+        CLI) are seen by a query that runs at most four times a second.
+        """
+        now = self.clock()
+        if self._gen_at is not None and 0 <= now - self._gen_at[0] < 0.25:
+            return (self._writes, *self._gen_at[1])
         q = sa.select(sa.select(sa.func.max(keys_table.c.updated_at)).scalar_subquery(),
                       sa.select(sa.func.count()).select_from(keys_table).scalar_subquery(),
                       sa.select(sa.func.max(pins_table.c.pinned_at)).scalar_subquery(),
                       sa.select(sa.func.count()).select_from(pins_table).scalar_subquery())
         with transaction(self.engine, write=False) as conn:
-            return (self._writes, *conn.execute(q).one())
+            row = tuple(conn.execute(q).one())
+        self._gen_at = (now, row)
+        return (self._writes, *row)
 
     def lookup(self, keyid: str, fpr: str | None) -> Key | None:
         """CertLookup for message.decrypt: the key holding (sub)key ``keyid`` or ``fpr``."""

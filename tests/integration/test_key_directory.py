@@ -366,6 +366,7 @@ def test_key_change_is_held_and_refused_until_accepted(fed):
     ok(run_cli(fed.people[alice], "keys", "accept", erwan, new), "accept")
     ok(fed.send(fed.people[alice], alice, erwan, "apres"), "send after accepting")
     ok(run_cli(fed.homes[A].home, "keys", "accept", erwan, new), "operator accepts")
+    time.sleep(0.3)  # the running gateway sees another process's key store change within 0.25 s
     assert office(fed.homes[A].relay, erwan, "office-erwan-3")[0] == 250
     assert accepted_to(fed.homes[A], "office-erwan-3") == [new]
     assert {"address": erwan, "fingerprint": new, "previous": old} in audit_kinds(fed.homes[A], "key-accepted")
