@@ -26,6 +26,8 @@ def read_toml(path: Path) -> dict:
         return {}
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path.name}: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path.name}: not UTF-8 text") from None
     except OSError as e:
         raise ConfigError(f"{path.name}: {e.strerror}") from None
 
@@ -44,6 +46,20 @@ def _get(table: dict, key: str, kind, default, where: str):
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{where}.{key} must be {getattr(kind, '__name__', kind)}")
     return value
+
+
+def _positive(value, where: str):
+    """``value`` if it is a finite number above zero (a limit, a delay, a count), else ConfigError."""
+    if not 0 < value < float("inf"):  # also false for NaN
+        raise ConfigError(f"{where} must be a positive number, not {value!r}")
+    return value
+
+
+def _processes(gw: dict) -> int:
+    n = _get(gw, "processes", int, 1, "gateway")
+    if not 1 <= n <= 64:
+        raise ConfigError("gateway.processes must be between 1 and 64")
+    return n
 
 
 def parse_hostport(text: str, where: str) -> tuple[str, int]:
@@ -140,6 +156,7 @@ class GatewayConfig:
     dkim_keys: tuple[DkimKeyConfig, ...]
     limits: Limits = field(default_factory=Limits)
     retry: Retry = field(default_factory=Retry)
+    processes: int = 1             # serve processes sharing the listeners (SO_REUSEPORT) and the queue
     directory_refresh: float = 86400.0   # [directory] refresh_seconds
 
     def listener(self, name: str) -> Listener | None:
@@ -185,6 +202,8 @@ class GatewayConfig:
         if policy not in ("refuse", "allow-plain"):
             raise ConfigError("delivery.non_member_policy must be 'refuse' or 'allow-plain'")
         dkim = []
+        if not isinstance(keys.get("dkim", []), list):
+            raise ConfigError("keys.dkim must be a list of tables")
         for i, d in enumerate(keys.get("dkim", [])):
             if not isinstance(d, dict):
                 raise ConfigError("keys.dkim must be a list of tables")
@@ -196,6 +215,7 @@ class GatewayConfig:
         return cls(
             home=home, domains=tuple(d.lower() for d in domains),
             hostname=_get(gw, "hostname", str, domains[0], "gateway"),
+            processes=_processes(gw),
             database_url=_get(_table(data, "database"), "url", str, f"sqlite:///{home / 'securemail.db'}", "database"),
             listeners=tuple(listeners),
             tls_cert=path(_get(tls, "cert", str, "tls/cert.pem", "tls")),
@@ -204,14 +224,15 @@ class GatewayConfig:
             local_delivery=local,
             relay_to=parse_hostport(relay_to, "delivery.relay_to") if relay_to else None,
             non_member_policy=policy,
-            workers=_get(dl, "workers", int, 4, "delivery"),
-            lease_seconds=_get(dl, "lease_seconds", float, 300.0, "delivery"),
-            poll_interval=_get(dl, "poll_interval", float, 1.0, "delivery"),
+            workers=_positive(_get(dl, "workers", int, 4, "delivery"), "delivery.workers"),
+            lease_seconds=_positive(_get(dl, "lease_seconds", float, 300.0, "delivery"), "delivery.lease_seconds"),
+            poll_interval=_positive(_get(dl, "poll_interval", float, 1.0, "delivery"), "delivery.poll_interval"),
             federation_authority=fed.get("authority"),
             federation_manifest=path(_get(fed, "manifest", str, "federation.json", "federation")),
             openpgp_keys={k.lower(): str(v).upper() for k, v in _table(keys, "openpgp").items()},
             dkim_keys=tuple(dkim),
-            limits=Limits(*(_get(lim, k, type(v), v, "limits") for k, v in vars(Limits()).items())),
-            retry=Retry(*(_get(rt, k, float, v, "retry") for k, v in vars(Retry()).items())),
+            limits=Limits(*(_positive(_get(lim, k, type(v), v, "limits"), f"limits.{k}")
+                            for k, v in vars(Limits()).items())),
+            retry=Retry(*(_positive(_get(rt, k, float, v, "retry"), f"retry.{k}") for k, v in vars(Retry()).items())),
             directory_refresh=_refresh(data),
         )

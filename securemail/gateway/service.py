@@ -92,8 +92,13 @@ class Gateway:
         await self.stop()
 
 
-def build(home: Home, *, clock=time.time, owner: str | None = None) -> Gateway:
-    """The composition root of the gateway: config → every object, nothing global."""
+def build(home: Home, *, clock=time.time, owner: str | None = None,
+          reuse_port: bool = False) -> Gateway:
+    """The composition root of the gateway: config → every object, nothing global.
+
+    ``reuse_port``: this is one of several serve processes sharing the listening
+    ports (SO_REUSEPORT; the kernel spreads connections) and the queue.
+    """
     config = GatewayConfig.load(home)
     engine = make_engine(config.database_url)
     create_schema(engine)
@@ -125,7 +130,7 @@ def build(home: Home, *, clock=time.time, owner: str | None = None) -> Gateway:
             hostname=config.hostname,
             limits=Limits(max_message_size=lim.message_size, max_recipients=lim.recipients,
                           max_connections=lim.connections, max_connections_per_ip=lim.connections_per_ip,
-                          idle_timeout=lim.command_timeout)))
+                          idle_timeout=lim.command_timeout), reuse_port=reuse_port))
     owner = owner or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     bounces = Bounces(config, queue, transformer, manifest)
     sessions = SessionPool()  # next-hop SMTP sessions reused across messages and workers
@@ -136,7 +141,7 @@ def build(home: Home, *, clock=time.time, owner: str | None = None) -> Gateway:
     wkd, li = None, config.listener("wkd")
     if li is not None:
         wkd = WkdServer(li.host, li.port, tls, Directory(engine, keys, config.domains, clock=clock, audit=audit),
-                        Nonces(engine), users.check, audit=audit, clock=clock)
+                        Nonces(engine), users.check, audit=audit, clock=clock, reuse_port=reuse_port)
     return Gateway(config, queue, audit, keys, pipeline, servers, workers, engine, wkd, sessions)
 
 

@@ -114,6 +114,7 @@ CONFIG_TEMPLATE = """\
 [gateway]
 domains = {domains}          # the domains this gateway serves
 hostname = "{hostname}"      # EHLO name; the TLS certificate's name
+processes = 1                # serve processes (one per core) sharing ports and queue
 
 [database]
 url = "{db}"                 # or postgresql+psycopg://user@host/db to run several nodes

@@ -41,8 +41,9 @@ class WkdServer:
 
     def __init__(self, host: str, port: int, tls: ssl.SSLContext, directory: Directory,
                  nonces: Nonces, check_password: Callable[[str, str], bool], audit=None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, reuse_port: bool = False) -> None:
         self.host, self.port, self.tls = host, port, tls
+        self.reuse_port = reuse_port  # several serve processes share the port
         self.directory, self.nonces, self.check_password = directory, nonces, check_password
         self.audit, self.clock = audit, clock
         self._runner: web.AppRunner | None = None
@@ -60,7 +61,8 @@ class WkdServer:
         runner = web.AppRunner(self.app(), access_log=log)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port, ssl_context=self.tls).start()
+            await web.TCPSite(runner, self.host, self.port, ssl_context=self.tls,
+                              reuse_port=self.reuse_port or None).start()
         except BaseException:
             await runner.cleanup()
             raise

@@ -238,8 +238,9 @@ class SMTPServer:
     """A listening gateway: ``await start()`` binds, ``await stop()`` closes it and its sessions."""
 
     def __init__(self, handler: Any, host: str, port: int, *, limits: Limits,
-                 session_kwargs: dict[str, Any]) -> None:
+                 session_kwargs: dict[str, Any], reuse_port: bool = False) -> None:
         self.handler = handler
+        self.reuse_port = reuse_port  # several serve processes share the port (SO_REUSEPORT)
         self.host = host
         self.limits = limits
         self._port = port
@@ -271,7 +272,8 @@ class SMTPServer:
         def factory() -> GatewaySMTP:
             return GatewaySMTP(self.handler, sessions=self, loop=loop, **self._session_kwargs)
 
-        self._server = await loop.create_server(factory, self.host, self._port)
+        self._server = await loop.create_server(factory, self.host, self._port,
+                                                reuse_port=self.reuse_port or None)
         log.info("listening on %s:%d", self.host, self.port)
 
     async def stop(self) -> None:
@@ -287,7 +289,8 @@ class SMTPServer:
 def make_server(handler: Any, host: str, port: int, *,
                 tls_context: ssl.SSLContext | None = None, require_starttls: bool = False,
                 auth_required: bool = False, authenticator: Authenticator | None = None,
-                limits: Limits = Limits(), hostname: str | None = None) -> SMTPServer:
+                limits: Limits = Limits(), hostname: str | None = None,
+                reuse_port: bool = False) -> SMTPServer:
     """Build (not start) a gateway SMTP server; refuses settings that would silently weaken it."""
     if (require_starttls or auth_required) and tls_context is None:
         raise ConfigError("require_starttls and auth_required need a tls_context")
@@ -297,7 +300,7 @@ def make_server(handler: Any, host: str, port: int, *,
                   require_starttls=require_starttls, auth_required=auth_required,
                   authenticator=authenticator and login_password_authenticator(authenticator),
                   auth_exclude_mechanism=[] if authenticator else ["LOGIN", "PLAIN"])
-    return SMTPServer(handler, host, port, limits=limits, session_kwargs=kwargs)
+    return SMTPServer(handler, host, port, limits=limits, session_kwargs=kwargs, reuse_port=reuse_port)
 
 
 @contextlib.asynccontextmanager
