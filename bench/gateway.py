@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--big-size", default=str(BIG), help="size of the big message (default 25000000)")
     ap.add_argument("--poll-interval", default="0.05", help="securemail [delivery] poll_interval for the run")
     ap.add_argument("--workers", default="4", help="securemail [delivery] workers for the run")
+    ap.add_argument("--processes", default="1", help="securemail [gateway] processes for the run")
     ap.add_argument("--json", default="bench/results-gateway.json", help="'-' for none")
     ap.add_argument("--keep", action="store_true", help="keep the temporary homes and logs")
     ap.add_argument("--profile", action="store_true",
@@ -304,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     for k in kinds:
         if k not in KINDS:
             ap.error(f"unknown kind {k!r}")
-    tuning = {"poll_interval": a.poll_interval, "workers": a.workers, "first": "1", "cap": "2"}
+    tuning = {"poll_interval": a.poll_interval, "workers": a.workers, "first": "1", "cap": "2",
+              "processes": a.processes}
     root = Path(tempfile.mkdtemp(prefix="smbench-"))
     t0 = time.perf_counter()
     load0 = os.getloadavg()
