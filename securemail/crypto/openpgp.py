@@ -127,11 +127,36 @@ def _verify_backsig(sp, subkey, primary) -> bool:
         return False
 
 
+_FROZEN: dict[type, type] = {}
+
+
+def _freeze_fingerprint(pkt) -> None:
+    """Compute a key packet's fingerprint once.
+
+    PGPy recomputes it (SHA-1 and pyasn1 OID encoding) on every access, seven
+    times per encrypt+sign: 20% of the time at 4 KiB. Our key packets are not
+    changed after parsing, so the packet gets a subclass whose fingerprint is
+    the value computed now.
+    """
+    cls = type(pkt)
+    if cls in _FROZEN.values():
+        return
+    value = pkt.fingerprint
+    frozen = _FROZEN.get(cls)
+    if frozen is None:
+        frozen = _FROZEN[cls] = type(cls.__name__, (cls,), {
+            "fingerprint": property(lambda self: self.__dict__["_sm_fingerprint"])})
+    pkt.__dict__["_sm_fingerprint"] = value
+    pkt.__class__ = frozen
+
+
 class PgpKey:
     """One parsed transferable key (public or secret), wrapping a pgpy.PGPKey."""
 
     def __init__(self, k) -> None:
         self._k = k
+        for part in (k, *k.subkeys.values()):
+            _freeze_fingerprint(part._key)
         self.fingerprint = str(k.fingerprint).replace(" ", "").upper()
         self._privcache: dict[int, object] = {}
 
