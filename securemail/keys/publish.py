@@ -29,6 +29,7 @@ from ..crypto.keys import Key, load_key
 from ..crypto.message import sign_detached, verify_signatures
 from ..crypto.packets import SIG, read_packets
 from ..db import transaction
+from ..net import server_and_context
 from ..errors import DeliveryError, SecureMailError, UsageError
 from .wkd import split_address
 
@@ -150,13 +151,7 @@ def post(server: str, doc: dict, username: str, password: str, *, cafile: str | 
          timeout: float = 30.0) -> Answer:
     """POST the request to ``https://SERVER/securemail/v1/publish``; the server's certificate is
     checked against the system CAs or ``cafile`` (e.g. the gateway's self-signed certificate)."""
-    host, _, port = server.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--server must be HOST:PORT, not {server!r}")
-    try:
-        ctx = ssl.create_default_context(cafile=cafile)
-    except (OSError, ssl.SSLError) as e:
-        raise UsageError(f"cannot load CA file {cafile}: {e}") from None
+    _, _, ctx = server_and_context(server, cafile)
     return asyncio.run(_post(f"https://{server}{PATH}", doc, username, password, ctx, timeout))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import smtplib
-import ssl
 import time
 from email.utils import parseaddr
 
@@ -11,6 +10,7 @@ from ..crypto import message as M
 from ..crypto.keys import Key
 from ..errors import DeliveryError, KeyNotFound, KeyUnusable, UsageError
 from ..keys.store import KeyStore
+from ..net import server_and_context
 from .compose import Draft, inner_entity, pgp_mime
 
 
@@ -72,17 +72,11 @@ def submit(raw: bytes, sender: str, rcpts: list[str], server: str, *, security: 
     The server certificate is verified against the system CAs, or ``cafile``
     (a gateway's self-signed certificate, say).
     """
-    host, _, port = server.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--server must be HOST:PORT, not {server!r}")
-    try:
-        ctx = ssl.create_default_context(cafile=cafile)
-    except (OSError, ssl.SSLError) as e:
-        raise UsageError(f"cannot load CA file {cafile}: {e}") from None
+    host, port, ctx = server_and_context(server, cafile)
     try:
         cls = smtplib.SMTP_SSL if security == "tls" else smtplib.SMTP
         kw = {"context": ctx} if security == "tls" else {}
-        with cls(host, int(port), timeout=timeout, source_address=source, **kw) as smtp:
+        with cls(host, port, timeout=timeout, source_address=source, **kw) as smtp:
             smtp.ehlo()
             if security == "starttls":
                 smtp.starttls(context=ctx)
