@@ -25,5 +25,9 @@ bench: $(STAMP)
 proof: $(STAMP)
 	$(BIN)/python -m proof.run
 
+.PHONY: fuzz
+fuzz: $(STAMP)  # tests/fuzz with 20 times the examples (HYPOTHESIS_PROFILE=long), about a quarter of an hour
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q --timeout=3600 tests/fuzz
+
 clean:
 	rm -rf $(VENV) .pytest_cache

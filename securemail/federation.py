@@ -237,7 +237,7 @@ def _split(data: bytes) -> tuple[dict, str]:
     _ensure(len(data) <= MAX_MANIFEST, "federation manifest is too large")
     try:
         doc = json.loads(data, parse_constant=lambda c: {}[c])  # no NaN, no Infinity
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise ManifestInvalid("federation manifest is not valid JSON") from None
     _ensure(isinstance(doc, dict) and isinstance(doc.get("manifest"), dict)
             and isinstance(doc.get("signature"), str),
