@@ -89,32 +89,11 @@ def _one_pass(sig_raw: bytes, last: bool) -> bytes:
     sig_type, pk_algo, hash_algo = body[1], body[2], body[3]
     hashed_len = int.from_bytes(body[4:6], "big")
     unhashed = body[6 + hashed_len:]
-    keyid = _issuer_keyid(body[6:6 + hashed_len]) or _issuer_keyid(unhashed[2:])
+    keyid = P.issuer_keyid(body[6:6 + hashed_len]) or P.issuer_keyid(unhashed[2:])
     if keyid is None:
         raise MalformedMessage("signature names no issuer")
     return P.write_packet(P.OPS, bytes([3, sig_type, hash_algo, pk_algo]) + keyid
                           + bytes([1 if last else 0]))
-
-
-def _issuer_keyid(subpackets: bytes) -> bytes | None:
-    """The issuer key ID (subpacket 16) or the last 8 bytes of the issuer fingerprint (33)."""
-    pos, found = 0, None
-    while pos < len(subpackets):
-        first = subpackets[pos]
-        if first < 192:
-            length, pos = first, pos + 1
-        elif first < 255:
-            length, pos = ((first - 192) << 8) + subpackets[pos + 1] + 192, pos + 2
-        else:
-            length, pos = int.from_bytes(subpackets[pos + 1:pos + 5], "big"), pos + 5
-        kind = subpackets[pos] & 0x7F
-        data = subpackets[pos + 1:pos + length]
-        if kind == 16 and len(data) == 8:
-            return data
-        if kind == 33 and len(data) == 21:
-            found = data[-8:]
-        pos += length
-    return found
 
 
 def sign_packets(data: bytes, signer: Key, now: float) -> tuple[bytes, bytes]:

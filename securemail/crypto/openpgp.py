@@ -29,12 +29,15 @@ from ..errors import KeyRefused, MalformedMessage, PassphraseError
 from .facts import KeyFacts, SigFacts, SubkeyFacts
 from . import armor as _armor
 from . import packets as P
+from .merge import fingerprint as fingerprint_of
 
 warnings.filterwarnings("ignore", module=r"pgpy(\..*)?")
 warnings.filterwarnings("ignore", message=".*(TripleDES|Camellia|CFB|Blowfish|CAST5|IDEA).*")
 
 MAX_KEY_BYTES = 1 << 20
 MAX_USER_IDS = 100
+MAX_USER_ID_BYTES = 2048        # as gpg
+MAX_SIGNATURES = 256            # per certificate, after third-party certifications are dropped
 
 _WEAK_HASHES = {"MD5", "SHA1", "RIPEMD160"}
 _ALGO_NAMES = {
@@ -347,6 +350,14 @@ def parse_keys(data: bytes) -> list[PgpKey | KeyRefused]:
         if uids > MAX_USER_IDS:
             out.append(KeyRefused(f"key has {uids} user IDs (limit {MAX_USER_IDS})"))
             continue
+        if any(p.tag == P.UID and len(p.body) > MAX_USER_ID_BYTES for p in g):
+            out.append(KeyRefused(f"key has a user ID longer than {MAX_USER_ID_BYTES} bytes"))
+            continue
+        g = _own_signatures_only(g)
+        sigs = sum(1 for p in g if p.tag == P.SIG)
+        if sigs > MAX_SIGNATURES:
+            out.append(KeyRefused(f"key has {sigs} self-signatures (limit {MAX_SIGNATURES})"))
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -355,6 +366,28 @@ def parse_keys(data: bytes) -> list[PgpKey | KeyRefused]:
             out.append(PgpKey(k))
         except Exception:  # noqa: BLE001
             out.append(KeyRefused("key cannot be parsed"))
+    return out
+
+
+def _own_signatures_only(group: list[P.Packet]) -> list[P.Packet]:
+    """Drop certifications by other keys (we never use them: validity is self-signatures only).
+
+    Each signature costs a verification; a key flooded with others' certifications
+    would otherwise be slow to load, and could never be refused for it.
+    """
+    primary = group[0]
+    try:
+        own = bytes.fromhex(fingerprint_of(primary.body))[-8:]
+    except Exception:  # noqa: BLE001 - unparseable key packets are PGPy's to refuse
+        return group
+    out = []
+    for p in group:
+        if p.tag == P.SIG and len(p.body) > 6 and p.body[0] == 4 and 0x10 <= p.body[1] <= 0x13:
+            hashed = int.from_bytes(p.body[4:6], "big")
+            issuer = P.issuer_keyid(p.body[6:6 + hashed]) or P.issuer_keyid(p.body[8 + hashed:])
+            if issuer is not None and issuer != own:
+                continue
+        out.append(p)
     return out
 
 
@@ -383,7 +416,10 @@ def generate(uid: str, algorithm: str, lifetime: timedelta | None,
         if passphrase:
             primary.protect(passphrase, SymmetricKeyAlgorithm.AES256, HashAlgorithm.SHA256)
     # Re-parse so the object is exactly what a later load gives.
-    return parse_keys(bytes(primary))[0]  # type: ignore[return-value]
+    item = parse_keys(bytes(primary))[0]
+    if isinstance(item, KeyRefused):
+        raise item
+    return item
 
 
 def _rsa_p_below_q(k) -> None:

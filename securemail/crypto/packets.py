@@ -123,6 +123,31 @@ def write_packet(tag: int, body: bytes) -> bytes:
     return bytes([0xC0 | tag]) + hdr + body
 
 
+def issuer_keyid(subpackets: bytes) -> bytes | None:
+    """The issuer key ID (subpacket 16) or the last 8 bytes of the issuer fingerprint (33)."""
+    pos, found = 0, None
+    while pos < len(subpackets):
+        if pos + 2 > len(subpackets):
+            return found
+        first = subpackets[pos]
+        if first < 192:
+            length, pos = first, pos + 1
+        elif first < 255:
+            length, pos = ((first - 192) << 8) + subpackets[pos + 1] + 192, pos + 2
+        else:
+            length, pos = int.from_bytes(subpackets[pos + 1:pos + 5], "big"), pos + 5
+        if length == 0 or pos >= len(subpackets):
+            return found
+        kind = subpackets[pos] & 0x7F
+        data = subpackets[pos + 1:pos + length]
+        if kind == 16 and len(data) == 8:
+            return data
+        if kind == 33 and len(data) == 21:
+            found = data[-8:]
+        pos += length
+    return found
+
+
 # --- message shape -----------------------------------------------------------
 @dataclass(frozen=True)
 class EncryptedShape:
