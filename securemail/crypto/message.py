@@ -75,9 +75,11 @@ def _cfb(key: bytes, encrypt: bool):
 
 
 # --- writing -----------------------------------------------------------------
-def _literal(data: bytes, filename: str = "") -> bytes:
+def _literal(data: bytes, filename: str = "") -> list[bytes]:
+    """A binary literal data packet as [header, data] (the data is not copied)."""
     name = filename.encode()[:255]
-    return P.write_packet(P.LITERAL, b"b" + bytes([len(name)]) + name + b"\x00\x00\x00\x00" + data)
+    head = b"b" + bytes([len(name)]) + name + b"\x00\x00\x00\x00"
+    return [P.packet_header(P.LITERAL, len(head) + len(data)) + head, data]
 
 
 def _one_pass(sig_raw: bytes, last: bool) -> bytes:
@@ -116,14 +118,14 @@ def encrypt(data: bytes, recipients: Iterable[tuple[Key, str]], signer: Key | No
     inner = _literal(data, filename)
     if signer is not None:
         ops, sig = sign_packets(data, signer, now)
-        inner = ops + inner + sig
+        inner = [ops, *inner, sig]
     return _seal(inner, targets, armor)
 
 
 def encrypt_packets(stream: bytes, recipients: Iterable[tuple[Key, str]], *,
                     now: float | None = None, armor: bool = True) -> bytes:
     """Encrypt an already-built packet stream (e.g. Decrypted.packets, signatures kept)."""
-    return _seal(stream, _targets(recipients, time.time() if now is None else now), armor)
+    return _seal([stream], _targets(recipients, time.time() if now is None else now), armor)
 
 
 def _targets(recipients, now):
@@ -133,14 +135,18 @@ def _targets(recipients, now):
     return targets
 
 
-def _seal(inner: bytes, targets, armor: bool) -> bytes:
+def _seal(inner: list[bytes], targets, armor: bool) -> bytes:
+    """SEIPD v1 over the packets in ``inner``, hashed and encrypted part by part (no joined copy)."""
     session = openpgp.random_bytes(32)
     prefix = openpgp.random_bytes(16)
     prefix += prefix[-2:]
-    mdc_input = prefix + inner + b"\xd3\x14"
-    plain = mdc_input + hashlib.sha1(mdc_input).digest()
-    enc = _cfb(session, True)
-    body = b"\x01" + enc.update(plain) + enc.finalize()
+    sha, enc = hashlib.sha1(), _cfb(session, True)
+    chunks = [b"\x01"]
+    for part in (prefix, *inner, b"\xd3\x14"):
+        sha.update(part)
+        chunks.append(enc.update(part))
+    chunks += [enc.update(sha.digest()), enc.finalize()]
+    body_len = sum(len(c) for c in chunks)
     seen = set()
     esks = []
     for key, comp in targets:
@@ -149,7 +155,8 @@ def _seal(inner: bytes, targets, armor: bool) -> bytes:
         seen.add(comp.keyid)
         # PGPy cannot encrypt to the Cv25519 subkey of a *secret* key object: use the certificate.
         esks.append(key.public().pgp.encrypt_session_key(comp.keyid, AES256, session))
-    out = b"".join(esks) + P.write_packet(P.SEIPD, body)
+    out = b"".join([*esks, P.packet_header(P.SEIPD, body_len), *chunks])
+    del chunks
     return A.armor(out) if armor else out
 
 

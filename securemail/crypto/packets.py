@@ -110,17 +110,20 @@ def read_packets(data: bytes, *, max_packets: int = MAX_PACKETS) -> list[Packet]
     return out
 
 
-def write_packet(tag: int, body: bytes) -> bytes:
-    """Serialise one new-format packet with a definite length."""
-    n = len(body)
+def packet_header(tag: int, n: int) -> bytes:
+    """The new-format header of a packet whose body is ``n`` bytes (definite length)."""
     if n < 192:
         hdr = bytes([n])
     elif n < 8384:
-        n -= 192
-        hdr = bytes([(n >> 8) + 192, n & 0xFF])
+        hdr = bytes([((n - 192) >> 8) + 192, (n - 192) & 0xFF])
     else:
         hdr = b"\xff" + n.to_bytes(4, "big")
-    return bytes([0xC0 | tag]) + hdr + body
+    return bytes([0xC0 | tag]) + hdr
+
+
+def write_packet(tag: int, body: bytes) -> bytes:
+    """Serialise one new-format packet with a definite length."""
+    return packet_header(tag, len(body)) + body
 
 
 def issuer_keyid(subpackets: bytes) -> bytes | None:
