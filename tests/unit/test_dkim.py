@@ -319,3 +319,15 @@ def test_plain_dkimpy_signature_verifies_with_us(alg, ed_key, rsa_key, dns):
     header = dkim.sign(MSG, alg.encode(), DOMAIN.encode(), dkimpy_key, signature_algorithm=a_tag)
     result = verify_dkim(header + MSG, dns)
     assert result.status == "pass" and result.signatures[0].selector == alg
+
+
+def test_fast_relaxed_body_equals_dkimpy_canonicalization():
+    """The shortcut for bodies without tabs, space runs or trailing spaces changes no result."""
+    import random
+
+    from securemail.crypto.dkim import _RELAXED, _relaxed_body
+    rnd = random.Random(7)
+    bodies = [b"", b"\r\n", b"abc\r\n\r\n\r\n", b"a  b\t c \r\n\r\n", b"line\r\nline2", b"x \r\n"]
+    bodies += [bytes(rnd.choice(b"ab \t\r\n") for _ in range(rnd.randint(0, 40))) for _ in range(3000)]
+    for body in bodies:
+        assert _relaxed_body(body) == _RELAXED.canonicalize_body(body), body
