@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from email import policy as _policy
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser, BytesParser
 
 from ..crypto.message import check_encrypted
 from ..errors import SecureMailError
@@ -34,6 +34,10 @@ class EncryptionCheck:
 
 def check(raw: bytes) -> EncryptionCheck:
     try:
+        if len(raw) > HEADERS_FIRST_ABOVE and _top_type(raw) not in ("multipart/encrypted", "text/plain"):
+            # Cannot be OpenPGP encrypted: no need to parse (and copy) a big body. The gateway
+            # handles it on bytes only, so its depth cannot hurt either.
+            return EncryptionCheck(False, "none", "message is not OpenPGP encrypted")
         msg = BytesParser(policy=_policy.compat32).parsebytes(raw)
         if _too_deep(msg):
             return EncryptionCheck(False, "none", "MIME structure nested too deeply", malformed=True)
@@ -57,6 +61,15 @@ def check(raw: bytes) -> EncryptionCheck:
         return EncryptionCheck(False, "none", e.message)
     except Exception:  # noqa: BLE001 - unparseable is simply not encrypted
         return EncryptionCheck(False, "none", "message cannot be parsed", malformed=True)
+
+
+HEADERS_FIRST_ABOVE = 1 << 20
+
+
+def _top_type(raw: bytes) -> str:
+    end = raw.find(b"\r\n\r\n")
+    head = raw[:end + 2] if end >= 0 else raw[:65536]
+    return BytesHeaderParser(policy=_policy.compat32).parsebytes(head).get_content_type()
 
 
 def _too_deep(msg) -> bool:
