@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..crypto.dkim import DkimSigner
 from ..crypto.keys import Key, load_key
-from ..errors import ConfigError, KeyUnusable, TemporaryFailure
+from ..errors import ConfigError, KeyRefused, KeyUnusable, TemporaryFailure
 from ..federation import load_installed
 from ..keys.store import KeyStore
 
@@ -76,14 +76,27 @@ def domain_keys(config, keys: KeyStore) -> dict[str, Key]:
 
 
 def dkim_signers(config) -> dict[str, DkimSigner]:
+    """Each served domain's DKIM signer; a domain without a usable key stops the start (never unsigned)."""
     by_domain: dict[str, list] = {}
+    files: dict[str, list[str]] = {}
     for d in config.dkim_keys:
         try:
             pem = d.private_key.read_bytes()
         except OSError as e:
             raise ConfigError(f"cannot read DKIM key {d.private_key.name}: {e.strerror}") from None
         by_domain.setdefault(d.domain, []).append((d.selector, pem, d.algorithm))
-    return {dom: DkimSigner(dom, ks) for dom, ks in by_domain.items()}
+        files.setdefault(d.domain, []).append(d.private_key.name)
+    missing = [dom for dom in config.domains if dom not in by_domain]
+    if missing:
+        raise ConfigError(f"no DKIM key configured for {', '.join(missing)} ([[keys.dkim]]); "
+                          "mail must not leave unsigned")
+    signers = {}
+    for dom, ks in by_domain.items():
+        try:
+            signers[dom] = DkimSigner(dom, ks)
+        except KeyRefused as e:
+            raise ConfigError(f"{e.message} ({', '.join(files[dom])})", detail=e.detail) from None
+    return signers
 
 
 def dkim_sign_fn(signers: dict[str, DkimSigner]):
@@ -101,7 +114,9 @@ def server_tls_context(config) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(str(config.tls_cert), str(config.tls_key))
     except (OSError, ssl.SSLError) as e:
-        raise TemporaryFailure("TLS certificate unavailable", detail=str(e)) from None
+        why = "not a valid certificate and key" if isinstance(e, ssl.SSLError) else e.strerror or str(e)
+        raise TemporaryFailure(f"TLS certificate unavailable ({config.tls_cert.name}, "
+                               f"{config.tls_key.name}): {why}", detail=str(e)) from None
     return ctx
 
 

@@ -1,0 +1,106 @@
+"""The federation under test: A (sends) and B (receives), the sending side's database, its clock.
+
+``world(tmp)`` sets up two gateways with the real CLI (``federation``) and
+bruno, a person whose key B knows; ``database(backend)`` gives A's database
+URL (its SQLite file, or a fresh PostgreSQL schema that survives a server
+restart); ``Shifted`` runs gateways in this process with a clock set ahead.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration.gateways import (OFFICE, PG_URL, GatewayHome, Running, federation, person,
+                                       require_pg)
+
+from .figures import FULL
+from .sides import A, B, BRUNO
+
+
+@dataclass
+class World:
+    """Two gateways of one federation (A sends, B receives) and bruno, a person known at B."""
+    a: GatewayHome
+    b: GatewayHome
+    bruno: Path
+    tmp: Path
+
+
+def world(tmp: Path, *, a_url: str | None = None, **tune: str) -> World:
+    """``federation`` + bruno's key at B; A's database at ``a_url`` (else SQLite); ``tune`` A's config."""
+    _, homes = federation(tmp, database_urls={A: a_url} if a_url else None, trusted=OFFICE + "/32")
+    a, b = homes[A], homes[B]
+    bruno = person(tmp, BRUNO, b, "Bruno Petit")
+    if tune:
+        a.tune(**tune)
+    return World(a, b, bruno, tmp)
+
+
+def mailbox(g: GatewayHome, address: str) -> list[Path]:
+    d = g.home / "Maildir" / address / "new"
+    return sorted(d.iterdir()) if d.exists() else []
+
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=[
+    pytest.mark.postgres,
+    pytest.mark.skipif(not FULL, reason="on PostgreSQL in the full proof only (make proof); "
+                                        "the fast subset runs this harness on SQLite")])]
+
+
+@contextmanager
+def pg_schema(tag: str = "a"):
+    """A fresh PostgreSQL schema, as a database URL; dropped after, even if the server restarted meanwhile."""
+    import sqlalchemy as sa
+    require_pg()
+    schema = f"smproof_{tag}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_URL, poolclass=sa.pool.NullPool)  # no connection outlives a restart
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        url = sa.engine.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text("SET LOCAL lock_timeout = '20s'"))
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@contextmanager
+def database(backend: str):
+    """The sending gateway's database URL: None for its SQLite file, or a fresh PostgreSQL schema."""
+    if backend == "sqlite":
+        yield None
+        return
+    with pg_schema() as url:
+        yield url
+
+
+class Shifted(Running):
+    """``Running`` with a clock ``offset`` seconds ahead (mutable: ``shifted.offset = ...``)."""
+
+    def __init__(self, *homes: GatewayHome, offset: float = 0.0, wrap=None) -> None:
+        super().__init__(*homes, wrap=wrap)
+        self.offset = offset
+
+    def clock(self) -> float:
+        return time.time() + self.offset
+
+    def __enter__(self) -> "Shifted":
+        from securemail.gateway.service import build
+        from securemail.home import Home
+        self.thread.start()
+        for h in self.homes:
+            gw = build(Home.open(h.home), clock=self.clock)
+            if self.wrap:
+                self.wrap(gw)
+            self.call(gw.start())
+            self.gateways.append(gw)
+        return self
