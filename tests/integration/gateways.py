@@ -28,14 +28,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import PG_URL, REPO, require_pg, run_cli  # noqa: F401 - re-exported
 
 DOMAINS = ("interieur.gouv.fr", "justice.gouv.fr")
 FAST = {"first": "1", "cap": "2", "poll_interval": "0.1", "give_up_after": "60"}
 OFFICE = "127.0.0.3"  # the office MTA's address in the tests; gateways reach each other from 127.0.0.1
-PG_URL = os.environ.get("SECUREMAIL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def free_port() -> int:
@@ -87,22 +85,6 @@ def queue_rows(home: Path, message_id: str | None = None) -> list[dict]:
 def audit_records(home: Path, kind: str | None = None) -> list[dict]:
     recs = json.loads(ok(run_cli(home, "audit", "show", "--json"), "audit show").stdout)
     return [r for r in recs if kind is None or r["kind"] == kind]
-
-
-def require_pg() -> None:
-    """Skip when PostgreSQL is unreachable, visibly; fail instead when $CI is set."""
-    import sqlalchemy as sa
-    engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa.exc.SQLAlchemyError as err:
-        msg = f"PostgreSQL unreachable at {PG_URL}: {type(getattr(err, 'orig', None) or err).__name__}"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    finally:
-        engine.dispose()
 
 
 @contextmanager
