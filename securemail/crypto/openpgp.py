@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -28,16 +27,11 @@ with warnings.catch_warnings():
 from ..errors import KeyRefused, MalformedMessage, PassphraseError
 from .facts import KeyFacts, SigFacts, SubkeyFacts
 from . import armor as _armor
-from . import packets as P
-from .merge import fingerprint as fingerprint_of
+from .certs import MAX_USER_IDS, split_certificates  # noqa: F401 - MAX_USER_IDS re-exported
 
 warnings.filterwarnings("ignore", module=r"pgpy(\..*)?")
 warnings.filterwarnings("ignore", message=".*(TripleDES|Camellia|CFB|Blowfish|CAST5|IDEA).*")
 
-MAX_KEY_BYTES = 1 << 20
-MAX_USER_IDS = 100
-MAX_USER_ID_BYTES = 2048        # as gpg
-MAX_SIGNATURES = 256            # per certificate, after third-party certifications are dropped
 
 _WEAK_HASHES = {"MD5", "SHA1", "RIPEMD160"}
 _ALGO_NAMES = {
@@ -320,74 +314,22 @@ def parse_signature(raw: bytes) -> SignaturePacket:
 def parse_keys(data: bytes) -> list[PgpKey | KeyRefused]:
     """Every transferable key in ``data`` (armored or binary, public or secret).
 
-    A key PGPy cannot parse is returned as a KeyRefused in its place so the
-    caller can report it and go on with the others.
+    certs.split frames and limits them first; a key PGPy cannot parse is
+    returned as a KeyRefused in its place so the caller can report it and go on.
     """
-    if len(data) > MAX_KEY_BYTES:
-        raise KeyRefused("key data too large")
-    if b"-----BEGIN PGP" in data:
-        blocks = re.findall(rb"-----BEGIN PGP [A-Z ]+-----.*?-----END PGP [A-Z ]+-----", data, re.S)
-        if not blocks:
-            raise KeyRefused("no OpenPGP key found")
-        binary = b"".join(_armor.dearmor(b)[1] for b in blocks)
-    else:
-        binary = data
-    try:
-        packets = P.read_packets(binary)
-    except MalformedMessage as e:
-        raise KeyRefused(f"not OpenPGP key data ({e.message})") from None
-    groups: list[list[P.Packet]] = []
-    for pkt in packets:
-        if pkt.tag in (P.PUBKEY, P.SECKEY):
-            groups.append([pkt])
-        elif groups:
-            groups[-1].append(pkt)
-        else:
-            raise KeyRefused("key data does not start with a primary key")
     out: list[PgpKey | KeyRefused] = []
-    for g in groups:
-        uids = sum(1 for p in g if p.tag == P.UID)
-        if uids > MAX_USER_IDS:
-            out.append(KeyRefused(f"key has {uids} user IDs (limit {MAX_USER_IDS})"))
-            continue
-        if any(p.tag == P.UID and len(p.body) > MAX_USER_ID_BYTES for p in g):
-            out.append(KeyRefused(f"key has a user ID longer than {MAX_USER_ID_BYTES} bytes"))
-            continue
-        g = _own_signatures_only(g)
-        sigs = sum(1 for p in g if p.tag == P.SIG)
-        if sigs > MAX_SIGNATURES:
-            out.append(KeyRefused(f"key has {sigs} self-signatures (limit {MAX_SIGNATURES})"))
+    for g in split_certificates(data):
+        if isinstance(g, KeyRefused):
+            out.append(g)
             continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 k = pgpy.PGPKey()
-                k.parse(bytearray(b"".join(p.raw for p in g if p.tag != P.TRUST)))
+                k.parse(bytearray(b"".join(p.raw for p in g)))
             out.append(PgpKey(k))
         except Exception:  # noqa: BLE001
             out.append(KeyRefused("key cannot be parsed"))
-    return out
-
-
-def _own_signatures_only(group: list[P.Packet]) -> list[P.Packet]:
-    """Drop certifications by other keys (we never use them: validity is self-signatures only).
-
-    Each signature costs a verification; a key flooded with others' certifications
-    would otherwise be slow to load, and could never be refused for it.
-    """
-    primary = group[0]
-    try:
-        own = bytes.fromhex(fingerprint_of(primary.body))[-8:]
-    except Exception:  # noqa: BLE001 - unparseable key packets are PGPy's to refuse
-        return group
-    out = []
-    for p in group:
-        if p.tag == P.SIG and len(p.body) > 6 and p.body[0] == 4 and 0x10 <= p.body[1] <= 0x13:
-            hashed = int.from_bytes(p.body[4:6], "big")
-            issuer = P.issuer_keyid(p.body[6:6 + hashed]) or P.issuer_keyid(p.body[8 + hashed:])
-            if issuer is not None and issuer != own:
-                continue
-        out.append(p)
     return out
 
 
