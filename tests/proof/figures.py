@@ -2,8 +2,8 @@
 
 Every harness adds one entry per scenario: which invariant or fault, the
 backend, the run count, and its counts (acked, delivered, duplicated, lost,
-leaks) and the replies clients saw. ``SECUREMAIL_PROOF_FIGURES`` names the file
-the session writes at its end; without it nothing is written.
+leaks) and the replies clients saw. ``SECUREMAIL_PROOF_FIGURES`` names the file,
+rewritten after every entry; without it nothing is written.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class Figures:
                  **{k: dict(v) if isinstance(v, Counter) else v for k, v in fields.items()}}
         with self._lock:
             self.entries.append(entry)
+            path = os.environ.get(ENV_FIGURES)
+            if path:  # at once: a run that is killed half-way still leaves what it saw
+                self.write(Path(path))
         return entry
 
     def write(self, path: Path) -> None:

@@ -49,8 +49,13 @@ def _data_codes(load: Load) -> dict[str, int]:
 
 
 def _in_outage(receiver: Receiver, start: float, end: float) -> set[str]:
-    """Message-IDs B first accepted during the outage (or one lease after): their bookkeeping could fail."""
-    return {m for m in list(receiver.accepted) if start - 1 <= receiver.times(m)[0] <= end + LEASE + 5}
+    """Message-IDs B first accepted while their delivery's bookkeeping could fail for the outage.
+
+    A delivery settles within its lease or not at all, so one accepted up to a lease before the
+    outage began may still have been waiting for its commit; one accepted up to a lease after it
+    ended may have been claimed during it.
+    """
+    return {m for m in list(receiver.accepted) if start - LEASE <= receiver.times(m)[0] <= end + LEASE + 5}
 
 
 def _fill(directory: Path) -> Path:
