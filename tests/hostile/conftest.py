@@ -23,9 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
-from tests.integration.gateways import GatewayHome, Running, federation, ok, person
-from tests.integration.refusal_helpers import queued, signer_for
+from tests.integration.gateways import GatewayHome, Running, federation
+from tests.integration.refusal_helpers import enrol, queued, signer_for
 
 from . import ALICE, BRUNO, JUSTICE, OFFICE, OWN, Raw, assert_no_leak, crlf
 
@@ -63,17 +62,9 @@ def gw(tmp_path_factory):
     _, homes = federation(tmp, domains=(OWN, JUSTICE), trusted=OFFICE + "/32")
     a, j = homes[OWN], homes[JUSTICE]
     j.tune(**J_LIMITS)
-    alice = person(tmp, ALICE, a, "Alice Martin")
-    bruno = person(tmp, BRUNO, j, "Bruno Petit")
-    ok(run_cli(bruno, "keys", "import", "-", input=ok(run_cli(alice, "keys", "export", ALICE)).stdout_bytes))
-    out = tmp / "encrypted.eml"
-    ok(run_cli(bruno, "send", "--from", BRUNO, "--to", ALICE, "--subject", "Note", "--output", str(out),
-               input=b"Texte chiffre de bout en bout.\n"), "send --output")
-    pw = tmp / "pw"
-    pw.write_text(PASSWORD + "\n")
-    ok(run_cli(a.home, "gateway", "user", "add", ALICE, "--password-file", str(pw)), "user add")
+    eml = enrol(tmp, a, j, ALICE, BRUNO, PASSWORD)
     with Running(a, j):
-        yield Hostile(tmp, homes, out.read_bytes())
+        yield Hostile(tmp, homes, eml)
 
 
 # --- the table of replies ----------------------------------------------------------------

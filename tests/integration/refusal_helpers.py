@@ -88,3 +88,20 @@ def queued(gateway: GatewayHome) -> list[dict]:
 def queued_messages(gateway: GatewayHome) -> set[str]:
     """Ids of the messages in the queue (delivery states move on in the background; ids do not)."""
     return {row["message_id"] for row in queued(gateway)}
+
+
+def enrol(tmp, alice_gw: GatewayHome, bruno_gw: GatewayHome, alice: str, bruno: str,
+          password: str) -> bytes:
+    """Alice and Bruno with keys at their gateways, Alice a submission user; the
+    end-to-end encrypted .eml Bruno wrote to Alice (as a member gateway would pass it on)."""
+    from .gateways import person
+    a_home = person(tmp, alice, alice_gw, "Alice Martin")
+    b_home = person(tmp, bruno, bruno_gw, "Bruno Petit")
+    ok(run_cli(b_home, "keys", "import", "-", input=ok(run_cli(a_home, "keys", "export", alice)).stdout_bytes))
+    out = tmp / "encrypted.eml"
+    ok(run_cli(b_home, "send", "--from", bruno, "--to", alice, "--subject", "Note", "--output", str(out),
+               input=b"Texte chiffre de bout en bout.\n"), "send --output")
+    pw = tmp / "pw"
+    pw.write_text(password + "\n")
+    ok(run_cli(alice_gw.home, "gateway", "user", "add", alice, "--password-file", str(pw)), "user add")
+    return out.read_bytes()

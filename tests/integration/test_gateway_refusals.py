@@ -20,8 +20,8 @@ import pytest
 from securemail.crypto.dkim import DkimSigner, generate_dkim_key
 from tests.conftest import CORPUS, run_cli
 
-from .gateways import GatewayHome, Running, federation, ok, person
-from .refusal_helpers import (GATEWAY_PEER, OFFICE, STRANGER, Reply, crlf, queued_messages, reply,
+from .gateways import GatewayHome, Running, federation, ok
+from .refusal_helpers import (GATEWAY_PEER, enrol, OFFICE, STRANGER, Reply, crlf, queued_messages, reply,
                               signer_for, transact)
 
 A, JUSTICE, ARMEES, CULTURE = "interieur.gouv.fr", "justice.gouv.fr", "armees.gouv.fr", "culture.gouv.fr"
@@ -49,17 +49,9 @@ def fed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("refusals")
     authority, homes = federation(tmp, domains=(A, JUSTICE, ARMEES, CULTURE), trusted=OFFICE + "/32")
     a, b = homes[A], homes[JUSTICE]
-    alice = person(tmp, ALICE, a, "Alice Martin")
-    bruno = person(tmp, BRUNO, b, "Bruno Petit")
-    ok(run_cli(bruno, "keys", "import", "-", input=ok(run_cli(alice, "keys", "export", ALICE)).stdout_bytes))
-    out = tmp / "encrypted.eml"
-    ok(run_cli(bruno, "send", "--from", BRUNO, "--to", ALICE, "--subject", "Note", "--output", str(out),
-               input=b"Texte chiffre de bout en bout.\n"), "send --output")
-    pw = tmp / "pw"
-    pw.write_text(PASSWORD + "\n")
-    ok(run_cli(a.home, "gateway", "user", "add", ALICE, "--password-file", str(pw)), "user add")
+    eml = enrol(tmp, a, b, ALICE, BRUNO, PASSWORD)
     with Running(a):
-        yield Fed(tmp, authority, homes, out.read_bytes())
+        yield Fed(tmp, authority, homes, eml)
 
 
 @pytest.fixture
