@@ -9,6 +9,7 @@ Relative paths are relative to the home.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,16 @@ def _processes(gw: dict) -> int:
     if not 1 <= n <= 64:
         raise ConfigError("gateway.processes must be between 1 and 64")
     return n
+
+
+def _cpu_workers(gw: dict) -> int | None:
+    """[gateway] cpu_workers: crypto worker processes, 0 = threads; "auto" (default) is None here."""
+    value = gw.get("cpu_workers", "auto")
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
+        raise ConfigError('gateway.cpu_workers must be "auto" or a number from 0 to 64')
+    return value
 
 
 def parse_hostport(text: str, where: str) -> tuple[str, int]:
@@ -157,6 +168,14 @@ class GatewayConfig:
     limits: Limits = field(default_factory=Limits)
     retry: Retry = field(default_factory=Retry)
     processes: int = 1             # serve processes sharing the listeners (SO_REUSEPORT) and the queue
+    cpu_workers: int | None = None  # crypto worker processes per serve process; 0 = threads; None = auto
+
+    def crypto_workers(self, several_processes: bool = False) -> int:
+        """cpu_workers, with "auto" resolved: one per core, unless several serve processes share the cores."""
+        if self.cpu_workers is not None:
+            return self.cpu_workers
+        cores = os.cpu_count() or 1
+        return cores if cores > 1 and not several_processes and self.processes == 1 else 0
     directory_refresh: float = 86400.0   # [directory] refresh_seconds
 
     def listener(self, name: str) -> Listener | None:
@@ -216,6 +235,7 @@ class GatewayConfig:
             home=home, domains=tuple(d.lower() for d in domains),
             hostname=_get(gw, "hostname", str, domains[0], "gateway"),
             processes=_processes(gw),
+            cpu_workers=_cpu_workers(gw),
             database_url=_get(_table(data, "database"), "url", str, f"sqlite:///{home / 'securemail.db'}", "database"),
             listeners=tuple(listeners),
             tls_cert=path(_get(tls, "cert", str, "tls/cert.pem", "tls")),

@@ -31,6 +31,11 @@ class SecureMailError(Exception):
             self.temporary = 400 <= code < 500
         super().__init__(self.message)
 
+    def __reduce__(self):
+        """Pickle with every attribute (code, detail, a subclass's own fields), whatever ``__init__`` takes:
+        errors cross from the crypto worker processes to the SMTP process."""
+        return _rebuild, (type(self), self.args, self.__dict__)
+
     def smtp_reply(self) -> str:
         """The full SMTP reply line: code, enhanced status code, public message."""
         text = " ".join(self.message.split())  # no CR/LF can reach the wire
@@ -138,3 +143,10 @@ class TemporaryFailure(SecureMailError):
 
 class DeliveryError(SecureMailError):
     default_message = "delivery failed"
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> SecureMailError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err

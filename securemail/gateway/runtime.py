@@ -128,3 +128,17 @@ def combined_lookup(*lookups):
                 return key
         return None
     return lookup
+
+
+def make_stage(config, keys: KeyStore, manifest: ManifestSource, clock) -> "CryptoStage":
+    """The crypto stage of one process (the SMTP process, or a crypto worker) from the same config."""
+    from ..keys.locate import Locator
+    from .stage import CryptoStage
+    from .transform import Transformer
+    locator = Locator(keys, manifest, clock=clock, refresh_seconds=config.directory_refresh,
+                      own_domains=config.domains)
+    transformer = Transformer(
+        hostname=config.hostname, domain_keys=domain_keys(config, keys), user_key=keys.usable_for,
+        member_key=manifest.member_key, lookup=combined_lookup(keys.lookup, manifest.lookup),
+        dkim_sign=dkim_sign_fn(dkim_signers(config)), clock=clock, locate=locator.key_for)
+    return CryptoStage(config=config, manifest=manifest, transformer=transformer)

@@ -17,7 +17,6 @@ from ..delivery.pool import SessionPool
 from ..delivery.worker import DeliveryWorker
 from ..home import Home
 from ..keys.directory import Directory
-from ..keys.locate import Locator
 from ..keys.publish import Nonces
 from ..keys.store import KeyStore
 from ..queue import Queue
@@ -28,8 +27,8 @@ from ..policy.address import domain_of
 from ..policy.encryption import EncryptionCheck
 from ..policy.facts import Facts, Headers
 from .pipeline import Pipeline
-from .runtime import (ManifestSource, combined_lookup, dkim_sign_fn, dkim_signers, domain_keys,
-                      server_tls_context)
+from .cpu import CpuPool
+from .runtime import ManifestSource, make_stage, server_tls_context
 from .transform import Transformer
 from .users import Users
 from .wkd_server import WkdServer
@@ -49,9 +48,12 @@ class Gateway:
     engine: object
     wkd: WkdServer | None = None
     sessions: SessionPool | None = None
+    cpu: CpuPool | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def start(self) -> None:
+        if self.cpu is not None:  # before the listeners: the first message must not wait for them
+            await self.cpu.start()
         for s in self.servers:
             await s.start()
         listeners = [f"{s.host}:{s.port}" for s in self.servers]
@@ -75,6 +77,8 @@ class Gateway:
             await s.stop()
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.cpu is not None:
+            await self.cpu.stop()
         if self.sessions is not None:
             await self.sessions.close()
         self.audit.append("stopped")
@@ -93,11 +97,13 @@ class Gateway:
 
 
 def build(home: Home, *, clock=time.time, owner: str | None = None,
-          reuse_port: bool = False) -> Gateway:
+          reuse_port: bool = False, cpu_workers: int | None = None) -> Gateway:
     """The composition root of the gateway: config → every object, nothing global.
 
     ``reuse_port``: this is one of several serve processes sharing the listening
     ports (SO_REUSEPORT; the kernel spreads connections) and the queue.
+    ``cpu_workers``: crypto worker processes (default: ``gateway.cpu_workers``);
+    with an injected ``clock`` the stage always runs in-process.
     """
     config = GatewayConfig.load(home)
     engine = make_engine(config.database_url)
@@ -107,15 +113,13 @@ def build(home: Home, *, clock=time.time, owner: str | None = None,
     queue = Queue(engine, clock, audit_log=audit)
     manifest = ManifestSource(config.federation_manifest)
     manifest()
-    dk = domain_keys(config, keys)
-    locator = Locator(keys, manifest, clock=clock, refresh_seconds=config.directory_refresh,
-                      own_domains=config.domains)
-    transformer = Transformer(
-        hostname=config.hostname, domain_keys=dk, user_key=keys.usable_for,
-        member_key=manifest.member_key, lookup=combined_lookup(keys.lookup, manifest.lookup),
-        dkim_sign=dkim_sign_fn(dkim_signers(config)), clock=clock, locate=locator.key_for)
-    pipeline = Pipeline(config=config, manifest=manifest, queue=queue, audit=audit,
-                        transformer=transformer)
+    stage = make_stage(config, keys, manifest, clock)
+    workers = config.crypto_workers(reuse_port) if cpu_workers is None else cpu_workers
+    if clock is not time.time:  # a worker process cannot follow an injected clock (tests, proof)
+        workers = 0
+    pool = CpuPool(home.path, workers) if workers > 0 else None
+    pipeline = Pipeline(config=config, stage=stage, queue=queue, audit=audit,
+                        run_stage=pool.decide if pool else None)
     tls = server_tls_context(config)
     users = Users(config.passwords_file)
     lim = config.limits
@@ -132,9 +136,9 @@ def build(home: Home, *, clock=time.time, owner: str | None = None,
                           max_connections=lim.connections, max_connections_per_ip=lim.connections_per_ip,
                           idle_timeout=lim.command_timeout), reuse_port=reuse_port))
     owner = owner or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-    bounces = Bounces(config, queue, transformer, manifest)
+    bounces = Bounces(config, queue, stage.transformer, manifest)
     sessions = SessionPool()  # next-hop SMTP sessions reused across messages and workers
-    workers = [DeliveryWorker.from_config(
+    delivery = [DeliveryWorker.from_config(
         config, queue, owner=owner, clock=clock, audit_log=audit, concurrency=config.workers,
         reporting_mta=config.domains[0], bounce_sender=bounces.send, deliver_smtp=sessions.deliver,
         pre_send=KeyCheck(keys, manifest, clock).veto)]
@@ -142,7 +146,7 @@ def build(home: Home, *, clock=time.time, owner: str | None = None,
     if li is not None:
         wkd = WkdServer(li.host, li.port, tls, Directory(engine, keys, config.domains, clock=clock, audit=audit),
                         Nonces(engine), users.check, audit=audit, clock=clock, reuse_port=reuse_port)
-    return Gateway(config, queue, audit, keys, pipeline, servers, workers, engine, wkd, sessions)
+    return Gateway(config, queue, audit, keys, pipeline, servers, delivery, engine, wkd, sessions, pool)
 
 
 class KeyCheck:

@@ -172,9 +172,10 @@ def person(tmp: Path, address: str, gateway: GatewayHome, name: str = "") -> Pat
 class Running:
     """Gateways built from their homes and started in one background event loop."""
 
-    def __init__(self, *homes: GatewayHome, wrap=None) -> None:
+    def __init__(self, *homes: GatewayHome, wrap=None, cpu_workers: int | None = None) -> None:
         self.homes = homes
         self.wrap = wrap  # optional fn(gateway) called after build, before start (test hooks)
+        self.cpu_workers = cpu_workers  # None: the config's (default "auto", a process per core)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.gateways = []
@@ -184,7 +185,7 @@ class Running:
         from securemail.home import Home
         self.thread.start()
         for h in self.homes:
-            gw = build(Home.open(h.home))
+            gw = build(Home.open(h.home), cpu_workers=self.cpu_workers)
             if self.wrap:
                 self.wrap(gw)
             self.call(gw.start())

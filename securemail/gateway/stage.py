@@ -1,0 +1,103 @@
+"""The CPU-bound middle of the DATA path: facts → policy chain → crypto stage, as one pure call.
+
+``CryptoStage.decide(envelope, listener_name)`` returns a ``Decision``: a
+refusal (``verdict``) or the bodies to queue (``items``). It touches no
+socket and writes no queue row, so it runs wherever there is a core: in a
+thread of the SMTP process, or in a crypto worker process (gateway/cpu.py),
+each of which builds its own stage from the same home. What it returns, and
+any SecureMailError it raises, can cross a process boundary (pickle).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..config import GatewayConfig
+from ..crypto import dkim as D
+from ..delivery.hops import maildir_hop, relay_hop, smtp_hop
+from ..envelope import Envelope
+from ..errors import PolicyRefusal
+from ..policy import Verdict, encryption, rules
+from ..policy.address import MEMBER, OTHER, OWN, domain_of
+from ..policy.facts import OFFICE, Facts, gather
+from .transform import Item, Transformer
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the stage concluded about one message: refused (verdict) or items to queue."""
+    verdict: Verdict | None
+    items: list[Item] = field(default_factory=list)
+    sender_domain: str = ""
+    origin: str = ""
+
+
+class CryptoStage:
+    def __init__(self, *, config: GatewayConfig, manifest: Callable[[], object],
+                 transformer: Transformer, dnsfunc_fallback=None) -> None:
+        self.config = config
+        self.manifest = manifest            # () -> Manifest | None, the installed one
+        self.transformer = transformer
+        self.dnsfunc_fallback = dnsfunc_fallback
+
+    def members(self) -> frozenset[str]:
+        m = self.manifest()
+        return frozenset(d for d in (m.members if m else {}) if d not in self.config.domains)
+
+    def decide(self, env: Envelope, listener_name: str) -> Decision:
+        listener = self.config.listener(listener_name)
+        facts = self._facts(env, listener)
+        verdict = rules.evaluate(facts)
+        summary = dict(sender_domain=facts.sender_domain or "", origin=facts.origin)
+        if verdict is not None:
+            return Decision(verdict, [], **summary)
+        return Decision(None, self._items(env, facts), **summary)
+
+    def _facts(self, env: Envelope, listener) -> Facts:
+        members = self.members()
+        trusted = listener.trusts(env.peer_ip)
+        enc = encryption.check(env.data)
+        status, domains = "none", frozenset()
+        if not (trusted or env.auth_user):
+            m = self.manifest()
+            dnsfunc = D.manifest_dnsfunc(m.dkim_records() if m else {}, fallback=self.dnsfunc_fallback)
+            res = D.verify_dkim(env.data, dnsfunc)
+            status, domains = res.status, frozenset(res.passing_domains)
+        return gather(env, listener=listener.name, trusted=trusted, own_domains=self.config.domains,
+                      members=members, encryption=enc, dkim_status=status, dkim_domains=domains,
+                      non_member_policy=self.config.non_member_policy)
+
+    def _items(self, env: Envelope, f: Facts) -> list[Item]:
+        groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for rcpt, cls in f.recipients.items():
+            groups[(cls, domain_of(rcpt) or "")].append(rcpt)
+        items: list[Item] = []
+        mode = self.config.local_delivery
+        for (cls, domain), rcpts in groups.items():
+            if cls == MEMBER:
+                member = self.manifest().member(domain)
+                body, meta = self.transformer.outbound(env.data, f, domain, rcpts)
+                hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pin)
+                items.append(Item(env.mail_from, [(r, hop) for r in rcpts], body, {**meta, "route": "member"}))
+            elif cls == OWN:
+                for r in rcpts:
+                    if f.origin == OFFICE:
+                        body, meta = self.transformer.local(env.data, f, r, mode)
+                    else:
+                        body, meta = self.transformer.inbound(env.data, f, r, mode)
+                    items.append(Item(env.mail_from, [(r, self._local_hop(r))], body,
+                                      {**meta, "route": "local"}))
+            elif cls == OTHER:
+                if self.config.relay_to is None:
+                    raise PolicyRefusal("no route to non-member domains is configured", code=550,
+                                        enhanced="5.7.1")
+                items.append(Item(env.mail_from, [(r, relay_hop(*self.config.relay_to)) for r in rcpts],
+                                  env.data, {"route": "non-member", "encrypted_to": []}))
+        return items
+
+    def _local_hop(self, rcpt: str) -> str:
+        if self.config.local_delivery == "relay":
+            return relay_hop(*self.config.relay_to)
+        return maildir_hop(rcpt)
