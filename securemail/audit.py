@@ -111,22 +111,39 @@ class AuditLog:
 
     def append_in(self, conn: Connection, kind: str, /, **fields: Any) -> AuditRecord:
         """Append one record inside the caller's (write) transaction."""
-        if not kind or len(kind) > 64:
-            raise UsageError("audit kind must be 1-64 characters")
-        try:
-            text = _json(fields)
-        except (TypeError, ValueError) as err:
-            raise UsageError("audit fields must be plain JSON metadata", detail=str(err)) from err
-        fields = json.loads(text)  # hash exactly what verify() will read back
+        return self.append_many_in(conn, [(kind, fields)])[0]
+
+    def append_many_in(self, conn: Connection, entries: list[tuple[str, dict[str, Any]]]) -> list[AuditRecord]:
+        """Append several records, in order, inside the caller's (write) transaction.
+
+        The same chain as one ``append_in`` per record, with one read and one update
+        of the head and one multi-row insert (group commits write dozens at a time).
+        """
+        staged = []
+        for kind, fields in entries:
+            if not kind or len(kind) > 64:
+                raise UsageError("audit kind must be 1-64 characters")
+            try:
+                text = _json(fields)
+            except (TypeError, ValueError) as err:
+                raise UsageError("audit fields must be plain JSON metadata", detail=str(err)) from err
+            staged.append((kind, text, json.loads(text)))  # hash exactly what verify() will read back
+        if not staged:
+            return []
         head = conn.execute(_LOCK_HEAD).first()
         if head is None:
             raise TemporaryFailure(detail="audit_head row missing; run create_schema")
-        seq, at = head.seq + 1, float(self.clock())
-        digest = chain_hash(head.hash, seq, at, kind, fields)
-        conn.execute(_INSERT, dict(seq=seq, at=at, kind=kind, fields=text,
-                                   prev_hash=head.hash, hash=digest))
-        conn.execute(_ADVANCE_HEAD, dict(new_seq=seq, new_hash=digest))
-        return AuditRecord(seq, at, kind, fields, head.hash, digest)
+        seq, prev, at = head.seq, head.hash, float(self.clock())
+        out, rows = [], []
+        for kind, text, fields in staged:
+            seq += 1
+            digest = chain_hash(prev, seq, at, kind, fields)
+            rows.append(dict(seq=seq, at=at, kind=kind, fields=text, prev_hash=prev, hash=digest))
+            out.append(AuditRecord(seq, at, kind, fields, prev, digest))
+            prev = digest
+        conn.execute(_INSERT, rows)
+        conn.execute(_ADVANCE_HEAD, dict(new_seq=seq, new_hash=prev))
+        return out
 
     def head(self) -> tuple[int, str]:
         """The last (seq, hash): publish it elsewhere to anchor the chain."""

@@ -51,6 +51,7 @@ NO_MAILDIR = "local delivery is not configured"
 INTERNAL = "internal delivery error"
 PRE_SEND_FAILED = "recipient key check failed; will retry"
 SMTP_TIMEOUT = 60.0           # seconds per next-hop SMTP step (connect, each command, DATA)
+BODY_WITH_CLAIM = 256 << 10   # messages up to this size are read with their claim, in one query
 
 
 class DeliveryWorker:
@@ -120,12 +121,12 @@ class DeliveryWorker:
 
     async def run_once(self) -> int:
         """Claim one batch, deliver and settle it; returns how many deliveries were claimed."""
-        claims = await asyncio.to_thread(self.queue.claim, self.owner, self.batch, self.lease_seconds)
+        claims, checked = await asyncio.to_thread(self._claim)
         groups: dict[tuple[str, str], list[Claim]] = {}
         for c in claims:
             groups.setdefault((c.message_id, c.next_hop), []).append(c)
         slots = asyncio.Semaphore(self.concurrency)
-        results = await asyncio.gather(*(self._slot(slots, g) for g in groups.values()),
+        results = await asyncio.gather(*(self._slot(slots, g, checked) for g in groups.values()),
                                        return_exceptions=True)
         failure: TemporaryFailure | None = None
         for r in results:
@@ -137,12 +138,28 @@ class DeliveryWorker:
             raise failure
         return len(claims)
 
-    async def _slot(self, slots: asyncio.Semaphore, claims: list[Claim]) -> None:
+    def _claim(self) -> tuple[list[Claim], dict[str, tuple[bool, object]]]:
+        """In one trip to a thread: claim a batch (small bodies included) and run a synchronous
+        ``pre_send`` on each member delivery: {delivery id: (raised?, reason or exception)}."""
+        claims = self.queue.claim(self.owner, self.batch, self.lease_seconds, with_bodies=BODY_WITH_CLAIM)
+        checked: dict[str, tuple[bool, object]] = {}
+        if self.pre_send is None or inspect.iscoroutinefunction(self.pre_send):
+            return claims, checked
+        for c in claims:
+            if c.next_hop.startswith("smtp:"):
+                try:
+                    checked[c.delivery_id] = (False, self.pre_send(c))
+                except Exception as err:  # noqa: BLE001 - settled as a failed check, see _vet
+                    checked[c.delivery_id] = (True, err)
+        return claims, checked
+
+    async def _slot(self, slots: asyncio.Semaphore, claims: list[Claim],
+                    checked: dict[str, tuple[bool, object]] | None = None) -> None:
         async with slots:
-            await self._group(claims)
+            await self._group(claims, checked or {})
 
     # --- one (message, next hop) group -------------------------------------------------
-    async def _group(self, claims: list[Claim]) -> None:
+    async def _group(self, claims: list[Claim], checked: dict[str, tuple[bool, object]]) -> None:
         first = claims[0]
         try:
             hop = parse_hop(first.next_hop)
@@ -150,7 +167,9 @@ class DeliveryWorker:
             return await self._hold(claims, BAD_HOP)
         if isinstance(hop, MaildirHop) and self.maildir_root is None:
             return await self._hold(claims, NO_MAILDIR)
-        body = await asyncio.to_thread(self.queue.body, first.message_id)
+        body = first.body
+        if body is None:
+            body = await asyncio.to_thread(self.queue.body, first.message_id)
         if body is None:
             log.warning("delivery %s: message %s is gone", self.owner, first.message_id)
             return
@@ -159,23 +178,29 @@ class DeliveryWorker:
                         self.owner, first.message_id)
             return
         if isinstance(hop, SmtpHop) and self.pre_send is not None:
-            claims = await self._vet(hop, claims, body)
+            claims = await self._vet(hop, claims, body, checked)
         if claims:
             outcome = await self._send(hop, first.sender, [c.recipient for c in claims], body)
             await self._settle(hop, claims, outcome, body)
 
-    async def _vet(self, hop: Hop, claims: list[Claim], body: bytes) -> list[Claim]:
-        """Ask ``pre_send`` about each recipient; bounce the vetoed, defer on a failed check."""
+    async def _vet(self, hop: Hop, claims: list[Claim], body: bytes,
+                   checked: dict[str, tuple[bool, object]]) -> list[Claim]:
+        """Ask ``pre_send`` about each recipient (or take its answer from the claim); bounce the
+        vetoed, defer on a failed check."""
         ok: list[Claim] = []
         vetoed: dict[str, list[tuple[Claim, Outcome]]] = {}
         for c in claims:
             try:
-                if inspect.iscoroutinefunction(self.pre_send):
+                if c.delivery_id in checked:
+                    raised, reason = checked[c.delivery_id]
+                    if raised:
+                        raise reason  # type: ignore[misc]
+                elif inspect.iscoroutinefunction(self.pre_send):
                     reason = await self.pre_send(c)
                 else:
                     reason = await asyncio.to_thread(self.pre_send, c)
-                    if inspect.isawaitable(reason):
-                        reason = await reason
+                if inspect.isawaitable(reason):
+                    reason = await reason
             except Exception:  # noqa: BLE001 - a failed check must not send
                 log.exception("delivery %s: pre_send failed for %s", self.owner, c.delivery_id)
                 await self._settle(hop, [c], temporary(PRE_SEND_FAILED), body)

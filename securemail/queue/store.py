@@ -25,7 +25,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -74,6 +74,7 @@ class Claim:
     created_at: float    # of the message, for next_retry()
     owner: str
     lease_until: float
+    body: bytes | None = field(default=None, repr=False, compare=False)  # small messages: read with the claim
 
 
 class Queue:
@@ -94,28 +95,43 @@ class Queue:
             [NewMessage(sender, recipients_with_hops, body, peer, meta, audit)])[0]
 
     def enqueue_many(self, items: Iterable[NewMessage]) -> list[str]:
-        """Store several messages in ONE transaction (group commit); all or none."""
+        """Store several messages in ONE transaction (group commit); all or none.
+
+        Constant statements, each executed once with every row (executemany):
+        SQLAlchemy compiles them once, and the cost per message is the rows'.
+        """
         items = list(items)
         for item in items:
             _check(item)
         now = float(self.clock())
+        ids, messages, deliveries, audits = [], [], [], []
+        for item in items:
+            mid = uuid.uuid4().hex
+            ids.append(mid)
+            messages.append(dict(
+                id=mid, created_at=now, sender=item.sender, body=item.body,
+                size=len(item.body), peer=item.peer,
+                meta=json.dumps(dict(item.meta or {}), sort_keys=True)))
+            deliveries.extend(
+                dict(id=uuid.uuid4().hex, message_id=mid, recipient=rcpt, next_hop=hop,
+                     state="queued", attempts=0, next_attempt_at=now, lease_owner=None,
+                     lease_until=None, last_error="", created_at=now, updated_at=now)
+                for rcpt, hop in item.recipients)
+            if item.audit is not None:
+                audits.append((item.audit, {"message_id": mid}))
         with transaction(self.engine) as conn:
-            return [self._insert(conn, item, now) for item in items]
+            conn.execute(_INSERT_MESSAGE, messages)
+            conn.execute(_INSERT_DELIVERY, deliveries)
+            self._audit_many(conn, audits)
+        return ids
 
-    def _insert(self, conn: Connection, item: NewMessage, now: float) -> str:
-        # Constant statements with parameters: SQLAlchemy caches their compiled form.
-        mid = uuid.uuid4().hex
-        conn.execute(_INSERT_MESSAGE, dict(
-            id=mid, created_at=now, sender=item.sender, body=bytes(item.body),
-            size=len(item.body), peer=item.peer,
-            meta=json.dumps(dict(item.meta or {}), sort_keys=True)))
-        conn.execute(_INSERT_DELIVERY, [
-            dict(id=uuid.uuid4().hex, message_id=mid, recipient=rcpt, next_hop=hop,
-                 state="queued", attempts=0, next_attempt_at=now, lease_owner=None,
-                 lease_until=None, last_error="", created_at=now, updated_at=now)
-            for rcpt, hop in item.recipients])
-        self._audit(conn, item.audit, message_id=mid)
-        return mid
+    def _audit_many(self, conn: Connection, specs: list[tuple[AuditSpec, dict[str, str]]]) -> None:
+        specs = [(spec, ids) for spec, ids in specs if spec is not None]
+        if not specs:
+            return
+        if self.audit_log is None:
+            raise UsageError("audit requested but the queue has no audit log")
+        self.audit_log.append_many_in(conn, [(kind, {**ids, **fields}) for (kind, fields), ids in specs])
 
     def _audit(self, conn: Connection, spec: AuditSpec, **ids: str) -> None:
         if spec is None:
@@ -126,8 +142,13 @@ class Queue:
         self.audit_log.append_in(conn, kind, **{**ids, **fields})
 
     # --- workers ------------------------------------------------------------
-    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Claim]:
-        """Lease up to ``limit`` due deliveries to ``owner``; no two claimers get the same row."""
+    def claim(self, owner: str, limit: int, lease_seconds: float,
+              with_bodies: int = 0) -> list[Claim]:
+        """Lease up to ``limit`` due deliveries to ``owner``; no two claimers get the same row.
+
+        ``with_bodies``: the bytes of messages up to that size come with their claims
+        (read in the same transaction, one query), so a worker needs no second trip.
+        """
         now = float(self.clock())
         until = now + lease_seconds
         due = (sa.select(D.c.id)
@@ -144,11 +165,16 @@ class Queue:
                 updated_at=now))
             rows = conn.execute(
                 sa.select(D.c.id, D.c.message_id, D.c.recipient, D.c.next_hop,
-                          D.c.attempts, M.c.sender, M.c.created_at)
+                          D.c.attempts, M.c.sender, M.c.created_at, M.c.size)
                 .join(M, M.c.id == D.c.message_id)
                 .where(D.c.id.in_(ids)).order_by(D.c.next_attempt_at, D.c.id)).all()
+            small = {r.message_id for r in rows if r.size <= with_bodies}
+            bodies = dict(conn.execute(sa.select(M.c.id, M.c.body).where(M.c.id.in_(small))).all()
+                          ) if small else {}
         return [Claim(r.id, r.message_id, r.recipient, r.next_hop, r.attempts,
-                      r.sender, r.created_at, owner, until) for r in rows]
+                      r.sender, r.created_at, owner, until,
+                      bytes(bodies[r.message_id]) if r.message_id in bodies else None)
+                for r in rows]
 
     def body(self, message_id: str) -> bytes | None:
         """The message bytes, or None if the message is gone."""
@@ -179,6 +205,7 @@ class Queue:
         """
         now = float(self.clock())
         done: list[bool] = []
+        audits: list[tuple[AuditSpec, dict[str, str]]] = []
         with transaction(self.engine) as conn:
             for claim, values, audit in ops:
                 res = conn.execute(_settle_statement(tuple(sorted(values))), dict(
@@ -186,9 +213,10 @@ class Queue:
                     b_until=claim.lease_until, b_now=now))
                 ok = res.rowcount == 1
                 if ok:
-                    self._audit(conn, audit, message_id=claim.message_id,
-                                delivery_id=claim.delivery_id)
+                    audits.append((audit, {"message_id": claim.message_id,
+                                           "delivery_id": claim.delivery_id}))
                 done.append(ok)
+            self._audit_many(conn, audits)
         return done
 
     @staticmethod
