@@ -41,10 +41,14 @@ class CryptoStage:
         self.manifest = manifest            # () -> Manifest | None, the installed one
         self.transformer = transformer
         self.dnsfunc_fallback = dnsfunc_fallback
+        self._members: tuple[object, frozenset[str]] = (object(), frozenset())
 
     def members(self) -> frozenset[str]:
+        """The other member domains of the installed manifest (computed once per manifest)."""
         m = self.manifest()
-        return frozenset(d for d in (m.members if m else {}) if d not in self.config.domains)
+        if self._members[0] is not m:
+            self._members = (m, frozenset(d for d in (m.members if m else {}) if d not in self.config.domains))
+        return self._members[1]
 
     def decide(self, env: Envelope, listener_name: str) -> Decision:
         listener = self.config.listener(listener_name)

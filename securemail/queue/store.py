@@ -43,12 +43,13 @@ _INSERT_DELIVERY = D.insert()
 
 @functools.lru_cache(maxsize=16)
 def _settle_statement(columns: tuple[str, ...]):
-    """UPDATE of one leased delivery setting ``columns``; one constant statement per column set."""
+    """UPDATE of leased deliveries (ids in ``b_ids``, one owner and lease) setting ``columns``,
+    RETURNING the ids it changed; one constant statement per column set."""
     return D.update().where(
-        D.c.id == sa.bindparam("b_id"), D.c.state == "queued",
+        D.c.id.in_(sa.bindparam("b_ids", expanding=True)), D.c.state == "queued",
         D.c.lease_owner == sa.bindparam("b_owner"), D.c.lease_until == sa.bindparam("b_until"),
     ).values(**{c: sa.bindparam(c) for c in columns}, lease_owner=None, lease_until=None,
-             updated_at=sa.bindparam("b_now"))
+             updated_at=sa.bindparam("b_now")).returning(D.c.id)
 
 
 @dataclass(frozen=True)
@@ -204,19 +205,20 @@ class Queue:
         Each applies only if its claim still holds the lease; the result says which did.
         """
         now = float(self.clock())
-        done: list[bool] = []
-        audits: list[tuple[AuditSpec, dict[str, str]]] = []
+        groups: dict[tuple, list[str]] = {}  # same values, owner and lease: one statement
+        for claim, values, _ in ops:
+            key = (tuple(sorted(values.items())), claim.owner, claim.lease_until)
+            groups.setdefault(key, []).append(claim.delivery_id)
         with transaction(self.engine) as conn:
-            for claim, values, audit in ops:
-                res = conn.execute(_settle_statement(tuple(sorted(values))), dict(
-                    values, b_id=claim.delivery_id, b_owner=claim.owner,
-                    b_until=claim.lease_until, b_now=now))
-                ok = res.rowcount == 1
-                if ok:
-                    audits.append((audit, {"message_id": claim.message_id,
-                                           "delivery_id": claim.delivery_id}))
-                done.append(ok)
-            self._audit_many(conn, audits)
+            changed: set[str] = set()
+            for (items, owner, until), ids in groups.items():
+                values = dict(items)
+                changed.update(conn.execute(_settle_statement(tuple(values)), dict(
+                    values, b_ids=ids, b_owner=owner, b_until=until, b_now=now)).scalars())
+            done = [claim.delivery_id in changed for claim, _, _ in ops]
+            self._audit_many(conn, [(audit, {"message_id": claim.message_id,
+                                             "delivery_id": claim.delivery_id})
+                                    for (claim, _, audit), ok in zip(ops, done) if ok])
         return done
 
     @staticmethod
