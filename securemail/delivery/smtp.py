@@ -12,8 +12,9 @@ inject one); only an authenticated 5xx is permanent.
 The office MTA (``relay:HOST:PORT``) is inside the office: plain SMTP.
 
 Several recipients of one message with the same next hop go in one
-transaction (one MAIL, several RCPT, one DATA). ``deliver_smtp`` never raises
-for a network or protocol problem: it returns an ``Outcome``.
+transaction (one MAIL, several RCPT, one DATA); when the server offers
+PIPELINING they go in one write (``pipelining``). ``deliver_smtp`` never
+raises for a network or protocol problem: it returns an ``Outcome``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +36,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from securemail.delivery.hops import Hop, RelayHop, SmtpHop, parse_hop
 from securemail.delivery.outcome import PERMANENT, TEMPORARY, Outcome, clean, from_reply, temporary
+from securemail.delivery.pipelining import (CLOSING, DATA, END, MAIL, RCPT, BadReply,
+                                            all_refused, encode_body, expect, send_pipelined)
 from securemail.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -50,7 +54,8 @@ CONNECT_FAILED = "connection failed"
 CONNECTION_LOST = "connection lost"
 NO_SMTPUTF8 = "next hop does not support SMTPUTF8 for a non-ASCII address"
 BAD_ADDRESS = "address cannot be sent over SMTP"
-_RCPT_OK = (250, 251)
+BAD_REPLY = "next hop's reply did not fit the command; session closed"
+_UNSENDABLE = re.compile(r"[<>\s\x00-\x1f\x7f]")  # \s is str.isspace (Unicode whitespace)
 
 
 class _Stop(Exception):
@@ -111,6 +116,8 @@ def failure_outcome(err: BaseException, h: SmtpHop | RelayHop, client: aiosmtpli
         if isinstance(h, SmtpHop) and outcome.kind == PERMANENT and not _tls_up(client):
             outcome = Outcome(TEMPORARY, err.code, f"{UNAUTHENTICATED}: {outcome.message}")
         return outcome
+    if isinstance(err, BadReply):
+        return _failed(where, BAD_REPLY, err)
     if isinstance(err, (aiosmtplib.SMTPTimeoutError, TimeoutError)):
         return _failed(where, TIMED_OUT, err)
     if isinstance(err, aiosmtplib.SMTPConnectError):
@@ -153,8 +160,10 @@ async def send_mail(client: aiosmtplib.SMTP, mail_from: str, rcpts: list[str],
                     body: bytes, progress: list[str] | None = None) -> Outcome:
     """One MAIL/RCPT/DATA transaction on an open session; the session stays usable after it.
 
-    ``progress`` gets "data" appended once the message body is on its way, so a
-    caller knows whether a failure could have left a copy at the next hop.
+    With PIPELINING (RFC 2920) the commands go in one write (``pipelining``);
+    without it, one at a time. ``progress`` gets "data" appended once the body
+    is on its way, so a caller knows whether a failure could have left a copy
+    at the next hop.
     """
     utf8 = not all(a.isascii() for a in [mail_from, *rcpts])
     if utf8 and not client.supports_extension("smtputf8"):
@@ -165,34 +174,65 @@ async def send_mail(client: aiosmtplib.SMTP, mail_from: str, rcpts: list[str],
         options.append(b"SIZE=%d" % len(body))
     if not body.isascii() and client.supports_extension("8bitmime"):
         options.append(b"BODY=8BITMIME")
-    reply = await client.execute_command(b"MAIL", b"FROM:<" + mail_from.encode(encoding) + b">",
-                                         *options)
-    if reply.code != 250:
+    sender = b"FROM:<" + mail_from.encode(encoding) + b">"
+    if client.supports_extension("pipelining"):
+        return await send_pipelined(
+            client, b" ".join([b"MAIL", sender, *options]), rcpts,
+            [b"RCPT TO:<" + r.encode(encoding) + b">" for r in rcpts], body, progress)
+    reply = await _command(client, MAIL, b"MAIL", sender, *options)
+    if reply.code // 100 != 2:
         await _rset(client)
         return from_reply(reply.code, reply.message)
     refused: dict[str, Outcome] = {}
     for rcpt in rcpts:
-        reply = await client.execute_command(b"RCPT", b"TO:<" + rcpt.encode(encoding) + b">")
-        if reply.code not in _RCPT_OK:
+        reply = await _command(client, RCPT, b"RCPT", b"TO:<" + rcpt.encode(encoding) + b">")
+        if reply.code // 100 != 2:
             refused[rcpt] = from_reply(reply.code, reply.message)
     if len(refused) == len(rcpts):
         await _rset(client)
-        return _all_refused(refused)
-    if progress is not None:
-        progress.append("data")
-    try:
-        reply = await client.data(body)
-    except aiosmtplib.SMTPResponseException as err:  # DATA or end-of-data refused
-        reply = err
+        return all_refused(refused)
+    reply = await _command(client, DATA, b"DATA")
+    if reply.code == 354:
+        if progress is not None:
+            progress.append("data")
+        reply = expect(await _send_body(client, body), END)
+    else:
+        await _rset(client)
     outcome = from_reply(reply.code, reply.message)
     return Outcome(outcome.kind, outcome.code, outcome.message, refused)
 
 
+async def _command(client: aiosmtplib.SMTP, classes: tuple[int, ...],
+                   *args: bytes) -> aiosmtplib.SMTPResponse:
+    """One command's reply; a 421 (closing) is raised, as is a reply that cannot answer it."""
+    reply = await client.execute_command(*args)
+    if reply.code == CLOSING:
+        client.close()
+        raise aiosmtplib.SMTPResponseException(reply.code, reply.message)
+    return expect(reply, classes)
+
+
+async def _send_body(client: aiosmtplib.SMTP, body: bytes) -> aiosmtplib.SMTPResponse:
+    """After a 354: the body in one write, and the end-of-data reply (as ``SMTP.data`` reads it)."""
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    try:
+        protocol.write(encode_body(body))
+        return await protocol.read_response(timeout=client.timeout)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        client.close()
+        raise
+
+
 async def _rset(client: aiosmtplib.SMTP) -> None:
+    """End a refused transaction; the outcome is decided, so a failure only closes the session."""
     try:
         await client.rset()
     except aiosmtplib.SMTPResponseException:
         pass
+    except (aiosmtplib.SMTPException, OSError):
+        client.close()
 
 
 async def _hello(client: aiosmtplib.SMTP) -> None:
@@ -263,13 +303,6 @@ def _tls_up(client: aiosmtplib.SMTP) -> bool:
     return transport is not None and transport.get_extra_info("ssl_object") is not None
 
 
-def _all_refused(refused: dict[str, Outcome]) -> Outcome:
-    """The transaction's outcome when every RCPT was refused (each keeps its own)."""
-    first = next(iter(refused.values()))
-    kind = TEMPORARY if any(o.kind == TEMPORARY for o in refused.values()) else PERMANENT
-    return Outcome(kind, first.code, first.message, refused)
-
-
 async def _quit(client: aiosmtplib.SMTP) -> None:
     """QUIT politely; the outcome is already decided, so errors here do not matter."""
     try:
@@ -280,7 +313,7 @@ async def _quit(client: aiosmtplib.SMTP) -> None:
 
 def _sendable(address: str) -> bool:
     """No brackets, spaces or controls: nothing that could break or extend the command line."""
-    return not any(c in "<>" or c.isspace() or ord(c) < 32 or c == "\x7f" for c in address)
+    return _UNSENDABLE.search(address) is None
 
 
 def _failed(where: str, message: str, err: BaseException) -> Outcome:
