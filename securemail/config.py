@@ -73,6 +73,16 @@ def _cpu_workers(gw: dict) -> int | None:
     return value
 
 
+def _delivery_process(dl: dict) -> bool | None:
+    """[delivery] process: deliver from a child process; "auto" (default) is None here."""
+    value = dl.get("process", "auto")
+    if value == "auto":
+        return None
+    if not isinstance(value, bool):
+        raise ConfigError('delivery.process must be "auto", true or false')
+    return value
+
+
 def parse_hostport(text: str, where: str) -> tuple[str, int]:
     host, _, port = str(text).rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -170,6 +180,13 @@ class GatewayConfig:
     processes: int = 1             # serve processes sharing the listeners (SO_REUSEPORT) and the queue
     cpu_workers: int | None = None  # crypto worker processes per serve process; 0 = threads; None = auto
 
+    delivery_process: bool | None = None  # delivery in a child process; None = auto
+
+    def separate_delivery(self, crypto_workers: int) -> bool:
+        """delivery.process, with "auto" resolved: a process of its own when there are crypto workers
+        (that is, more than one core for one serve process)."""
+        return crypto_workers > 0 if self.delivery_process is None else self.delivery_process
+
     def crypto_workers(self, several_processes: bool = False) -> int:
         """cpu_workers, with "auto" resolved: one per core, unless several serve processes share the cores."""
         if self.cpu_workers is not None:
@@ -236,6 +253,7 @@ class GatewayConfig:
             hostname=_get(gw, "hostname", str, domains[0], "gateway"),
             processes=_processes(gw),
             cpu_workers=_cpu_workers(gw),
+            delivery_process=_delivery_process(dl),
             database_url=_get(_table(data, "database"), "url", str, f"sqlite:///{home / 'securemail.db'}", "database"),
             listeners=tuple(listeners),
             tls_cert=path(_get(tls, "cert", str, "tls/cert.pem", "tls")),

@@ -15,6 +15,7 @@ from ..config import GatewayConfig
 from ..db import create_schema, make_engine
 from ..delivery.pool import SessionPool
 from ..delivery.worker import DeliveryWorker
+from .delivery import DeliveryProcess, build_delivery
 from ..home import Home
 from ..keys.directory import Directory
 from ..keys.publish import Nonces
@@ -22,14 +23,9 @@ from ..keys.store import KeyStore
 from ..queue import Queue
 from ..smtp.handler import GatewayHandler
 from ..smtp.server import Limits, SMTPServer, make_server
-from ..delivery.hops import maildir_hop, relay_hop, smtp_hop
-from ..policy.address import domain_of
-from ..policy.encryption import EncryptionCheck
-from ..policy.facts import Facts, Headers
 from .pipeline import Pipeline
 from .cpu import CpuPool
 from .runtime import ManifestSource, make_stage, server_tls_context
-from .transform import Transformer
 from .users import Users
 from .wkd_server import WkdServer
 
@@ -49,11 +45,12 @@ class Gateway:
     wkd: WkdServer | None = None
     sessions: SessionPool | None = None
     cpu: CpuPool | None = None
+    delivery: DeliveryProcess | None = None   # when the workers run in a child process
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def start(self) -> None:
-        if self.cpu is not None:  # before the listeners: the first message must not wait for them
-            await self.cpu.start()
+        # the child processes first: a listener is up only when mail can be processed and delivered
+        await asyncio.gather(*(c.start() for c in (self.cpu, self.delivery) if c is not None))
         for s in self.servers:
             await s.start()
         listeners = [f"{s.host}:{s.port}" for s in self.servers]
@@ -77,6 +74,8 @@ class Gateway:
             await s.stop()
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.delivery is not None:
+            await self.delivery.stop()
         if self.cpu is not None:
             await self.cpu.stop()
         if self.sessions is not None:
@@ -136,80 +135,15 @@ def build(home: Home, *, clock=time.time, owner: str | None = None,
                           max_connections=lim.connections, max_connections_per_ip=lim.connections_per_ip,
                           idle_timeout=lim.command_timeout), reuse_port=reuse_port))
     owner = owner or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-    bounces = Bounces(config, queue, stage.transformer, manifest)
-    sessions = SessionPool()  # next-hop SMTP sessions reused across messages and workers
-    delivery = [DeliveryWorker.from_config(
-        config, queue, owner=owner, clock=clock, audit_log=audit, concurrency=config.workers,
-        reporting_mta=config.domains[0], bounce_sender=bounces.send, deliver_smtp=sessions.deliver,
-        pre_send=KeyCheck(keys, manifest, clock).veto)]
+    delivery, sessions, child = [], None, None
+    if clock is time.time and config.separate_delivery(workers):
+        child = DeliveryProcess(home.path, owner)
+    else:
+        delivery, sessions = build_delivery(config, queue=queue, keys=keys, manifest=manifest,
+                                            transformer=stage.transformer, clock=clock, owner=owner)
     wkd, li = None, config.listener("wkd")
     if li is not None:
         wkd = WkdServer(li.host, li.port, tls, Directory(engine, keys, config.domains, clock=clock, audit=audit),
                         Nonces(engine), users.check, audit=audit, clock=clock, reuse_port=reuse_port)
-    return Gateway(config, queue, audit, keys, pipeline, servers, delivery, engine, wkd, sessions, pool)
-
-
-class KeyCheck:
-    """Before sending to a member: the recipient's key (or its domain's) must still be valid."""
-
-    def __init__(self, keys: KeyStore, manifest: ManifestSource, clock) -> None:
-        self.keys, self.manifest, self.clock = keys, manifest, clock
-        self._known: dict[str, tuple[tuple, list]] = {}  # address -> (store generation, keys)
-
-    def veto(self, claim) -> str | None:
-        if not claim.next_hop.startswith("smtp:"):
-            return None
-        now = self.clock()
-        gen = self.keys.generation()
-        hit = self._known.get(claim.recipient)
-        if hit is None or hit[0] != gen:
-            if len(self._known) > 10_000:
-                self._known.clear()
-            hit = self._known[claim.recipient] = (gen, self.keys.find(claim.recipient))
-        known = hit[1]
-        if known:
-            if any(k.status.encryption_keys(now) for k in known):
-                return None
-            return "the recipient's key was revoked or expired while the message waited"
-        key = self.manifest.member_key(domain_of(claim.recipient) or "")
-        if key is None or not key.status.encryption_keys(now):
-            return "the recipient domain's key was revoked or expired while the message waited"
-        return None
-
-
-class Bounces:
-    """Queues DSNs with the null sender: locally, or encrypted and signed to a member domain."""
-
-    def __init__(self, config: GatewayConfig, queue: Queue, transformer: Transformer,
-                 manifest: ManifestSource) -> None:
-        self.config, self.queue, self.transformer, self.manifest = config, queue, transformer, manifest
-
-    def send(self, dsn: bytes, rcpt: str) -> None:
-        domain = domain_of(rcpt) or ""
-        body = dsn
-        if self.config.serves(domain):
-            hop = (relay_hop(*self.config.relay_to) if self.config.local_delivery == "relay"
-                   else maildir_hop(rcpt))
-        elif self.manifest() is not None and self.manifest().is_member(domain):
-            member = self.manifest().member(domain)
-            own = self.config.domains[0]
-            facts = bounce_facts(own, rcpt)
-            body, _ = self.transformer.outbound(dsn, facts, domain, [rcpt])
-            hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pin)
-        elif self.config.relay_to is not None and self.config.non_member_policy == "allow-plain":
-            hop = relay_hop(*self.config.relay_to)
-        else:
-            log.warning("DSN for a non-member address has no route; kept as bounced only")
-            self.queue.audit_log and self.queue.audit_log.append("dsn_unroutable", rcpt_domain=domain)
-            return
-        self.queue.enqueue("", [(rcpt, hop)], body, meta={"route": "dsn"},
-                           audit=("dsn_queued", {"rcpt_domain": domain}))
-
-
-def bounce_facts(own_domain: str, rcpt: str) -> Facts:
-    """What the crypto stage needs to know about a DSN we wrote ourselves."""
-    sender = f"MAILER-DAEMON@{own_domain}"
-    return Facts(origin="office", listener="internal", tls=True, auth_user=None, mail_from="",
-                 sender_domain=None, sender_class=None,
-                 headers=Headers((sender,), 0), recipients={rcpt: "member"},
-                 encryption=EncryptionCheck(False, "none", "ours"), from_class="own")
+    return Gateway(config, queue, audit, keys, pipeline, servers, delivery, engine, wkd, sessions, pool,
+                   child)

@@ -1,0 +1,222 @@
+"""The delivery stage of a gateway: its workers, and a process of its own to run them in.
+
+``build_delivery`` makes what delivers the queue (workers, next-hop session
+pool, the pre-send key check, DSNs). A serve process with more than one core
+runs it in a child (``python -m securemail.gateway.delivery``) with its own
+engine and event loop: claiming, sending and settling then cost the SMTP
+process's core nothing. ``DeliveryProcess`` starts the child, starts it again
+if it dies (leases hand its claims to the next one), and stops it with
+SIGTERM: the child finishes the deliveries in flight, settles them, and exits.
+The child also exits when its stdin closes (the serve process is gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from ..config import GatewayConfig
+from ..delivery.hops import maildir_hop, relay_hop, smtp_hop
+from ..delivery.pool import SessionPool
+from ..delivery.worker import DeliveryWorker
+from ..errors import ConfigError
+from ..keys.store import KeyStore
+from ..policy.address import domain_of
+from ..policy.encryption import EncryptionCheck
+from ..policy.facts import Facts, Headers
+from ..queue import Queue
+from .runtime import ManifestSource
+from .transform import Transformer
+
+log = logging.getLogger(__name__)
+
+START_SECONDS = 120.0    # for the child to build its workers and say it is ready
+STOP_SECONDS = 90.0      # for the child to finish what it is sending (SMTP steps time out at 60 s)
+RESTART_GAP = 1.0
+
+
+def build_delivery(config: GatewayConfig, *, queue: Queue, keys: KeyStore, manifest: ManifestSource,
+                   transformer: Transformer, clock, owner: str) -> tuple[list[DeliveryWorker], SessionPool]:
+    bounces = Bounces(config, queue, transformer, manifest)
+    sessions = SessionPool()  # next-hop SMTP sessions reused across messages and workers
+    workers = [DeliveryWorker.from_config(
+        config, queue, owner=owner, clock=clock, audit_log=queue.audit_log, concurrency=config.workers,
+        reporting_mta=config.domains[0], bounce_sender=bounces.send, deliver_smtp=sessions.deliver,
+        pre_send=KeyCheck(keys, manifest, clock).veto)]
+    return workers, sessions
+
+
+class KeyCheck:
+    """Before sending to a member: the recipient's key (or its domain's) must still be valid."""
+
+    def __init__(self, keys: KeyStore, manifest: ManifestSource, clock) -> None:
+        self.keys, self.manifest, self.clock = keys, manifest, clock
+        self._known: dict[str, tuple[tuple, list]] = {}  # address -> (store generation, keys)
+
+    def veto(self, claim) -> str | None:
+        if not claim.next_hop.startswith("smtp:"):
+            return None
+        now = self.clock()
+        gen = self.keys.generation()
+        hit = self._known.get(claim.recipient)
+        if hit is None or hit[0] != gen:
+            if len(self._known) > 10_000:
+                self._known.clear()
+            hit = self._known[claim.recipient] = (gen, self.keys.find(claim.recipient))
+        known = hit[1]
+        if known:
+            if any(k.status.encryption_keys(now) for k in known):
+                return None
+            return "the recipient's key was revoked or expired while the message waited"
+        key = self.manifest.member_key(domain_of(claim.recipient) or "")
+        if key is None or not key.status.encryption_keys(now):
+            return "the recipient domain's key was revoked or expired while the message waited"
+        return None
+
+
+class Bounces:
+    """Queues DSNs with the null sender: locally, or encrypted and signed to a member domain."""
+
+    def __init__(self, config: GatewayConfig, queue: Queue, transformer: Transformer,
+                 manifest: ManifestSource) -> None:
+        self.config, self.queue, self.transformer, self.manifest = config, queue, transformer, manifest
+
+    def send(self, dsn: bytes, rcpt: str) -> None:
+        domain = domain_of(rcpt) or ""
+        body = dsn
+        if self.config.serves(domain):
+            hop = (relay_hop(*self.config.relay_to) if self.config.local_delivery == "relay"
+                   else maildir_hop(rcpt))
+        elif self.manifest() is not None and self.manifest().is_member(domain):
+            member = self.manifest().member(domain)
+            own = self.config.domains[0]
+            facts = bounce_facts(own, rcpt)
+            body, _ = self.transformer.outbound(dsn, facts, domain, [rcpt])
+            hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pin)
+        elif self.config.relay_to is not None and self.config.non_member_policy == "allow-plain":
+            hop = relay_hop(*self.config.relay_to)
+        else:
+            log.warning("DSN for a non-member address has no route; kept as bounced only")
+            self.queue.audit_log and self.queue.audit_log.append("dsn_unroutable", rcpt_domain=domain)
+            return
+        self.queue.enqueue("", [(rcpt, hop)], body, meta={"route": "dsn"},
+                           audit=("dsn_queued", {"rcpt_domain": domain}))
+
+
+def bounce_facts(own_domain: str, rcpt: str) -> Facts:
+    """What the crypto stage needs to know about a DSN we wrote ourselves."""
+    sender = f"MAILER-DAEMON@{own_domain}"
+    return Facts(origin="office", listener="internal", tls=True, auth_user=None, mail_from="",
+                 sender_domain=None, sender_class=None,
+                 headers=Headers((sender,), 0), recipients={rcpt: "member"},
+                 encryption=EncryptionCheck(False, "none", "ours"), from_class="own")
+
+
+class DeliveryProcess:
+    """The delivery stage's child process, supervised from the serve process's event loop."""
+
+    def __init__(self, home: Path, owner: str) -> None:
+        self.home, self.owner = Path(home), owner
+        self.proc: asyncio.subprocess.Process | None = None
+        self._watch: asyncio.Task | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        await self._spawn()
+        self._watch = asyncio.create_task(self._supervise())
+
+    async def _spawn(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "securemail.gateway.delivery", str(self.home),
+            f"{self.owner}-{uuid.uuid4().hex[:6]}", str(logging.getLogger().getEffectiveLevel()),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), START_SECONDS)
+        except TimeoutError:
+            line = b""
+        if line.strip() != b"ready":
+            if self.proc.returncode is None:
+                self.proc.kill()
+            await self.proc.wait()
+            raise ConfigError("the delivery process could not start; see the log above")
+        log.info("delivery process %d", self.proc.pid)
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            started = time.monotonic()
+            code = await self.proc.wait()
+            if self._stopping:
+                return
+            log.error("delivery process %d ended (%s); starting it again", self.proc.pid, code)
+            await asyncio.sleep(max(0.0, RESTART_GAP - (time.monotonic() - started)))
+            while not self._stopping:
+                try:
+                    await self._spawn()
+                    break
+                except ConfigError as err:
+                    log.error("%s; trying again", err.message)
+                    await asyncio.sleep(RESTART_GAP * 5)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_SECONDS)
+            except TimeoutError:
+                log.error("delivery process %d did not stop; killing it (its leases expire)", proc.pid)
+                proc.kill()
+                await proc.wait()
+        if self._watch is not None:
+            await asyncio.gather(self._watch, return_exceptions=True)
+
+
+# --- the child process ---------------------------------------------------------------
+def serve_child(home: str, owner: str, log_level: int) -> int:
+    from ..audit import AuditLog
+    from ..db import make_engine
+    from ..home import Home
+    from .runtime import make_stage
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=log_level, format=f"%(levelname)s %(name)s[delivery {os.getpid()}]: %(message)s")
+    config = GatewayConfig.load(Home(Path(home)))
+    engine = make_engine(config.database_url)
+    audit = AuditLog(engine)
+    keys = KeyStore(engine, time.time, audit=audit)
+    queue = Queue(engine, time.time, audit_log=audit)
+    manifest = ManifestSource(config.federation_manifest)
+    stage = make_stage(config, keys, manifest, time.time)
+    workers, sessions = build_delivery(config, queue=queue, keys=keys, manifest=manifest,
+                                       transformer=stage.transformer, clock=time.time, owner=owner)
+    asyncio.run(_run(workers, sessions))
+    engine.dispose()
+    return 0
+
+
+async def _run(workers: list[DeliveryWorker], sessions: SessionPool) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    def parent_gone() -> None:  # stdin is a pipe from the serve process: EOF when it exits
+        if not os.read(0, 4096):
+            loop.remove_reader(0)
+            stop.set()
+    loop.add_reader(0, parent_gone)
+    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    await stop.wait()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await sessions.close()
+
+
+if __name__ == "__main__":
+    sys.exit(serve_child(sys.argv[1], sys.argv[2], int(sys.argv[3])))
