@@ -1,11 +1,8 @@
-"""DKIM signing and verification for the gateway: the only module that imports dkimpy.
+"""DKIM for the gateway: keys, signing (dkim_signing.DkimSigner) and verification; the only
+module that imports dkimpy.
 
-Signing builds the DKIM-Signature header with dkimpy's own machinery (message
-parsing, relaxed canonicalization, header selection and hashing, folding) and
-computes only the final signature with a key parsed once by ``cryptography``:
-dkimpy's pure-Python RSA-2048 signature is about ten times slower than OpenSSL's.
-Nothing in the dkim module is patched; tests check that the output is
-byte-identical to ``dkim.sign`` and verifies with ``dkim.verify``.
+Signing lives in dkim_signing.py: one pass over the message, dkimpy's output byte
+for byte, no dkimpy on that path (tests verify it with dkimpy). It is re-exported here.
 
 Verification checks every DKIM-Signature header and returns explicit result
 objects; no dkimpy exception escapes. Local policy refuses ``l=``, expired
@@ -16,32 +13,25 @@ Both directions are CPU work: call them off the event loop.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import dkim
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
-from dkim.canonicalization import CanonicalizationPolicy, correct_empty_body, strip_trailing_lines
-from dkim.util import get_linesep, parse_tag_value
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from dkim.util import parse_tag_value
 
-from securemail.errors import ConfigError, KeyRefused, MalformedMessage
+from securemail.errors import ConfigError
+
+from .dkim_signing import MIN_RSA_BITS, OVERSIGNED, SIGNED_HEADERS, DkimSigner  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 Status = Literal["pass", "fail", "none", "temperror", "permerror"]
 DnsFunc = Callable[[bytes], "bytes | str | None"]
-
-MIN_RSA_BITS = 2048
-SIGNED_HEADERS = (b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"mime-version",
-                  b"content-type", b"reply-to", b"in-reply-to", b"references")
-OVERSIGNED = (b"from",)  # signed once more than present, so none can be added
-_NAME = b"DKIM-Signature"
-_RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 
 
 class _NoTruth:
@@ -95,98 +85,6 @@ def generate_dkim_key(algorithm: Literal["ed25519", "rsa2048"]) -> DkimKey:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     return DkimKey(algorithm, pem, f"v=DKIM1; k={ktag}; p={base64.b64encode(raw).decode()}")
-
-
-@dataclass(frozen=True)
-class _SigningKey:
-    selector: bytes
-    a_tag: bytes
-    sign_digest: Callable[[bytes], bytes]  # SHA-256 digest -> signature (RFC 6376 / RFC 8463)
-
-
-def _load_key(selector: str, private_pem: bytes, algorithm: str) -> _SigningKey:
-    try:
-        key = serialization.load_pem_private_key(private_pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise KeyRefused("DKIM private key unreadable",
-                         detail=f"selector {selector}: {exc}") from None
-    sel = _ascii(selector, "selector")
-    if algorithm == "ed25519" and isinstance(key, ed25519.Ed25519PrivateKey):
-        return _SigningKey(sel, b"ed25519-sha256", key.sign)
-    if algorithm.startswith("rsa") and isinstance(key, rsa.RSAPrivateKey):
-        if key.key_size < MIN_RSA_BITS:
-            raise KeyRefused("DKIM RSA key too small", detail=f"{selector}: {key.key_size} bits")
-        prehashed = utils.Prehashed(hashes.SHA256())
-        return _SigningKey(sel, b"rsa-sha256",
-                           lambda digest: key.sign(digest, padding.PKCS1v15(), prehashed))
-    raise KeyRefused("DKIM key does not match its algorithm",
-                     detail=f"selector {selector}: {algorithm!r} vs {type(key).__name__}")
-
-
-def _ascii(value: str, what: str) -> bytes:
-    try:
-        return value.strip().lower().encode("ascii")
-    except UnicodeEncodeError:
-        raise ConfigError(f"DKIM {what} must be ASCII (A-label form): {value!r}") from None
-
-
-def _relaxed_body(body: bytes) -> bytes:
-    """Relaxed body canonicalization (RFC 6376 3.4.4), without the whitespace passes when they
-    would change nothing: an armored PGP/MIME body has no tabs, runs of spaces or trailing
-    spaces, and running dkimpy's regexes over 25 MB of it cost seconds and five copies."""
-    if b"\t" in body or b"  " in body or b" \r\n" in body or b" \n" in body or body.endswith(b" "):
-        return _RELAXED.canonicalize_body(body)
-    return correct_empty_body(strip_trailing_lines(body))
-
-
-class DkimSigner:
-    """Signs outgoing mail for one domain with one or more keys (e.g. Ed25519 plus RSA)."""
-
-    def __init__(self, domain: str, keys: Iterable[tuple[str, bytes, str]], *,
-                 clock: Callable[[], float] = time.time, expire_after: int | None = None) -> None:
-        self.domain = _ascii(domain, "domain")
-        self._keys = [_load_key(sel, pem, alg) for sel, pem, alg in keys]
-        if not self._keys:
-            raise ConfigError("DkimSigner needs at least one key")
-        self._clock = clock
-        self._expire_after = expire_after
-
-    def sign(self, message: bytes) -> bytes:
-        """The message with one DKIM-Signature header per key prepended, first key on top."""
-        try:
-            headers, body = dkim.rfc822_parse(message)
-        except dkim.DKIMException as exc:
-            raise MalformedMessage("cannot DKIM-sign a malformed message",
-                                   detail=str(exc)) from None
-        names = [name.lower() for name, _ in headers]
-        if b"from" not in names:
-            raise MalformedMessage("cannot DKIM-sign a message without From")
-        include = [n for n in names if n in SIGNED_HEADERS] + list(OVERSIGNED)
-        bodyhash = base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest())
-        now = int(self._clock())
-        expires = now + self._expire_after if self._expire_after is not None else None
-        canon_headers = _RELAXED.canonicalize_headers(headers)
-        linesep = get_linesep(message)
-        return b"".join(self._header(k, canon_headers, include, bodyhash, now, expires, linesep)
-                        for k in self._keys) + message
-
-    def _header(self, key: _SigningKey, headers: list, include: list[bytes], bodyhash: bytes,
-                now: int, expires: int | None, linesep: bytes) -> bytes:
-        # Mirrors dkimpy's DKIM.sign + DomainSigner.gen_header (tag order, b= placeholder,
-        # folding); only the last step, the signature over the digest, is ours.
-        fields = [(b"v", b"1"), (b"a", key.a_tag), (b"c", b"relaxed/relaxed"), (b"d", self.domain),
-                  (b"i", b"@" + self.domain), (b"q", b"dns/txt"), (b"s", key.selector),
-                  (b"t", b"%d" % now)]
-        if expires is not None:
-            fields.append((b"x", b"%d" % expires))
-        fields += [(b"h", b" : ".join(include)), (b"bh", bodyhash), (b"b", b"0" * 60)]
-        value = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(_NAME))
-        value = dkim.RE_BTAG.sub(b"\\1", value)
-        digest = hashlib.sha256()
-        dkim.hash_headers(digest, _RELAXED, headers, include, (_NAME, b" " + value), dict(fields))
-        fields[-1] = (b"b", base64.b64encode(key.sign_digest(digest.digest())))
-        value = b"; ".join(b"=".join(f) for f in fields) + linesep
-        return _NAME + b": " + dkim.fold(value, namelen=len(_NAME), linesep=linesep)
 
 
 def system_dnsfunc(name: bytes) -> bytes | None:

@@ -1,6 +1,8 @@
 """The only module that imports PGPy: keys in, neutral facts and primitives out.
 
-PGPy parses keys and signatures and does the public-key arithmetic. Everything
+PGPy parses keys and signatures and verifies them; signatures and session keys
+for Ed25519, RSA and Cv25519 are made by primitives.py from key objects built
+here once per key (PGPy's own path remains for other key types). Everything
 PGPy gets wrong or leaves out (key validity, revocation, message integrity,
 decompression limits, one exception root) is decided elsewhere in this package
 from the neutral dataclasses returned here. Every PGPy exception is converted
@@ -11,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+
+from cryptography.hazmat.primitives import hashes as _hashes
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -27,20 +32,20 @@ with warnings.catch_warnings():
 from ..errors import KeyRefused, MalformedMessage, PassphraseError
 from .facts import KeyFacts, SigFacts, SubkeyFacts
 from . import armor as _armor
+from . import pgpy_patches as _patches
+from . import primitives as _prim
 from .certs import MAX_USER_IDS, split_certificates  # noqa: F401 - MAX_USER_IDS re-exported
 
 warnings.filterwarnings("ignore", module=r"pgpy(\..*)?")
 warnings.filterwarnings("ignore", message=".*(TripleDES|Camellia|CFB|Blowfish|CAST5|IDEA).*")
 
 
-_WEAK_HASHES = {"MD5", "SHA1", "RIPEMD160"}
 _ALGO_NAMES = {
     PubKeyAlgorithm.RSAEncryptOrSign: "rsa", PubKeyAlgorithm.RSAEncrypt: "rsa",
     PubKeyAlgorithm.RSASign: "rsa", PubKeyAlgorithm.DSA: "dsa",
     PubKeyAlgorithm.ElGamal: "elgamal", PubKeyAlgorithm.ECDSA: "ecdsa",
     PubKeyAlgorithm.EdDSA: "eddsa", PubKeyAlgorithm.ECDH: "ecdh",
 }
-_SYM_BY_ID = {7: ("AES128", 16), 8: ("AES192", 24), 9: ("AES256", 32)}
 
 
 def _ts(dt: datetime | None) -> float | None:
@@ -63,8 +68,7 @@ def _algo(k) -> tuple[str, int]:
 def _verify_raw(signer, subject, sig) -> bool:
     """Cryptographic check only (no PGPy key-management opinions)."""
     try:
-        hashobj = getattr(__import__("cryptography.hazmat.primitives.hashes", fromlist=["x"]),
-                          sig.hash_algorithm.name)()
+        hashobj = getattr(_hashes, sig.hash_algorithm.name)()
         ok = signer._key.verify(sig.hashdata(subject), sig.__sig__, hashobj)
         return ok is True
     except Exception:  # noqa: BLE001 - any PGPy/cryptography failure means "did not verify"
@@ -116,35 +120,11 @@ def _verify_backsig(sp, subkey, primary) -> bool:
         emb = next(iter(sp["EmbeddedSignature"]))
         back = pgpy.PGPSignature()
         back._signature = emb._sig if hasattr(emb, "_sig") else emb
-        hashobj = getattr(__import__("cryptography.hazmat.primitives.hashes", fromlist=["x"]),
-                          back.hash_algorithm.name)()
+        hashobj = getattr(_hashes, back.hash_algorithm.name)()
         data = back.hashdata(subkey)
         return subkey._key.verify(data, back.__sig__, hashobj) is True
     except Exception:  # noqa: BLE001
         return False
-
-
-_FROZEN: dict[type, type] = {}
-
-
-def _freeze_fingerprint(pkt) -> None:
-    """Compute a key packet's fingerprint once.
-
-    PGPy recomputes it (SHA-1 and pyasn1 OID encoding) on every access, seven
-    times per encrypt+sign: 20% of the time at 4 KiB. Our key packets are not
-    changed after parsing, so the packet gets a subclass whose fingerprint is
-    the value computed now.
-    """
-    cls = type(pkt)
-    if cls in _FROZEN.values():
-        return
-    value = pkt.fingerprint
-    frozen = _FROZEN.get(cls)
-    if frozen is None:
-        frozen = _FROZEN[cls] = type(cls.__name__, (cls,), {
-            "fingerprint": property(lambda self: self.__dict__["_sm_fingerprint"])})
-    pkt.__dict__["_sm_fingerprint"] = value
-    pkt.__class__ = frozen
 
 
 class PgpKey:
@@ -153,9 +133,9 @@ class PgpKey:
     def __init__(self, k) -> None:
         self._k = k
         for part in (k, *k.subkeys.values()):
-            _freeze_fingerprint(part._key)
+            _patches.freeze_fingerprint(part._key)
         self.fingerprint = str(k.fingerprint).replace(" ", "").upper()
-        self._privcache: dict[int, object] = {}
+        self._privcache: dict[tuple[str, bool], object] = {}  # primitives, by (keyid, secret)
 
     # --- facts ----------------------------------------------------------------
     def facts(self) -> KeyFacts:
@@ -233,17 +213,15 @@ class PgpKey:
             self._drop_cache()
             ctx.__exit__(None, None, None)
 
+    def _materials(self) -> list:
+        return [sk._key.keymaterial for sk in (self._k, *self._k.subkeys.values())]
+
     def _cache_private(self) -> None:
-        """PGPy rebuilds RSA private keys on every use (~80 ms); build each once."""
-        for sk in [self._k, *self._k.subkeys.values()]:
-            km = sk._key.keymaterial
-            if km.__class__.__name__ == "RSAPriv" and "__privkey__" not in vars(km):
-                built = type(km).__privkey__(km)
-                km.__privkey__ = lambda built=built: built
+        _patches.cache_rsa_private(self._materials())
 
     def _drop_cache(self) -> None:
-        for sk in [self._k, *self._k.subkeys.values()]:
-            vars(sk._key.keymaterial).pop("__privkey__", None)
+        self._privcache = {slot: v for slot, v in self._privcache.items() if not slot[1]}
+        _patches.drop_rsa_private(self._materials())
 
     # --- primitives ----------------------------------------------------------------
     def sign_data(self, keyid: str, data: bytes, *, hash_name: str = "SHA512",
@@ -252,14 +230,16 @@ class PgpKey:
         signer = self._subkey(keyid)
         if not self.is_secret or (self.is_protected and not signer.is_unlocked):
             raise PassphraseError("the secret key is locked; give its passphrase")
-        sig = pgpy.PGPSignature.new(SignatureType.BinaryDocument, signer.key_algorithm,
-                                    HashAlgorithm[hash_name], signer.fingerprint.keyid,
-                                    created=created)
         try:
-            sig = signer._sign(data, sig)
+            fast = self._fast(keyid, signer, secret=True)
+            if fast is not None and hash_name in _prim.SIGNATURE_HASHES:
+                return fast.sign(data, _prim.timestamp(created, time.time), hash_name)
+            sig = pgpy.PGPSignature.new(SignatureType.BinaryDocument, signer.key_algorithm,
+                                        HashAlgorithm[hash_name], signer.fingerprint.keyid,
+                                        created=created)
+            return bytes(signer._sign(data, sig))
         except Exception:  # noqa: BLE001 - PGPy/cryptography failure while signing
             raise PassphraseError("the secret key cannot sign (locked or damaged)") from None
-        return bytes(sig)
 
     def verify_data(self, keyid: str, data: bytes, sig) -> bool:
         try:
@@ -272,11 +252,32 @@ class PgpKey:
         if self.is_secret:  # PGPy cannot encrypt to a secret Cv25519 key object
             return self.public().encrypt_session_key(keyid, sym_id, session_key)
         sk = self._subkey(keyid)
+        fast = self._fast(keyid, sk, secret=False)
+        if fast is not None:
+            return fast.encrypt_session_key(sym_id, session_key)
         pkesk = PKESessionKeyV3()
         pkesk.encrypter = bytearray(bytes.fromhex(sk.fingerprint.keyid))
         pkesk.pkalg = sk.key_algorithm
         pkesk.encrypt_sk(sk._key, SymmetricKeyAlgorithm(sym_id), session_key)
         return bytes(pkesk)
+
+    def _fast(self, keyid: str, sk, *, secret: bool):
+        """The primitives.Signer (secret) or Recipient of ``sk``, built once; None: use PGPy."""
+        slot = (keyid.upper(), secret)
+        if slot not in self._privcache:
+            km, algo = sk._key.keymaterial, int(sk.key_algorithm)
+            fpr = bytes.fromhex(str(sk.fingerprint).replace(" ", ""))
+            kind, oid, fast = type(km).__name__, getattr(km, "oid", None), None
+            ed25519 = kind == "EdDSAPriv" and oid == EllipticCurveOID.Ed25519
+            if secret and (kind == "RSAPriv" or ed25519):
+                fast = _prim.Signer(algo, fpr, km.__privkey__())
+            elif not secret and kind == "RSAPub" and algo in (1, 2):
+                fast = _prim.rsa_recipient(algo, fpr, km.__pubkey__())
+            elif not secret and kind == "ECDHPub" and oid == EllipticCurveOID.Curve25519:
+                kdf = km.kdf
+                fast = _prim.cv25519_recipient(fpr, bytes(km.p.x), int(kdf.halg), int(kdf.encalg))
+            self._privcache[slot] = fast
+        return self._privcache[slot]
 
     def decrypt_session_key(self, keyid: str, pkesk_raw: bytes) -> tuple[int, bytes] | None:
         """(cipher id, session key) from a PKESK packet, or None when it is not for us."""
