@@ -44,7 +44,7 @@ from bench import gateway_report as report
 from bench.crypto import parse_size
 from bench.homes import OFFICE, PG_URL, make_federation, pg_available, pg_schema, free_port, second_node
 from bench.loadgen import LoadResult, MessageSpec, percentile, run_load
-from bench.procs import Proc, TreeSampler, pids_with_arg, reset_peak, status_bytes
+from bench.procs import Proc, TreeSampler, pids_with_arg
 from bench.sinks import read_arrivals
 
 KINDS = ("floor-smtp", "floor-queue", "gpg-filter", "securemail")
@@ -92,7 +92,8 @@ class Setup:
         self.sink_log: Path | None = None
         self.targets: list[tuple[str, int]] = []
         self.stats: list[Path] = []
-        self.extra_pids: list[int] = []   # e.g. gpg-agent, counted in the memory of the run
+        self.extra_pids: list[int] = []   # e.g. gpg-agent, counted in the CPU and memory of the run
+        self.cpu_workers: int | None = None   # securemail: crypto worker processes per serve process
 
 
 def start_sink(d: Path, port: int, tls: tuple[Path, Path] | None = None,
@@ -115,6 +116,7 @@ def setup_securemail(sc: Scenario, d: Path, stack: ExitStack, tuning: dict) -> S
                                     fed.receiver.wkd)
     stack.callback(s.sink.stop)
     homes = [fed.sender] + [second_node(fed.sender, d / f"node{i + 2}") for i in range(sc.nodes - 1)]
+    s.cpu_workers = effective_cpu_workers(fed.sender.home, int(tuning.get("processes", "1")) > 1)
     for h in homes:
         p = Proc.module("cli.main", "--home", str(h.home), "serve", log=h.home / "serve.log",
                         ports=[h.relay, h.submission])
@@ -192,40 +194,34 @@ def run_scenario(sc: Scenario, root: Path, *, tuning: dict, recipient: tuple[str
                 wait_delivered(s.sink_log, {x.mid for x in w.acked}, idle=20)
         if sc.kind == "gpg-filter":
             s.extra_pids = [p for p in pids_with_arg(str(d / "gnupg")) if p != os.getpid()]
-        rss_before = [p.rss() or 0 for p in s.servers]
-        if sc.rss_growth:
-            for p in s.servers:
-                reset_peak(p.pid)
-        cpu0 = [p.cpu() for p in s.servers]
         sink_cpu0 = s.sink.cpu() if s.sink else 0.0
-        with TreeSampler([p.pid for p in s.servers] + s.extra_pids) as sampler:
-            client0 = time.process_time()
+        with TreeSampler([p.pid for p in s.servers], s.extra_pids, reset_peaks=sc.rss_growth) as tree:
+            client0 = time.thread_time()  # the load generator runs in this thread; the sampler has its own
             res = asyncio.run(run_load(s.targets, spec, sc.n, sc.c, run_id=tag, source=source,
                                        rate=sc.rate))
-            client_cpu = time.process_time() - client0
+            client_cpu = time.thread_time() - client0
             got = (wait_delivered(s.sink_log, {x.mid for x in res.acked}, idle=60)
                    if s.sink_log else {})
-        cpu = sum(p.cpu() for p in s.servers) - sum(cpu0)
         sink_cpu = (s.sink.cpu() - sink_cpu0) if s.sink else None
-        hwm = [p.peak_rss() or 0 for p in s.servers]
-        hwm_extra = sum(status_bytes(p, "VmHWM") or 0 for p in s.extra_pids)
         tails = {p.log.name: p.tail(1500) for p in s.servers}
-    out = summarize(sc, res, got, cpu=cpu, sink_cpu=sink_cpu, hwm=hwm, hwm_extra=hwm_extra,
-                    tree_peak=sampler.peak, rss_before=rss_before)
+    out = summarize(sc, res, got, tree=tree, sink_cpu=sink_cpu)
     for path in s.stats:
         if path.exists():
             out["server_stats"] = json.loads(path.read_text())
     if out["failed"] or out.get("missing"):
         out["server_log_tail"] = tails
     out["client_cpu_ms_per_msg"] = round(client_cpu * 1e3 / max(1, sc.n), 2)
+    if sc.kind == "securemail":
+        out["cpu_workers_effective"] = s.cpu_workers
     out["run_seconds"] = round(time.perf_counter() - t_run, 1)
     return out
 
 
-def summarize(sc: Scenario, res: LoadResult, got: dict[str, list[float]], *, cpu: float,
-              sink_cpu: float | None, hwm: list[int], hwm_extra: int, tree_peak: int,
-              rss_before: list[int]) -> dict:
+def summarize(sc: Scenario, res: LoadResult, got: dict[str, list[float]], *, tree: TreeSampler,
+              sink_cpu: float | None) -> dict:
     ok = res.acked
+    by_server = [tree.cpu(i) for i in range(len(tree.roots))]
+    cpu = tree.cpu()  # the servers' trees and the extra pids (gpg-agent)
     by_id = {x.mid: x for x in ok}
     t250 = [(x.t_done - x.t_sched) * 1e3 for x in ok]
     ttd = [(min(ts) - by_id[m].t_sched) * 1e3 for m, ts in got.items()]
@@ -239,9 +235,16 @@ def summarize(sc: Scenario, res: LoadResult, got: dict[str, list[float]], *, cpu
            "t250_p50_ms": r(percentile(t250, 50), 2), "t250_p99_ms": r(percentile(t250, 99), 2),
            "t250_max_ms": r(max(t250, default=None), 2),
            "server_cpu_ms_per_msg": r(cpu * 1e3 / len(ok) if ok else None, 2),
-           "peak_rss_bytes": [max(h, 0) for h in hwm],
-           "peak_rss_tree_bytes": max(tree_peak, sum(hwm) + hwm_extra),
-           "rss_before_bytes": rss_before}
+           "server_cpu_ms_per_msg_by_server": [r(c * 1e3 / len(ok) if ok else None, 2) for c in by_server],
+           "server_processes_seen": [tree.processes(i) for i in range(len(by_server))],
+           "peak_rss_bytes": [tree.largest_peak(i) for i in range(len(by_server))],
+           "peak_rss_tree_bytes": tree.peak,
+           "rss_before_tree_bytes": tree.rss_before,
+           "tree_samples": tree.samples,
+           "top_processes": [{**t, "cpu_ms_per_msg": r(t["cpu_s"] * 1e3 / len(ok) if ok else None, 2)}
+                             for t in tree.top()]}
+    if tree.extra:
+        out["extra_pids_cpu_ms_per_msg"] = r(tree.cpu(len(by_server)) * 1e3 / len(ok) if ok else None, 2)
     if delivering:
         out.update({
             "delivered": len(got), "missing": len(ok) - len(got),
@@ -250,7 +253,9 @@ def summarize(sc: Scenario, res: LoadResult, got: dict[str, list[float]], *, cpu
             "ttd_p50_ms": r(percentile(ttd, 50), 1), "ttd_p99_ms": r(percentile(ttd, 99), 1),
             "sink_cpu_ms_per_msg": r(sink_cpu * 1e3 / len(got) if got and sink_cpu is not None else None, 2)})
     if sc.rss_growth:
-        out["rss_growth_bytes"] = [h - b for h, b in zip(hwm, rss_before)]
+        out["rss_growth_bytes"] = [tree.largest_growth(i) for i in range(len(by_server))]
+        out["rss_growth_tree_bytes"] = tree.peak - tree.rss_before
+        out["rss_growth_tree_upper_bytes"] = tree.summed_growth()
     return out
 
 
@@ -277,6 +282,27 @@ def plan(a, sizes: list[int], kinds: list[str]) -> list[Scenario]:
     return out
 
 
+def effective_cpu_workers(home: Path, several_processes: bool) -> int | None:
+    """The crypto worker processes a serve process of ``home`` runs, as the gateway resolves "auto"."""
+    try:
+        from securemail.config import GatewayConfig
+        from securemail.home import Home
+        return GatewayConfig.load(Home(home)).crypto_workers(several_processes)
+    except Exception:  # noqa: BLE001 - a gateway without the setting, or a config it refuses
+        return None
+
+
+def settings(a, results: list[dict]) -> dict:
+    """The securemail settings the runs used (also in meta.tuning, as written to securemail.toml)."""
+    return {"processes": int(a.processes), "delivery_workers": int(a.workers),
+            "poll_interval": float(a.poll_interval), "connections": a.c,
+            "cpu_workers": (None if a.cpu_workers is None else
+                            a.cpu_workers if a.cpu_workers == "auto" else int(a.cpu_workers)),
+            "cpu_workers_set": a.cpu_workers is not None,
+            "cpu_workers_effective": next((r["cpu_workers_effective"] for r in results
+                                           if r.get("cpu_workers_effective") is not None), None)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated sizes (default %(default)s)")
@@ -291,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll-interval", default="0.05", help="securemail [delivery] poll_interval for the run")
     ap.add_argument("--workers", default="4", help="securemail [delivery] workers for the run")
     ap.add_argument("--processes", default="1", help="securemail [gateway] processes for the run")
+    ap.add_argument("--cpu-workers", default=None, metavar="N",
+                    help="securemail [gateway] cpu_workers for the run: crypto worker processes per serve "
+                         "process, 0 = threads, or auto (default: not set, the gateway's default)")
     ap.add_argument("--json", default="bench/results-gateway.json", help="'-' for none")
     ap.add_argument("--keep", action="store_true", help="keep the temporary homes and logs")
     ap.add_argument("--profile", action="store_true",
@@ -307,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown kind {k!r}")
     tuning = {"poll_interval": a.poll_interval, "workers": a.workers, "first": "1", "cap": "2",
               "processes": a.processes}
+    if a.cpu_workers is not None:
+        if a.cpu_workers != "auto" and not (a.cpu_workers.isdigit() and int(a.cpu_workers) <= 64):
+            ap.error("--cpu-workers must be a number from 0 to 64 or auto")
+        tuning["cpu_workers"] = '"auto"' if a.cpu_workers == "auto" else str(int(a.cpu_workers))
     root = Path(tempfile.mkdtemp(prefix="smbench-"))
     t0 = time.perf_counter()
     load0 = os.getloadavg()
@@ -350,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_start": [round(x, 2) for x in load0],
             "loadavg_end": [round(x, 2) for x in os.getloadavg()], "elapsed_s": round(elapsed, 1),
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:], "tuning": tuning,
+            "settings": settings(a, results),
             "postgres": None if a.no_pg else PG_URL, "source_address": OFFICE, "tree": tree_state()}
     text, ratios, targets = report.render(results, meta)
     print(text)

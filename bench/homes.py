@@ -56,13 +56,27 @@ class GatewayHome:
     def config(self) -> Path:
         return self.home / "securemail.toml"
 
+    # settings the benchmark may add when ``gateway init`` does not write them: key -> table
+    ADDABLE = {"cpu_workers": "gateway"}
+
     def tune(self, **values) -> None:
-        """Set ``key = value`` lines of its securemail.toml (each key must be there once)."""
+        """Set ``key = value`` lines of its securemail.toml (TOML values, e.g. ``"4"`` or ``'"auto"'``).
+
+        Each key must be there once, except those in ``ADDABLE``, which are added
+        at the top of their table when ``gateway init`` did not write them.
+        """
         text = self.config.read_text()
         for key, value in values.items():
             text, n = re.subn(rf"(?m)^{key} = [^#\n]*", f"{key} = {value}  ", text)
+            if n == 0 and key in self.ADDABLE:
+                table = self.ADDABLE[key]
+                text, n = re.subn(rf"(?m)^\[{table}\][^\n]*\n", lambda m: f"{m.group(0)}{key} = {value}\n", text)
             if n != 1:
                 raise RuntimeError(f"{key} is in {self.config} {n} times")
+        with_values = tomllib.loads(text)
+        for key in values:
+            if key in self.ADDABLE and key not in with_values.get(self.ADDABLE[key], {}):
+                raise RuntimeError(f"{key} did not land in [{self.ADDABLE[key]}] of {self.config}")
         self.config.write_text(text)
 
     def domain_key(self) -> str:
