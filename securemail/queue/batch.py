@@ -4,7 +4,9 @@ Used for intake (messages accepted by concurrent SMTP sessions: each answers
 250 only after the transaction holding its items has committed) and for the
 workers' settles (delivered/deferred). While one commit (and its fsync) is in
 flight, new work gathers and the next commit takes it all: no timer, no added
-latency when the gateway is idle.
+latency when the gateway is idle. Where nobody waits for the commit (the
+workers' settles), ``linger`` seconds of gathering before each commit make
+fewer, larger transactions: fewer trips to a thread and fewer fsyncs.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ log = logging.getLogger(__name__)
 
 
 class GroupCommit:
-    def __init__(self, run_many: Callable[[list], list], max_batch: int = 256) -> None:
+    def __init__(self, run_many: Callable[[list], list], max_batch: int = 256,
+                 linger: float = 0.0) -> None:
         self._enqueue_many = run_many
         self._max = max_batch
+        self._linger = linger
         self._pending: list[tuple[Sequence, asyncio.Future]] = []
         self._running = False
 
@@ -35,6 +39,8 @@ class GroupCommit:
     async def _drain(self) -> None:
         try:
             while self._pending:
+                if self._linger:
+                    await asyncio.sleep(self._linger)
                 batch, size = [], 0
                 while self._pending and (not batch or size + len(self._pending[0][0]) <= self._max):
                     entry = self._pending.pop(0)

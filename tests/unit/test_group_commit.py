@@ -83,3 +83,20 @@ def test_cancelled_session_does_not_cancel_the_commit():
 
     asyncio.run(main())
     assert store.batches == [["x"]]
+
+
+def test_linger_gathers_what_arrives_meanwhile_into_one_transaction():
+    def run(linger):
+        batches = []
+        gc = GroupCommit(lambda items: batches.append(list(items)) or list(items), linger=linger)
+
+        async def one(n):
+            await asyncio.sleep(n * 0.002)  # arrivals spread over 18 ms
+            return await gc.submit([n])
+
+        async def main():
+            return await asyncio.gather(*(one(n) for n in range(10)))
+        assert asyncio.run(main()) == [[n] for n in range(10)]
+        return batches
+    assert len(run(0.0)) > 1                      # no linger: a commit as soon as something waits
+    assert run(0.1) == [list(range(10))]           # one commit for everything within the window
