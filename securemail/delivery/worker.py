@@ -156,11 +156,14 @@ class DeliveryWorker:
 
     async def _slot(self, slots: asyncio.Semaphore, claims: list[Claim],
                     checked: dict[str, tuple[bool, object]] | None = None) -> None:
-        async with slots:
-            await self._group(claims, checked or {})
+        async with slots:  # a slot is a session to the next hop: not held while the settle commits
+            settle = await self._group(claims, checked or {})
+        if settle is not None:
+            await settle
 
     # --- one (message, next hop) group -------------------------------------------------
-    async def _group(self, claims: list[Claim], checked: dict[str, tuple[bool, object]]) -> None:
+    async def _group(self, claims: list[Claim], checked: dict[str, tuple[bool, object]]):
+        """Send one group; returns its settle, still to be awaited (after the slot is free)."""
         first = claims[0]
         try:
             hop = parse_hop(first.next_hop)
@@ -182,7 +185,8 @@ class DeliveryWorker:
             claims = await self._vet(hop, claims, body, checked)
         if claims:
             outcome = await self._send(hop, first.sender, [c.recipient for c in claims], body)
-            await self._settle(hop, claims, outcome, body)
+            return self._settle(hop, claims, outcome, body)
+        return None
 
     async def _vet(self, hop: Hop, claims: list[Claim], body: bytes,
                    checked: dict[str, tuple[bool, object]]) -> list[Claim]:
