@@ -30,17 +30,20 @@ import socket
 import struct
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..envelope import Envelope
 from ..errors import ConfigError, SecureMailError, TemporaryFailure
-from .stage import CryptoStage, Decision
+from .stage import CryptoStage, Decision, queue_entries
 
 log = logging.getLogger(__name__)
 
 _HEAD = struct.Struct("!Q")
 START_SECONDS = 120.0        # for a child to build its stage and say it is ready
 RESTART_GAP = 1.0            # seconds between two starts of the same slot
+CHUNK = 1 << 20              # a message's bytes go to a worker in pieces of this size
+STORE_IN_WORKER = 1 << 20    # bigger messages are committed by the worker: their bodies never come back
 
 
 class _Worker:
@@ -52,6 +55,7 @@ class _Worker:
         self.writer: asyncio.StreamWriter | None = None
         self.pending: list[asyncio.Future] = []
         self.reader_task: asyncio.Task | None = None
+        self.lock = asyncio.Lock()
         self.alive = False
         self.started_at = 0.0
 
@@ -96,12 +100,22 @@ class CpuPool:
         live = [w for w in self._slots if w.alive]
         if not live:
             raise TemporaryFailure(detail="no crypto worker process running")
-        w = min(live, key=lambda x: len(x.pending))
+        w = min(live, key=lambda x: (x.lock.locked(), len(x.pending)))
         fut = asyncio.get_running_loop().create_future()
-        data = pickle.dumps((env, listener_name), protocol=pickle.HIGHEST_PROTOCOL)
-        w.pending.append(fut)
-        w.writer.write(_HEAD.pack(len(data)))
-        w.writer.write(data)
+        head = pickle.dumps((replace(env, data=b""), listener_name, len(env.data)),
+                            protocol=pickle.HIGHEST_PROTOCOL)
+        async with w.lock:  # one request's bytes at a time on this socket, in the order of pending
+            if not w.alive:
+                raise TemporaryFailure(detail="crypto worker process ended")
+            w.pending.append(fut)
+            w.writer.write(_HEAD.pack(len(head)) + head)
+            if len(env.data) <= CHUNK:
+                w.writer.write(env.data)
+            else:  # a big message goes in pieces, never a second whole copy in the transport's buffer
+                view = memoryview(env.data)
+                for i in range(0, len(view), CHUNK):
+                    w.writer.write(view[i:i + CHUNK])
+                    await w.writer.drain()
         ok, value = await fut
         if ok:
             return value
@@ -180,18 +194,29 @@ def _send(sock: socket.socket, value) -> None:
         sock.sendall(data)
 
 
-def build_stage(home: Path) -> CryptoStage:
-    """A child's composition root: its own engine, key store, manifest source and stage."""
+def build_stage(home: Path):
+    """A child's composition root: its own engine, key store, queue, manifest source and stage."""
     from ..audit import AuditLog
     from ..config import GatewayConfig
     from ..db import make_engine
     from ..home import Home
     from ..keys.store import KeyStore
+    from ..queue import Queue
     from .runtime import ManifestSource, make_stage
     config = GatewayConfig.load(Home(home))
     engine = make_engine(config.database_url)
-    keys = KeyStore(engine, time.time, audit=AuditLog(engine))
-    return make_stage(config, keys, ManifestSource(config.federation_manifest), time.time)
+    audit = AuditLog(engine)
+    keys = KeyStore(engine, time.time, audit=audit)
+    stage = make_stage(config, keys, ManifestSource(config.federation_manifest), time.time)
+    return stage, Queue(engine, time.time, audit_log=audit)
+
+
+def _handle(stage: CryptoStage, queue, env: Envelope, listener_name: str) -> Decision:
+    d = stage.decide(env, listener_name)
+    if d.verdict is None and d.items and len(env.data) > STORE_IN_WORKER:
+        ids = queue.enqueue_many(queue_entries(d, env))  # committed here: 250 still waits for it
+        d = replace(d, items=[], queued=ids)
+    return d
 
 
 def serve_child(home: str, fd: int, log_level: int) -> int:
@@ -199,7 +224,7 @@ def serve_child(home: str, fd: int, log_level: int) -> int:
     logging.basicConfig(level=log_level, format=f"%(levelname)s %(name)s[cpu {os.getpid()}]: %(message)s")
     sock = socket.socket(fileno=fd)
     try:
-        stage = build_stage(Path(home))
+        stage, queue = build_stage(Path(home))
     except SecureMailError as err:
         _send(sock, (False, err.message))
         return 1
@@ -210,19 +235,23 @@ def serve_child(home: str, fd: int, log_level: int) -> int:
     _send(sock, (True, os.getpid()))
     while True:
         head = _recv_exactly(sock, _HEAD.size)
-        if head is None:
+        meta = head and _recv_exactly(sock, _HEAD.unpack(head)[0])
+        if not meta:
             return 0
-        data = _recv_exactly(sock, _HEAD.unpack(head)[0])
+        env, listener_name, size = pickle.loads(meta)
+        data = _recv_exactly(sock, size)
         if data is None:
             return 0
-        env, listener_name = pickle.loads(data)
+        env = replace(env, data=data)
+        del data
         try:
-            reply = (True, stage.decide(env, listener_name))
+            reply = (True, _handle(stage, queue, env, listener_name))
         except SecureMailError as err:
             reply = (False, err)
         except Exception:  # noqa: BLE001 - a bug in one message answers 451 for it, not for the rest
             log.exception("crypto stage failed")
             reply = (False, TemporaryFailure(detail="crypto stage failed"))
+        del env
         _send(sock, reply)
 
 

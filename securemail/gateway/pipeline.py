@@ -20,10 +20,10 @@ from ..errors import KeyChanged, SecureMailError
 from ..policy import Verdict
 from ..policy.address import domain_of
 from ..policy.recipient import decide_rcpt
-from ..queue import NewMessage, Queue
+from ..queue import Queue
 from ..queue.batch import GroupCommit
 from ..smtp.replies import KEY_CHANGED_HELD
-from .stage import CryptoStage, Decision
+from .stage import CryptoStage, Decision, queue_entries
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,7 @@ class Pipeline:
             raise
         if d.verdict is not None:
             return self._refuse(d.verdict, env)
-        news = [NewMessage(it.sender, it.recipients, it.body, peer=env.peer_ip, meta=it.meta,
-                           audit=("accepted", {"route": it.meta.get("route"),
-                                               "sender_domain": d.sender_domain,
-                                               "recipient_domains": sorted({domain_of(r) or "" for r, _ in it.recipients}),
-                                               "encrypted_to": it.meta.get("encrypted_to", []),
-                                               "origin": d.origin, "peer": env.peer_ip}))
-                for it in d.items]
-        ids = await self.commit.submit(news)
+        ids = d.queued if d.queued is not None else await self.commit.submit(queue_entries(d, env))
         return f"250 2.0.0 OK: queued as {ids[0] if len(ids) == 1 else ids[0] + '+' + str(len(ids) - 1)}"
 
     def _refuse(self, v: Verdict, env: Envelope) -> str:

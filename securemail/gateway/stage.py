@@ -22,6 +22,7 @@ from ..errors import PolicyRefusal
 from ..policy import Verdict, encryption, rules
 from ..policy.address import MEMBER, OTHER, OWN, domain_of
 from ..policy.facts import OFFICE, Facts, gather
+from ..queue import NewMessage
 from .transform import Item, Transformer
 
 
@@ -32,6 +33,18 @@ class Decision:
     items: list[Item] = field(default_factory=list)
     sender_domain: str = ""
     origin: str = ""
+    queued: list[str] | None = None   # ids, when the items were already committed where they were made
+
+
+def queue_entries(d: Decision, env: Envelope) -> list[NewMessage]:
+    """The queue rows of an accepted message, each with its "accepted" audit record."""
+    return [NewMessage(it.sender, it.recipients, it.body, peer=env.peer_ip, meta=it.meta,
+                       audit=("accepted", {"route": it.meta.get("route"),
+                                           "sender_domain": d.sender_domain,
+                                           "recipient_domains": sorted({domain_of(r) or "" for r, _ in it.recipients}),
+                                           "encrypted_to": it.meta.get("encrypted_to", []),
+                                           "origin": d.origin, "peer": env.peer_ip}))
+            for it in d.items]
 
 
 class CryptoStage:

@@ -102,3 +102,15 @@ def test_a_worker_that_cannot_build_its_stage_stops_the_start(tmp_path):
     pool = CpuPool(tmp_path / "no-such-home", 1)
     with pytest.raises(ConfigError, match="could not start"):
         asyncio.run(pool.start())
+
+
+def test_a_big_message_is_committed_by_the_worker_and_delivered(fed):
+    from .gateways import queue_rows
+    a, b, gw = fed
+    before = len(maildir(b.home, "bruno@justice.gouv.fr"))
+    filler = ("x" * 76 + "\r\n") * 40_000  # ~3 MB: sent to the worker in pieces, stored there
+    msg = plain("alice@interieur.gouv.fr", "bruno@justice.gouv.fr", 4) + filler.encode()
+    qid = office_send(a.relay, "alice@interieur.gouv.fr", ["bruno@justice.gouv.fr"], msg)
+    assert [r["message_id"] for r in queue_rows(a.home, qid)] == [qid]
+    files = wait_for(lambda: maildir(b.home, "bruno@justice.gouv.fr")[before:], what="delivery")
+    assert len(files[0].read_bytes()) > len(msg) and MARKER.encode() not in files[0].read_bytes()
