@@ -45,15 +45,18 @@ class BadReply(aiosmtplib.SMTPException):
 
 def encode_body(body: bytes) -> bytes:
     """``body`` as it goes after DATA: CRLF line endings, dot-stuffed, ending with CRLF.CRLF."""
+    return b"".join(encode_body_parts(body))
+
+
+def encode_body_parts(body: bytes) -> list[bytes]:
+    """``encode_body`` as pieces to write one after the other: a body that needs no change is
+    not copied (a 34 MB armored message stays one object)."""
     crlf = body.count(b"\r\n")
     if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
         body = _BARE.sub(b"\r\n", body)  # a bare LF or CR: normalise, as aiosmtplib would
-    if not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    body = body.replace(b"\r\n.", b"\r\n..")
-    if body.startswith(b"."):
-        body = b"." + body
-    return body + b".\r\n"
+    parts = [b"." if body.startswith(b".") else b"", body.replace(b"\r\n.", b"\r\n..")]
+    parts.append(b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n")
+    return [p for p in parts if p]
 
 
 def expect(reply: SMTPResponse, classes: tuple[int, ...]) -> SMTPResponse:

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from securemail.delivery.hops import Hop, RelayHop, SmtpHop, parse_hop
 from securemail.delivery.outcome import PERMANENT, TEMPORARY, Outcome, clean, from_reply, temporary
 from securemail.delivery.pipelining import (CLOSING, DATA, END, MAIL, RCPT, BadReply,
-                                            all_refused, encode_body, expect, send_pipelined)
+                                            all_refused, encode_body_parts, expect, send_pipelined)
 from securemail.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,9 @@ async def _send_body(client: aiosmtplib.SMTP, body: bytes) -> aiosmtplib.SMTPRes
     if protocol is None:
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
     try:
-        protocol.write(encode_body(body))
+        parts = encode_body_parts(body)
+        for part in parts if len(body) > 1 << 20 else [b"".join(parts)]:  # big: no joined copy
+            protocol.write(part)
         return await protocol.read_response(timeout=client.timeout)
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
         client.close()
