@@ -82,9 +82,11 @@ class GatewayHandler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> Reply:
         info = session_info(session, envelope)
+        content = envelope.original_content
         message = Envelope(
             mail_from=info.mail_from, rcpt_tos=info.rcpt_tos,
-            data=bytes(envelope.original_content), peer_ip=info.peer_ip,
+            data=content if type(content) is bytes else bytes(content),  # bytes pass uncopied
+            peer_ip=info.peer_ip,
             peer_port=info.peer_port, tls=info.tls,
             tls_peer_cert_der=info.tls_peer_cert_der, auth_user=info.auth_user,
             helo=info.helo, received_at=self._clock())

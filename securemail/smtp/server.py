@@ -4,7 +4,9 @@ Differences from aiosmtpd 1.4.6, each tested in tests/integration/test_smtp_adap
 451 (never "500 Error: (Type) text") on unexpected errors; 521 and hang-up on a bare
 CR or LF anywhere (SMTP smuggling); DATA line, size, recipient, connection, idle and
 DATA-time limits; NUL/control/8-bit bytes in commands refused; no version in the greeting;
-a source-routed RCPT (``<@relay:user@domain>``) refused, where aiosmtpd would drop the route.
+a source-routed RCPT (``<@relay:user@domain>``) refused, where aiosmtpd would drop the route;
+PIPELINING advertised (RFC 2920); DATA read in large runs, not line by line
+(tests/integration/test_smtp_intake_stream.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import io
 import logging
 import re
 import socket
@@ -28,6 +31,9 @@ from securemail.smtp.handler import Authenticator, login_password_authenticator
 log = logging.getLogger(__name__)
 
 MAX_DATA_LINE = 1000  # octets including CRLF after dot-unstuffing, RFC 5321 4.5.3.1.6
+MAX_LINE_TEXT = MAX_DATA_LINE - 2
+_END_OF_DATA = b"\r\n.\r\n"
+_EHLO_LAST = "250 HELP"  # aiosmtpd's last EHLO line (its HELP command answers otherwise)
 _ADDRESS_COMMANDS = {b"MAIL": replies.BAD_SENDER_SYNTAX, b"RCPT": replies.BAD_RCPT_SYNTAX}
 _NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
 _NOT_PRINTABLE_OR_TAB = re.compile(rb"[^\t\x20-\x7e]")
@@ -68,7 +74,7 @@ class _CommandReader:
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         line = await self._inner.readuntil(separator)
-        if separator != b"\n":  # DATA reads up to b"\r\n"; only command lines are checked
+        if separator != b"\n":  # only command lines are checked (DATA uses the inner reader)
             return line
         text = line[:-2]  # always CRLF-terminated: a bare LF never gets this far
         verb = text.split(b" ", 1)[0].upper()
@@ -146,6 +152,7 @@ class GatewaySMTP(SMTP):
         transport.close()
 
     def _cb_client_connected(self, reader: asyncio.StreamReader, writer: Any) -> None:
+        self._data_reader = reader  # DATA is read unchecked, in large runs (_read_data)
         super()._cb_client_connected(_CommandReader(reader), writer)  # type: ignore[arg-type]
 
     def _timeout_cb(self) -> None:
@@ -154,6 +161,8 @@ class GatewaySMTP(SMTP):
     async def push(self, status: Any) -> None:
         if status == "250-AUTH ":  # aiosmtpd advertises AUTH even with no mechanism left
             return
+        if status == _EHLO_LAST:  # commands are read from a stream: pipelining works (RFC 2920)
+            await super().push("250-PIPELINING")
         if isinstance(status, str):
             status = replies.with_enhanced_code(replies.AIOSMTPD_REWRITES.get(status, status))
         await super().push(status)
@@ -208,30 +217,82 @@ class GatewaySMTP(SMTP):
             self._set_post_data_state()
 
     async def _read_data(self) -> tuple[bytes, str | None]:
-        """Read up to <CRLF>.<CRLF>, dot-unstuffing; keep nothing once a limit is broken."""
-        lines: list[bytes] = []
-        size, problem, line_start = 0, None, True
+        """Read up to <CRLF>.<CRLF>, dot-unstuffing; keep nothing once a limit is broken.
+
+        Reads large runs at a time, never past the end marker: what follows it (a
+        pipelined command) stays in the reader for the command loop. Each read stops
+        at the rest of the marker that could have begun in what was read so far, so
+        the marker is found whatever the packet boundaries. A message over the size
+        limit is answered TOO_BIG even if it also has a line over 1000 octets.
+        """
+        reader, max_size = self._data_reader, self.limits.max_message_size
+        kept: io.BytesIO | None = io.BytesIO()  # getvalue() hands its buffer over, uncopied
+        seen = b"\r\n"  # the last octets read; the CRLF before the first line is implied
+        carry = b""  # the start of a line not ended yet
+        size, problem = -3, None  # wire octets, less the ".<CRLF>" of the end marker
         while True:
+            ahead = bytes(getattr(reader, "_buffer", b"")[:4])  # peeked; aiosmtpd's STARTTLS clears it
             try:
-                chunk = await self._reader.readuntil(b"\r\n")
-            except asyncio.LimitOverrunError as exc:  # no CRLF within the reader limit
-                size += len(await self._reader.read(exc.consumed))
-                problem, line_start = problem or replies.DATA_LINE_TOO_LONG, False
-                continue
-            if line_start and chunk == b".\r\n":
-                return b"".join(lines), problem
+                chunk = await reader.readuntil(_END_OF_DATA[_marker_begun(seen, ahead):])
+            except asyncio.LimitOverrunError as exc:  # a long run without it: take the run
+                chunk = await reader.read(exc.consumed)
+            seen = (seen + chunk[-5:])[-5:]
+            end = seen == _END_OF_DATA
             size += len(chunk)
-            if line_start and chunk.startswith(b"."):
-                chunk = chunk[1:]
-            if problem is None and size > self.limits.max_message_size:
+            if size > max_size:
                 problem = replies.TOO_BIG
-            elif problem is None and (not line_start or len(chunk) > MAX_DATA_LINE):
-                problem = replies.DATA_LINE_TOO_LONG
-            line_start = True
-            if problem is None:
-                lines.append(chunk)
-            else:
-                lines.clear()
+            if kept is not None and problem is None:
+                data = carry + chunk if carry else chunk
+                cut = len(data) - 3 if end else data.rfind(b"\n") + 1  # every LF ends a CRLF
+                lines, carry = _unstuffed(data[:cut]), data[cut:]
+                if _too_long(lines) or _text_length(carry) > MAX_LINE_TEXT:
+                    problem = replies.DATA_LINE_TOO_LONG
+                else:
+                    kept.write(lines)
+            if problem is not None:
+                kept, carry = None, b""
+            if end:
+                return (b"" if kept is None else kept.getvalue()), problem
+
+
+def _marker_begun(seen: bytes, ahead: bytes) -> int:
+    """How many octets of the end-of-data marker may end ``seen`` (0 to 4), given octets ``ahead``.
+
+    ``ahead`` is what the reader holds unread (peeked, and b"" where it cannot
+    be): a line that follows a line ending in "." is then read together with it,
+    not apart, unless it could be the lone dot.
+    """
+    for k in (4, 3, 2, 1):
+        if seen.endswith(_END_OF_DATA[:k]) and _END_OF_DATA[k:].startswith(ahead[:5 - k]):
+            return k
+    return 0
+
+
+def _unstuffed(lines: bytes) -> bytes:
+    """Whole CRLF-ended lines, each without its first character if that is a dot (RFC 5321 4.5.2)."""
+    lines = lines[1:] if lines[:1] == b"." else lines
+    return lines.replace(b"\r\n.", b"\r\n")
+
+
+def _too_long(lines: bytes) -> bool:
+    """Whether one of these CRLF-ended lines is over 1000 octets with its CRLF.
+
+    A window of 1000 octets from a line's start must hold that line's LF; every
+    line up to the window's last LF is then short enough, and the next window
+    starts after it: about one search per 1000 octets, no line objects.
+    """
+    start = 0
+    while len(lines) - start > MAX_DATA_LINE:
+        last_lf = lines.rfind(b"\n", start, start + MAX_DATA_LINE)
+        if last_lf < 0:
+            return True
+        start = last_lf + 1
+    return False
+
+
+def _text_length(part: bytes) -> int:
+    """Octets of a line's text in ``part``, the start of a line: no stuffing dot, no CR of its CRLF."""
+    return len(part) - part.startswith(b".") - part.endswith(b"\r")
 
 
 class SMTPServer:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from email import message_from_bytes, policy
 
 from securemail.gateway.transform import protected_inner, strip_headers, top_headers
-from securemail.mail.compose import _header
+from securemail.mail.compose import _header, pgp_mime
 
 MULTIPART = (b"Received: from pc.office.lan (10.0.0.9)\r\n\tby mta.office.lan\r\n"
              b"From: Alice <alice@interieur.gouv.fr>\r\nTo: bruno@justice.gouv.fr\r\n"
@@ -47,3 +48,35 @@ def test_long_ascii_headers_are_folded_and_non_ascii_encoded():
     folded = _header("To", ", ".join(f"user{i}@justice.gouv.fr" for i in range(10)))
     assert all(len(line) <= 78 for line in folded.split("\r\n")) and "\r\n " in folded
     assert _header("From", "Émile <emile@x.fr>").startswith("From: =?utf-8?")
+
+
+def test_headers_only_message_gets_an_empty_body():
+    assert strip_headers(b"From: a@x.fr\r\nReceived: by mta") == b"From: a@x.fr\r\n\r\n"
+    assert protected_inner(b"From: a@x.fr").endswith(b'hp="cipher"\r\n\r\n')
+
+
+def test_pgp_mime_puts_the_armor_in_crlf_lines_as_it_is():
+    armored = (b"-----BEGIN PGP MESSAGE-----\n\nwcFMA" + b"x" * 59
+               + b"\nabc\n=crc\n-----END PGP MESSAGE-----\n\n")
+    for given in (armored, armored.replace(b"\n", b"\r\n")):
+        out = pgp_mime({"From": "a@x.fr", "To": "b@y.fr"}, given)
+        assert out.count(b"\n") == out.count(b"\r\n")
+        msg = message_from_bytes(out, policy=policy.default)
+        boundary = msg.get_boundary().encode()
+        assert out.endswith(b"\r\n--" + boundary + b"--\r\n")
+        part = msg.get_payload()[1].get_payload().encode()
+        assert part.replace(b"\r\n", b"\n") == armored.rstrip(b"\n")
+
+
+def test_a_big_body_or_armor_is_copied_once():
+    raw = MULTIPART.split(b"\r\n\r\n")[0] + b"\r\n\r\n" + b"x" * 76 * (8 << 10) * 13  # 8 MB
+    armored = b"-----BEGIN PGP MESSAGE-----\n\n" + b"y" * 64 * (128 << 10) + b"\n-----END PGP MESSAGE-----\n"
+    lines = armored.replace(b"y" * 64, b"y" * 63 + b"\n")  # the usual shape, and one 8 MB line
+    for make, size in ((lambda: protected_inner(raw), len(raw)), (lambda: strip_headers(raw), len(raw)),
+                       (lambda: pgp_mime({"From": "a@x.fr"}, armored), len(armored)),
+                       (lambda: pgp_mime({"From": "a@x.fr"}, lines), len(lines))):
+        tracemalloc.start()
+        make()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 1.3 * size
