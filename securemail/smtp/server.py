@@ -26,6 +26,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException
 
 from securemail.errors import ConfigError, SecureMailError
 from securemail.smtp import replies
+from securemail.smtp.fastaddr import fast_getaddr
 from securemail.smtp.handler import Authenticator, login_password_authenticator
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,11 @@ class GatewaySMTP(SMTP):
             log.info("%r TLS failed: %r", self.session and self.session.peer, error.__cause__)
             return replies.TEMP_FAILURE  # not sent: aiosmtpd closes the connection
         return replies.for_exception(error)
+
+    def _getaddr(self, arg: str):
+        """A plain <local@domain> without aiosmtpd's full RFC 5322 parse (same result); the rest with it."""
+        fast = None if self.local_part_limit else fast_getaddr(arg)
+        return fast if fast is not None else super()._getaddr(arg)
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self.command_size_limits.clear()  # aiosmtpd adds 26 for SIZE on every EHLO
