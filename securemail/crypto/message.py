@@ -155,9 +155,9 @@ def _seal(inner: list[bytes], targets, armor: bool) -> bytes:
         seen.add(comp.keyid)
         # PGPy cannot encrypt to the Cv25519 subkey of a *secret* key object: use the certificate.
         esks.append(key.public().pgp.encrypt_session_key(comp.keyid, AES256, session))
-    out = b"".join([*esks, P.packet_header(P.SEIPD, body_len), *chunks])
+    parts = [*esks, P.packet_header(P.SEIPD, body_len), *chunks]
     del chunks
-    return A.armor(out) if armor else out
+    return A.armor_parts(parts) if armor else b"".join(parts)  # armored: no joined binary copy
 
 
 def sign_detached(data: bytes, signer: Key, *, now: float | None = None, armor: bool = True) -> bytes:

@@ -8,6 +8,8 @@ packet in disguise, SED without MDC, a signed-only message or plaintext are not.
 
 from __future__ import annotations
 
+import binascii
+import quopri
 import re
 from dataclasses import dataclass, field
 from email import policy as _policy
@@ -34,10 +36,14 @@ class EncryptionCheck:
 
 def check(raw: bytes) -> EncryptionCheck:
     try:
-        if len(raw) > HEADERS_FIRST_ABOVE and _top_type(raw) not in ("multipart/encrypted", "text/plain"):
-            # Cannot be OpenPGP encrypted: no need to parse (and copy) a big body. The gateway
-            # handles it on bytes only, so its depth cannot hurt either.
-            return EncryptionCheck(False, "none", "message is not OpenPGP encrypted")
+        if len(raw) > HEADERS_FIRST_ABOVE:
+            head = _top(raw)
+            ctype = head.get_content_type()
+            if ctype not in ("multipart/encrypted", "text/plain") or (
+                    ctype == "text/plain" and not _may_be_inline(raw, head)):
+                # Cannot be OpenPGP encrypted: no need to parse (and copy) a big body. The gateway
+                # handles it on bytes only, so its depth cannot hurt either.
+                return EncryptionCheck(False, "none", "message is not OpenPGP encrypted")
         msg = BytesParser(policy=_policy.compat32).parsebytes(raw)
         if _too_deep(msg):
             return EncryptionCheck(False, "none", "MIME structure nested too deeply", malformed=True)
@@ -66,10 +72,30 @@ def check(raw: bytes) -> EncryptionCheck:
 HEADERS_FIRST_ABOVE = 1 << 20
 
 
-def _top_type(raw: bytes) -> str:
+def _top(raw: bytes):
     end = raw.find(b"\r\n\r\n")
     head = raw[:end + 2] if end >= 0 else raw[:65536]
-    return BytesHeaderParser(policy=_policy.compat32).parsebytes(head).get_content_type()
+    return BytesHeaderParser(policy=_policy.compat32).parsebytes(head)
+
+
+_ARMOR_START = re.compile(rb"\A\s*-----BEGIN PGP MESSAGE-----")
+
+
+def _may_be_inline(raw: bytes, head) -> bool:
+    """Could this big text/plain body be an inline PGP message? Decided on its first 4 KiB,
+    transfer-decoded: only then is the whole message parsed (a 25 MB parse holds ~8 copies)."""
+    end = raw.find(b"\r\n\r\n")
+    start = raw[end + 4:end + 4 + 4096] if end >= 0 else b""
+    cte = str(head.get("Content-Transfer-Encoding", "")).strip().lower()
+    try:
+        if cte == "base64":
+            b64 = re.sub(rb"[^A-Za-z0-9+/]", b"", start)
+            start = binascii.a2b_base64(b64[:len(b64) // 4 * 4])
+        elif cte == "quoted-printable":
+            start = quopri.decodestring(start)
+    except (binascii.Error, ValueError):
+        return True  # let the full parse judge it
+    return bool(_ARMOR_START.match(start))
 
 
 def _too_deep(msg) -> bool:

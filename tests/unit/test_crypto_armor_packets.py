@@ -437,3 +437,21 @@ def test_check_encrypted_accepts_exactly_esks_then_one_seipd_v1(kinds):
         expected = IntegrityError if core[esks:esks + 1] == ["sed"] else SecureMailError
         with pytest.raises(expected):
             P.check_encrypted(data)
+
+
+@pytest.mark.parametrize("n", [0, 1, 47, 48, 49, 96, 48 * 1024 - 1, 48 * 1024, 48 * 1024 + 1, 200_000])
+def test_armor_in_parts_is_the_armor_of_the_whole(n):
+    import random
+    data = os.urandom(n)
+    whole = A.armor(data)
+    lines = whole.split(b"\n")
+    assert lines[:2] == [b"-----BEGIN PGP MESSAGE-----", b""] and lines[-2:] == [b"-----END PGP MESSAGE-----", b""]
+    body = lines[2:-3]  # base64 lines, then the checksum line
+    assert all(len(x) == 64 for x in body[:-1]) and (n == 0 or 0 < len(body[-1]) <= 64)
+    rnd = random.Random(n)
+    for _ in range(5):
+        cuts = sorted(rnd.randint(0, n) for _ in range(rnd.randint(0, 6)))
+        parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, n])]
+        assert A.armor_parts(parts) == whole
+    if n:
+        assert A.dearmor(whole) == ("PGP MESSAGE", data)

@@ -190,3 +190,28 @@ def test_encryption_check_on_the_corpus(corpus):
                                  b"\r\nContent-Type: application/octet-stream\r\n\r\ngarbage\r\n--b--\r\n"])
 def test_encryption_check_never_raises(raw):
     assert encryption.check(raw).encrypted is False
+
+
+def _big_inline(cte: str) -> bytes:
+    import base64
+    from securemail.crypto import keys, message, openpgp
+    bob = keys.Key(openpgp.generate("Bob <bob@example.org>", "ed25519", None, None))
+    armored = message.encrypt(b"x" * (1 << 20) + b"\r\n", [(bob.public(), "bob@example.org")])
+    body = base64.encodebytes(armored).replace(b"\n", b"\r\n") if cte == "base64" else armored.replace(b"\n", b"\r\n")
+    return (b"From: a@b.example\r\nContent-Type: text/plain\r\n"
+            + (f"Content-Transfer-Encoding: {cte}\r\n".encode() if cte else b"") + b"\r\n" + body)
+
+
+@pytest.mark.parametrize("cte", ["", "7bit", "base64"])
+def test_a_big_inline_message_is_still_found_encrypted(cte):
+    raw = _big_inline(cte)
+    assert len(raw) > encryption.HEADERS_FIRST_ABOVE
+    got = encryption.check(raw)
+    assert got.encrypted and got.format == "inline", got.reason
+
+
+def test_a_big_plain_text_message_is_judged_without_a_full_parse(monkeypatch):
+    raw = b"From: a@b.example\r\nContent-Type: text/plain\r\n\r\n" + b"plain text line\r\n" * 100_000
+    monkeypatch.setattr(encryption, "BytesParser", None)  # a full parse would now fail loudly
+    got = encryption.check(raw)
+    assert not got.encrypted and not got.malformed and got.reason == "message is not OpenPGP encrypted"
