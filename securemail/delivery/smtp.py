@@ -19,6 +19,7 @@ raises for a network or protocol problem: it returns an ``Outcome``.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import hmac
@@ -41,6 +42,7 @@ from securemail.delivery.pipelining import (CLOSING, DATA, END, MAIL, RCPT, BadR
 from securemail.errors import UsageError
 
 log = logging.getLogger(__name__)
+BIG_BODY = 1 << 20  # bodies above this are written in pieces of this size
 
 TlsClientCert = tuple[str | os.PathLike, str | os.PathLike]
 
@@ -219,8 +221,14 @@ async def _send_body(client: aiosmtplib.SMTP, body: bytes) -> aiosmtplib.SMTPRes
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
     try:
         parts = encode_body_parts(body)
-        for part in parts if len(body) > 1 << 20 else [b"".join(parts)]:  # big: no joined copy
-            protocol.write(part)
+        if len(body) <= BIG_BODY:
+            protocol.write(b"".join(parts))
+        else:  # in pieces, waiting for the transport: no joined copy, no whole copy in its buffers
+            for part in parts:
+                view = memoryview(part)
+                for i in range(0, len(view), BIG_BODY):
+                    protocol.write(view[i:i + BIG_BODY])
+                    await asyncio.wait_for(protocol._drain_helper(), client.timeout)
         return await protocol.read_response(timeout=client.timeout)
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
         client.close()

@@ -422,3 +422,15 @@ def test_non_pipelining_server_gets_one_command_per_write():
         b"MAIL FROM:<alice@a.gov.test>\r\n", b"RCPT TO:<bob@b.gov.test>\r\n",
         b"RCPT TO:<carol@b.gov.test>\r\n", b"DATA\r\n"]
     assert script.messages == [BODY]
+
+
+@pytest.mark.parametrize("ending", [b"\r\n", b""])
+def test_a_body_bigger_than_one_write_arrives_byte_for_byte(gateway, ending):
+    import os
+    hop, sink = gateway()
+    lines = [b"." + os.urandom(30).hex().encode() if i % 7 == 0 else os.urandom(30).hex().encode()
+             for i in range(80_000)]  # ~4.9 MB over TLS, written in 1 MiB pieces; dots to stuff
+    body = b"Subject: big\r\n\r\n" + b"\r\n".join(lines) + ending
+    [out], _ = deliver_all(hop, [([RCPT], body)])
+    assert out.kind == "delivered"
+    assert sink.received[0][2] == (body if ending else body + b"\r\n")
