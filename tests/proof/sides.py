@@ -50,13 +50,18 @@ def message_id(raw: bytes) -> str:
 
 
 class ServeProc(Serve):
-    """``securemail -v --home H serve`` as an OS process (debug logging, so every log line is checked)."""
+    """``securemail -v --home H serve`` as an OS process (debug logging, so every log line is checked).
+
+    It runs in a process group of its own with its children (crypto workers, the delivery
+    process): a crash is the whole gateway stopping at once, as when its machine or container
+    dies, so ``freeze`` and ``kill`` act on the group.
+    """
 
     def start(self, timeout: float = 90.0) -> "ServeProc":
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cli.main", "-v", "--home", str(self.home.home), "serve"],
-                cwd=REPO, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+                cwd=REPO, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
         for port in (self.home.relay, self.home.submission):
             wait_listening(port, timeout, alive=self._alive)
         return self
@@ -65,25 +70,45 @@ class ServeProc(Serve):
     def pid(self) -> int:
         return self.proc.pid
 
+    def group(self) -> list[int]:
+        """The pids of the gateway's process group (serve and its children)."""
+        out = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) == self.proc.pid and fields[0] != "Z":
+                    out.append(int(entry.name))
+        return out
+
     def freeze(self, timeout: float = 10.0) -> None:
-        """SIGSTOP, and wait until every thread of the process is stopped: it can do nothing more."""
-        os.kill(self.proc.pid, signal.SIGSTOP)
-        tasks = Path(f"/proc/{self.proc.pid}/task")
+        """SIGSTOP to the group, and wait until every thread of every process in it is stopped."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
 
         def stopped() -> bool:
             try:
                 return all((t / "stat").read_text().rsplit(")", 1)[1].split()[0] in "tT"
-                           for t in tasks.iterdir())
+                           for pid in self.group() for t in Path(f"/proc/{pid}/task").iterdir())
             except OSError:
                 return False
-        wait_for(stopped, timeout, "the gateway process to stop", every=0.005)
+        wait_for(stopped, timeout, "the gateway's processes to stop", every=0.005)
 
     def kill(self) -> None:
-        """SIGKILL: no cleanup of any kind runs in the gateway."""
+        """SIGKILL to the group: no cleanup of any kind runs in the gateway or its children."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if self.proc is not None:
             self.proc.wait(30)
+            for pid in self.group():  # children already exiting: never left to a next start
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def run_once(self, timeout: float = 45.0) -> tuple[int | None, str]:
         """``serve`` expected to fail at start: (exit status, stderr); (None, ...) if it kept running."""

@@ -123,8 +123,8 @@ def test_kill_after_next_hops_250_redelivers_once_after_the_lease(backend, tmp_p
                 for i in range(n_runs):
                     msgid, killed = f"between-{backend[:2]}-{i}", threading.Event()
 
-                    def kill(proc=serve.proc, done=killed):
-                        proc.kill()
+                    def kill(done=killed):
+                        serve.kill()
                         done.set()
                     receiver.trap(msgid, serve.freeze, kill)   # A is frozen when B's 250 goes out
                     qid = office_send(w.a.relay, ALICE, [BRUNO], office_mail(msgid))

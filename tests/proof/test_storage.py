@@ -60,11 +60,10 @@ def _in_outage(receiver: Receiver, start: float, end: float) -> set[str]:
 
 def _fill(directory: Path) -> Path:
     filler = directory / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to flush at close
         try:
             while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+                f.write(b"\0" * 4096)
         except OSError as e:
             assert e.errno == errno.ENOSPC, e
     return filler
