@@ -70,6 +70,8 @@ class Scenario:
     warmup: int = 20
     warm_size: int | None = None    # warm-up message size (default: size)
     rss_growth: bool = False        # reset the peak RSS after warm-up, report the growth
+    one_process: bool = False       # securemail: each serve node one OS process (cpu_workers = 0,
+    #                                 delivery in the same process), for the 1-vs-2 processes target
 
 
 def default_count(kind: str, size: int, scale: float) -> int:
@@ -111,6 +113,8 @@ def start_sink(d: Path, port: int, tls: tuple[Path, Path] | None = None,
 def setup_securemail(sc: Scenario, d: Path, stack: ExitStack, tuning: dict) -> Setup:
     s = Setup()
     db = stack.enter_context(pg_schema(sc.name.replace("-", "_"))) if sc.db == "pg" else None
+    if sc.one_process:
+        tuning = {**tuning, "cpu_workers": "0"}
     fed = make_federation(d, sender_db=db, **tuning)
     s.sink, s.sink_log = start_sink(d, fed.receiver.relay, (fed.receiver.cert, fed.receiver.key),
                                     fed.receiver.wkd)
@@ -279,6 +283,11 @@ def plan(a, sizes: list[int], kinds: list[str]) -> list[Scenario]:
         out.append(Scenario("securemail-pg", "securemail", small, count, a.c, db="pg", warmup=warm(count)))
         out.append(Scenario("securemail-pg-x2", "securemail", small, count, a.c, db="pg", nodes=2,
                             warmup=warm(count)))
+        # "1 and 2 gateway processes": each node a single OS process, so the second one adds a core
+        out.append(Scenario("securemail-pg-1proc", "securemail", small, count, a.c, db="pg",
+                            warmup=warm(count), one_process=True))
+        out.append(Scenario("securemail-pg-1proc-x2", "securemail", small, count, a.c, db="pg", nodes=2,
+                            warmup=warm(count), one_process=True))
     return out
 
 

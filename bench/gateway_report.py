@@ -99,9 +99,10 @@ def targets(results: list[dict], rows: list[dict]) -> list[dict]:
             f"growth {g / MIB:.0f} MiB, of the largest process {max(big['rss_growth_bytes']) / MIB:.0f} MiB; "
             f"acked {big['acked']}, delivered {big.get('delivered')}"
             + (f"; {big['failures']}" if big["failures"] else ""))
-    one, two = _find(results, "securemail-pg"), _find(results, "securemail-pg-x2")
+    one, two = _find(results, "securemail-pg-1proc"), _find(results, "securemail-pg-1proc-x2")
     if one and two:
-        add("2 processes on PostgreSQL deliver more than 1, zero double deliveries",
+        add("2 gateway processes (one OS process each) on PostgreSQL deliver more than 1, "
+            "zero double deliveries",
             _ratio(two["delivered_per_s"], one["delivered_per_s"]),
             two["delivered_per_s"] > one["delivered_per_s"] and two["double_deliveries"] == 0
             and one["double_deliveries"] == 0,
