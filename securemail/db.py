@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event, exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
@@ -29,7 +29,14 @@ from securemail.errors import ConfigError, TemporaryFailure
 _WRITE = "securemail_write"  # connection execution option read by the SQLite begin hook
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _DB_ERRORS = (sa_exc.DBAPIError, sa_exc.DisconnectionError, sa_exc.TimeoutError,
-              sqlite3.Error, psycopg.Error, OSError)
+              sqlite3.Error, OSError)
+
+
+def _db_errors() -> tuple[type[BaseException], ...]:
+    """The errors a database can raise here; psycopg's only once it is loaded (a PostgreSQL URL):
+    a SQLite gateway does not import it (about 20 MiB in each of its processes)."""
+    pg = sys.modules.get("psycopg")
+    return _DB_ERRORS + ((pg.Error,) if pg is not None else ())
 
 
 def make_engine(url: str, *, busy_timeout: float = 5.0,
@@ -83,7 +90,7 @@ def translate_errors() -> Iterator[None]:
     """Turn database and filesystem failures into ``TemporaryFailure`` (public text is generic)."""
     try:
         yield
-    except _DB_ERRORS as err:
+    except _db_errors() as err:
         raise TemporaryFailure(detail=describe(err)) from err
 
 

@@ -19,14 +19,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from dkim.util import parse_tag_value
 
 from securemail.errors import ConfigError
 
 from .dkim_signing import MIN_RSA_BITS, OVERSIGNED, SIGNED_HEADERS, DkimSigner  # noqa: F401
+
+
+class _Dkimpy:
+    """dkimpy, imported on first verification: processes that only sign (the SMTP process, the
+    delivery process) never load it (about 15 MiB each)."""
+
+    def __getattr__(self, name: str):
+        import dkim
+        import dkim.util
+        globals()["dkim"] = dkim
+        return getattr(dkim, name)
+
+
+dkim = _Dkimpy()
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +163,7 @@ def _verify_one(verifier: dkim.DKIM, idx: int, header: bytes, dnsfunc: DnsFunc,
 
     domain = selector = algorithm = ""
     try:
-        tags = parse_tag_value(header)
+        tags = dkim.util.parse_tag_value(header)
         domain, selector, algorithm = (tags.get(t, b"").decode("ascii", "replace").lower()
                                        for t in (b"d", b"s", b"a"))
     except Exception as exc:

@@ -4,16 +4,24 @@
 (message, next hop) group to ``deliver_smtp`` or ``deliver_maildir``; both
 return an ``Outcome`` that the worker settles (delivered, deferred by the
 retry schedule, or bounced with a DSN from ``build_dsn``).
+
+The names are loaded on first use: a crypto worker process needs the next-hop
+names (``delivery.hops``) but not the SMTP client, which costs each process
+about 12 MiB.
 """
 
-from securemail.delivery.dsn import build_dsn, header_block, queue_bounce_sender
-from securemail.delivery.hops import (Hop, MaildirHop, RelayHop, SmtpHop, maildir_hop, parse_hop,
-                                      relay_hop, smtp_hop)
-from securemail.delivery.maildir import deliver_maildir
-from securemail.delivery.outcome import Outcome
-from securemail.delivery.smtp import deliver_smtp, spki_sha256
-from securemail.delivery.worker import DeliveryWorker
+import importlib
 
-__all__ = ["DeliveryWorker", "Hop", "MaildirHop", "Outcome", "RelayHop", "SmtpHop", "build_dsn",
-           "deliver_maildir", "deliver_smtp", "header_block", "maildir_hop", "parse_hop",
-           "queue_bounce_sender", "relay_hop", "smtp_hop", "spki_sha256"]
+_WHERE = {"build_dsn": "dsn", "header_block": "dsn", "queue_bounce_sender": "dsn",
+          "Hop": "hops", "MaildirHop": "hops", "RelayHop": "hops", "SmtpHop": "hops",
+          "maildir_hop": "hops", "parse_hop": "hops", "relay_hop": "hops", "smtp_hop": "hops",
+          "deliver_maildir": "maildir", "Outcome": "outcome",
+          "deliver_smtp": "smtp", "spki_sha256": "smtp", "DeliveryWorker": "worker"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
