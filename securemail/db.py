@@ -40,16 +40,19 @@ def _db_errors() -> tuple[type[BaseException], ...]:
 
 
 def make_engine(url: str, *, busy_timeout: float = 5.0,
-                search_path: str | None = None) -> Engine:
+                search_path: str | None = None, wal_autocheckpoint: bool = True) -> Engine:
     """An engine for ``url``: SQLite (WAL, synchronous=FULL) or PostgreSQL (pooled).
 
     ``busy_timeout`` is how long a SQLite writer waits for the write lock.
     ``search_path`` puts the PostgreSQL tables in that schema (tests, shared DBs).
+    ``wal_autocheckpoint=False``: this engine's commits never run a SQLite checkpoint (tens of
+    milliseconds, paid by whichever commit crosses 1000 WAL pages); someone must then call
+    ``checkpoint`` (the serve process's delivery workers do, every second).
     """
     u = sa.engine.make_url(url)
     with translate_errors():
         if u.get_backend_name() == "sqlite":
-            return _sqlite_engine(u, busy_timeout)
+            return _sqlite_engine(u, busy_timeout, wal_autocheckpoint)
         connect_args = {}
         if search_path is not None:
             if not _IDENT.match(search_path):
@@ -58,7 +61,7 @@ def make_engine(url: str, *, busy_timeout: float = 5.0,
         return sa.create_engine(u, pool_pre_ping=True, connect_args=connect_args)
 
 
-def _sqlite_engine(u: sa.engine.URL, busy_timeout: float) -> Engine:
+def _sqlite_engine(u: sa.engine.URL, busy_timeout: float, autocheckpoint: bool) -> Engine:
     path = u.database or ""
     if path and path != ":memory:" and not path.startswith("file:"):
         Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +77,8 @@ def _sqlite_engine(u: sa.engine.URL, busy_timeout: float) -> Engine:
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.execute("PRAGMA foreign_keys=ON")
+            if not autocheckpoint:
+                cur.execute("PRAGMA wal_autocheckpoint=0")
         finally:
             cur.close()
 
@@ -116,6 +121,19 @@ def transaction(engine: Engine, *, write: bool = True,
             conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
             yield conn
+
+
+def checkpoint(engine: Engine) -> None:
+    """A PASSIVE SQLite checkpoint (copies committed WAL pages into the database without
+    blocking writers or readers); nothing on PostgreSQL."""
+    if engine.dialect.name != "sqlite":
+        return
+    with translate_errors():
+        raw = engine.raw_connection()
+        try:
+            raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            raw.close()
 
 
 def create_schema(engine: Engine) -> None:

@@ -53,6 +53,7 @@ PRE_SEND_FAILED = "recipient key check failed; will retry"
 SMTP_TIMEOUT = 60.0           # seconds per next-hop SMTP step (connect, each command, DATA)
 BODY_WITH_CLAIM = 256 << 10   # messages up to this size are read with their claim, in one query
 SETTLE_LINGER = 0.02          # seconds settles gather before their commit (nobody waits on them)
+CHECKPOINT_EVERY = 1.0        # seconds between two SQLite checkpoints run by the workers
 
 
 class DeliveryWorker:
@@ -83,6 +84,7 @@ class DeliveryWorker:
         # delivered/deferred settles of concurrent groups share transactions (one fsync)
         self._settles = GroupCommit(lambda ops: self.queue.settle_many(ops), linger=SETTLE_LINGER)
         self.concurrency = concurrency
+        self._checkpointed = 0.0
 
     @classmethod
     def from_config(cls, config, queue: Queue, *, owner: str, **kwargs) -> "DeliveryWorker":
@@ -142,6 +144,10 @@ class DeliveryWorker:
     def _claim(self) -> tuple[list[Claim], dict[str, tuple[bool, object]]]:
         """In one trip to a thread: claim a batch (small bodies included) and run a synchronous
         ``pre_send`` on each member delivery: {delivery id: (raised?, reason or exception)}."""
+        now = time.monotonic()
+        if now - self._checkpointed >= CHECKPOINT_EVERY and hasattr(self.queue, "checkpoint"):
+            self._checkpointed = now  # off the intake's commits, which do not checkpoint (db.py)
+            self.queue.checkpoint()
         claims = self.queue.claim(self.owner, self.batch, self.lease_seconds, with_bodies=BODY_WITH_CLAIM)
         checked: dict[str, tuple[bool, object]] = {}
         if self.pre_send is None or inspect.iscoroutinefunction(self.pre_send):

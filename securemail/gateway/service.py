@@ -105,7 +105,8 @@ def build(home: Home, *, clock=time.time, owner: str | None = None,
     with an injected ``clock`` the stage always runs in-process.
     """
     config = GatewayConfig.load(home)
-    engine = make_engine(config.database_url)
+    # intake commits never pay for a SQLite checkpoint: the delivery workers run them (worker.py)
+    engine = make_engine(config.database_url, wal_autocheckpoint=False)
     create_schema(engine)
     audit = AuditLog(engine, clock)
     keys = KeyStore(engine, clock, audit=audit)

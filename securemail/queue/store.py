@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from securemail.audit import AuditLog
-from securemail.db import transaction
+from securemail.db import checkpoint as db_checkpoint, transaction
 from securemail.errors import UsageError
 from securemail.queue.models import FINAL_STATES, STATES, deliveries as D, messages as M
 
@@ -157,6 +157,10 @@ class Queue:
                       sa.or_(D.c.lease_until.is_(None), D.c.lease_until <= now))
                .order_by(D.c.next_attempt_at).limit(limit)
                .with_for_update(skip_locked=True))  # rendered on PostgreSQL only
+        if self.engine.dialect.name == "sqlite":  # a look without the write lock first: an idle
+            with transaction(self.engine, write=False) as conn:  # poll must not make intake wait
+                if not conn.execute(due).first():
+                    return []
         with transaction(self.engine) as conn:
             ids = conn.execute(due).scalars().all()
             if not ids:
@@ -176,6 +180,10 @@ class Queue:
                       r.sender, r.created_at, owner, until,
                       bytes(bodies[r.message_id]) if r.message_id in bodies else None)
                 for r in rows]
+
+    def checkpoint(self) -> None:
+        """Fold the SQLite WAL into the database (see ``securemail.db.checkpoint``)."""
+        db_checkpoint(self.engine)
 
     def body(self, message_id: str) -> bytes | None:
         """The message bytes, or None if the message is gone."""

@@ -297,3 +297,25 @@ def test_next_retry_gives_up_at_deadline():
     assert next_retry(3, created_at=0, now=5 * day) is None
     assert next_retry(3, created_at=0, now=5 * day - 10) == 5 * day  # last try at the deadline
     assert next_retry(1, give_up_after=100, created_at=0, now=99) == 100
+
+
+@pytest.mark.parametrize("auto", [True, False])
+def test_intake_commits_leave_sqlite_checkpoints_to_whoever_calls_checkpoint(tmp_path, auto):
+    path = tmp_path / "q.db"
+    engine = make_engine(f"sqlite:///{path}", wal_autocheckpoint=auto)
+    create_schema(engine)
+    q = Queue(engine)
+    for _ in range(15):  # ~6 MB of WAL: past SQLite's 1000-page autocheckpoint
+        q.enqueue_many([NewMessage("a@x.example", [("b@y.example", "relay:127.0.0.1:25")], b"z" * 8000)
+                        for _ in range(50)])
+
+    mib = 1 << 20
+    if auto:  # commits crossing 1000 WAL pages copied them into the database file themselves
+        assert path.stat().st_size > 3 * mib
+    else:  # nothing reached the database file until checkpoint(), which copies it all
+        assert path.stat().st_size < mib
+        q.checkpoint()
+        assert path.stat().st_size > 5 * mib
+    with sqlite3.connect(path) as c:
+        assert c.execute("SELECT count(*) FROM messages").fetchone()[0] == 750
+    engine.dispose()
