@@ -187,7 +187,7 @@ def serve_child(home: str, owner: str, log_level: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format=f"%(levelname)s %(name)s[delivery {os.getpid()}]: %(message)s")
     config = GatewayConfig.load(Home(Path(home)))
-    engine = make_engine(config.database_url)
+    engine = make_engine(config.database_url, wal_autocheckpoint=False)  # the workers checkpoint
     audit = AuditLog(engine)
     keys = KeyStore(engine, time.time, audit=audit)
     queue = Queue(engine, time.time, audit_log=audit)
