@@ -63,6 +63,9 @@ def _processes(gw: dict) -> int:
     return n
 
 
+AUTO_CPU_WORKERS = 4  # beyond this the serve process's own core is the limit: use gateway.processes
+
+
 def _cpu_workers(gw: dict) -> int | None:
     """[gateway] cpu_workers: crypto worker processes, 0 = threads; "auto" (default) is None here."""
     value = gw.get("cpu_workers", "auto")
@@ -188,11 +191,14 @@ class GatewayConfig:
         return crypto_workers > 0 if self.delivery_process is None else self.delivery_process
 
     def crypto_workers(self, several_processes: bool = False) -> int:
-        """cpu_workers, with "auto" resolved: one per core, unless several serve processes share the cores."""
+        """cpu_workers, with "auto" resolved: one per core (at most 4), none when several serve
+        processes share the cores."""
         if self.cpu_workers is not None:
             return self.cpu_workers
         cores = os.cpu_count() or 1
-        return cores if cores > 1 and not several_processes and self.processes == 1 else 0
+        if cores < 2 or several_processes or self.processes > 1:
+            return 0
+        return min(cores, AUTO_CPU_WORKERS)
     directory_refresh: float = 86400.0   # [directory] refresh_seconds
 
     def listener(self, name: str) -> Listener | None:

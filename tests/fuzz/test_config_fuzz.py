@@ -139,7 +139,9 @@ def test_read_toml_raises_only_config_error(tmp_path_factory, raw):
     ("delivery", "lease_seconds", 0), ("delivery", "workers", -1), ("delivery", "poll_interval", math.nan),
     ("limits", "command_timeout", math.inf), ("limits", "message_size", 0), ("limits", "recipients", -5),
     ("retry", "first", -1.0), ("retry", "give_up_after", math.nan), ("keys", "dkim", 5),
-    ("listeners", "relay", "127.0.0.1:25"), ("gateway", "domains", "interieur.gouv.fr")])
+    ("listeners", "relay", "127.0.0.1:25"), ("gateway", "domains", "interieur.gouv.fr"),
+    ("gateway", "cpu_workers", -1), ("gateway", "cpu_workers", 65), ("gateway", "cpu_workers", "many"),
+    ("gateway", "cpu_workers", True), ("delivery", "process", "yes"), ("delivery", "process", 1)])
 def test_values_a_gateway_cannot_run_with_are_config_errors(table, key, value):
     cfg = valid()
     cfg[table][key] = value
@@ -157,3 +159,23 @@ def test_datetime_values_are_refused_where_text_is_expected():
     cfg = valid()
     cfg["gateway"]["hostname"] = datetime.datetime(2024, 1, 1)
     assert load(cfg) is None
+
+
+@pytest.mark.parametrize("cores, processes, several, want", [
+    (1, 1, False, 0), (2, 1, False, 2), (16, 1, False, 4), (2, 2, False, 0), (8, 1, True, 0)])
+def test_auto_cpu_workers_follow_the_cores(monkeypatch, cores, processes, several, want):
+    import securemail.config as C
+    monkeypatch.setattr(C.os, "cpu_count", lambda: cores)
+    cfg = valid()
+    cfg["gateway"]["processes"] = processes
+    got = GatewayConfig.from_dict(cfg, HOME)
+    assert got.cpu_workers is None and got.crypto_workers(several) == want
+    assert got.separate_delivery(got.crypto_workers(several)) is (want > 0)
+
+
+def test_explicit_cpu_workers_and_delivery_process_are_kept():
+    cfg = valid()
+    cfg["gateway"]["cpu_workers"] = 3
+    cfg["delivery"]["process"] = False
+    got = GatewayConfig.from_dict(cfg, HOME)
+    assert got.crypto_workers(True) == 3 and got.separate_delivery(3) is False
