@@ -145,7 +145,7 @@ class DeliveryWorker:
         """In one trip to a thread: claim a batch (small bodies included) and run a synchronous
         ``pre_send`` on each member delivery: {delivery id: (raised?, reason or exception)}."""
         now = time.monotonic()
-        if now - self._checkpointed >= CHECKPOINT_EVERY and hasattr(self.queue, "checkpoint"):
+        if now - self._checkpointed >= CHECKPOINT_EVERY:
             self._checkpointed = now  # off the intake's commits, which do not checkpoint (db.py)
             self.queue.checkpoint()
         claims = self.queue.claim(self.owner, self.batch, self.lease_seconds, with_bodies=BODY_WITH_CLAIM)

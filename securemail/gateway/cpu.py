@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..envelope import Envelope
 from ..errors import ConfigError, SecureMailError, TemporaryFailure
+from .runtime import open_child
 from .stage import CryptoStage, Decision, queue_entries
 
 log = logging.getLogger(__name__)
@@ -189,26 +190,12 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
 
 def _send(sock: socket.socket, value) -> None:
     data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(_HEAD.pack(len(data)) + data if len(data) < 65536 else _HEAD.pack(len(data)))
-    if len(data) >= 65536:
+    head = _HEAD.pack(len(data))
+    if len(data) < 65536:
+        sock.sendall(head + data)  # one send for a small reply
+    else:
+        sock.sendall(head)  # no joined copy of a big one
         sock.sendall(data)
-
-
-def build_stage(home: Path):
-    """A child's composition root: its own engine, key store, queue, manifest source and stage."""
-    from ..audit import AuditLog
-    from ..config import GatewayConfig
-    from ..db import make_engine
-    from ..home import Home
-    from ..keys.store import KeyStore
-    from ..queue import Queue
-    from .runtime import ManifestSource, make_stage
-    config = GatewayConfig.load(Home(home))
-    engine = make_engine(config.database_url)
-    audit = AuditLog(engine)
-    keys = KeyStore(engine, time.time, audit=audit)
-    stage = make_stage(config, keys, ManifestSource(config.federation_manifest), time.time)
-    return stage, Queue(engine, time.time, audit_log=audit)
 
 
 def _handle(stage: CryptoStage, queue, env: Envelope, listener_name: str) -> Decision:
@@ -224,7 +211,7 @@ def serve_child(home: str, fd: int, log_level: int) -> int:
     logging.basicConfig(level=log_level, format=f"%(levelname)s %(name)s[cpu {os.getpid()}]: %(message)s")
     sock = socket.socket(fileno=fd)
     try:
-        stage, queue = build_stage(Path(home))
+        parts = open_child(Path(home))
     except SecureMailError as err:
         _send(sock, (False, err.message))
         return 1
@@ -245,7 +232,7 @@ def serve_child(home: str, fd: int, log_level: int) -> int:
         env = replace(env, data=data)
         del data
         try:
-            reply = (True, _handle(stage, queue, env, listener_name))
+            reply = (True, _handle(parts.stage, parts.queue, env, listener_name))
         except SecureMailError as err:
             reply = (False, err)
         except Exception:  # noqa: BLE001 - a bug in one message answers 451 for it, not for the rest

@@ -180,23 +180,15 @@ class DeliveryProcess:
 
 # --- the child process ---------------------------------------------------------------
 def serve_child(home: str, owner: str, log_level: int) -> int:
-    from ..audit import AuditLog
-    from ..db import make_engine
-    from ..home import Home
-    from .runtime import make_stage
+    from .runtime import open_child
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format=f"%(levelname)s %(name)s[delivery {os.getpid()}]: %(message)s")
-    config = GatewayConfig.load(Home(Path(home)))
-    engine = make_engine(config.database_url, wal_autocheckpoint=False)  # the workers checkpoint
-    audit = AuditLog(engine)
-    keys = KeyStore(engine, time.time, audit=audit)
-    queue = Queue(engine, time.time, audit_log=audit)
-    manifest = ManifestSource(config.federation_manifest)
-    stage = make_stage(config, keys, manifest, time.time)
-    workers, sessions = build_delivery(config, queue=queue, keys=keys, manifest=manifest,
-                                       transformer=stage.transformer, clock=time.time, owner=owner)
+    parts = open_child(Path(home), wal_autocheckpoint=False)  # the workers checkpoint
+    workers, sessions = build_delivery(parts.config, queue=parts.queue, keys=parts.keys,
+                                       manifest=parts.manifest, transformer=parts.stage.transformer,
+                                       clock=time.time, owner=owner)
     asyncio.run(_run(workers, sessions))
-    engine.dispose()
+    parts.engine.dispose()
     return 0
 
 

@@ -5,13 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..crypto.dkim import DkimSigner
 from ..crypto.keys import Key, load_key
 from ..errors import ConfigError, KeyRefused, KeyUnusable, TemporaryFailure
 from ..federation import load_installed
 from ..keys.store import KeyStore
+
+if TYPE_CHECKING:
+    from .stage import CryptoStage
 
 log = logging.getLogger(__name__)
 
@@ -142,3 +148,30 @@ def make_stage(config, keys: KeyStore, manifest: ManifestSource, clock) -> "Cryp
         member_key=manifest.member_key, lookup=combined_lookup(keys.lookup, manifest.lookup),
         dkim_sign=dkim_sign_fn(dkim_signers(config)), clock=clock, locate=locator.key_for)
     return CryptoStage(config=config, manifest=manifest, transformer=transformer)
+
+
+@dataclass
+class ChildParts:
+    """What a child process of serve (crypto worker, delivery process) builds from the home."""
+    config: object
+    engine: object
+    keys: KeyStore
+    queue: object
+    manifest: ManifestSource
+    stage: "CryptoStage"
+
+
+def open_child(home: Path, *, wal_autocheckpoint: bool = True) -> ChildParts:
+    """A child process's composition root: the serve process's home, an engine of its own."""
+    from ..audit import AuditLog
+    from ..config import GatewayConfig
+    from ..db import make_engine
+    from ..home import Home
+    from ..queue import Queue
+    config = GatewayConfig.load(Home(Path(home)))
+    engine = make_engine(config.database_url, wal_autocheckpoint=wal_autocheckpoint)
+    audit = AuditLog(engine)
+    keys = KeyStore(engine, time.time, audit=audit)
+    manifest = ManifestSource(config.federation_manifest)
+    return ChildParts(config, engine, keys, Queue(engine, time.time, audit_log=audit), manifest,
+                      make_stage(config, keys, manifest, time.time))

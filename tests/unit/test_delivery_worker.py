@@ -189,6 +189,9 @@ def test_run_backs_off_while_the_queue_is_down_then_stops():
         audit_log = None
         calls = 0
 
+        def checkpoint(self):
+            pass
+
         def claim(self, owner, limit, lease, with_bodies=0):
             DownQueue.calls += 1
             raise TemporaryFailure(detail="database is locked")
