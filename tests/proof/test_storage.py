@@ -58,6 +58,17 @@ def _in_outage(receiver: Receiver, start: float, end: float) -> set[str]:
     return {m for m in list(receiver.accepted) if start - LEASE <= receiver.times(m)[0] <= end + LEASE + 5}
 
 
+def _scan(loads: dict, probes: list, receiver: Receiver, serve: ServeProc) -> Scan:
+    """Every reply, probe, message on the wire and serve.log line of a run, searched for leaks."""
+    scan = Scan()
+    for load in loads.values():
+        scan.replies(load.lines)
+    scan.replies(line for _, got in probes for line in got)
+    scan.wire(receiver.received)
+    scan.log(serve.log.read_bytes(), "serve.log")
+    return scan
+
+
 def _fill(directory: Path) -> Path:
     filler = directory / "filler"
     with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to flush at close
@@ -130,12 +141,7 @@ def test_disk_full_answers_4xx_and_resumes_without_restart(tmp_path, tmpfs, figu
     t = tally(acked, receiver.accepted, rows, in_flight=_in_outage(receiver, full_at, freed_at),
               in_doubt=set().union(*(l.in_doubt for l in loads.values())))
     full_codes = _data_codes(loads["full"])
-    scan = Scan()
-    for l in loads.values():
-        scan.replies(l.lines)
-    scan.replies(line for _, got in probes for line in got)
-    scan.wire(receiver.received)
-    scan.log(serve.log.read_bytes(), "serve.log")
+    scan = _scan(loads, probes, receiver, serve)
     figures.record(group="storage", name="disk full (SQLite on a 2 MiB tmpfs)", backend="sqlite", runs=1,
                    **t.figures(), replies_while_full=full_codes, replies_after=_data_codes(loads["after"]),
                    probes=len(probes), probes_ok=sum(ok for ok, _ in probes), restarted=False,
@@ -214,12 +220,7 @@ def test_postgresql_stopped_answers_4xx_and_resumes_by_itself(tmp_path, figures)
     t = tally(acked, receiver.accepted, rows, in_flight=_in_outage(receiver, stopped_at, started_at),
               in_doubt=set().union(*(l.in_doubt for l in loads.values())))
     down_codes = _data_codes(loads["down"])
-    scan = Scan()
-    for l in loads.values():
-        scan.replies(l.lines)
-    scan.replies(line for _, got in probes for line in got)
-    scan.wire(receiver.received)
-    scan.log(serve.log.read_bytes(), "serve.log")
+    scan = _scan(loads, probes, receiver, serve)
     figures.record(group="storage", name="PostgreSQL stopped (-m immediate) and restarted", backend="postgresql",
                    runs=1, **t.figures(), replies_while_down=down_codes, replies_after=_data_codes(loads["after"]),
                    down_seconds=round(started_at - stopped_at, 1), probes=len(probes),
