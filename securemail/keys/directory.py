@@ -5,8 +5,9 @@ key store, ``published_at``, ``source`` (``publish``: the user proved the key
 over HTTPS; ``operator``: ``securemail directory add``), plus ``domain`` and
 ``hu`` (the WKD hash of the local part) to answer WKD requests by hash. The WKD
 server (gateway/wkd_server.py) serves ``served(address)``: the published key
-cut down to the domain's user IDs, and any revoked key of the address, so that
-revocations reach those who cached it.
+cut down to the address's own user ID, and any revoked key of the address, so
+that revocations reach those who cached it. Publishing binds the key to that
+address alone (``publish`` for the owner's request, ``import`` for the operator).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 from ..crypto.keys import Key
 from ..db import transaction
 from ..errors import UsageError
+from .binding import OPERATOR, PUBLISH
 from .store import KeyStore
 from .wkd import served_key, split_address, wkd_hash
 
@@ -73,9 +75,10 @@ class Directory:
         return address, domain, wkd_hash(local)
 
     def publish(self, address: str, key: Key, source: str) -> Entry:
-        """Store ``key``, publish it for ``address`` and pin the address to it; audited."""
+        """Store ``key``, bind and publish it for ``address`` and pin the address to it; audited."""
         address, domain, hu = self._check(address, key)
-        self.keys.add(key.public(), source=f"directory:{source}")
+        self.keys.add(key.public(), source=f"directory:{source}",
+                      bind=PUBLISH if source == "publish" else OPERATOR, only=(address,))
         now = self.clock()
         with transaction(self.engine) as conn:
             conn.execute(directory_table.delete().where(directory_table.c.address == address))

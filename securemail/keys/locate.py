@@ -4,8 +4,10 @@ The recipient's domain must be a federation member with a ``wkd`` entry; the
 key is fetched over HTTPS from that host and port, and the TLS certificate's
 public key must match the member's ``tls_pin`` (checked before the request is
 sent; a mismatch is a failure, never a fallback). Keys with a valid user ID for
-the address go to the key store (source ``wkd:<domain>``; updates are merged,
-so a revocation is honoured), and each fetch is recorded in ``key_sources``
+the address are cut to that user ID alone (a directory speaks for the address
+asked for, in its own domain, for nothing else) and go to the key store (source
+``wkd:<domain>``, bound to the address by ``directory:<domain>``; updates are
+merged, so a revocation is honoured), and each fetch is recorded in ``key_sources``
 with its time. A cached answer is used until ``refresh_seconds`` old (a "no key
 there" answer until ``negative_seconds``). Pinning and changes are the key
 store's (``KeyStore.trusted_for``).
@@ -28,6 +30,7 @@ from ..db import transaction
 from ..delivery.smtp import spki_sha256
 from ..errors import KeyChanged, TemporaryFailure
 from ..federation import hostport
+from .binding import directory_source
 from .store import KeyStore
 from .wkd import MAX_KEY_BYTES, advanced_url, keys_for, split_address
 
@@ -163,9 +166,10 @@ class Locator:
             for fpr in [k.fingerprint for k in keys] or [""]:
                 conn.execute(sources_table.insert().values(address=address, fingerprint=fpr,
                                                            source=source, fetched_at=now))
-        # valid keys first: the first key seen that can encrypt is the one pinned
+        # valid keys first: the first key seen that can encrypt is the one pinned. The directory of
+        # ``domain`` binds ``address`` only (binding.bindable also refuses any other domain's).
         for key in sorted(keys, key=lambda k: not k.status.encryption_keys(now)):
-            self.store.add(key, source=source)
+            self.store.add(key, source=source, bind=directory_source(domain), only=(address,))
         return self._judge(address, "fetched" if keys else "not-found",
                            "" if keys else "; ".join(dropped) or "no key published")
 

@@ -6,8 +6,11 @@ and the JSON body ``{"address", "key" (armored), "time" (epoch seconds),
 signature by ``key`` over ``canonical({address, key, time, nonce})`` (sorted
 keys, no spaces). The gateway publishes only when every check passes
 (``check_request``: the authenticated user is the address, the domain is served
-here, the key is valid with a user ID for the address, the signature is that
-key's, the time is within ``MAX_SKEW``; ``Nonces``: never seen before). A
+here, the key is valid with a user ID for the address and no valid user ID for
+any other address, the signature is that key's, the time is within ``MAX_SKEW``;
+``Nonces``: never seen before). A key that also claims other addresses is
+refused, not stripped: its owner learns why (the CLI prints the reason) and
+publishes a key that says only what the gateway will serve. A
 *revoked* key needs no signature (it cannot sign, and its revocation is signed
 by the key itself): it is merged only into a key already published for the
 address, so that the directory serves the revocation.
@@ -100,6 +103,9 @@ def check_request(doc, auth_user: str, domains, now: float) -> tuple[str, Key]:
     if address not in key.status.addresses:
         raise PublishRefused(400, "key has no valid user ID for the address")
     state = key.state_at(now)
+    others = [a for a in key.status.addresses if a != address]
+    if others and state != "revoked":  # a revocation binds nothing (KeyStore.add, bind=None)
+        raise PublishRefused(400, other_user_ids(address, others))
     if state == "revoked":
         pass  # a revocation is signed by the key itself; taken only for a key published here
     elif state != "valid" or not key.status.encryption_keys(now):
@@ -109,6 +115,13 @@ def check_request(doc, auth_user: str, domains, now: float) -> tuple[str, Key]:
     if abs(doc["time"] - now) > MAX_SKEW:
         raise PublishRefused(403, "request time too far from the gateway's clock")
     return address, key
+
+
+def other_user_ids(address: str, others) -> str:
+    """The refusal of a key that claims more than the authenticated address."""
+    names = sorted(others)
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"key has user IDs for other addresses ({shown}); publish a key whose only user ID is {address}"
 
 
 def _signed_by(doc: dict, key: Key) -> bool:

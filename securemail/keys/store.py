@@ -6,10 +6,17 @@ keys are kept, marked, so that their signatures are reported invalid and
 nothing is encrypted to them. Secret keys live in the same database, which the
 home keeps at mode 0600.
 
-Pinning: the first key that can encrypt seen for an address is pinned to it
+Binding: a key is found for an address only when it has a valid user ID for it
+*and* that address is bound to it (keys/binding.py, table ``key_bindings``) by
+the operator (``import``), the owner's publication (``publish``) or the
+directory of the address's own domain (``directory:<domain>``). A user ID no one
+entitled vouched for is kept in the certificate but never used.
+
+Pinning: the first key that can encrypt seen for a bound address is pinned to it
 (table ``pins``). Encryption then uses the pinned key only; another key for that
 address is a *change* (``trusted_for`` raises KeyChanged) until a person
-accepts it (``accept``, ``securemail keys accept``).
+accepts it (``accept``, ``securemail keys accept``). A pin is only ever made
+from a binding.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from ..crypto import openpgp
 from ..crypto.keys import Key, load_keys
 from ..db import transaction
 from ..errors import KeyChanged, KeyNotFound, KeyRefused, UsageError
+from . import binding as B
 
 metadata = sa.MetaData()
 keys_table = sa.Table(
@@ -61,6 +69,7 @@ class ImportResult:
     outcome: str            # "new" | "updated" | "unchanged" | "refused"
     reason: str = ""
     key: Key | None = None
+    bound: tuple[str, ...] = ()   # addresses bound to the key by this import
 
 
 class KeyStore:
@@ -71,12 +80,22 @@ class KeyStore:
         self.audit = audit  # AuditLog: key changes are recorded (fingerprints and states only)
         self._writes = 0    # changes made through this object (part of generation())
         self._gen_at: tuple[float, tuple] | None = None
-        with transaction(engine) as conn:
-            metadata.create_all(conn)
         self._cache: dict[str, tuple[bytes, Key]] = {}
+        with transaction(engine) as conn:
+            if conn.dialect.name == "postgresql":  # DDL is transactional; serialize creators
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('securemail.schema'))"))
+            fresh = not sa.inspect(conn).has_table(B.bindings_table.name)
+            metadata.create_all(conn)
+            B.metadata.create_all(conn)
+            if fresh:  # a home made before bindings: bind its keys once, from where they came
+                for address, fpr in B.migrate(conn, keys_table, pins_table, clock()):
+                    if audit is not None:
+                        audit.append_in(conn, "key-pin-dropped", address=address, fingerprint=fpr,
+                                        reason="no binding")
 
     # --- writing ------------------------------------------------------------------
-    def import_bytes(self, data: bytes, source: str = "import") -> list[ImportResult]:
+    def import_bytes(self, data: bytes, source: str = "import", bind: str | None = B.OPERATOR,
+                     only=None) -> list[ImportResult]:
         """Import every key in ``data``; refused keys get a one-line reason each."""
         try:
             items = load_keys(data)
@@ -87,9 +106,13 @@ class KeyStore:
             msg = e.message if isinstance(e, SecureMailError) else "unreadable key data"
             return [ImportResult(None, "refused", msg)]
         return [ImportResult(i.detail, "refused", i.message) if isinstance(i, KeyRefused)
-                else self.add(i, source) for i in items]
+                else self.add(i, source, bind, only) for i in items]
 
-    def add(self, key: Key, source: str = "import") -> ImportResult:
+    def add(self, key: Key, source: str = "import", bind: str | None = B.OPERATOR,
+            only=None) -> ImportResult:
+        """Store or merge ``key`` (``source``: where its bytes came from) and bind the addresses
+        ``bind`` vouches for (binding.bindable): the operator by default, every user ID of
+        ``key``; a publication or a directory, the addresses in ``only``; None, nothing."""
         self._writes += 1
         now = self.clock()
         with transaction(self.engine) as conn:
@@ -99,27 +122,59 @@ class KeyStore:
                 merged, outcome = key, "new"
             else:
                 blob = _merge.merge(bytes(row.data), key.binary())
-                if blob == bytes(row.data):
-                    return ImportResult(key.fingerprint, "unchanged", key=self._key(blob))
-                merged, outcome = _load_one(blob), "updated"
-            self._write(conn, merged, source, now, new=row is None)
-            self._record(conn, outcome, merged, source)
-            if merged.status.encryption_keys(now):
+                merged, outcome = ((self._key(blob), "unchanged") if blob == bytes(row.data)
+                                   else (_load_one(blob), "updated"))
+            if outcome != "unchanged":
+                self._write(conn, merged, source, now, new=row is None)
+                self._record(conn, outcome, merged, source)
+            # what this source vouches for, among the user IDs it sent that are valid once merged
+            claims = [a for a in key.status.addresses if a in merged.status.addresses]
+            bound = self._bind(conn, merged.fingerprint, B.bindable(bind, claims, only), bind, now)
+            if (outcome != "unchanged" or bound) and merged.status.encryption_keys(now):
                 self._pin_new(conn, merged, source, now)
-        return ImportResult(key.fingerprint, outcome, key=merged)
+        return ImportResult(key.fingerprint, outcome, key=merged, bound=bound)
+
+    def _bind(self, conn, fpr: str, addresses, source: str | None, now: float) -> tuple[str, ...]:
+        """Insert the bindings not made yet (the first source to bind an address is kept)."""
+        if not addresses:
+            return ()
+        have = {r.address for r in conn.execute(sa.select(B.bindings_table.c.address).where(
+            B.bindings_table.c.fingerprint == fpr, B.bindings_table.c.address.in_(addresses)))}
+        new = tuple(a for a in addresses if a not in have)
+        for a in new:
+            conn.execute(B.bindings_table.insert().values(address=a, fingerprint=fpr, source=source,
+                                                          bound_at=now))
+        if new:  # other processes see the change through generation()
+            conn.execute(keys_table.update().where(keys_table.c.fingerprint == fpr).values(updated_at=now))
+            if self.audit is not None:
+                self.audit.append_in(conn, "key-bound", fingerprint=fpr, source=source, addresses=list(new))
+        return new
 
     def _pin_new(self, conn, key: Key, source: str, now: float) -> None:
-        """Pin each address of ``key`` that has no pin yet to the first key seen for it (``key``, or
-        the newest usable key stored before pins existed)."""
+        """Pin each address bound to ``key`` that has no pin yet to the first key seen for it
+        (``key``, or the newest usable key bound to it before pins existed)."""
+        bound = [a for a in key.status.addresses if a in self._bound(conn, key.fingerprint)]
         pinned = {r.address for r in conn.execute(sa.select(pins_table.c.address).where(
-            pins_table.c.address.in_(key.status.addresses)))}
-        for a in key.status.addresses:
+            pins_table.c.address.in_(bound)))}
+        for a in bound:
             if a not in pinned:
                 before = [k for k in self._find(conn, a)
                           if k.fingerprint != key.fingerprint and k.status.encryption_keys(now)]
                 first = max(before, key=lambda k: k.status.created) if before else key
                 conn.execute(pins_table.insert().values(address=a, fingerprint=first.fingerprint,
                                                         pinned_at=now, source=source, superseded="[]"))
+
+    def _bound(self, conn, fpr: str) -> set[str]:
+        return {r.address for r in conn.execute(sa.select(B.bindings_table.c.address).where(
+            B.bindings_table.c.fingerprint == fpr))}
+
+    def bindings(self, fingerprint: str | None = None) -> list[tuple[str, str, str]]:
+        """(address, fingerprint, source) of every binding, or of one key's."""
+        q = sa.select(B.bindings_table).order_by(B.bindings_table.c.fingerprint, B.bindings_table.c.address)
+        if fingerprint is not None:
+            q = q.where(B.bindings_table.c.fingerprint == fingerprint)
+        with transaction(self.engine, write=False) as conn:
+            return [(r.address, r.fingerprint, r.source) for r in conn.execute(q)]
 
     def pin(self, address: str, fingerprint: str, source: str) -> str | None:
         """Pin ``address`` to the stored key ``fingerprint`` (it must carry the address); the old pin.
@@ -134,7 +189,11 @@ class KeyStore:
             raise UsageError(f"key {key.fingerprint} has no valid user ID for {address}")
         old = self.pinned(address)
         with transaction(self.engine) as conn:
-            others = sorted(k.fingerprint for k in self._find(conn, address) if k.fingerprint != key.fingerprint)
+            found = {k.fingerprint for k in self._find(conn, address)}
+            if key.fingerprint not in found:  # a pin is made from a binding only
+                raise UsageError(f"key {key.fingerprint} is not bound to {address}: import it "
+                                 "(securemail keys import) or find it in its domain's directory")
+            others = sorted(found - {key.fingerprint})
             conn.execute(pins_table.delete().where(pins_table.c.address == address))
             conn.execute(pins_table.insert().values(address=address, fingerprint=key.fingerprint,
                                                     pinned_at=self.clock(), source=source,
@@ -203,6 +262,7 @@ class KeyStore:
         fpr = self._resolve(fingerprint)
         with transaction(self.engine) as conn:
             conn.execute(addresses_table.delete().where(addresses_table.c.fingerprint == fpr))
+            conn.execute(B.bindings_table.delete().where(B.bindings_table.c.fingerprint == fpr))
             conn.execute(pins_table.delete().where(pins_table.c.fingerprint == fpr))
             conn.execute(keys_table.delete().where(keys_table.c.fingerprint == fpr))
             self._record(conn, "deleted", None, "operator", fpr)
@@ -235,13 +295,16 @@ class KeyStore:
         return self._key(bytes(row.data))
 
     def find(self, address: str) -> list[Key]:
-        """Every key with a valid user ID for ``address`` (any state)."""
+        """Every key with a valid user ID for ``address`` bound to it (any state)."""
         with transaction(self.engine, write=False) as conn:
             return self._find(conn, address)
 
     def _find(self, conn, address: str) -> list[Key]:
+        bt = B.bindings_table
         rows = conn.execute(sa.select(keys_table.c.data).join(
-            addresses_table, addresses_table.c.fingerprint == keys_table.c.fingerprint).where(
+            addresses_table, addresses_table.c.fingerprint == keys_table.c.fingerprint).join(
+            bt, sa.and_(bt.c.fingerprint == addresses_table.c.fingerprint,
+                        bt.c.address == addresses_table.c.address)).where(
             addresses_table.c.address == address.strip().lower())).all()
         return [self._key(bytes(r.data)) for r in rows]
 

@@ -3,9 +3,11 @@
 Pure functions, no network. A WKD answers ``GET /.well-known/openpgpkey/<domain>/hu/<h>``
 (the advanced method; ``/.well-known/openpgpkey/hu/<h>`` is the direct method) with
 the binary key of the address whose local part hashes to ``h``: z-base-32 of the
-SHA-1 of the lower-cased local part. What is served is filtered here: the primary
-key, its direct signatures, only the user IDs of the domain asked for (with their
-signatures) and the subkeys with their bindings, then validated again.
+SHA-1 of the lower-cased local part. What is served, and what is kept of a key
+fetched, is filtered here: the primary key, its direct signatures, only the user
+ID of the exact address (with its signatures) and the subkeys with their
+bindings, then validated again. A directory speaks for the address asked for,
+never for another one (finding 3 of issue 10).
 """
 
 from __future__ import annotations
@@ -73,28 +75,35 @@ def policy_path(domain: str) -> str:
     return f"{PREFIX}/{domain.lower()}/policy"
 
 
+def uid_address(uid: bytes) -> str:
+    """The lower-case address of a user ID (as KeyStatus.addresses reads it), or '' when it has none."""
+    addr = parseaddr(uid.decode("utf-8", "replace"))[1].lower()
+    return addr if "@" in addr else ""
+
+
 def uid_domain(uid: bytes) -> str:
     """The lower-case domain of a user ID's address, or '' when it has none."""
-    addr = parseaddr(uid.decode("utf-8", "replace"))[1]
-    return addr.rpartition("@")[2].lower().rstrip(".") if "@" in addr else ""
+    return uid_address(uid).rpartition("@")[2].rstrip(".")
 
 
-def filter_key(binary: bytes, domain: str) -> bytes:
-    """The certificate cut down to the user IDs of ``domain``; b"" when none is left.
+def filter_key(binary: bytes, domain: str, address: str | None = None) -> bytes:
+    """The certificate cut down to the user IDs of ``domain`` (of ``address`` alone when given);
+    b"" when none is left.
 
     Kept: the primary key and its direct signatures, each user ID of ``domain``
-    with its signatures, every subkey with its signatures. Dropped: other user
-    IDs, user attributes (photos), trust, marker and unknown packets. Secret key
-    material is refused, never served.
+    (or ``address``) with its signatures, every subkey with its signatures.
+    Dropped: other user IDs, user attributes (photos), trust, marker and unknown
+    packets. Secret key material is refused, never served.
     """
     pkts = [p for p in P.read_packets(binary) if p.tag != P.TRUST]
     if pkts[0].tag != P.PUBKEY:
         raise KeyRefused("only a public key can be served")
     out, keep, kept_uid = [pkts[0].raw], True, False
-    domain = domain.lower()
+    domain, address = domain.lower(), address.strip().lower() if address else None
     for p in pkts[1:]:
         if p.tag in (P.UID, P.UAT):
-            keep = p.tag == P.UID and uid_domain(p.body) == domain
+            keep = p.tag == P.UID and uid_domain(p.body) == domain and (
+                address is None or uid_address(p.body) == address)
             kept_uid |= keep
         elif p.tag == P.PUBSUBKEY:
             keep = True
@@ -107,28 +116,32 @@ def filter_key(binary: bytes, domain: str) -> bytes:
     return b"".join(out) if kept_uid else b""
 
 
+def cut_to(key: Key, address: str) -> Key | None:
+    """``key``'s certificate with the user ID of ``address`` alone, validated again; None when
+    no valid user ID for the address is left (or what is left is refused)."""
+    _, domain = split_address(address)
+    try:
+        blob = filter_key(key.public().binary(), domain, address)
+        cut = load_key(blob) if blob else None
+    except KeyRefused:
+        return None
+    return cut if cut is not None and address.strip().lower() in cut.status.addresses else None
+
+
 def served_key(key: Key, address: str, now: float) -> Key | None:
-    """What the directory may serve for ``address`` from ``key``: filtered, validated again.
+    """What the directory may serve for ``address`` from ``key``: cut to the address, validated again.
 
     None when the key has no valid user ID for the address after filtering, or
     is expired (a revoked key is served: the draft lets a server return revoked
     keys so that those who cached them learn of the revocation).
     """
-    _, domain = split_address(address)
-    try:
-        blob = filter_key(key.public().binary(), domain)
-        if not blob:
-            return None
-        cut = load_key(blob)
-    except KeyRefused:
-        return None
-    if address.lower() not in cut.status.addresses or cut.state_at(now) not in SERVED_STATES:
-        return None
-    return cut
+    cut = cut_to(key, address)
+    return cut if cut is not None and cut.state_at(now) in SERVED_STATES else None
 
 
 def keys_for(data: bytes, address: str) -> tuple[list[Key], list[str]]:
-    """The keys in a WKD answer that carry a valid user ID for ``address``, and why others were dropped."""
+    """The keys in a WKD answer that carry a valid user ID for ``address``, each cut to that user ID
+    alone (the directory speaks for nothing else), and why others were dropped."""
     from ..crypto.keys import load_keys
     if len(data) > MAX_KEY_BYTES:
         return [], ["answer too large"]
@@ -142,6 +155,8 @@ def keys_for(data: bytes, address: str) -> tuple[list[Key], list[str]]:
             dropped.append(item.message)
         elif address.lower() not in item.status.addresses:
             dropped.append(f"{item.fingerprint} has no valid user ID for {address}")
+        elif (cut := cut_to(item, address)) is None:
+            dropped.append(f"{item.fingerprint} is not valid once cut to the user ID of {address}")
         else:
-            keys.append(item.public())
+            keys.append(cut)
     return keys, dropped
