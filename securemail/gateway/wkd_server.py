@@ -133,7 +133,7 @@ class WkdServer:
         if not self.nonces.claim(doc["nonce"], now):
             raise PublishRefused(403, "nonce already used (replayed request)")
         if key.state_at(now) == "revoked":
-            self.directory.keys.add(key, source="publish")
+            self.directory.keys.add(key, source="publish", bind=None)  # merged; binds no address
             if self.audit is not None:
                 self.audit.append("key-revocation-published", address=address,
                                   fingerprint=key.fingerprint)
