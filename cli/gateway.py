@@ -190,6 +190,33 @@ def queue_delete(obj, message_id):
     click.echo(f"deleted {message_id}")
 
 
+@queue.command(name="purge")
+@click.option("--older-than", default="0", show_default=True,
+              help="Only messages whose deliveries all settled longer ago than this: seconds, "
+                   "or 30d, 12h, 15m; 0 = every finished message.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def queue_purge(obj, older_than, as_json):
+    """Remove finished messages now (every delivery delivered or bounced), with their deliveries,
+    and any body a finished message still has. Mail still to deliver is never touched; the
+    audit log is kept."""
+    from securemail.config import parse_duration
+    from securemail.errors import ConfigError
+    from securemail.queue.retention import purge_all
+    try:
+        age = parse_duration(older_than, "--older-than")
+    except ConfigError as e:
+        raise UsageError(e.message) from None
+    q, _ = _queue(obj)
+    out = purge_all(q, age, audit=("purged", {"by": "operator"}))
+    if as_json:
+        click.echo(json.dumps({"rows": out.rows, "messages": out.messages,
+                               "deliveries": out.deliveries, "bodies": out.bodies}))
+        return
+    click.echo(f"removed {out.rows} rows ({out.messages} messages, {out.deliveries} deliveries) "
+               f"and {out.bodies} leftover bodies")
+
+
 @click.group()
 def audit() -> None:
     """The hash-chained audit log of decisions (metadata, never content)."""

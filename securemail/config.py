@@ -158,6 +158,41 @@ class Retry:
     give_up_after: float = 5 * 86400.0
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value, where: str) -> float:
+    """Seconds from a number of seconds or a string like "30d", "12h", "15m", "45s" (or "0")."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().lower()
+        number, unit = (text[:-1], _UNITS[text[-1]]) if text[-1] in _UNITS else (text, 1)
+        try:
+            seconds = float(number) * unit
+        except ValueError:
+            seconds = -1.0
+    else:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ConfigError(f'{where} must be a duration: seconds, or a number with s, m, h or d ("30d")')
+    return seconds
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """``[queue]``: how long finished messages' metadata is kept (bodies go when delivered)."""
+    retention: float = 30 * 86400.0   # then removed by the running gateway (queue/retention.py)
+    purge_interval: float = 3600.0    # seconds between two of its sweeps
+
+
+def _queue_settings(data: dict) -> QueueSettings:
+    table, default = _table(data, "queue"), QueueSettings()
+    interval = parse_duration(table.get("purge_interval", default.purge_interval), "queue.purge_interval")
+    return QueueSettings(parse_duration(table.get("retention", default.retention), "queue.retention"),
+                         _positive(interval, "queue.purge_interval"))
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     home: Path
@@ -180,6 +215,7 @@ class GatewayConfig:
     dkim_keys: tuple[DkimKeyConfig, ...]
     limits: Limits = field(default_factory=Limits)
     retry: Retry = field(default_factory=Retry)
+    queue: QueueSettings = field(default_factory=QueueSettings)
     processes: int = 1             # serve processes sharing the listeners (SO_REUSEPORT) and the queue
     cpu_workers: int | None = None  # crypto worker processes per serve process; 0 = threads; None = auto
 
@@ -278,5 +314,6 @@ class GatewayConfig:
             limits=Limits(*(_positive(_get(lim, k, type(v), v, "limits"), f"limits.{k}")
                             for k, v in vars(Limits()).items())),
             retry=Retry(*(_positive(_get(rt, k, float, v, "retry"), f"retry.{k}") for k, v in vars(Retry()).items())),
+            queue=_queue_settings(data),
             directory_refresh=_refresh(data),
         )

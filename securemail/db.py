@@ -9,6 +9,12 @@ SQLite transactions are started by us, not by the ``sqlite3`` module (the
 docs): write transactions use ``BEGIN IMMEDIATE``, which takes the database's
 single write lock up front, so two writers (threads or processes) queue on
 ``busy_timeout`` instead of both reading and then one failing on upgrade.
+
+Every SQLite connection runs with ``secure_delete=ON``: what a delete or an update
+frees (a delivered message's body, purged rows) is overwritten with zeros, in its
+page and in freed overflow pages, instead of staying readable in the file until
+reused. The WAL still holds the old frames until it is reset and overwritten;
+``checkpoint(..., truncate=True)`` empties it (see ``Queue.checkpoint``).
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ def _sqlite_engine(u: sa.engine.URL, busy_timeout: float, autocheckpoint: bool) 
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA secure_delete=ON")  # removed bodies are zeroed, not left in free space
             if not autocheckpoint:
                 cur.execute("PRAGMA wal_autocheckpoint=0")
         finally:
@@ -123,15 +130,33 @@ def transaction(engine: Engine, *, write: bool = True,
             yield conn
 
 
-def checkpoint(engine: Engine) -> None:
+TRUNCATE_WAIT_MS = 50  # how long a truncating checkpoint may wait for readers and the writer
+
+
+def checkpoint(engine: Engine, *, truncate: bool = False) -> bool:
     """A PASSIVE SQLite checkpoint (copies committed WAL pages into the database without
-    blocking writers or readers); nothing on PostgreSQL."""
+    blocking writers or readers); nothing on PostgreSQL.
+
+    ``truncate``: when the passive run folded the whole WAL, truncate it to zero bytes too
+    (its old frames may hold removed content). That needs the write lock and no reader on
+    the WAL: it waits at most ``TRUNCATE_WAIT_MS``, else it is left for the next call.
+    Returns True when the WAL was truncated (always on PostgreSQL, which has none here).
+    """
     if engine.dialect.name != "sqlite":
-        return
+        return True
     with translate_errors():
         raw = engine.raw_connection()
         try:
-            raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            db = raw.driver_connection
+            busy, log, done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if not truncate or busy or log != done:
+                return False
+            wait = db.execute("PRAGMA busy_timeout").fetchone()[0]
+            db.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
+            try:
+                return db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+            finally:
+                db.execute(f"PRAGMA busy_timeout={wait}")
         finally:
             raw.close()
 

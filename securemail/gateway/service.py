@@ -21,6 +21,7 @@ from ..keys.directory import Directory
 from ..keys.publish import Nonces
 from ..keys.store import KeyStore
 from ..queue import Queue
+from ..queue.retention import Retention
 from ..smtp.handler import GatewayHandler
 from ..smtp.server import Limits, SMTPServer, make_server
 from .pipeline import Pipeline
@@ -46,6 +47,7 @@ class Gateway:
     sessions: SessionPool | None = None
     cpu: CpuPool | None = None
     delivery: DeliveryProcess | None = None   # when the workers run in a child process
+    retention: Retention | None = None        # the sweep of finished messages' metadata
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -65,6 +67,8 @@ class Gateway:
                                   reason=e.strerror or type(e).__name__)
         self._stop = asyncio.Event()
         self._tasks = [asyncio.create_task(w.run(self._stop)) for w in self.workers]
+        if self.retention is not None:
+            self._tasks.append(asyncio.create_task(self.retention.run(self._stop)))
         self.audit.append("started", domains=list(self.config.domains), listeners=listeners)
 
     async def stop(self) -> None:
@@ -147,4 +151,4 @@ def build(home: Home, *, clock=time.time, owner: str | None = None,
         wkd = WkdServer(li.host, li.port, tls, Directory(engine, keys, config.domains, clock=clock, audit=audit),
                         Nonces(engine), users.check, audit=audit, clock=clock, reuse_port=reuse_port)
     return Gateway(config, queue, audit, keys, pipeline, servers, delivery, engine, wkd, sessions, pool,
-                   child)
+                   child, Retention(queue, config.queue.retention, config.queue.purge_interval))

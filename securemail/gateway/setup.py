@@ -147,6 +147,10 @@ first = 300
 cap = 3600
 give_up_after = 432000
 
+[queue]                      # a delivered message's body is removed when its last delivery settles
+retention = "30d"            # then its metadata (envelope, delivery states) is kept this long
+purge_interval = 3600        # seconds between the gateway's sweeps of expired metadata
+
 [limits]
 message_size = 26214400
 recipients = 100

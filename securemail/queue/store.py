@@ -12,7 +12,13 @@ Claims are exclusive: on PostgreSQL the due rows are selected ``FOR UPDATE SKIP
 LOCKED``; on SQLite every write transaction starts with ``BEGIN IMMEDIATE``
 (see ``securemail.db``), so claimers run one after the other.
 
-``enqueue``, the settle methods, ``retry`` and ``delete`` accept
+A message is finished when every delivery is final (delivered or bounced).
+Its body is removed (set to zero bytes) by the settle that finishes it, in
+the same transaction, so a body never outlives its last delivery and is never
+removed while one is pending; its metadata (message and delivery rows) is
+removed later by ``purge`` (``queue.retention``, see ``securemail.queue.retention``).
+
+``enqueue``, the settle methods, ``retry``, ``delete`` and ``purge`` accept
 ``audit=(kind, fields)``: the audit record is written in the same transaction
 as the change, and only if the change happened (needs ``Queue(..., audit_log=...)``).
 Database failures raise ``TemporaryFailure``.
@@ -39,6 +45,14 @@ from securemail.queue.models import FINAL_STATES, STATES, deliveries as D, messa
 AuditSpec = tuple[str, Mapping[str, Any]] | None
 _INSERT_MESSAGE = M.insert()
 _INSERT_DELIVERY = D.insert()
+PURGE_BATCH = 500  # messages per purge transaction: a purge never holds the write lock long
+
+# a delivery of the message in the outer query that is not final: the message is not finished
+_PENDING = sa.select(D.c.id).where(D.c.message_id == M.c.id, D.c.state.not_in(FINAL_STATES)).exists()
+_HAS_BODY = sa.func.length(M.c.body) > 0
+# the one statement a settle batch adds: the bodies of the messages it finished, gone
+_REMOVE_BODIES = M.update().where(
+    M.c.id.in_(sa.bindparam("b_mids", expanding=True)), _HAS_BODY, ~_PENDING).values(body=b"")
 
 
 @functools.lru_cache(maxsize=16)
@@ -64,6 +78,23 @@ class NewMessage:
 
 
 @dataclass(frozen=True)
+class Purged:
+    """What one ``purge`` removed: finished messages and their deliveries, and leftover bodies."""
+    messages: int = 0
+    deliveries: int = 0
+    bodies: int = 0
+    more: bool = False   # a batch was full: call again
+
+    @property
+    def rows(self) -> int:
+        return self.messages + self.deliveries
+
+    def __add__(self, other: "Purged") -> "Purged":
+        return Purged(self.messages + other.messages, self.deliveries + other.deliveries,
+                      self.bodies + other.bodies, other.more)
+
+
+@dataclass(frozen=True)
 class Claim:
     """A leased delivery; fetch the bytes with ``Queue.body(claim.message_id)``."""
     delivery_id: str
@@ -86,6 +117,8 @@ class Queue:
         self.engine = engine
         self.clock = clock
         self.audit_log = audit_log
+        self._removed = 0    # bodies and rows removed by this object (settles, purges) ...
+        self._scrubbed = 0   # ... up to the last checkpoint that truncated the SQLite WAL
 
     # --- intake -------------------------------------------------------------
     def enqueue(self, sender: str, recipients_with_hops: Sequence[tuple[str, str]],
@@ -177,19 +210,22 @@ class Queue:
             bodies = dict(conn.execute(sa.select(M.c.id, M.c.body).where(M.c.id.in_(small))).all()
                           ) if small else {}
         return [Claim(r.id, r.message_id, r.recipient, r.next_hop, r.attempts,
-                      r.sender, r.created_at, owner, until,
-                      bytes(bodies[r.message_id]) if r.message_id in bodies else None)
+                      r.sender, r.created_at, owner, until, bytes(bodies.get(r.message_id) or b"") or None)
                 for r in rows]
 
     def checkpoint(self) -> None:
-        """Fold the SQLite WAL into the database (see ``securemail.db.checkpoint``)."""
-        db_checkpoint(self.engine)
+        """Fold the SQLite WAL into the database (see ``securemail.db.checkpoint``); after this
+        object removed bodies or rows, also truncate the WAL once it is all folded, so the old
+        frames that still hold them are gone from the -wal file too."""
+        removed = self._removed
+        if db_checkpoint(self.engine, truncate=removed != self._scrubbed):
+            self._scrubbed = removed
 
     def body(self, message_id: str) -> bytes | None:
-        """The message bytes, or None if the message is gone."""
+        """The message bytes, or None if the message is gone or finished (its body removed)."""
         with transaction(self.engine, write=False) as conn:
             data = conn.execute(sa.select(M.c.body).where(M.c.id == message_id)).scalar()
-        return None if data is None else bytes(data)
+        return None if data is None else (bytes(data) or None)
 
     def mark_delivered(self, claim: Claim, audit: AuditSpec = None) -> bool:
         return self._settle(claim, self.delivered_values(), audit)
@@ -211,6 +247,8 @@ class Queue:
         """Several settles (``values`` as for mark_delivered/defer/...) in ONE transaction.
 
         Each applies only if its claim still holds the lease; the result says which did.
+        The bodies of the messages whose last pending delivery this makes final are removed
+        in the same transaction (one more statement, only if a settle was final).
         """
         now = float(self.clock())
         groups: dict[tuple, list[str]] = {}  # same values, owner and lease: one statement
@@ -224,6 +262,10 @@ class Queue:
                 changed.update(conn.execute(_settle_statement(tuple(values)), dict(
                     values, b_ids=ids, b_owner=owner, b_until=until, b_now=now)).scalars())
             done = [claim.delivery_id in changed for claim, _, _ in ops]
+            finished = {claim.message_id for (claim, values, _), ok in zip(ops, done)
+                        if ok and values.get("state") in FINAL_STATES}
+            if finished:
+                self._removed += conn.execute(_REMOVE_BODIES, {"b_mids": sorted(finished)}).rowcount
             self._audit_many(conn, [(audit, {"message_id": claim.message_id,
                                              "delivery_id": claim.delivery_id})
                                     for (claim, _, audit), ok in zip(ops, done) if ok])
@@ -241,12 +283,13 @@ class Queue:
     def retry(self, delivery_or_message_id: str, audit: AuditSpec = None) -> int:
         """Requeue for now: one delivery (unless delivered) or a message's non-final ones.
 
-        Deliveries under a live lease are left alone (a worker is on them).
-        Returns how many deliveries were requeued.
+        Deliveries under a live lease are left alone (a worker is on them), and so are those
+        of a finished message: its body is gone. Returns how many deliveries were requeued.
         """
         now = float(self.clock())
         ident = delivery_or_message_id
-        free = sa.or_(D.c.lease_until.is_(None), D.c.lease_until <= now)
+        has_body = sa.select(M.c.id).where(M.c.id == D.c.message_id, _HAS_BODY).exists()
+        free = sa.and_(sa.or_(D.c.lease_until.is_(None), D.c.lease_until <= now), has_body)
         values = dict(state="queued", next_attempt_at=now, lease_owner=None,
                       lease_until=None, updated_at=now)
         with transaction(self.engine) as conn:
@@ -306,20 +349,37 @@ class Queue:
             counts = dict(conn.execute(q).all())
         return {s: int(counts.get(s, 0)) for s in STATES}
 
-    def gc(self, min_age: float = 0.0) -> int:
-        """Remove messages older than ``min_age`` whose deliveries are all final; returns count."""
-        now = float(self.clock())
-        pending = sa.select(D.c.id).where(D.c.message_id == M.c.id,
-                                          D.c.state.not_in(FINAL_STATES))
-        q = sa.select(M.c.id).where(M.c.created_at <= now - min_age, ~pending.exists())
-        removed = 0
+    def purge(self, older_than: float = 0.0, limit: int = PURGE_BATCH,
+              audit: AuditSpec = None) -> Purged:
+        """One bounded batch: remove finished messages (every delivery final) whose deliveries
+        all settled ``older_than`` seconds ago or more, with their deliveries; and remove the
+        bodies any finished message still has. Never touches a message with a pending delivery.
+
+        The candidates are found in a read transaction (no write lock while scanning); the
+        write transaction checks each again by key. ``more``: a batch was full, call again.
+        """
+        cutoff = float(self.clock()) - older_than
+        recent = sa.select(D.c.id).where(D.c.message_id == M.c.id, D.c.updated_at > cutoff).exists()
+        expired_q = sa.select(M.c.id).where(M.c.created_at <= cutoff, ~_PENDING, ~recent)
+        leftover_q = sa.select(M.c.id).where(_HAS_BODY, ~_PENDING)
+        with transaction(self.engine, write=False) as conn:
+            expired = conn.execute(expired_q.limit(limit)).scalars().all()
+            leftover = conn.execute(leftover_q.limit(limit)).scalars().all()
+        if not expired and not leftover:
+            return Purged()
         with transaction(self.engine) as conn:
-            ids = conn.execute(q).scalars().all()
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                conn.execute(D.delete().where(D.c.message_id.in_(chunk)))
-                removed += conn.execute(M.delete().where(M.c.id.in_(chunk))).rowcount
-        return removed
+            bodies = conn.execute(_REMOVE_BODIES, {"b_mids": leftover}).rowcount if leftover else 0
+            ids = conn.execute(expired_q.where(M.c.id.in_(expired)).with_for_update(skip_locked=True)
+                               ).scalars().all() if expired else []
+            deliveries = conn.execute(D.delete().where(D.c.message_id.in_(ids))).rowcount if ids else 0
+            messages = conn.execute(M.delete().where(M.c.id.in_(ids))).rowcount if ids else 0
+            out = Purged(messages, deliveries, bodies, max(len(expired), len(leftover)) >= limit)
+            if audit is not None and (out.rows or out.bodies):
+                kind, fields = audit
+                self._audit(conn, (kind, {**fields, "messages": messages, "deliveries": deliveries,
+                                          "bodies": bodies}))
+        self._removed += out.rows + out.bodies
+        return out
 
 
 _DELIVERY_COLS = (D.c.id, D.c.message_id, D.c.recipient, D.c.next_hop, D.c.state,

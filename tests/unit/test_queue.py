@@ -153,13 +153,13 @@ def test_bounce_hold_retry_delete_gc(queue, clock):
     assert queue.stats() == {"queued": 0, "delivered": 0, "bounced": 1, "held": 1, "failed": 0}
     assert queue.claim("w", 10, 60) == []
     assert [d["recipient"] for d in queue.list("held")] == [b.recipient]
-    assert queue.gc() == 0  # a held delivery keeps the message
+    assert queue.purge().rows == 0  # a held delivery keeps the message
     assert queue.retry(mid, audit=("requeued", {"by": "operator"})) == 1  # bounced stays
     [again] = queue.claim("w", 10, 60)
     assert again.delivery_id == b.delivery_id
     assert queue.retry(again.delivery_id) == 0  # live lease: left to its worker
     assert queue.mark_delivered(again)
-    assert queue.gc() == 1 and queue.show(mid) is None and queue.body(mid) is None
+    assert queue.purge().messages == 1 and queue.show(mid) is None and queue.body(mid) is None
     other = queue.enqueue("a@gov.example", [("r@x.example", HOP)], b"m")
     assert queue.delete(other, audit=("deleted", {})) and not queue.delete(other)
     assert queue.list() == []
