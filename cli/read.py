@@ -32,7 +32,8 @@ def _show(r) -> None:
         return
     enc = "encrypted" if r.encrypted else "NOT ENCRYPTED"
     sig = {"valid": f"signed by {r.signer} (valid)", "invalid": f"BAD SIGNATURE ({r.signature_reason})",
-           "unknown-key": f"signed by unknown key {r.signer or ''}", "none": "not signed"}[r.signature]
+           "unknown-key": f"signed by unknown key {r.signer or ''}", "none": "not signed",
+           "signer-mismatch": f"SIGNED BY {r.signer}, WHO IS NOT THE SENDER SHOWN"}[r.signature]
     click.echo(f"[{enc}; {sig}]")
     if r.warning:
         click.echo(f"WARNING: {r.warning}")

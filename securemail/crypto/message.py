@@ -49,6 +49,7 @@ class SignatureResult:
     keyid: str
     created: float
     reason: str = ""
+    uids: tuple[str, ...] = ()  # the signer key's valid user IDs (who it may speak for)
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,7 @@ def verify_signatures(data: bytes, sigs: list[bytes], lookup: CertLookup,
         else:
             reason = key.status.signature_problem(keyid, sp.created)
         out.append(SignatureResult("invalid" if reason else "valid", key.fingerprint, keyid,
-                                   sp.created, reason or ""))
+                                   sp.created, reason or "", key.status.uids))
     return tuple(out)
 
 

@@ -1,12 +1,16 @@
 """Next-hop strings stored on each delivery row: parse them and build them.
 
-Three kinds, one per way a message leaves the gateway:
+Three kinds (one per way a message leaves the gateway), the office MTA in two forms:
 
 ``smtp:HOST:PORT:PIN``
     a member gateway; STARTTLS is required and the server certificate's
     SubjectPublicKeyInfo SHA-256 must equal PIN (64 lowercase hex digits).
 ``relay:HOST:PORT``
     the office MTA, inside the office; plain SMTP.
+``relay-decrypt:HOST:PORT``
+    the office MTA too, for member mail encrypted to one of our domain keys:
+    the queue holds it encrypted, and the delivery step decrypts it in memory
+    just before handing it over (gateway.transform ``open_for_office``).
 ``maildir:ADDRESS``
     a local Maildir under ``<home>/Maildir/<address>/``.
 
@@ -40,13 +44,14 @@ class SmtpHop:
 
 @dataclass(frozen=True)
 class RelayHop:
-    """The office MTA: plain SMTP inside the office."""
+    """The office MTA: plain SMTP inside the office; ``decrypt``: opened with a domain key on the way."""
     host: str
     port: int
+    decrypt: bool = False
     kind = "relay"
 
     def __str__(self) -> str:
-        return f"relay:{_host(self.host)}:{self.port}"
+        return f"{'relay-decrypt' if self.decrypt else 'relay'}:{_host(self.host)}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,9 @@ def smtp_hop(host: str, port: int, pin: str) -> str:
     return str(_smtp(host, port, pin.lower()))
 
 
-def relay_hop(host: str, port: int) -> str:
-    """The next-hop string for the office MTA."""
-    return str(RelayHop(_check_host(host), _check_port(port)))
+def relay_hop(host: str, port: int, decrypt: bool = False) -> str:
+    """The next-hop string for the office MTA (``decrypt``: the body is decrypted at delivery)."""
+    return str(RelayHop(_check_host(host), _check_port(port), decrypt))
 
 
 def maildir_hop(address: str) -> str:
@@ -88,9 +93,9 @@ def parse_hop(text: str) -> Hop:
         hostport, _, pin = rest.rpartition(":")
         host, port = _split(hostport, text)
         return _smtp(host, port, pin)
-    if kind == "relay":
+    if kind in ("relay", "relay-decrypt"):
         host, port = _split(rest, text)
-        return RelayHop(host, port)
+        return RelayHop(host, port, kind == "relay-decrypt")
     raise UsageError(f"unknown next-hop kind {kind!r}")
 
 

@@ -16,6 +16,11 @@ recipient (its key expired or was revoked while the mail waited): the
 delivery is bounced with a DSN and nothing is sent, in clear or otherwise.
 A DSN is enqueued, after its bounce is committed, through ``bounce_sender``
 with the null envelope sender; none is made for a null-sender message.
+
+A ``relay-decrypt`` hop (member mail for the office, encrypted to our domain
+key) is opened by ``open_sealed`` in memory, just before the office MTA gets
+it: decrypted plaintext is never written to the queue. Its DSN, if any, is
+built from the queued (encrypted) message's headers.
 Database failures surface as ``TemporaryFailure``; ``run`` backs off on them.
 """
 
@@ -31,7 +36,7 @@ from pathlib import Path
 from securemail.audit import AuditLog
 from securemail.config import Retry
 from securemail.delivery.dsn import BounceSender, build_dsn, header_block
-from securemail.delivery.hops import Hop, MaildirHop, SmtpHop, parse_hop
+from securemail.delivery.hops import Hop, MaildirHop, RelayHop, SmtpHop, parse_hop
 from securemail.delivery.maildir import deliver_maildir
 from securemail.delivery.outcome import DELIVERED, PERMANENT, Outcome, permanent, temporary
 from securemail.delivery.smtp import TlsClientCert, deliver_smtp
@@ -50,6 +55,8 @@ BAD_HOP = "invalid next hop"
 NO_MAILDIR = "local delivery is not configured"
 INTERNAL = "internal delivery error"
 PRE_SEND_FAILED = "recipient key check failed; will retry"
+NO_DOMAIN_KEY = "no domain key here to decrypt mail for the office"
+OPEN_FAILED = "the message could not be decrypted for the office"
 SMTP_TIMEOUT = 60.0           # seconds per next-hop SMTP step (connect, each command, DATA)
 BODY_WITH_CLAIM = 256 << 10   # messages up to this size are read with their claim, in one query
 SETTLE_LINGER = 0.02          # seconds settles gather before their commit (nobody waits on them)
@@ -68,7 +75,8 @@ class DeliveryWorker:
                  deliver_maildir: Callable[..., Outcome] = deliver_maildir,
                  bounce_sender: BounceSender | None = None, pre_send: PreSend | None = None,
                  tls_client_cert: TlsClientCert | None = None,
-                 reporting_mta: str | None = None, audit_log: AuditLog | None = None) -> None:
+                 reporting_mta: str | None = None, audit_log: AuditLog | None = None,
+                 open_sealed: Callable[[bytes], bytes] | None = None) -> None:
         if lease_seconds <= timeout:
             raise UsageError("lease_seconds must exceed the SMTP timeout")
         self.queue, self.owner, self.helo = queue, owner, helo
@@ -79,6 +87,7 @@ class DeliveryWorker:
         self.deliver_smtp, self.deliver_maildir = deliver_smtp, deliver_maildir
         self.bounce_sender, self.pre_send = bounce_sender, pre_send
         self.tls_client_cert = tls_client_cert
+        self.open_sealed = open_sealed  # queued ciphertext -> the office's message, in memory
         self.reporting_mta = reporting_mta or helo
         self.audit_log = audit_log if audit_log is not None else queue.audit_log
         # delivered/deferred settles of concurrent groups share transactions (one fsync)
@@ -177,6 +186,8 @@ class DeliveryWorker:
             return await self._hold(claims, BAD_HOP)
         if isinstance(hop, MaildirHop) and self.maildir_root is None:
             return await self._hold(claims, NO_MAILDIR)
+        if isinstance(hop, RelayHop) and hop.decrypt and self.open_sealed is None:
+            return await self._hold(claims, NO_DOMAIN_KEY)
         body = first.body
         if body is None:
             body = await asyncio.to_thread(self.queue.body, first.message_id)
@@ -230,6 +241,12 @@ class DeliveryWorker:
             if isinstance(hop, MaildirHop):
                 return await asyncio.to_thread(self.deliver_maildir, self.maildir_root, hop.address,
                                                body, clock=self.clock, hostname=self.helo)
+            if isinstance(hop, RelayHop) and hop.decrypt:
+                try:  # the plaintext lives in this frame only; the settle keeps the queued bytes
+                    body = await asyncio.to_thread(self.open_sealed, body)
+                except SecureMailError as err:
+                    log.warning("delivery %s: cannot decrypt for the office: %s", self.owner, err.message)
+                    return temporary(OPEN_FAILED) if err.temporary else permanent(OPEN_FAILED)
             return await self.deliver_smtp(str(hop), sender, rcpts[0] if len(rcpts) == 1 else rcpts,
                                            body, helo=self.helo, timeout=self.timeout,
                                            tls_client_cert=self.tls_client_cert)

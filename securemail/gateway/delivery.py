@@ -48,7 +48,7 @@ def build_delivery(config: GatewayConfig, *, queue: Queue, keys: KeyStore, manif
     workers = [DeliveryWorker.from_config(
         config, queue, owner=owner, clock=clock, audit_log=queue.audit_log, concurrency=config.workers,
         reporting_mta=config.domains[0], bounce_sender=bounces.send, deliver_smtp=sessions.deliver,
-        pre_send=KeyCheck(keys, manifest, clock).veto)]
+        pre_send=KeyCheck(keys, manifest, clock).veto, open_sealed=transformer.open_for_office)]
     return workers, sessions
 
 

@@ -104,8 +104,8 @@ class CryptoStage:
                         body, meta = self.transformer.local(env.data, f, r, mode)
                     else:
                         body, meta = self.transformer.inbound(env.data, f, r, mode)
-                    items.append(Item(env.mail_from, [(r, self._local_hop(r))], body,
-                                      {**meta, "route": "local"}))
+                    hop = self._local_hop(r, decrypt=bool(meta.get("decrypt_at_delivery")))
+                    items.append(Item(env.mail_from, [(r, hop)], body, {**meta, "route": "local"}))
             elif cls == OTHER:
                 if self.config.relay_to is None:
                     raise PolicyRefusal("no route to non-member domains is configured", code=550,
@@ -114,7 +114,7 @@ class CryptoStage:
                                   env.data, {"route": "non-member", "encrypted_to": []}))
         return items
 
-    def _local_hop(self, rcpt: str) -> str:
-        if self.config.local_delivery == "relay":
-            return relay_hop(*self.config.relay_to)
+    def _local_hop(self, rcpt: str, decrypt: bool = False) -> str:
+        if self.config.local_delivery == "relay":  # decrypt: opened in memory at delivery
+            return relay_hop(*self.config.relay_to, decrypt=decrypt)
         return maildir_hop(rcpt)

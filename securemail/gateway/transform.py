@@ -5,27 +5,33 @@ stripped; plain office mail is encrypted (recipient key, from the key store or
 found in the member's key directory, else the recipient domain's key) and
 signed with our domain key; a changed recipient key raises KeyChanged. Inbound
 mail encrypted to our domain key is decrypted here and re-encrypted to the local
-user's key (the sender's signature kept) or handed to the office MTA with status
-headers.
+user's key (the sender's signature kept), or queued encrypted for the office MTA
+and decrypted at delivery (open_for_office); the gateway's status headers
+replace the sender's (gateway/status.py).
 Every body that leaves for another domain is DKIM-signed last.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..crypto import armor as A
 from ..crypto import message as M
 from ..crypto.keys import Key
-from ..errors import KeyUnusable, PolicyRefusal, TemporaryFailure
+from ..errors import KeyUnusable, MalformedMessage, PolicyRefusal, TemporaryFailure
+from ..mail import signer as S
 from ..mail.compose import pgp_mime
 from ..policy.facts import Facts
+from . import status as ST
 
 TRANSPORT_HEADERS = ("received", "return-path", "x-originating-ip", "dkim-signature",
                      "authentication-results", "securemail-status", "x-mailer-ip")
 OWN_KEY_UNUSABLE = "the gateway's signing key is unusable; try again later"
+_ARMOR = re.compile(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", re.S)
 log = logging.getLogger(__name__)
 
 
@@ -180,33 +186,76 @@ class Transformer:
         ids = set(f.encryption.recipient_keyids)
         return next((k for k in self.domain_keys.values() if ids & k.keyids), None)
 
+    def _domain_signer(self, fpr: str | None) -> Callable[[str], bool]:
+        """domain -> is ``fpr`` that domain's gateway key (ours, or the member's in the manifest)?"""
+        def vouches(domain: str) -> bool:
+            key = self.domain_keys.get(domain) or self.member_key(domain)
+            return fpr is not None and key is not None and key.fingerprint == fpr
+        return vouches
+
+    def sender_status(self, decrypted: M.Decrypted, outer_from: str | None, *,
+                      removed: bool = False) -> tuple[str, str]:
+        """Securemail-Status of mail decrypted here: its signature bound to the From shown."""
+        sig = decrypted.signature
+        shown = ST.inner_from(decrypted.data) or outer_from
+        check = S.check_sender(sig.status if sig else "none", sig.uids if sig else (), shown,
+                               outer_from, self._domain_signer(sig.signer if sig else None))
+        return ST.securemail_status(True, check, sig, decrypted=True, removed=removed)
+
     def status_headers(self, f: Facts, decrypted: M.Decrypted | None) -> list[tuple[str, str]]:
-        sig = decrypted.signature if decrypted else None
-        status = (f"encrypted={'yes' if f.encryption.encrypted else 'no'}; "
-                  f"signature={sig.status if sig else ('none' if decrypted else 'unchecked')}"
-                  + (f"; signer={sig.signer}" if sig and sig.signer else ""))
-        ar = f"{self.hostname}; dkim={f.dkim_status}" + (f" header.d={f.from_domain}" if f.from_domain else "")
-        return [("Authentication-Results", ar), ("Securemail-Status", status)]
+        ar = ST.auth_results(self.hostname, f.dkim_status, f.from_domain)
+        if decrypted is None:
+            return [ar, ST.securemail_status(f.encryption.encrypted, None, None, decrypted=False)]
+        return [ar, self.sender_status(decrypted, _one(f.headers.from_values))]
 
     def inbound(self, raw: bytes, f: Facts, rcpt: str, mode: str) -> tuple[bytes, dict]:
-        """Mail from a member gateway for local ``rcpt``: maildir (mode) or relay to the office."""
+        """Mail from a member gateway for local ``rcpt``: maildir (mode) or relay to the office.
+
+        The status headers that came with it are removed, outside and in the decrypted message,
+        before ours are added. In relay mode, mail for our domain key is queued as it came
+        (re-wrapped) and decrypted only at delivery, in memory (``open_for_office``).
+        """
+        outer = strip_headers(raw, ST.STATUS_FIELDS)
         domain_key = self._ours(f) if f.encryption.encrypted else None
         if domain_key is None:  # end-to-end to the user (or plain, where policy allowed it)
-            return add_headers(raw, self.status_headers(f, None)), {"decrypted": False}
-        out = M.decrypt(f.encryption.payload, [domain_key], self.lookup)
-        meta = {"decrypted": True, "signature": out.signature.status if out.signature else "none",
-                "signer": out.signature.signer if out.signature else None}
+            return add_headers(outer, self.status_headers(f, None)), {"decrypted": False}
         if mode == "relay":
-            return add_headers(out.data, self.status_headers(f, out)), meta
+            sealed = pgp_mime(top_headers(outer), _armored(f.encryption.payload))
+            ar = ST.auth_results(self.hostname, f.dkim_status, f.from_domain)
+            return add_headers(sealed, [ar]), {"decrypted": False, "decrypt_at_delivery": True}
         user = self.user_key(rcpt)
         if user is None:
             raise PolicyRefusal(f"no valid key for local recipient {rcpt}", code=550, enhanced="5.1.1")
-        armored = M.encrypt_packets(out.packets, [(user, rcpt)], now=self.clock())
-        body = add_headers(pgp_mime(top_headers(raw), armored), self.status_headers(f, out))
-        return body, {**meta, "reencrypted_to": user.fingerprint}
+        out = M.decrypt(f.encryption.payload, [domain_key], self.lookup)
+        clean = ST.without_status(out.data)
+        if clean is None:  # the sender's packets as they came, signature kept
+            armored = M.encrypt_packets(out.packets, [(user, rcpt)], now=self.clock())
+        else:  # its signature covered the sender's status headers: it cannot stay without them
+            armored = M.encrypt(clean, [(user, rcpt)], now=self.clock())
+        status = self.sender_status(out, _one(f.headers.from_values), removed=clean is not None)
+        ar = ST.auth_results(self.hostname, f.dkim_status, f.from_domain)
+        body = add_headers(pgp_mime(top_headers(outer), armored), [ar, status])
+        sig = out.signature
+        return body, {"decrypted": True, "signature": sig.status if sig else "none",
+                      "signer": sig.signer if sig else None, "reencrypted_to": user.fingerprint}
+
+    def open_for_office(self, sealed: bytes) -> bytes:
+        """At delivery, in memory: what ``inbound`` queued for the office, decrypted with our domain
+        key, the sender's status headers removed, ours on top. Nothing of it is ever stored."""
+        block = _ARMOR.search(sealed)
+        if block is None:
+            raise MalformedMessage("the queued message for the office is not encrypted")
+        out = M.decrypt(block.group(0), list(self.domain_keys.values()), self.lookup)
+        clean = ST.without_status(out.data)
+        status = self.sender_status(out, top_headers(sealed).get("From"), removed=clean is not None)
+        ours = [fb for name, fb in header_fields(split_message(sealed)[0])
+                if name == "authentication-results"]  # every other one was removed by inbound
+        return b"".join(fb + b"\r\n" for fb in ours) + add_headers(out.data if clean is None else clean,
+                                                                   [status])
 
     def local(self, raw: bytes, f: Facts, rcpt: str, mode: str) -> tuple[bytes, dict]:
-        """Office mail for a colleague on a domain served here."""
+        """Office mail for a colleague on a domain served here; nobody's status headers pass."""
+        raw = strip_headers(raw, ST.STATUS_FIELDS)
         if mode == "relay" or f.encryption.encrypted:
             return raw, {}
         user = self.user_key(rcpt)
@@ -217,3 +266,13 @@ class Transformer:
         armored = M.encrypt(protected_inner(raw), [(user, rcpt)], signer=signer, now=self.clock())
         return pgp_mime(top_headers(raw), armored), {"encrypted_by": "gateway",
                                                       "encrypted_to": [user.fingerprint]}
+
+
+def _one(values: tuple[str, ...]) -> str | None:
+    """The From value when there is exactly one From field."""
+    return values[0] if len(values) == 1 else None
+
+
+def _armored(payload: bytes) -> bytes:
+    """The OpenPGP message re-armored from its packets (nothing around the armor is kept)."""
+    return A.armor(A.unarmor_if_needed(payload))

@@ -4,6 +4,12 @@ Nothing from the email module or the crypto layer escapes as an exception: a
 message that cannot be read safely becomes a result with ``error`` set and no
 plaintext. A message that is not encrypted is reported as such, never as
 encrypted, even when it wears a multipart/encrypted costume.
+
+A valid signature is shown as ``valid`` only when its key speaks for the From
+shown (the protected inner From when there is one), else ``signer-mismatch``
+(mail/signer.py). ``Securemail-Status`` and ``Authentication-Results`` found
+inside an encrypted or signed part were written by the sender, never by a
+gateway: they are ignored, and named in ``warning``.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from ..crypto import message as M
 from ..crypto import packets as P
 from ..crypto.keys import Key
 from ..errors import (LimitExceeded, MalformedMessage, NotEncrypted, SecureMailError)
+from . import signer as S
 
 MAX_MESSAGE = 64 << 20
 MAX_MIME_PARTS = 500
 MAX_MIME_DEPTH = 20
 _PGP_BLOCK = re.compile(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", re.S)
 _BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]+)', re.I)
+STATUS_FIELDS = ("securemail-status", "authentication-results")
 
 
 @dataclass
@@ -42,11 +50,19 @@ class ReadResult:
     format: str = "plain"          # pgp/mime | inline | signed | plain
     signature_reason: str = ""
     warning: str = ""
+    # what the signature binding needs, not part of the JSON: the reported signature, the From
+    # headers as they came (outer; inner when the encrypted or signed part has one)
+    _sig: M.SignatureResult | None = field(default=None, repr=False)
+    _outer_from: str = field(default="", repr=False)
+    _inner_from: str | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
         d["from"] = d.pop("sender")
         return d
+
+    def warn(self, text: str) -> None:
+        self.warning = f"{self.warning}; {text}" if self.warning else text
 
 
 def _parse(raw: bytes) -> EmailMessage:
@@ -133,17 +149,52 @@ def _set_signature(res: ReadResult, results) -> None:
     best = next((s for s in results if s.status == "valid"), next(iter(results), None))
     if best is not None:
         res.signature, res.signer, res.signature_reason = best.status, best.signer, best.reason
+        res._sig = best
 
 
 def _from_inner(res: ReadResult, inner_raw: bytes, lookup) -> None:
     inner = _parse(inner_raw)
     if inner.get_content_type() == "multipart/signed":  # RFC 3156 §6.1: signed, then encrypted
+        _sender_status(res, inner)
         data, sig = _signed_parts(inner_raw, inner)
         _verify(res, data, sig, lookup)
         inner = next(iter(inner.iter_parts()))
-    res.subject = _text(inner.get("Subject")) or res.subject
-    res.sender = _text(inner.get("From")) or res.sender
+    _protected_headers(res, inner)
     _fill_content(res, inner)
+
+
+def _protected_headers(res: ReadResult, inner: EmailMessage) -> None:
+    """Subject and From of a decrypted or signed entity (RFC 9788) replace the outer ones."""
+    _sender_status(res, inner)
+    res.subject = _text(inner.get("Subject")) or res.subject
+    if inner.get("From") is not None and _text(inner.get("From")):
+        res._inner_from = _text(inner.get("From"))
+        res.sender = res._inner_from
+
+
+def _sender_status(res: ReadResult, part: EmailMessage) -> None:
+    """Status headers inside a protected part are the sender's words, not a gateway's: named, ignored."""
+    found = sorted({k.lower() for k in part.keys()} & set(STATUS_FIELDS))
+    if found and "status headers" not in res.warning:
+        res.warn(f"the protected part carries status headers written by its sender ({', '.join(found)}); "
+                 "they are not a gateway's and were ignored")
+
+
+def _bind_sender(res: ReadResult) -> None:
+    """``valid`` only when the signer speaks for the From shown; a protected From unlike the outer one."""
+    sig = res._sig
+    uids = sig.uids if sig is not None else ()
+    shown = res._inner_from if res._inner_from is not None else res._outer_from
+    check = S.check_sender(res.signature, uids, shown, res._outer_from,
+                           S.gateway_uid_vouches(filter(None, map(S.uid_address, uids))))
+    if check.signature != res.signature:
+        res.signature = check.signature
+        res.warn(f"signed by {res.signer} ({', '.join(check.signer_addresses) or 'no address'}), "
+                 f"which has no valid user ID for the From address shown "
+                 f"({check.shown or 'not exactly one address'})")
+    if check.from_mismatch:
+        res.warn(f"the protected From ({check.shown or 'not exactly one address'}) differs from "
+                 f"the outer From ({check.outer or 'not exactly one address'})")
 
 
 def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
@@ -155,6 +206,7 @@ def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
             raise LimitExceeded("message too large")
         msg = _parse(raw)
         res.sender, res.subject = _text(msg.get("From")), _text(msg.get("Subject"))
+        res._outer_from = res.sender
         ctype = msg.get_content_type()
         if ctype == "multipart/encrypted":
             res.format = "pgp/mime"
@@ -167,7 +219,9 @@ def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
             res.format = "signed"
             data, sig = _signed_parts(raw, msg)
             _verify(res, data, sig, lookup)
-            _fill_content(res, _parse(data))
+            signed = _parse(data)
+            _protected_headers(res, signed)
+            _fill_content(res, signed)
         elif ctype == "text/plain" and _PGP_BLOCK.search(msg.get_payload(decode=True) or b""):
             res.format = "inline"
             block = _PGP_BLOCK.search(msg.get_payload(decode=True) or b"").group(0)
@@ -178,6 +232,7 @@ def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
         _refuse(res, e.message)
     except Exception:  # noqa: BLE001 - never let a parser bug show plaintext or a traceback
         _refuse(res, "message cannot be read")
+    _bind_sender(res)
     return res
 
 
