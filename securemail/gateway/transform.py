@@ -1,7 +1,11 @@
 """The gateway's crypto stage: what each route does to a message before it is queued.
 
-Outbound to a member: encrypted mail passes with its transport headers
-stripped; plain office mail is encrypted (recipient key, from the key store or
+Outbound to a member, only the fields of ``mail.crossing.CLEAR_HEADERS`` and the
+gateway's own skeleton cross in clear around one OpenPGP message. Mail the sender
+encrypted is rebuilt from its packets (its wrapper, preamble, epilogue and armor
+headers dropped); if its header block carries content outside the list (a real
+Subject, X-*, ...), it is sealed: encrypted whole, as plain office mail is.
+Plain office mail is encrypted (recipient key, from the key store or
 found in the member's key directory, else the recipient domain's key) and
 signed with our domain key; a changed recipient key raises KeyChanged. Inbound
 mail encrypted to our domain key is decrypted here and re-encrypted to the local
@@ -24,12 +28,11 @@ from ..crypto import message as M
 from ..crypto.keys import Key
 from ..errors import KeyUnusable, MalformedMessage, PolicyRefusal, TemporaryFailure
 from ..mail import signer as S
-from ..mail.compose import pgp_mime
+from ..mail.compose import pgp_inline, pgp_mime
+from ..mail.crossing import COPIED, TRANSPORT_HEADERS, rearmor, seal_reasons
 from ..policy.facts import Facts
 from . import status as ST
 
-TRANSPORT_HEADERS = ("received", "return-path", "x-originating-ip", "dkim-signature",
-                     "authentication-results", "securemail-status", "x-mailer-ip")
 OWN_KEY_UNUSABLE = "the gateway's signing key is unusable; try again later"
 _ARMOR = re.compile(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", re.S)
 log = logging.getLogger(__name__)
@@ -95,7 +98,7 @@ def header_fields(head: bytes) -> list[tuple[str, bytes]]:
     return fields
 
 
-def top_headers(raw: bytes, names=("From", "To", "Cc", "Date", "Message-ID")) -> dict[str, str]:
+def top_headers(raw: bytes, names=COPIED) -> dict[str, str]:
     """The first value of each named header, unfolded (no MIME parse: bytes in, text out)."""
     wanted = {n.lower(): n for n in names}
     out: dict[str, str] = {}
@@ -122,6 +125,14 @@ def protected_inner(raw: bytes) -> bytes:
     else:
         fields.append(("content-type", b'Content-Type: text/plain; charset="us-ascii"; hp="cipher"'))
     return with_body(b"\r\n".join(f for _, f in fields), raw, body_start)
+
+
+def rebuilt(raw: bytes, f: Facts) -> bytes:
+    """A sender-encrypted message as it crosses: the list's fields of ``raw`` and the gateway's own
+    skeleton (RFC 3156, or inline) around the packets the check parsed, re-armored."""
+    armored = rearmor(f.encryption.packets)
+    build = pgp_inline if f.encryption.format == "inline" else pgp_mime
+    return build(top_headers(raw), armored)
 
 
 def usable_signer(signer: Key, now: float) -> None:
@@ -154,9 +165,16 @@ class Transformer:
 
     # --- outbound -----------------------------------------------------------------
     def outbound(self, raw: bytes, f: Facts, domain: str, rcpts: list[str]) -> tuple[bytes, dict]:
-        """The body to send to member ``domain`` for ``rcpts``, always encrypted and DKIM-signed."""
+        """The body to send to member ``domain`` for ``rcpts``, always encrypted and DKIM-signed:
+        the sender's packets in the gateway's wrapper, or the whole message encrypted here."""
+        sealed: dict = {}
         if f.encryption.encrypted:
-            return self.dkim_sign(strip_headers(raw), f.from_domain or ""), {"encrypted_by": "sender", "encrypted_to": []}
+            reasons = seal_reasons(header_fields(split_message(raw)[0]))
+            if not reasons:
+                return self.dkim_sign(rebuilt(raw, f), f.from_domain or ""), {
+                    "encrypted_by": "sender", "encrypted_to": [], "dropped": list(f.encryption.outside)}
+            log.info("sender-encrypted mail has %s in clear: encrypted whole", "; ".join(reasons))
+            sealed = {"sealed": list(reasons)}
         now = self.clock()
         targets, used = [], []
         for r in rcpts:
@@ -179,7 +197,7 @@ class Transformer:
         body = pgp_mime(top_headers(raw), armored)
         del armored  # not kept alive while DKIM signs (1.4x the message)
         return self.dkim_sign(body, f.from_domain or ""), {"encrypted_by": "gateway", "encrypted_to": sorted(set(used)),
-                                      "signed_by": signer.fingerprint}
+                                      "signed_by": signer.fingerprint, **sealed}
 
     # --- inbound --------------------------------------------------------------------
     def _ours(self, f: Facts) -> Key | None:

@@ -3,7 +3,9 @@
 The inner entity carries the real From, To, Cc, Subject, Date and Message-ID
 (header protection, ``hp="cipher"``), the text body and attachments. It is
 signed and encrypted as binary literal data, so its CRLFs survive byte for byte.
-The outer message shows only what transport needs; its Subject is ``...``.
+The outer message shows only what transport needs (``crossing.CLEAR_HEADERS``); its Subject is
+``...``. ``pgp_mime`` and ``pgp_inline`` are the only skeletons that cross to a member: an empty
+preamble and epilogue, fixed part headers, and the armored message.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from ..errors import UsageError
+from .crossing import COPIED, HIDDEN_SUBJECT, well_formed
 
 PROTECTED = ("From", "To", "Cc", "Subject", "Date", "Message-ID")
-HIDDEN_SUBJECT = "..."
 
 
 @dataclass
@@ -64,26 +66,45 @@ def inner_entity(draft: Draft, headers: dict[str, str]) -> bytes:
 
 
 def pgp_mime(headers: dict[str, str], armored: bytes) -> bytes:
-    """The outer multipart/encrypted message around one armored OpenPGP message."""
+    """The outer multipart/encrypted message around one armored OpenPGP message (RFC 3156): the
+    fields of ``crossing.CLEAR_HEADERS`` only, no preamble, no epilogue."""
     boundary = "securemail-" + secrets.token_hex(12)
-    outer = []
-    for name in ("From", "To", "Cc", "Date", "Message-ID"):
-        if name in headers:
-            outer.append(_header(name, headers[name]))
-    outer += [f"Subject: {HIDDEN_SUBJECT}", "MIME-Version: 1.0",
-              'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";',
-              f' boundary="{boundary}"', "",
-              "This is an OpenPGP/MIME encrypted message (RFC 3156).",
-              f"--{boundary}", "Content-Type: application/pgp-encrypted",
-              "Content-Description: PGP/MIME version identification", "", "Version: 1", "",
-              f"--{boundary}", 'Content-Type: application/octet-stream; name="encrypted.asc"',
-              "Content-Description: OpenPGP encrypted message",
-              'Content-Disposition: inline; filename="encrypted.asc"', ""]
+    outer = _outer(headers) + [
+        'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";',
+        f' boundary="{boundary}"', "",
+        f"--{boundary}", "Content-Type: application/pgp-encrypted",
+        "Content-Description: PGP/MIME version identification", "", "Version: 1", "",
+        f"--{boundary}", 'Content-Type: application/octet-stream; name="encrypted.asc"',
+        "Content-Description: OpenPGP encrypted message",
+        'Content-Disposition: inline; filename="encrypted.asc"', ""]
     out = io.BytesIO()  # getvalue() hands its buffer over: the armored text is copied once
     out.write(("\r\n".join(outer) + "\r\n").encode())
     _write_crlf(out, armored)
     out.write(f"\r\n--{boundary}--\r\n".encode())
     return out.getvalue()
+
+
+def pgp_inline(headers: dict[str, str], armored: bytes) -> bytes:
+    """An inline PGP message: the fields of ``crossing.CLEAR_HEADERS`` and the armored block alone."""
+    out = io.BytesIO()
+    out.write(("\r\n".join(_outer(headers) + ['Content-Type: text/plain; charset="us-ascii"', ""])
+               + "\r\n").encode())
+    _write_crlf(out, armored)
+    out.write(b"\r\n")
+    return out.getvalue()
+
+
+def _outer(headers: dict[str, str]) -> list[str]:
+    """The outer header lines before Content-Type, in the order of the list; a Date or Message-ID
+    that is not of its kind is replaced by the gateway's own (never copied as it is)."""
+    values = {n: headers[n] for n in COPIED if n in headers}
+    if "Date" in values and not well_formed("date", values["Date"]):
+        values["Date"] = formatdate(usegmt=True)
+    if "Message-ID" in values and not well_formed("message-id", values["Message-ID"]):
+        domain = values.get("From", "").rpartition("@")[2].strip(" >") or "localhost"
+        values["Message-ID"] = make_msgid(domain=domain)
+    lines = [_header(name, values[name]) for name in COPIED if name in values]
+    return lines + [f"Subject: {HIDDEN_SUBJECT}", "MIME-Version: 1.0"]
 
 
 _BLOCK = 1 << 20

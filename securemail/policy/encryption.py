@@ -4,6 +4,16 @@ Like chatmail's filtermail: multipart/encrypted with an application/pgp-encrypte
 first part and one OpenPGP message whose packets are ESKs then exactly one SEIPD;
 or a text/plain inline PGP message passing the same packet check. A literal
 packet in disguise, SED without MDC, a signed-only message or plaintext are not.
+
+What is encrypted is the packets, never their wrapper: the check keeps the
+packets (``packets``) so that the gateway can rebuild the wrapper around them
+(``mail.crossing``), and names in ``outside`` where the sender's wrapper held
+text (preamble, control part, armor headers, text around the armor, epilogue),
+all of it dropped by the rebuild. Inline PGP is the armored block alone: any
+text before or after it makes the message not encrypted (the gateway then
+encrypts it whole, or a member's mail is refused as plaintext). The extra cost
+over the MIME parse is a few regular expressions on the parts, the preamble
+and the epilogue.
 """
 
 from __future__ import annotations
@@ -18,7 +28,8 @@ from email.parser import BytesHeaderParser, BytesParser
 from ..crypto.message import check_encrypted
 from ..errors import SecureMailError
 
-_BLOCK = re.compile(rb"\A\s*-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----\s*\Z", re.S)
+_BEGIN, _END = b"-----BEGIN PGP MESSAGE-----", b"-----END PGP MESSAGE-----"
+_ARMOR_HEADER = re.compile(rb"[ \t]*\r?\n[ \t]*[^\s]")  # after BEGIN: a non-blank line before the blank one
 # Deeper MIME structures are refused as malformed: the email package parses and
 # writes one recursion level per MIME level and fails somewhere past 300.
 MAX_MIME_DEPTH = 100
@@ -32,6 +43,8 @@ class EncryptionCheck:
     recipient_keyids: tuple[str, ...] = ()
     payload: bytes = field(default=b"", repr=False)   # the OpenPGP message, transfer-decoded
     malformed: bool = False   # the MIME structure cannot be taken apart (unparseable, nested too deep)
+    packets: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)  # (tag, body): ESKs, then the SEIPD
+    outside: tuple[str, ...] = ()  # where the sender's wrapper held text (never crosses: dropped by the rebuild)
 
 
 def check(raw: bytes) -> EncryptionCheck:
@@ -56,12 +69,17 @@ def check(raw: bytes) -> EncryptionCheck:
                 return EncryptionCheck(False, "none", "multipart/encrypted is not PGP/MIME")
             payload = parts[1].get_payload(decode=True) or b""
             shape = check_encrypted(payload)
-            return EncryptionCheck(True, "pgp/mime", "", shape.recipient_keyids, payload)
+            return EncryptionCheck(True, "pgp/mime", "", shape.recipient_keyids, payload,
+                                   packets=_packets(shape), outside=_outside_mime(msg, parts[0], payload))
         if ctype == "text/plain" and not msg.is_multipart():
             body = msg.get_payload(decode=True) or b""
-            if _BLOCK.match(body):
+            around = _around_armor(body)
+            if around is not None and not around.strip():
                 shape = check_encrypted(body)
-                return EncryptionCheck(True, "inline", "", shape.recipient_keyids, body)
+                return EncryptionCheck(True, "inline", "", shape.recipient_keyids, body,
+                                       packets=_packets(shape), outside=_armor_headers(body))
+            if around is not None:
+                return EncryptionCheck(False, "none", "inline PGP message with text around its armor")
         return EncryptionCheck(False, "none", "message is not OpenPGP encrypted")
     except SecureMailError as e:
         return EncryptionCheck(False, "none", e.message)
@@ -70,6 +88,42 @@ def check(raw: bytes) -> EncryptionCheck:
 
 
 HEADERS_FIRST_ABOVE = 1 << 20
+
+
+def _packets(shape) -> tuple[tuple[int, bytes], ...]:
+    """The packets that cross: the PKESKs, the SKESKs, then the SEIPD (marker and padding dropped)."""
+    return tuple((p.tag, p.body) for p in shape.pkesks + shape.skesks) + ((shape.seipd.tag, shape.seipd.body),)
+
+
+def _around_armor(data: bytes) -> bytes | None:
+    """The bytes before the first armored message and after its END line; None without one."""
+    begin = data.find(_BEGIN)
+    end = data.find(_END, begin + len(_BEGIN)) if begin >= 0 else -1
+    if end < 0:
+        return None
+    return data[:begin] + data[end + len(_END):]
+
+
+def _armor_headers(armored: bytes) -> tuple[str, ...]:
+    """("armor headers",) when lines (Comment:, Version:, ...) sit between BEGIN and the blank line."""
+    begin = armored.find(_BEGIN)
+    return ("armor headers",) if begin >= 0 and _ARMOR_HEADER.match(armored, begin + len(_BEGIN)) else ()
+
+
+def _outside_mime(msg, control, payload: bytes) -> tuple[str, ...]:
+    """Where a PGP/MIME message holds text outside its packets, in the order of the message."""
+    out = []
+    if (msg.preamble or "").strip():
+        out.append("preamble")
+    if " ".join(str(control.get_payload()).split()) != "Version: 1":
+        out.append("control part")
+    around = _around_armor(payload)  # None: binary packets, nothing around them
+    if around is not None and around.strip():
+        out.append("text around the armor")
+    out += _armor_headers(payload)
+    if (msg.epilogue or "").strip():
+        out.append("epilogue")
+    return tuple(out)
 
 
 def _top(raw: bytes):
