@@ -21,23 +21,33 @@ from .context import read_input, read_secret_file
 @click.option("--body-file", type=click.Path(dir_okay=False), help="Body text; default: stdin.")
 @click.option("--attach", multiple=True, type=click.Path(dir_okay=False), help="Attachment (repeatable).")
 @click.option("--server", help="SMTP server HOST:PORT to submit to.")
-@click.option("--starttls", is_flag=True, help="Require STARTTLS.")
+@click.option("--starttls", is_flag=True, help="Require STARTTLS (the default).")
 @click.option("--tls", is_flag=True, help="Implicit TLS (submissions port 465).")
-@click.option("--cafile", type=click.Path(dir_okay=False), help="Trust this CA/certificate for TLS.")
+@click.option("--insecure-plain", is_flag=True,
+              help="Plain SMTP, no TLS: only without credentials (a test sink, say).")
+@click.option("--cafile", type=click.Path(dir_okay=False),
+              help="Trust this CA/certificate for TLS (a private CA; default: the system CAs).")
 @click.option("--username", help="SMTP AUTH user name.")
 @click.option("--password-file", type=click.Path(dir_okay=False), help="SMTP AUTH password file.")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of your secret key.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the .eml instead of sending.")
 @click.pass_obj
-def send(obj, sender, to, cc, subject, body_file, attach, server, starttls, tls, cafile, username,
-         password_file, passphrase_file, output) -> None:
-    """Encrypt to every recipient and to yourself, sign, and submit (or write with --output)."""
-    if starttls and tls:
-        raise UsageError("--starttls and --tls exclude each other")
+def send(obj, sender, to, cc, subject, body_file, attach, server, starttls, tls, insecure_plain, cafile,
+         username, password_file, passphrase_file, output) -> None:
+    """Encrypt to every recipient and to yourself, sign, and submit (or write with --output).
+
+    The server is reached over STARTTLS (or --tls) and its certificate verified;
+    a password never crosses without TLS: --insecure-plain refuses --username.
+    """
+    if starttls + tls + insecure_plain > 1:
+        raise UsageError("--starttls, --tls and --insecure-plain exclude each other")
     if not output and not server:
         raise UsageError("give --server HOST:PORT to send, or --output FILE to write the message")
     if username and not password_file:
         raise UsageError("--username needs --password-file")
+    if insecure_plain and (username or password_file):
+        raise UsageError("--insecure-plain never sends credentials: the password would cross in clear; "
+                         "use STARTTLS (the default) or --tls")
     body = read_input(body_file or "-").decode("utf-8", "replace")
     draft = Draft(sender=sender, to=list(to), cc=list(cc), subject=subject, body=body,
                   attachments=[read_attachment(p) for p in attach])
@@ -49,7 +59,7 @@ def send(obj, sender, to, cc, subject, body_file, attach, server, starttls, tls,
             f.write(raw)
         click.echo(f"wrote {output}")
         return
-    submit(raw, addr(sender), rcpts, server, security="tls" if tls else "starttls" if starttls else "none",
+    submit(raw, addr(sender), rcpts, server, security="tls" if tls else "none" if insecure_plain else "starttls",
            username=username, password=read_secret_file(password_file), cafile=cafile)
     click.echo(f"sent to {', '.join(rcpts)}")
 

@@ -68,7 +68,8 @@ def main() -> int:
             step(f"send: Alice submits an encrypted, signed notice to 127.0.0.1:{port}")
             print("   " + sm(alice, "send", "--from", "alice@interieur.gouv.fr", "--to", "bruno@justice.gouv.fr",
                             "--subject", "Conseil restreint", "--attach", str(tmp / "ordre-du-jour.txt"),
-                            "--server", f"127.0.0.1:{port}", stdin="Bruno,\nréunion demain 9h.\n".encode()).strip())
+                            "--server", f"127.0.0.1:{port}", "--insecure-plain",  # a local sink, no password
+                            stdin="Bruno,\nréunion demain 9h.\n".encode()).strip())
         finally:
             ctl.stop()
         raw = next(iter(sink.box)).as_bytes()

@@ -125,6 +125,7 @@ class Listener:
     trusted_networks: tuple[ipaddress._BaseNetwork, ...] = ()
     require_starttls: bool = False
     auth_required: bool = False
+    auth: bool = False        # AUTH offered (over TLS): default on for submission, off for relay
 
     def trusts(self, ip: str) -> bool:
         try:
@@ -149,6 +150,32 @@ class Limits:
     connections: int = 200
     connections_per_ip: int = 20
     command_timeout: float = 300.0
+    connections_per_network: int = 20   # public clients per IPv4 /24 or IPv6 /64 (smtp/slots.py)
+    connections_reserved: int = 50      # of `connections`, only for trusted networks and member gateways
+    idle_before_mail: float = 60.0      # seconds idle allowed before a session's first MAIL
+
+
+@dataclass(frozen=True)
+class AuthBudget:
+    """``[auth]``: password guessing (smtp/authlimit.py)."""
+    max_failures: int = 10          # failed logins per source (IPv4 address, IPv6 /64) or account...
+    failure_window: float = 900.0   # ...within this many seconds...
+    lock_seconds: float = 900.0     # ...lock it (454 4.7.0) for this long, audited as auth-locked
+    session_failures: int = 3       # failed AUTH per SMTP session; the next gets 421 4.7.0 and a close
+
+
+def _limits(lim: dict) -> Limits:
+    """[limits]: every value positive, except connections_reserved (0: no reserve; below connections;
+    by default a quarter of them)."""
+    values = {k: _get(lim, k, type(v), v, "limits") for k, v in vars(Limits()).items()}
+    if "connections_reserved" not in lim:
+        values["connections_reserved"] = values["connections"] // 4
+    for k, v in values.items():
+        if k != "connections_reserved":
+            _positive(v, f"limits.{k}")
+    if not 0 <= values["connections_reserved"] < values["connections"]:
+        raise ConfigError("limits.connections_reserved must be from 0 to less than limits.connections")
+    return Limits(**values)
 
 
 @dataclass(frozen=True)
@@ -215,6 +242,7 @@ class GatewayConfig:
     dkim_keys: tuple[DkimKeyConfig, ...]
     limits: Limits = field(default_factory=Limits)
     retry: Retry = field(default_factory=Retry)
+    auth_budget: AuthBudget = field(default_factory=AuthBudget)
     queue: QueueSettings = field(default_factory=QueueSettings)
     processes: int = 1             # serve processes sharing the listeners (SO_REUSEPORT) and the queue
     cpu_workers: int | None = None  # crypto worker processes per serve process; 0 = threads; None = auto
@@ -266,9 +294,13 @@ class GatewayConfig:
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"listeners.{name}.trusted_networks: {e}") from None
             sub = name == "submission"
+            required = _get(t, "auth_required", bool, sub, f"listeners.{name}")
+            auth = _get(t, "auth", bool, sub or required, f"listeners.{name}")
+            if required and not auth:
+                raise ConfigError(f"listeners.{name}: auth_required = true needs auth = true")
             listeners.append(Listener(name, host, port, nets,
                                       _get(t, "require_starttls", bool, sub, f"listeners.{name}"),
-                                      _get(t, "auth_required", bool, sub, f"listeners.{name}")))
+                                      required, auth=auth))
         tls, dl, fed, keys = (_table(data, n) for n in ("tls", "delivery", "federation", "keys"))
         local = _get(dl, "local", str, "maildir", "delivery")
         if local not in ("maildir", "relay"):
@@ -311,8 +343,9 @@ class GatewayConfig:
             federation_manifest=path(_get(fed, "manifest", str, "federation.json", "federation")),
             openpgp_keys={k.lower(): str(v).upper() for k, v in _table(keys, "openpgp").items()},
             dkim_keys=tuple(dkim),
-            limits=Limits(*(_positive(_get(lim, k, type(v), v, "limits"), f"limits.{k}")
-                            for k, v in vars(Limits()).items())),
+            limits=_limits(lim),
+            auth_budget=AuthBudget(*(_positive(_get(_table(data, "auth"), k, type(v), v, "auth"), f"auth.{k}")
+                                     for k, v in vars(AuthBudget()).items())),
             retry=Retry(*(_positive(_get(rt, k, float, v, "retry"), f"retry.{k}") for k, v in vars(Retry()).items())),
             queue=_queue_settings(data),
             directory_refresh=_refresh(data),

@@ -23,10 +23,11 @@ from ..keys.store import KeyStore
 from ..queue import Queue
 from ..queue.retention import Retention
 from ..smtp.handler import GatewayHandler
+from ..smtp.authlimit import AuthGuard, AuthLimits
 from ..smtp.server import Limits, SMTPServer, make_server
 from .pipeline import Pipeline
 from .cpu import CpuPool
-from .runtime import ManifestSource, make_stage, server_tls_context
+from .runtime import ManifestSource, MemberAddresses, make_stage, server_tls_context
 from .users import Users
 from .wkd_server import WkdServer
 
@@ -48,6 +49,7 @@ class Gateway:
     cpu: CpuPool | None = None
     delivery: DeliveryProcess | None = None   # when the workers run in a child process
     retention: Retention | None = None        # the sweep of finished messages' metadata
+    guard: AuthGuard | None = None  # the password checks of every listener (smtp/authlimit.py)
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -84,6 +86,8 @@ class Gateway:
             await self.cpu.stop()
         if self.sessions is not None:
             await self.sessions.close()
+        if self.guard is not None:
+            self.guard.close()
         self.audit.append("stopped")
         self.engine.dispose()
 
@@ -126,19 +130,9 @@ def build(home: Home, *, clock=time.time, owner: str | None = None,
                         run_stage=pool.decide if pool else None)
     tls = server_tls_context(config)
     users = Users(config.passwords_file)
-    lim = config.limits
-    servers = []
-    for li in config.listeners:
-        if li.name == "wkd":
-            continue
-        handler = GatewayHandler(pipeline.rcpt_decider(li), pipeline.data_acceptor(li), clock=clock)
-        servers.append(make_server(
-            handler, li.host, li.port, tls_context=tls, require_starttls=li.require_starttls,
-            auth_required=li.auth_required, authenticator=users.check if (li.auth_required or users.names()) else None,
-            hostname=config.hostname,
-            limits=Limits(max_message_size=lim.message_size, max_recipients=lim.recipients,
-                          max_connections=lim.connections, max_connections_per_ip=lim.connections_per_ip,
-                          idle_timeout=lim.command_timeout), reuse_port=reuse_port))
+    guard = AuthGuard(users.check, AuthLimits(**vars(config.auth_budget)),
+                      on_lock=lambda **fields: audit.append("auth-locked", **fields))
+    servers = _smtp_servers(config, pipeline, tls, guard, MemberAddresses(manifest), clock, reuse_port)
     owner = owner or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     delivery, sessions, child = [], None, None
     if clock is time.time and config.separate_delivery(workers):
@@ -149,6 +143,30 @@ def build(home: Home, *, clock=time.time, owner: str | None = None,
     wkd, li = None, config.listener("wkd")
     if li is not None:
         wkd = WkdServer(li.host, li.port, tls, Directory(engine, keys, config.domains, clock=clock, audit=audit),
-                        Nonces(engine), users.check, audit=audit, clock=clock, reuse_port=reuse_port)
+                        Nonces(engine), users.check, audit=audit, clock=clock, reuse_port=reuse_port,
+                        guard=guard)
     return Gateway(config, queue, audit, keys, pipeline, servers, delivery, engine, wkd, sessions, pool,
-                   child, Retention(queue, config.queue.retention, config.queue.purge_interval))
+                   child, Retention(queue, config.queue.retention, config.queue.purge_interval), guard=guard)
+
+
+def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard: AuthGuard, members: MemberAddresses,
+                  clock, reuse_port: bool) -> list[SMTPServer]:
+    """One SMTP server per listener: AUTH where the listener offers it ([listeners.*] auth); the
+    reserved slots for its trusted networks and the manifest's member gateways."""
+    lim = config.limits
+    limits = Limits(max_message_size=lim.message_size, max_recipients=lim.recipients,
+                    max_connections=lim.connections, max_connections_per_ip=lim.connections_per_ip,
+                    idle_timeout=lim.command_timeout, max_connections_per_network=lim.connections_per_network,
+                    reserved_connections=lim.connections_reserved, idle_before_mail=lim.idle_before_mail)
+    servers = []
+    for li in config.listeners:
+        if li.name == "wkd":
+            continue
+        handler = GatewayHandler(pipeline.rcpt_decider(li), pipeline.data_acceptor(li), clock=clock)
+        servers.append(make_server(
+            handler, li.host, li.port, tls_context=tls,
+            require_starttls=li.require_starttls,
+            auth_required=li.auth_required, auth_guard=guard if li.auth else None,
+            hostname=config.hostname, limits=limits, reuse_port=reuse_port,
+            privileged=lambda ip, li=li: li.trusts(ip) or ip in members))
+    return servers

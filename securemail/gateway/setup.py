@@ -124,6 +124,7 @@ listen = "{listen}"
 trusted_networks = {trusted}
 require_starttls = false     # office MTAs may speak plain; member gateways must use TLS (policy)
 auth_required = false
+auth = false                 # offer AUTH here too (over TLS); users submit on [listeners.submission]
 
 {submission}
 {wkd}
@@ -133,6 +134,10 @@ key = "{tkey}"
 
 [auth]
 passwords_file = "passwords" # user:scrypt-hash lines; securemail gateway user add
+max_failures = 10            # failed logins per source (IPv4 address, IPv6 /64) or per account...
+failure_window = 900         # ...within these seconds lock it (454 4.7.0, audited auth-locked)...
+lock_seconds = 900           # ...for this long, even with the right password
+session_failures = 3         # failed AUTH per SMTP session; the next one gets 421 4.7.0 and a close
 
 [delivery]
 local = "{local}"            # "maildir" (home/Maildir/<address>) or "relay" (hand to the office MTA)
@@ -155,8 +160,11 @@ purge_interval = 3600        # seconds between the gateway's sweeps of expired m
 message_size = 26214400
 recipients = 100
 connections = 200
-connections_per_ip = 20
-command_timeout = 300
+connections_per_ip = 20      # per client address
+connections_per_network = 20 # public clients per IPv4 /24 or IPv6 /64
+connections_reserved = 50    # of connections, only for trusted_networks and member gateways
+idle_before_mail = 60        # seconds idle allowed before a session's first MAIL
+command_timeout = 300        # seconds idle allowed after it
 
 [directory]
 refresh_seconds = 86400      # keys found in members' directories are fetched again after this

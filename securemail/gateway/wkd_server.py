@@ -10,7 +10,9 @@ Routes (draft-koch-openpgp-webkey-service):
 - ``POST /securemail/v1/publish``: HTTP Basic auth with the submission
   credentials, then the proven request of keys/publish.py. Refusals answer
   401/403/400 with a short reason, store nothing and are audited
-  (``key-publish-refused``).
+  (``key-publish-refused``). A wrong user and a wrong password get the same 401
+  after the same scrypt; the failure budget of smtp/authlimit.py (shared with
+  SMTP AUTH) answers 429 while a source or an account is locked.
 
 The adapter is thin: the decisions are in keys/publish.py and keys/directory.py,
 and the blocking work (database, OpenPGP, scrypt) runs off the event loop.
@@ -31,9 +33,12 @@ from ..errors import SecureMailError
 from ..keys.directory import Directory
 from ..keys.publish import MAX_BODY, PATH, Nonces, PublishRefused, check_request
 from ..keys.wkd import HASH_RE, PREFIX
+from ..smtp.authlimit import AuthGuard
 
 log = logging.getLogger(__name__)
 KEY_TYPE = "application/octet-stream"
+AUTH_FAILED = PublishRefused(401, "authentication required")
+AUTH_LOCKED = PublishRefused(429, "too many authentication failures, try again later")
 
 
 class WkdServer:
@@ -41,11 +46,13 @@ class WkdServer:
 
     def __init__(self, host: str, port: int, tls: ssl.SSLContext, directory: Directory,
                  nonces: Nonces, check_password: Callable[[str, str], bool], audit=None,
-                 clock: Callable[[], float] = time.time, reuse_port: bool = False) -> None:
+                 clock: Callable[[], float] = time.time, reuse_port: bool = False,
+                 guard: AuthGuard | None = None) -> None:
         self.host, self.port, self.tls = host, port, tls
         self.reuse_port = reuse_port  # several serve processes share the port
         self.directory, self.nonces, self.check_password = directory, nonces, check_password
         self.audit, self.clock = audit, clock
+        self.guard = guard or AuthGuard(lambda user, pw: check_password(user, pw.decode("utf-8", "replace")))
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -110,8 +117,9 @@ class WkdServer:
             auth = aiohttp.BasicAuth.decode(request.headers.get("Authorization", ""))
         except ValueError:
             auth = None
-        if auth is None or not await asyncio.to_thread(self.check_password, auth.login, auth.password):
-            return self._refused(PublishRefused(401, "authentication required"), peer, "")
+        outcome = "failed" if auth is None else await self.guard.verify(peer, auth.login, auth.password.encode())
+        if outcome != "ok":  # one answer whether the user exists or not (the check costs the same)
+            return self._refused(AUTH_LOCKED if outcome == "locked" else AUTH_FAILED, peer, "")
         try:
             doc = await request.json()
         except ValueError:

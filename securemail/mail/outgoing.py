@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import ssl
 import time
 from email.utils import parseaddr
 
@@ -64,14 +65,20 @@ def build_encrypted(store: KeyStore, draft: Draft, passphrase: str | None,
     return pgp_mime(headers, armored), rcpts
 
 
-def submit(raw: bytes, sender: str, rcpts: list[str], server: str, *, security: str = "none",
+def submit(raw: bytes, sender: str, rcpts: list[str], server: str, *, security: str = "starttls",
            username: str | None = None, password: str | None = None, timeout: float = 60,
            cafile: str | None = None, source: tuple[str, int] | None = None) -> None:
-    """Submit over SMTP; security is 'none', 'starttls' or 'tls'.
+    """Submit over SMTP; security is 'starttls' (the default), 'tls' or 'none'.
 
     The server certificate is verified against the system CAs, or ``cafile``
-    (a gateway's self-signed certificate, say).
+    (a gateway's self-signed certificate, say). With 'starttls' a server that
+    does not offer it is refused before anything else is sent. Credentials are
+    never sent without TLS: 'none' with a username is refused before connecting.
     """
+    if security not in ("starttls", "tls", "none"):
+        raise UsageError(f"unknown SMTP security {security!r}")
+    if security == "none" and (username or password):
+        raise UsageError("credentials are never sent over plain SMTP; use STARTTLS or implicit TLS")
     host, port, ctx = server_and_context(server, cafile)
     try:
         cls = smtplib.SMTP_SSL if security == "tls" else smtplib.SMTP
@@ -89,6 +96,12 @@ def submit(raw: bytes, sender: str, rcpts: list[str], server: str, *, security: 
         raise DeliveryError(f"server refused the message: {e.smtp_code} {text}", temporary=e.smtp_code < 500) from None
     except smtplib.SMTPRecipientsRefused as e:
         raise DeliveryError(f"server refused every recipient: {', '.join(e.recipients)}") from None
+    except smtplib.SMTPNotSupportedError as e:
+        raise DeliveryError(f"{server} does not offer {'STARTTLS' if 'STARTTLS' in str(e) else 'AUTH'}; "
+                            "nothing was sent") from None
+    except ssl.SSLCertVerificationError as e:
+        raise DeliveryError(f"the TLS certificate of {server} is not trusted ({e.verify_message}); nothing "
+                            "was sent (--cafile for a private CA)") from None
     except (OSError, smtplib.SMTPException) as e:
         raise DeliveryError(f"cannot submit to {server}: {e}") from None
     if refused:

@@ -1,8 +1,8 @@
 """SMTP handler: turns aiosmtpd callbacks into calls of a recipient decision and a store.
 
 Thin on purpose: parse what aiosmtpd hands over, call ``decide_rcpt`` or
-``accept_data`` (or the password check, for AUTH), answer with what they
-return. Decisions live elsewhere and are tested without sockets.
+``accept_data``, answer with what they return (AUTH: smtp/auth.py).
+Decisions live elsewhere and are tested without sockets.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Union
-
-from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from securemail.envelope import Envelope
 from securemail.smtp import replies
@@ -42,7 +40,8 @@ class SessionInfo:
 DecideRcpt = Callable[[SessionInfo, str], Union[Reply, None, Awaitable[Union[Reply, None]]]]
 AcceptData = Callable[[Envelope], Union[Reply, Awaitable[Reply]]]
 Authenticator = Callable[[str, bytes], bool]
-"""``authenticator(username, password) -> bool``; offered as LOGIN and PLAIN over TLS only."""
+"""``authenticator(username, password) -> bool``: blocking (scrypt), so smtp/authlimit.py's AuthGuard
+calls it in a thread, with a failure budget; offered as LOGIN and PLAIN over TLS only (smtp/auth.py)."""
 
 
 class GatewayHandler:
@@ -122,17 +121,3 @@ def _peer_cert_der(ssl_info: dict[str, Any] | None) -> bytes | None:
 
 async def _resolve(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
-
-
-def login_password_authenticator(check: Authenticator) -> Callable[..., AuthResult]:
-    """Adapt ``check(username, password)`` to aiosmtpd's ``authenticator`` callback."""
-
-    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str,
-                     auth_data: Any) -> AuthResult:
-        user = getattr(auth_data, "login", b"").decode("utf-8", "replace")
-        ok = isinstance(auth_data, LoginPassword) and check(user, auth_data.password)
-        if not ok:
-            log.info("%r AUTH %s failed for %r", session.peer, mechanism, user)
-        return AuthResult(success=bool(ok), handled=False, auth_data=user if ok else None)
-
-    return authenticate

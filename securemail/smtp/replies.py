@@ -25,11 +25,15 @@ NOOP_OK = "250 2.0.0 OK"
 START_DATA = "354 End data with <CR><LF>.<CR><LF>"
 TLS_READY = "220 2.0.0 Ready to start TLS"
 BYE = "221 2.0.0 Bye"
+AUTH_OK = "235 2.7.0 Authentication successful"
 
 # --- temporary ----------------------------------------------------------------
 TEMP_FAILURE = "451 4.3.0 Temporary local problem, try again later"
 TIMEOUT = "421 4.4.2 Timeout exceeded, closing connection"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections"
+# AUTH (smtp/auth.py, smtp/authlimit.py): the same answers whether the account exists or not
+AUTH_SESSION_FAILURES = "421 4.7.0 Too many authentication failures, closing connection"
+AUTH_LOCKED = "454 4.7.0 Too many authentication failures, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing connection"
 TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
 KEY_CHANGED_HELD = "451 4.7.1 recipient key changed; held for operator review"
@@ -54,6 +58,7 @@ DATA_LINE_TOO_LONG = "550 5.6.0 Message has a line longer than 1000 octets (RFC 
 NEED_TLS = "530 5.7.0 Must issue a STARTTLS command first"
 NEED_AUTH = "530 5.7.0 Authentication required"
 RELAY_DENIED = "554 5.7.1 Relay access denied"
+AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 
 # aiosmtpd's own reply lines (1.4.6) that lack an enhanced code or say too much,
 # mapped to ours. The server rewrites them as they are pushed.

@@ -20,20 +20,23 @@ import re
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException
 
 from securemail.errors import ConfigError, SecureMailError
 from securemail.smtp import replies
 from securemail.smtp.fastaddr import fast_getaddr
-from securemail.smtp.handler import Authenticator, login_password_authenticator
+from securemail.smtp.auth import AuthSession
+from securemail.smtp.authlimit import AuthGuard
+from securemail.smtp.dataread import END_OF_DATA as _END_OF_DATA, MAX_DATA_LINE, MAX_LINE_TEXT  # noqa: F401
+from securemail.smtp.dataread import marker_begun as _marker_begun, text_length as _text_length
+from securemail.smtp.dataread import too_long as _too_long, unstuffed as _unstuffed
+from securemail.smtp.handler import Authenticator
+from securemail.smtp.slots import Slots
 
 log = logging.getLogger(__name__)
 
-MAX_DATA_LINE = 1000  # octets including CRLF after dot-unstuffing, RFC 5321 4.5.3.1.6
-MAX_LINE_TEXT = MAX_DATA_LINE - 2
-_END_OF_DATA = b"\r\n.\r\n"
 _EHLO_LAST = "250 HELP"  # aiosmtpd's last EHLO line (its HELP command answers otherwise)
 _ADDRESS_COMMANDS = {b"MAIL": replies.BAD_SENDER_SYNTAX, b"RCPT": replies.BAD_RCPT_SYNTAX}
 _NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
@@ -52,6 +55,9 @@ class Limits:
     max_connections_per_ip: int = 20
     idle_timeout: float = 300.0  # seconds without a command (RFC 5321 4.5.3.2.7)
     data_timeout: float = 600.0  # seconds from 354 to the end of data
+    max_connections_per_network: int = 20  # public clients per IPv4 /24 or IPv6 /64 (smtp/slots.py)
+    reserved_connections: int = 0  # of max_connections, only for trusted networks and member gateways
+    idle_before_mail: float = 60.0  # seconds without a command before the session's first MAIL
 
 
 class CommandRefused(SecureMailError):
@@ -91,7 +97,7 @@ class _Session(Session):
     login_data = property(lambda s: s._login_data, lambda s, v: setattr(s, "_login_data", v))
 
 
-class GatewaySMTP(SMTP):
+class GatewaySMTP(AuthSession, SMTP):
     """One SMTP session: aiosmtpd's state machine with securemail's limits and replies."""
 
     command_size_limit = 510  # 512 octets with CRLF, RFC 5321 4.5.3.1.4
@@ -107,6 +113,7 @@ class GatewaySMTP(SMTP):
         self._counted_ip: str | None = None
         self._hung_up = False  # refused at connect, or close_with() was called
         self._pending_cr = False
+        self._mail_given = False  # the idle limit is idle_before_mail until the first MAIL
 
     def _create_session(self) -> Session:
         return _Session(self.loop)
@@ -159,6 +166,11 @@ class GatewaySMTP(SMTP):
     def _timeout_cb(self) -> None:
         self.close_with(replies.TIMEOUT)
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        if duration is None and not getattr(self, "_mail_given", True):  # aiosmtpd's __init__ calls it
+            duration = min(self.limits.idle_before_mail, self.limits.idle_timeout)
+        super()._reset_timeout(duration)
+
     async def push(self, status: Any) -> None:
         if status == "250-AUTH ":  # aiosmtpd advertises AUTH even with no mechanism left
             return
@@ -200,6 +212,9 @@ class GatewaySMTP(SMTP):
             await self.push(replies.BAD_SENDER_SYNTAX)
             return
         await super().smtp_MAIL(arg)
+        if not self._mail_given and self.envelope.mail_from is not None:
+            self._mail_given = True
+            self._reset_timeout()  # the timer started before this command had the shorter limit
 
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
@@ -261,73 +276,35 @@ class GatewaySMTP(SMTP):
                 return (b"" if kept is None else kept.getvalue()), problem
 
 
-def _marker_begun(seen: bytes, ahead: bytes) -> int:
-    """How many octets of the end-of-data marker may end ``seen`` (0 to 4), given octets ``ahead``.
-
-    ``ahead`` is what the reader holds unread (peeked, and b"" where it cannot
-    be): a line that follows a line ending in "." is then read together with it,
-    not apart, unless it could be the lone dot.
-    """
-    for k in (4, 3, 2, 1):
-        if seen.endswith(_END_OF_DATA[:k]) and _END_OF_DATA[k:].startswith(ahead[:5 - k]):
-            return k
-    return 0
-
-
-def _unstuffed(lines: bytes) -> bytes:
-    """Whole CRLF-ended lines, each without its first character if that is a dot (RFC 5321 4.5.2)."""
-    lines = lines[1:] if lines[:1] == b"." else lines
-    return lines.replace(b"\r\n.", b"\r\n")
-
-
-def _too_long(lines: bytes) -> bool:
-    """Whether one of these CRLF-ended lines is over 1000 octets with its CRLF.
-
-    A window of 1000 octets from a line's start must hold that line's LF; every
-    line up to the window's last LF is then short enough, and the next window
-    starts after it: about one search per 1000 octets, no line objects.
-    """
-    start = 0
-    while len(lines) - start > MAX_DATA_LINE:
-        last_lf = lines.rfind(b"\n", start, start + MAX_DATA_LINE)
-        if last_lf < 0:
-            return True
-        start = last_lf + 1
-    return False
-
-
-def _text_length(part: bytes) -> int:
-    """Octets of a line's text in ``part``, the start of a line: no stuffing dot, no CR of its CRLF."""
-    return len(part) - part.startswith(b".") - part.endswith(b"\r")
-
-
 class SMTPServer:
     """A listening gateway: ``await start()`` binds, ``await stop()`` closes it and its sessions."""
 
     def __init__(self, handler: Any, host: str, port: int, *, limits: Limits,
-                 session_kwargs: dict[str, Any], reuse_port: bool = False) -> None:
+                 session_kwargs: dict[str, Any], reuse_port: bool = False,
+                 guard: AuthGuard | None = None, privileged: Callable[[str], bool] = lambda ip: False) -> None:
         self.handler = handler
         self.reuse_port = reuse_port  # several serve processes share the port (SO_REUSEPORT)
         self.host = host
         self.limits = limits
+        self.guard = guard  # checks AUTH (smtp/auth.py); None: AUTH is not offered
         self._port = port
         self._session_kwargs = session_kwargs
         self._server: asyncio.AbstractServer | None = None
-        self._per_ip: collections.Counter[str] = collections.Counter()
+        self.slots = Slots(total=limits.max_connections, per_ip=limits.max_connections_per_ip,
+                           per_network=limits.max_connections_per_network,
+                           reserved=limits.reserved_connections, privileged=privileged)
         self.live: set[GatewaySMTP] = set()
 
     def acquire(self, ip: str, session: GatewaySMTP) -> bool:
-        """Count a new session in, unless that breaks a connection limit."""
-        if (len(self.live) >= self.limits.max_connections
-                or self._per_ip[ip] >= self.limits.max_connections_per_ip):
+        """Count a new session in, unless that breaks a connection limit (smtp/slots.py)."""
+        if not self.slots.acquire(ip, session):
             return False
-        self._per_ip[ip] += 1
         self.live.add(session)
         return True
 
     def release(self, ip: str, session: GatewaySMTP) -> None:
         self.live.discard(session)
-        self._per_ip -= collections.Counter({ip: 1})  # drops zero counts
+        self.slots.release(session)
 
     @property
     def port(self) -> int:  # the bound one, after binding port 0
@@ -357,17 +334,24 @@ def make_server(handler: Any, host: str, port: int, *,
                 tls_context: ssl.SSLContext | None = None, require_starttls: bool = False,
                 auth_required: bool = False, authenticator: Authenticator | None = None,
                 limits: Limits = Limits(), hostname: str | None = None,
-                reuse_port: bool = False) -> SMTPServer:
-    """Build (not start) a gateway SMTP server; refuses settings that would silently weaken it."""
+                reuse_port: bool = False, auth_guard: AuthGuard | None = None,
+                privileged: Callable[[str], bool] = lambda ip: False) -> SMTPServer:
+    """Build (not start) a gateway SMTP server; refuses settings that would silently weaken it.
+
+    AUTH is offered (over TLS only) when there is an ``auth_guard``, or an
+    ``authenticator`` (then with a guard of default limits). ``privileged(ip)``:
+    may this client use the reserved connection slots.
+    """
     if (require_starttls or auth_required) and tls_context is None:
         raise ConfigError("require_starttls and auth_required need a tls_context")
-    if auth_required and authenticator is None:
+    guard = auth_guard or (AuthGuard(authenticator) if authenticator is not None else None)
+    if auth_required and guard is None:
         raise ConfigError("auth_required needs an authenticator")
     kwargs = dict(hostname=hostname or socket.getfqdn(), ident="ESMTP", tls_context=tls_context,
                   require_starttls=require_starttls, auth_required=auth_required,
-                  authenticator=authenticator and login_password_authenticator(authenticator),
-                  auth_exclude_mechanism=[] if authenticator else ["LOGIN", "PLAIN"])
-    return SMTPServer(handler, host, port, limits=limits, session_kwargs=kwargs, reuse_port=reuse_port)
+                  auth_exclude_mechanism=[] if guard else ["LOGIN", "PLAIN"])
+    return SMTPServer(handler, host, port, limits=limits, session_kwargs=kwargs, reuse_port=reuse_port,
+                      guard=guard, privileged=privileged)
 
 
 @contextlib.asynccontextmanager
