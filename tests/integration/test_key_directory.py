@@ -28,12 +28,12 @@ MARKER = "DIRECTORY-MARKER-51c2"
 GPG_WKS = Path("/usr/lib/gnupg/gpg-wks-client")
 
 
-def directory_federation(tmp: Path) -> tuple[dict[str, GatewayHome], dict[str, int], str]:
+def directory_federation(tmp: Path, domains=(A, B)) -> tuple[dict[str, GatewayHome], dict[str, int], str]:
     """Like gateways.federation, with a key directory listener (--wkd) on each gateway."""
     authority = tmp / "authority"
     ok(run_cli(authority, "federation", "init", "--no-passphrase"), "federation init")
     homes, wkd = {}, {}
-    for d in (A, B):
+    for d in domains:
         g, wkd[d] = GatewayHome(d, tmp / f"gw-{d}", free_port(), free_port()), free_port()
         ok(run_cli(g.home, "gateway", "init", "--domain", d, "--listen", f"127.0.0.1:{g.relay}",
                    "--submission", f"127.0.0.1:{g.submission}", "--wkd", f"127.0.0.1:{wkd[d]}",
