@@ -15,7 +15,6 @@ pytestmark = pytest.mark.timeout(300)
 
 # --- issue 10, finding 3: a user publishes a key for other addresses ----------------------------
 import json as _json_f3  # noqa: E402 - appended block (finding 3)
-from types import SimpleNamespace as _NS_f3  # noqa: E402
 
 CULTURE = "culture.gouv.fr"
 MINISTER, CEO = f"minister@{OWN}", f"ceo@{CULTURE}"
