@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
@@ -33,6 +32,7 @@ from .crypto.armor import unarmor_if_needed
 from .crypto.keys import Key, load_key
 from .crypto.message import sign_detached, verify_signatures
 from .crypto.packets import SIG, read_packets
+from .crypto.tlspin import spki_sha256
 from .errors import ConfigError, PolicyRefusal, SecureMailError
 
 if TYPE_CHECKING:
@@ -92,6 +92,12 @@ class Manifest:
     def member(self, domain: str) -> Member | None:
         """The member entry of ``domain``, None when it is not in the federation."""
         return self.members.get(domain.lower().rstrip("."))
+
+    def pinned_domains(self, pin: str | None) -> frozenset[str]:
+        """The member domains whose gateway's ``tls_pin`` is ``pin`` (one gateway may serve several)."""
+        if not pin:
+            return frozenset()
+        return frozenset(d for d, m in self.members.items() if m.tls_pin == pin)
 
     def dkim_records(self) -> dict[str, str]:
         """``selector._domainkey.domain.`` -> TXT value, for crypto.dkim.manifest_dnsfunc."""
@@ -345,16 +351,13 @@ def write_atomic(path, data: bytes, mode: int = 0o644, before_rename=None) -> No
 
 # --- this gateway's entries ------------------------------------------------------------------
 def tls_pin_of_cert(pem_or_der: bytes | str) -> str:
-    """SHA-256 of the (first) certificate's SubjectPublicKeyInfo DER, lower-case hex."""
+    """SHA-256 of the (first) certificate's SubjectPublicKeyInfo DER, lower-case hex (crypto.tlspin)."""
     data = pem_or_der.encode() if isinstance(pem_or_der, str) else pem_or_der
-    try:
-        cert = (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
-                else x509.load_der_x509_certificate(data))
-    except ValueError:
-        raise ConfigError("not an X.509 certificate (PEM or DER)") from None
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(spki).hexdigest()
+    begin = data.find(b"-----BEGIN")
+    pin = spki_sha256(data[begin:] if begin >= 0 else data)
+    if pin is None:
+        raise ConfigError("not an X.509 certificate (PEM or DER)")
+    return pin
 
 
 def dkim_public_txt(private_pem: bytes) -> str:

@@ -7,7 +7,10 @@ federation); the pin is the authentication. No STARTTLS, a failed handshake or
 a wrong key is a *temporary* failure: the message stays queued and is never
 sent in clear. Replies read before the pin is verified are unauthenticated, so
 a 5xx among them cannot bounce a message either (an on-path attacker could
-inject one); only an authenticated 5xx is permanent.
+inject one); only an authenticated 5xx is permanent. The gateway shows its own
+certificate (``tls_client_cert``: securemail.toml's tls_cert and tls_key) as a
+client certificate: the member at the other end accepts mail from our domains
+only from a session whose client certificate has our manifest pin.
 
 The office MTA (``relay:HOST:PORT``) is inside the office: plain SMTP.
 
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import hmac
 import logging
 import os
@@ -31,10 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import aiosmtplib
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from securemail.crypto.tlspin import der_pin, spki_sha256  # noqa: F401 - spki_sha256 re-exported
 from securemail.delivery.hops import Hop, RelayHop, SmtpHop, parse_hop
 from securemail.delivery.outcome import PERMANENT, TEMPORARY, Outcome, clean, from_reply, temporary
 from securemail.delivery.pipelining import (CLOSING, DATA, END, MAIL, RCPT, BadReply,
@@ -268,24 +268,11 @@ async def _secure(client: aiosmtplib.SMTP, h: SmtpHop,
         raise _Stop(temporary(TLS_FAILED))
     ssl_object = client.get_transport_info("ssl_object")
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    got = spki_sha256(der) if der else None
+    got = der_pin(der) if der else None
     if got is None or not hmac.compare_digest(got, h.pin):
         log.warning("smtp %s:%d: certificate key %s does not match pin %s; closing",
                     h.host, h.port, got, h.pin)
         raise _Stop(temporary(PIN_MISMATCH))
-
-
-def spki_sha256(certificate: bytes) -> str | None:
-    """The pin of a certificate (DER or PEM): SHA-256 of its SubjectPublicKeyInfo, lowercase hex."""
-    try:
-        if certificate.lstrip().startswith(b"-----BEGIN"):
-            cert = x509.load_pem_x509_certificate(certificate)
-        else:
-            cert = x509.load_der_x509_certificate(certificate)
-        spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    except (ValueError, UnsupportedAlgorithm):
-        return None
-    return hashlib.sha256(spki).hexdigest()
 
 
 def _tls_context(tls_client_cert: TlsClientCert | None) -> ssl.SSLContext:

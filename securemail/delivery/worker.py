@@ -105,7 +105,8 @@ class DeliveryWorker:
         settings = dict(helo=config.hostname, maildir_root=Path(config.home) / "Maildir",
                         lease_seconds=config.lease_seconds, retry=config.retry,
                         poll_interval=config.poll_interval,
-                        timeout=min(SMTP_TIMEOUT, config.lease_seconds / 4))
+                        timeout=min(SMTP_TIMEOUT, config.lease_seconds / 4),
+                        tls_client_cert=(config.tls_cert, config.tls_key))  # members check its pin
         return cls(queue, owner=owner, **{**settings, **kwargs})
 
     # --- the loop -------------------------------------------------------------------

@@ -23,6 +23,7 @@ from ..keys.store import KeyStore
 from ..queue import Queue
 from ..queue.retention import Retention
 from ..smtp.handler import GatewayHandler
+from ..smtp.peercert import request_client_certificates
 from ..smtp.authlimit import AuthGuard, AuthLimits
 from ..smtp.server import Limits, SMTPServer, make_server
 from .pipeline import Pipeline
@@ -158,13 +159,15 @@ def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard: AuthGua
                     max_connections=lim.connections, max_connections_per_ip=lim.connections_per_ip,
                     idle_timeout=lim.command_timeout, max_connections_per_network=lim.connections_per_network,
                     reserved_connections=lim.connections_reserved, idle_before_mail=lim.idle_before_mail)
+    # member gateways deliver to the relay listener and show their certificate there (smtp/peercert.py)
+    relay_tls = request_client_certificates(server_tls_context(config))
     servers = []
     for li in config.listeners:
         if li.name == "wkd":
             continue
         handler = GatewayHandler(pipeline.rcpt_decider(li), pipeline.data_acceptor(li), clock=clock)
         servers.append(make_server(
-            handler, li.host, li.port, tls_context=tls,
+            handler, li.host, li.port, tls_context=relay_tls if li.name == "relay" else tls,
             require_starttls=li.require_starttls,
             auth_required=li.auth_required, auth_guard=guard if li.auth else None,
             hostname=config.hostname, limits=limits, reuse_port=reuse_port,
