@@ -32,7 +32,9 @@ from securemail.errors import ConfigError, KeyRefused, MalformedMessage
 MIN_RSA_BITS = 2048
 SIGNED_HEADERS = (b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"mime-version",
                   b"content-type", b"reply-to", b"in-reply-to", b"references")
-OVERSIGNED = (b"from",)  # signed once more than present, so none can be added
+# Every signed name is listed once more in h= than the message has it (oversigning, RFC 6376
+# 8.15): a field of any of these names added later, present before or not, breaks the signature.
+OVERSIGNED = SIGNED_HEADERS
 CHUNK = 1 << 20          # body bytes canonicalised at a time (cut at a line end)
 
 _NAME = b"DKIM-Signature"
