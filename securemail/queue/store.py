@@ -41,6 +41,7 @@ from securemail.audit import AuditLog
 from securemail.db import checkpoint as db_checkpoint, transaction
 from securemail.errors import UsageError
 from securemail.queue.models import FINAL_STATES, STATES, deliveries as D, messages as M
+from securemail.queue.replay import Seen, admit, replay_audit
 
 AuditSpec = tuple[str, Mapping[str, Any]] | None
 _INSERT_MESSAGE = M.insert()
@@ -75,6 +76,7 @@ class NewMessage:
     peer: str = ""
     meta: Mapping[str, Any] | None = None
     audit: AuditSpec = None
+    replay: Seen | None = None  # a member's message: not queued if seen before, audited (queue/replay.py)
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,15 @@ class Queue:
             if item.audit is not None:
                 audits.append((item.audit, {"message_id": mid}))
         with transaction(self.engine) as conn:
-            conn.execute(_INSERT_MESSAGE, messages)
-            conn.execute(_INSERT_DELIVERY, deliveries)
+            replays = {ids[i]: items[i].replay for i in admit(conn, [it.replay for it in items], now)}
+            if replays:  # accepted, never queued: the record "replay" in place of "accepted"
+                messages = [m for m in messages if m["id"] not in replays]
+                deliveries = [d for d in deliveries if d["message_id"] not in replays]
+                audits = [(replay_audit(spec, replays[i["message_id"]]) if i["message_id"] in replays
+                           else spec, i) for spec, i in audits]
+            if messages:
+                conn.execute(_INSERT_MESSAGE, messages)
+                conn.execute(_INSERT_DELIVERY, deliveries)
             self._audit_many(conn, audits)
         return ids
 
