@@ -14,6 +14,8 @@ from click.testing import CliRunner
 
 from securemail.db import create_schema, make_engine
 
+pytest_plugins = ("tests.differential",)  # every body that crosses to a member is checked (issue 10)
+
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus"
 PG_URL = os.environ.get("SECUREMAIL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

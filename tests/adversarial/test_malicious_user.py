@@ -100,3 +100,116 @@ def test_an_update_of_a_published_key_cannot_add_other_addresses(publishing):
     res = run_cli(a.home, "keys", "accept", MINISTER, clean.fingerprint)
     assert res.exit_code != 0                                       # no binding, no pin
     assert clean.fingerprint not in _f3_encrypted_to(a, MINISTER, "f3-minister-2")
+
+
+# --- issue 10, finding 1: plaintext hidden in "encrypted" mail from the office -------------------
+import threading as _threading_f1  # noqa: E402 - appended block (finding 1)
+import time as _time_f1  # noqa: E402
+from contextlib import contextmanager as _contextmanager_f1  # noqa: E402
+from email.utils import formatdate as _formatdate_f1  # noqa: E402
+
+_F1_MARK = b"F1-HIDDEN-PLAINTEXT"
+
+
+@_contextmanager_f1
+def _f1_watch_j(gw):
+    """Every message justice's gateway J receives while inside, as its intake got it (what crossed)."""
+    j = next(g for g in gw.running.gateways if g.config.domains == (JUSTICE,))
+    got, lock, orig = [], _threading_f1.Lock(), j.pipeline.accept
+
+    async def accept(env, listener):
+        with lock:
+            got.append(env.data)
+        return await orig(env, listener)
+    j.pipeline.accept = accept
+    try:
+        yield got
+    finally:
+        j.pipeline.accept = orig
+
+
+def _f1_head(mid: bytes, extra: bytes = b"") -> bytes:
+    return (f"From: Alice Martin <{ALICE}>\r\nTo: <{BRUNO}>\r\nSubject: ...\r\n"
+            f"Date: {_formatdate_f1(usegmt=True)}\r\n").encode() + b"Message-ID: " + mid + b"\r\n" + extra
+
+
+def _f1_pgp_mime(gw, mid: bytes, *, preamble=b"", control=b"Version: 1\r\n", after=b"", epilogue=b"") -> bytes:
+    from tests.hostile.test_message_hostile import armored_of
+    return (_f1_head(mid) + b'MIME-Version: 1.0\r\nContent-Type: multipart/encrypted; '
+            b'protocol="application/pgp-encrypted"; boundary="f1"\r\n\r\n' + preamble
+            + b"--f1\r\nContent-Type: application/pgp-encrypted\r\n\r\n" + control
+            + b"\r\n--f1\r\nContent-Type: application/octet-stream\r\n\r\n" + armored_of(gw) + after
+            + b"\r\n--f1--\r\n" + epilogue)
+
+
+def _f1_cross(gw, build) -> tuple[bytes, bytes]:
+    """An office user's message for bruno@justice through gateway A: (the bytes that reached J, the
+    file J delivered to bruno's mailbox). ``build(message_id)`` makes the message."""
+    from tests.hostile.test_message_hostile import accepted, from_office
+    from tests.integration.gateways import wait_for
+    mid = b"<f1-%d@interieur.gouv.fr>" % _time_f1.monotonic_ns()
+    box = gw.j.home / "Maildir" / BRUNO / "new"
+    with _f1_watch_j(gw) as got:
+        reply, added = from_office(gw, build(mid))
+        accepted(reply, added)
+        crossed = wait_for(lambda: [d for d in list(got) if mid in d], 90, "the message at J")
+    delivered = wait_for(lambda: [p.read_bytes() for p in (box.iterdir() if box.exists() else [])
+                                  if mid in p.read_bytes()], 90, "delivery to bruno's mailbox")
+    assert len(crossed) == 1 and len(delivered) == 1
+    return crossed[0], delivered[0]
+
+
+def _f1_assert_only_packets_crossed(crossed: bytes, delivered: bytes) -> None:
+    from tests.differential.checker import problems
+    assert _F1_MARK not in crossed and _F1_MARK not in delivered
+    assert problems(crossed) == []  # the gateway's list and skeleton, then ESKs and one SEIPD
+
+
+def _f1_same_packets(gw, crossed: bytes) -> bool:
+    from securemail.crypto.armor import dearmor
+    from tests.hostile.test_message_hostile import armored_of
+    return dearmor(crossed.replace(b"\r\n", b"\n"))[1] == dearmor(armored_of(gw))[1]
+
+
+def test_plaintext_in_the_pgp_mime_preamble_never_crosses(gw):
+    crossed, delivered = _f1_cross(gw, lambda mid: _f1_pgp_mime(gw, mid, preamble=_F1_MARK + b" preamble\r\n"))
+    _f1_assert_only_packets_crossed(crossed, delivered)
+    assert _f1_same_packets(gw, crossed)  # the sender's packets, in the gateway's own wrapper
+
+
+def test_plaintext_in_the_pgp_mime_control_part_never_crosses(gw):
+    crossed, delivered = _f1_cross(gw, lambda mid: _f1_pgp_mime(
+        gw, mid, control=b"Version: 1\r\n" + _F1_MARK + b" control\r\n"))
+    _f1_assert_only_packets_crossed(crossed, delivered)
+    assert _f1_same_packets(gw, crossed)
+
+
+def test_plaintext_after_the_armor_never_crosses(gw):
+    crossed, delivered = _f1_cross(gw, lambda mid: _f1_pgp_mime(gw, mid, after=_F1_MARK + b" after the END line\r\n"))
+    _f1_assert_only_packets_crossed(crossed, delivered)
+    assert _f1_same_packets(gw, crossed)
+
+
+def test_plaintext_in_the_pgp_mime_epilogue_never_crosses(gw):
+    crossed, delivered = _f1_cross(gw, lambda mid: _f1_pgp_mime(gw, mid, epilogue=_F1_MARK + b" epilogue\r\n"))
+    _f1_assert_only_packets_crossed(crossed, delivered)
+    assert _f1_same_packets(gw, crossed)
+
+
+def test_inline_pgp_with_text_after_the_armor_is_encrypted_whole_by_the_gateway(gw):
+    from tests.hostile.test_message_hostile import armored_of
+    crossed, delivered = _f1_cross(gw, lambda mid: _f1_head(mid, b"Content-Type: text/plain\r\n\r\n")
+                                   + armored_of(gw) + b"\r\n" + _F1_MARK + b" after END PGP MESSAGE\r\n")
+    _f1_assert_only_packets_crossed(crossed, delivered)
+    assert not _f1_same_packets(gw, crossed)  # sealed: the gateway's own encryption of the whole message
+
+
+def test_content_carrying_headers_in_clear_are_sealed_with_the_message(gw):
+    extra = b"".join(b"%s: %s %s\r\n" % (name, _F1_MARK, name)
+                     for name in (b"Subject", b"Keywords", b"Comments", b"X-Note"))
+
+    def build(mid):
+        return _f1_pgp_mime(gw, mid).replace(b"Subject: ...\r\n", b"", 1).replace(b"MIME-Version", extra + b"MIME-Version", 1)
+    crossed, delivered = _f1_cross(gw, build)
+    _f1_assert_only_packets_crossed(crossed, delivered)
+    assert b"\r\nSubject: ...\r\n" in crossed and not _f1_same_packets(gw, crossed)

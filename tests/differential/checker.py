@@ -5,8 +5,8 @@ imports nothing of securemail): a body that crosses to a member gateway is
 made of exactly
 
 - header fields from the list (From, To, Cc, Date, Message-ID, MIME-Version,
-  Content-Type, Subject ``...``) plus the gateway's DKIM-Signature, each once,
-  each value of the shape its name says;
+  Content-Type, Subject ``...``), each once, plus the gateway's DKIM-Signatures
+  (one per key), each value of the shape its name says;
 - the gateway's MIME skeleton: RFC 3156 with no preamble, the fixed part
   headers, ``Version: 1``, no epilogue; or inline, the armored block alone;
 - one ASCII-armored OpenPGP message without armor headers, whose bytes are
@@ -76,7 +76,7 @@ def _fields(head: bytes) -> tuple[list[str], dict[str, bytes]]:
         value = m.group(2)
         if name not in LIST | SIGNED_AFTER:
             out.append(f"field outside the list: {name}")
-        elif name in fields:
+        elif name in fields and name not in SIGNED_AFTER:  # one signature per DKIM key of the domain
             out.append(f"field twice: {name}")
         else:
             fields[name] = value

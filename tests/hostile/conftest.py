@@ -38,6 +38,7 @@ class Hostile:
     tmp: Path
     homes: dict[str, GatewayHome]
     encrypted: bytes              # PGP/MIME from bruno to alice, as bruno's client wrote it, unsigned
+    running: Running | None = None  # the started gateways (a test may watch what one of them receives)
 
     @property
     def a(self) -> GatewayHome:
@@ -63,8 +64,8 @@ def gw(tmp_path_factory):
     a, j = homes[OWN], homes[JUSTICE]
     j.tune(**J_LIMITS)
     eml = enrol(tmp, a, j, ALICE, BRUNO, PASSWORD)
-    with Running(a, j):
-        yield Hostile(tmp, homes, eml)
+    with Running(a, j) as running:
+        yield Hostile(tmp, homes, eml, running)
 
 
 # --- the table of replies ----------------------------------------------------------------
