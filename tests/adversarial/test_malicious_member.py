@@ -11,3 +11,158 @@ import pytest
 from tests.hostile import ALICE, BRUNO, GATEWAY_PEER, JUSTICE, OFFICE, OWN, STRANGER  # noqa: F401
 
 pytestmark = pytest.mark.timeout(300)
+
+
+# --- issue 10, finding 8: no body at rest once delivered ---------------------------------------
+def test_member_mail_leaves_no_body_in_the_queue_database_files(gw):
+    """A member sends domain-key encrypted mail with a plaintext marker inside to alice (maildir
+    mode). Once it is delivered, A's SQLite database, -wal and -shm hold neither the marker nor
+    any line of the armored message A queued and delivered: the body is gone, not only its
+    plaintext (the settle removes it, secure_delete zeroes it, the WAL is truncated)."""
+    import re
+    import uuid
+
+    from securemail.crypto import message as M
+    from securemail.crypto.keys import load_key
+    from tests.hostile.test_message_hostile import from_member, pgp_mime
+    from tests.integration.gateways import ok, run_cli, wait_for
+
+    tag = uuid.uuid4().hex
+    marker = f"HIDDEN-AT-REST-{tag}".encode()
+    domain_key = load_key(ok(run_cli(gw.a.home, "keys", "export", f"gateway@{OWN}")).stdout_bytes)
+    inner = (f"From: Bruno Petit <{BRUNO}>\r\nTo: <{ALICE}>\r\nSubject: Note\r\n"
+             f"Content-Type: text/plain; charset=utf-8\r\n\r\nTexte {marker.decode()} confidentiel.\r\n")
+    sent = M.encrypt(inner.encode(), [(domain_key, f"gateway@{OWN}")])
+    reply, added = from_member(gw, pgp_mime(sent).replace(b"Message-ID: <", f"Message-ID: <{tag}.".encode(), 1))
+    assert reply.startswith("250 2.0.0"), reply
+    [qid] = added
+
+    box = gw.a.home / "Maildir" / ALICE / "new"
+    [delivered] = wait_for(lambda: [p for p in box.iterdir() if tag.encode() in p.read_bytes()]
+                           if box.exists() else [], what="delivery to alice's mailbox")
+    armor = re.search(rb"-----BEGIN PGP MESSAGE-----(.*?)-----END PGP MESSAGE-----",
+                      delivered.read_bytes(), re.S).group(1)
+    lines = [ln.strip() for ln in armor.splitlines() if len(ln.strip()) >= 60]  # what A stored
+    lines += [ln.strip() for ln in sent.splitlines() if len(ln.strip()) >= 60]  # what J sent
+    assert len(lines) >= 8 and marker not in delivered.read_bytes()
+
+    db = gw.a.home / "securemail.db"
+    files = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
+
+    def at_rest() -> list[str]:
+        found = []
+        for f in files:
+            data = f.read_bytes() if f.exists() else b""
+            found += [f"{f.name}: {n[:24]!r}" for n in [marker, *lines] if n in data]
+        return found
+
+    wait_for(lambda: not at_rest(), timeout=30, what="the body to leave A's database files")
+    # the search reads the right database: the message's metadata is still there, as it should be
+    assert any(qid.encode() in f.read_bytes() for f in files if f.exists())
+
+
+# --- issue 10, findings 2, 5, 8: status headers, the signer, no plaintext queued -----------------
+from tests.adversarial.relay_office import relay_gw  # noqa: E402,F401 - fixture
+
+
+def _member_sends(world, data: bytes) -> None:
+    from tests.hostile.test_message_hostile import accepted, from_member
+    reply, added = from_member(world, data)
+    accepted(reply, added)
+
+
+def test_member_status_headers_forged_outside_and_inside_never_reach_the_reader(gw):
+    """J puts Securemail-Status and Authentication-Results claiming a valid signature and a DKIM
+    pass in its outer headers and inside the message it encrypts to A's domain key (maildir mode).
+    Alice's Maildir file carries A's own two headers only, and the message she decrypts none."""
+    from tests.adversarial import relay_office as R
+    text, msgid = R.marker(), f"{R.marker()}@{JUSTICE}"
+    j_key = R.secret_key(gw.j.home, R.domain_fpr(gw.j))
+    data = R.sealed(R.inner(f"Bruno Petit <{BRUNO}>", ALICE, text, R.FORGED),
+                    [(R.cert(gw.a.home, f"gateway@{OWN}"), ALICE)], j_key,
+                    frm=f"Bruno Petit <{BRUNO}>", msgid=msgid, outer=R.FORGED)
+    _member_sends(gw, data)
+    path = R.maildir_file(gw.a, ALICE, msgid)
+    msg = R.parsed(path.read_bytes())
+    assert R.values(msg, "Securemail-Status") == [
+        f"encrypted=yes; signature=valid; signer={j_key.fingerprint}; warning=sender-status-removed"]
+    assert R.values(msg, "Authentication-Results") == [f"gw.{OWN}; dkim=pass header.d={JUSTICE}"]
+    assert b"FORGED" not in path.read_bytes() and b"forged" not in path.read_bytes()
+    out = R.read_json(R.person_home(gw.tmp, ALICE), path)
+    assert out["decrypted"] and text in out["body"] and out["from"] == f"Bruno Petit <{BRUNO}>"
+    assert "status headers" not in out["warning"]  # nothing of the sender's status was left inside
+    assert R.at_rest(gw.a.home, text) == []
+
+
+def test_member_signing_as_our_minister_is_signer_mismatch_for_gateway_and_reader(gw):
+    """J's domain key speaks for justice.gouv.fr only: its valid signature over a protected From
+    "Le Ministre <ministre@interieur.gouv.fr>" is signer-mismatch in A's Securemail-Status and in
+    what alice reads, with the signer's fingerprint and address, and the From mismatch named."""
+    from tests.adversarial import relay_office as R
+    from tests.integration.gateways import ok, run_cli
+    text, msgid = R.marker(), f"{R.marker()}@{JUSTICE}"
+    j_key = R.secret_key(gw.j.home, R.domain_fpr(gw.j))
+    data = R.sealed(R.inner(R.OUR_MINISTER, ALICE, text), [(R.cert(gw.a.home, f"gateway@{OWN}"), ALICE)],
+                    j_key, frm=f"Bruno Petit <{BRUNO}>", msgid=msgid)
+    _member_sends(gw, data)
+    path = R.maildir_file(gw.a, ALICE, msgid)
+    assert R.values(R.parsed(path.read_bytes()), "Securemail-Status") == [
+        f"encrypted=yes; signature=signer-mismatch; signer={j_key.fingerprint}; "
+        f"signer-addresses=gateway@{JUSTICE}; warning=from-mismatch"]
+    alice = R.person_home(gw.tmp, ALICE)
+    ok(run_cli(alice, "keys", "import", "-", input=j_key.public().armored()), "alice knows J's key")
+    out = R.read_json(alice, path)
+    assert out["from"] == R.OUR_MINISTER and text in out["body"]
+    assert out["signature"] == "signer-mismatch" and out["signer"] == j_key.fingerprint
+    assert f"gateway@{JUSTICE}" in out["warning"] and f"ministre@{OWN}" in out["warning"]
+    assert "differs from the outer From" in out["warning"]
+
+
+def test_member_status_headers_forged_for_the_office_are_replaced_and_nothing_plain_is_queued(relay_gw):
+    """Relay mode: the office MTA gets the decrypted message with A's two status headers only.
+    While the office MTA defers it, the queue's database and WAL hold no byte of its plaintext:
+    A decrypts at delivery, in its delivery process, and nowhere else."""
+    from tests.adversarial import relay_office as R
+    from tests.integration.gateways import wait_for
+    w = relay_gw
+    text, msgid = R.marker(), f"{R.marker()}@{JUSTICE}"
+    j_key = R.secret_key(w.hostile.j.home, R.domain_fpr(w.hostile.j))
+    data = R.sealed(R.inner(f"Bruno Petit <{BRUNO}>", ALICE, text, R.FORGED),
+                    [(R.cert(w.a.home, f"gateway@{OWN}"), ALICE)], j_key,
+                    frm=f"Bruno Petit <{BRUNO}>", msgid=msgid, outer=R.FORGED)
+    w.office.reply = "451 4.3.0 try again later"
+    try:
+        tried = w.office.attempts
+        _member_sends(w.hostile, data)
+        wait_for(lambda: w.office.attempts > tried, 60, "a first delivery attempt")
+        assert R.at_rest(w.a.home, text) == []  # queued, and only as ciphertext
+    finally:
+        w.office.reply = "250 2.0.0 OK"
+    got = w.office.get(msgid)
+    msg = R.parsed(got)
+    assert R.values(msg, "Securemail-Status") == [
+        f"encrypted=yes; signature=valid; signer={j_key.fingerprint}; warning=sender-status-removed"]
+    assert R.values(msg, "Authentication-Results") == [f"gw.{OWN}; dkim=pass header.d={JUSTICE}"]
+    assert b"FORGED" not in got and b"forged" not in got
+    assert text.encode() in got and str(msg["From"]) == f"Bruno Petit <{BRUNO}>"
+    assert R.at_rest(w.a.home, text) == []
+
+
+@pytest.mark.parametrize("shown, status", [
+    ("Le Ministre <ministre@justice.gouv.fr>",
+     "signature=signer-mismatch; signer={fpr}; signer-addresses=bruno@justice.gouv.fr; warning=from-mismatch"),
+    ("B. Petit <BRUNO@justice.gouv.fr>", "signature=valid; signer={fpr}"),
+], ids=["as-the-minister", "as-himself"])
+def test_member_user_signing_as_the_minister_is_signer_mismatch_for_the_office(relay_gw, shown, status):
+    """Bruno's valid key (known to A) signs a protected From: only his own address, in any case and
+    with any display name, makes it `valid` in the Securemail-Status the office receives."""
+    from tests.adversarial import relay_office as R
+    w = relay_gw
+    text, msgid = R.marker(), f"{R.marker()}@{JUSTICE}"
+    bruno = R.secret_key(R.person_home(w.hostile.tmp, BRUNO))
+    data = R.sealed(R.inner(shown, ALICE, text), [(R.cert(w.a.home, f"gateway@{OWN}"), ALICE)], bruno,
+                    frm=f"Bruno Petit <{BRUNO}>", msgid=msgid)
+    _member_sends(w.hostile, data)
+    msg = R.parsed(w.office.get(msgid))
+    assert R.values(msg, "Securemail-Status") == [f"encrypted=yes; {status.format(fpr=bruno.fingerprint)}"]
+    assert str(msg["From"]) == shown

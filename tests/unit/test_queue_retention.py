@@ -205,6 +205,25 @@ def test_sqlite_removed_body_is_gone_from_the_database_and_wal_files(tmp_path, c
     engine.dispose()
 
 
+def test_without_secure_delete_a_removed_body_would_stay_in_the_file(tmp_path, clock):
+    """The control of the test above: the same steps with secure_delete turned off again leave the
+    body readable in the database file's free space (so the scan sees it, and the pragma matters;
+    some SQLite builds, Debian's among them, have it on by default, others off)."""
+    db = tmp_path / "queue.db"
+    engine = make_engine(f"sqlite:///{db}", wal_autocheckpoint=False)
+    sa.event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA secure_delete=OFF"))
+    from securemail.db import create_schema
+    create_schema(engine)
+    queue = Queue(engine, clock)
+    queue.enqueue("a@gov.example", [("r@justice.example", HOP_J)], body())
+    queue.checkpoint()
+    [c] = queue.claim("w", 1, 60)
+    assert queue.mark_delivered(c)
+    queue.checkpoint()
+    assert files_hold(db, MARKER) == ["queue.db"]
+    engine.dispose()
+
+
 def test_sqlite_truncating_checkpoint_waits_for_readers(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'q.db'}", wal_autocheckpoint=False)
     from securemail.db import create_schema
