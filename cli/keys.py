@@ -8,6 +8,7 @@ import re
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from email.utils import parseaddr
 
 import click
 
@@ -35,10 +36,13 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
 
 
-def key_json(key: Key, now: float, source: str = "") -> dict:
+def key_json(key: Key, now: float, source: str = "", bound: dict | None = None) -> dict:
+    """``bound``: address -> who bound it to the key (import, publish, directory:<domain>); the key
+    is used only for those addresses, whatever else its user IDs claim."""
     st = key.status
     return {
         "fingerprint": key.fingerprint, "uids": list(st.uids), "addresses": list(st.addresses),
+        "bound": {a: s for a, s in (bound or {}).items() if a in st.addresses},
         "algorithm": st.algorithm, "bits": st.bits, "secret": key.is_secret,
         "protected": key.pgp.is_protected, "state": key.state_at(now),
         "created": _iso(st.created), "expires": _iso(st.expires),
@@ -126,8 +130,10 @@ def export(obj, ident, secret, output) -> None:
 @click.pass_obj
 def list_(obj, as_json) -> None:
     """List keys with their state (valid, expired, revoked)."""
-    now = time.time()
-    rows = [key_json(k, now, src) for k, src, _ in obj.core.keys.all()]
+    now, bound = time.time(), {}
+    for address, fpr, how in obj.core.keys.bindings():
+        bound.setdefault(fpr, {})[address] = how
+    rows = [key_json(k, now, src, bound.get(k.fingerprint)) for k, src, _ in obj.core.keys.all()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -136,7 +142,8 @@ def list_(obj, as_json) -> None:
         click.echo(f"{kind} {r['fingerprint']} {r['algorithm']} [{r['state']}]"
                    f"{' expires ' + r['expires'][:10] if r['expires'] else ''}")
         for uid in r["uids"]:
-            click.echo(f"    {uid}")
+            how = r["bound"].get(parseaddr(uid)[1].lower(), "not bound")
+            click.echo(f"    {uid} [{how}]")
 
 
 @keys.command()

@@ -331,6 +331,7 @@ def test_gateway_encrypts_office_mail_to_the_located_user_key(fed):
     cached = [k for k in json.loads(ok(run_cli(fed.homes[A].home, "keys", "list", "--json")).stdout)
               if carole in k["addresses"]]
     assert [(k["source"], k["uids"]) for k in cached] == [(f"wkd:{B}", [f"Carole <{carole}>"])]
+    assert cached[0]["bound"] == {carole: f"directory:{B}"}      # bound by her own domain's directory
 
 
 def test_the_tls_pin_is_checked_before_anything_is_trusted(fed):
