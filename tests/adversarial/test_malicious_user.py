@@ -213,3 +213,37 @@ def test_content_carrying_headers_in_clear_are_sealed_with_the_message(gw):
     crossed, delivered = _f1_cross(gw, build)
     _f1_assert_only_packets_crossed(crossed, delivered)
     assert b"\r\nSubject: ...\r\n" in crossed and not _f1_same_packets(gw, crossed)
+
+
+# --- finding 7: the publish endpoint does not tell which accounts exist -------------------------------
+import statistics as _f7_statistics  # noqa: E402
+
+from tests.adversarial.lockout import PASSWORD as _F7_PASSWORD  # noqa: E402
+from tests.adversarial.lockout import guarded_gateway as _f7_guarded_gateway  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    with _f7_guarded_gateway(tmp_path_factory.mktemp("guarded")) as g:
+        yield g
+
+
+def test_publish_answers_a_wrong_user_as_a_wrong_password(guarded):
+    """Same status, body and challenge, and the same scrypt: the time does not tell either."""
+    wrong_password = [guarded.publish(f"alice@{OWN}", f"guess-{n}", "127.0.90.1") for n in range(3)]
+    wrong_user = [guarded.publish(f"nobody{n}@{OWN}", _F7_PASSWORD, "127.0.91.1") for n in range(3)]
+    answers = {(status, body, challenge) for status, body, challenge, _ in wrong_password + wrong_user}
+    assert answers == {(401, '{"error": "authentication required"}', 'Basic realm="securemail"')}, answers
+    known = _f7_statistics.median(t for *_, t in wrong_password)
+    unknown = _f7_statistics.median(t for *_, t in wrong_user)
+    assert unknown > 0.5 * known and known > 0.5 * unknown, (known, unknown)
+    assert unknown > 0.01  # a scrypt ran for the unknown user too
+
+
+def test_publish_over_the_failure_budget_is_refused_even_with_the_right_password(guarded):
+    source = "127.0.92.1"
+    for n in range(10):
+        assert guarded.publish(f"x{n}@{OWN}", "wrong", source)[0] == 401
+    status, body, _, _ = guarded.publish(f"alice@{OWN}", _F7_PASSWORD, source)
+    assert (status, body) == (429, '{"error": "too many authentication failures, try again later"}')
+    assert guarded.publish(f"alice@{OWN}", _F7_PASSWORD, "127.0.93.1")[0] == 400  # authenticated: {} is no request
