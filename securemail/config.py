@@ -153,6 +153,8 @@ class Limits:
     connections_per_network: int = 20   # public clients per IPv4 /24 or IPv6 /64 (smtp/slots.py)
     connections_reserved: int = 50      # of `connections`, only for trusted networks and member gateways
     idle_before_mail: float = 60.0      # seconds idle allowed before a session's first MAIL
+    header_bytes: int = 64 << 10   # the header block, parsed whole or refused (mail/headers.py)
+    header_fields: int = 1000
 
 
 @dataclass(frozen=True)

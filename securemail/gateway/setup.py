@@ -165,6 +165,8 @@ connections_per_network = 20 # public clients per IPv4 /24 or IPv6 /64
 connections_reserved = 50    # of connections, only for trusted_networks and member gateways
 idle_before_mail = 60        # seconds idle allowed before a session's first MAIL
 command_timeout = 300        # seconds idle allowed after it
+header_bytes = 65536         # the header block: larger, or more fields, is refused (552 5.3.4)
+header_fields = 1000
 
 [directory]
 refresh_seconds = 86400      # keys found in members' directories are fetched again after this

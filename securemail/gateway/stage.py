@@ -11,7 +11,7 @@ any SecureMailError it raises, can cross a process boundary (pickle).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..config import GatewayConfig
@@ -19,11 +19,18 @@ from ..crypto import dkim as D
 from ..delivery.hops import maildir_hop, relay_hop, smtp_hop
 from ..envelope import Envelope
 from ..errors import PolicyRefusal
+from ..mail.headers import HeaderBlock, HeaderBlockError, parse_header_block
 from ..policy import Verdict, encryption, rules
 from ..policy.address import MEMBER, OTHER, OWN, domain_of
 from ..policy.facts import OFFICE, Facts, gather
 from ..queue import NewMessage
 from .transform import Item, Transformer
+
+# The policy chain in two phases (rules.CHAIN keeps its order within each): DKIM, the costly part,
+# runs only for a message every other rule has let through.
+DKIM_RULES = ("member_dkim",)
+BEFORE_DKIM = [(name, rule) for name, rule in rules.CHAIN if name not in DKIM_RULES]
+DKIM_CHAIN = [(name, rule) for name, rule in rules.CHAIN if name in DKIM_RULES]
 
 
 @dataclass(frozen=True)
@@ -64,27 +71,37 @@ class CryptoStage:
         return self._members[1]
 
     def decide(self, env: Envelope, listener_name: str) -> Decision:
-        listener = self.config.listener(listener_name)
-        facts = self._facts(env, listener)
-        verdict = rules.evaluate(facts)
+        """The header block is parsed once, whole, within the limits (or refused, nothing queued);
+        then the rules that need no DKIM; DKIM is verified last, only when a DKIM rule would refuse
+        the message without it (mail from a member domain that passed every other rule)."""
+        lim = self.config.limits
+        try:
+            block = parse_header_block(env.data, max_bytes=lim.header_bytes, max_fields=lim.header_fields)
+        except HeaderBlockError as e:
+            return Decision(Verdict("header_block", e.smtp_reply(), e.detail or e.message))
+        facts = self._facts(env, self.config.listener(listener_name), block)
+        verdict = rules.evaluate(facts, BEFORE_DKIM)
+        if verdict is None and rules.evaluate(facts, DKIM_CHAIN) is not None:
+            facts = self._with_dkim(env, facts)
+            verdict = rules.evaluate(facts, DKIM_CHAIN)
         summary = dict(sender_domain=facts.sender_domain or "", origin=facts.origin)
         if verdict is not None:
             return Decision(verdict, [], **summary)
         return Decision(None, self._items(env, facts), **summary)
 
-    def _facts(self, env: Envelope, listener) -> Facts:
-        members = self.members()
-        trusted = listener.trusts(env.peer_ip)
-        enc = encryption.check(env.data)
-        status, domains = "none", frozenset()
-        if not (trusted or env.auth_user):
-            m = self.manifest()
-            dnsfunc = D.manifest_dnsfunc(m.dkim_records() if m else {}, fallback=self.dnsfunc_fallback)
-            res = D.verify_dkim(env.data, dnsfunc)
-            status, domains = res.status, frozenset(res.passing_domains)
-        return gather(env, listener=listener.name, trusted=trusted, own_domains=self.config.domains,
-                      members=members, encryption=enc, dkim_status=status, dkim_domains=domains,
-                      non_member_policy=self.config.non_member_policy)
+    def _facts(self, env: Envelope, listener, block: HeaderBlock) -> Facts:
+        return gather(env, listener=listener.name, trusted=listener.trusts(env.peer_ip),
+                      own_domains=self.config.domains, members=self.members(),
+                      encryption=encryption.check(env.data), non_member_policy=self.config.non_member_policy,
+                      block=block)
+
+    def _with_dkim(self, env: Envelope, f: Facts) -> Facts:
+        """``f`` with the DKIM result of the signatures by the From domain, the only ones policy reads
+        (bounded: crypto/dkim.py MAX_SIGNATURES, MAX_SIGNED_NAMES, MAX_SIGNATURE_BYTES)."""
+        m = self.manifest()
+        dnsfunc = D.manifest_dnsfunc(m.dkim_records() if m else {}, fallback=self.dnsfunc_fallback)
+        res = D.verify_dkim(env.data, dnsfunc, block=f.block, domains=(f.from_domain,) if f.from_domain else ())
+        return replace(f, dkim_status=res.status, dkim_domains=frozenset(res.passing_domains))
 
     def _items(self, env: Envelope, f: Facts) -> list[Item]:
         groups: dict[tuple[str, str], list[str]] = defaultdict(list)

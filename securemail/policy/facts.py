@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from email.utils import getaddresses
 
 from ..envelope import Envelope
+from ..mail.headers import HeaderBlock, parse_header_block
 from .address import MEMBER, OTHER, OWN, classify, domain_of, split
 from .encryption import EncryptionCheck
 
@@ -14,7 +15,7 @@ OFFICE, REMOTE = "office", "remote"
 
 @dataclass(frozen=True)
 class Headers:
-    """The few top-level headers policy reads, parsed without trusting them."""
+    """The few top-level headers policy reads, taken from the one parse of the header block."""
     from_values: tuple[str, ...]
     received: int
 
@@ -24,17 +25,13 @@ class Headers:
         return tuple(a.strip().lower() for _, a in pairs if a.strip())
 
     @classmethod
-    def parse(cls, raw: bytes, limit: int = 256 << 10) -> "Headers":
-        end = raw.find(b"\r\n\r\n")
-        head = raw[: end if end >= 0 else limit][:limit].decode("latin-1")
-        fields: list[tuple[str, str]] = []
-        for line in head.split("\r\n"):
-            if line[:1] in (" ", "\t") and fields:
-                fields[-1] = (fields[-1][0], fields[-1][1] + " " + line.strip())
-            elif ":" in line:
-                name, value = line.split(":", 1)
-                fields.append((name.strip().lower(), value.strip()))
-        return cls(tuple(v for n, v in fields if n == "from"), sum(1 for n, _ in fields if n == "received"))
+    def of(cls, block: HeaderBlock) -> "Headers":
+        return cls(block.texts("from"), block.count("received"))
+
+    @classmethod
+    def parse(cls, raw: bytes) -> "Headers":
+        """The headers of ``raw`` by the one parse with its default limits (HeaderBlockError if refused)."""
+        return cls.of(parse_header_block(raw))
 
 
 @dataclass(frozen=True)
@@ -53,6 +50,7 @@ class Facts:
     dkim_domains: frozenset[str] = field(default_factory=frozenset)
     non_member_policy: str = "refuse"
     from_class: str | None = None     # OWN, MEMBER, OTHER for the From header's domain
+    block: HeaderBlock | None = field(default=None, repr=False)  # the one parse: what the transform reads
 
     @property
     def from_domain(self) -> str | None:
@@ -69,13 +67,17 @@ class Facts:
 
 def gather(env: Envelope, *, listener: str, trusted: bool, own_domains, members,
            encryption: EncryptionCheck, dkim_status: str = "none",
-           dkim_domains: frozenset[str] = frozenset(), non_member_policy: str = "refuse") -> Facts:
+           dkim_domains: frozenset[str] = frozenset(), non_member_policy: str = "refuse",
+           block: HeaderBlock | None = None) -> Facts:
+    """The facts of ``env``; ``block`` is its header block, parsed here with the default limits if not
+    given (HeaderBlockError when refused)."""
     sender_domain = domain_of(env.mail_from) if env.mail_from else None
     rcpts = {}
     for r in env.rcpt_tos:
         parts = split(r)
         rcpts[r.lower()] = classify(parts[1], own_domains, members) if parts else OTHER
-    headers = Headers.parse(env.data)
+    block = parse_header_block(env.data) if block is None else block
+    headers = Headers.of(block)
     addrs = headers.from_addresses
     from_domain = domain_of(addrs[0]) if len(addrs) == 1 else None
     return Facts(
@@ -86,7 +88,7 @@ def gather(env: Envelope, *, listener: str, trusted: bool, own_domains, members,
         headers=headers, recipients=rcpts, encryption=encryption,
         dkim_status=dkim_status, dkim_domains=frozenset(d.lower() for d in dkim_domains),
         non_member_policy=non_member_policy,
-        from_class=classify(from_domain, own_domains, members) if from_domain else None)
+        from_class=classify(from_domain, own_domains, members) if from_domain else None, block=block)
 
 
 __all__ = ["Facts", "Headers", "gather", "OFFICE", "REMOTE", "OWN", "MEMBER", "OTHER"]

@@ -52,6 +52,10 @@ BAD_RCPT_SYNTAX = "501 5.1.3 Bad recipient address syntax"
 
 # --- permanent: message -------------------------------------------------------
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+# the header block (mail/headers.py), refused whole: never cut short, nothing stored
+HEADERS_TOO_BIG = "552 5.3.4 Message header block exceeds the fixed maximum size"
+TOO_MANY_HEADERS = "552 5.3.4 Message header block has too many fields"
+MALFORMED_HEADERS = "554 5.6.0 Malformed message header block"
 DATA_LINE_TOO_LONG = "550 5.6.0 Message has a line longer than 1000 octets (RFC 5321 4.5.3.1.6)"
 
 # --- permanent: security ------------------------------------------------------

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from securemail.crypto.dkim import DkimSigner
+from securemail.smtp.replies import HEADERS_TOO_BIG
 from tests.integration.refusal_helpers import transact
 from tests.integration.gateways import queue_rows, wait_for
 
@@ -212,13 +213,27 @@ def folded_subject(total: int = 100 * 1024) -> str:
 
 @pytest.mark.parametrize("shape", ["many-fields", "one-folded-field"])
 def test_100_kb_header_section(gw, record, shape):
+    """Over limits.header_bytes (64 KiB): the header block is refused whole, never cut (issue 10, 10)."""
     headers = big_headers() if shape == "many-fields" else folded_subject()
     assert len(headers) > 95 * 1024
     reply, added = from_office(gw, plain(ALICE, BRUNO, headers=headers))
     record(f"100 KB header section, {shape} (office)", reply)
-    accepted(reply, added)
+    refused(reply, added, HEADERS_TOO_BIG)
     reply, added = from_member(gw, pgp_mime(armored_of(gw), headers=headers))
     record(f"100 KB header section, {shape} (member gateway)", reply)
+    refused(reply, added, HEADERS_TOO_BIG)
+
+
+@pytest.mark.parametrize("shape", ["many-fields", "one-folded-field"])
+def test_60_kb_header_section(gw, record, shape):
+    """Under limits.header_bytes: accepted from the office and from a member."""
+    headers = big_headers(60 * 1024) if shape == "many-fields" else folded_subject(60 * 1024)
+    assert len(headers) > 55 * 1024
+    reply, added = from_office(gw, plain(ALICE, BRUNO, headers=headers))
+    record(f"60 KB header section, {shape} (office)", reply)
+    accepted(reply, added)
+    reply, added = from_member(gw, pgp_mime(armored_of(gw), headers=headers))
+    record(f"60 KB header section, {shape} (member gateway)", reply)
     accepted(reply, added)
 
 

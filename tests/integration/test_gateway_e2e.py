@@ -149,7 +149,8 @@ def test_plaintext_from_member_gateway_is_refused(fed):
         s.starttls()
         with pytest.raises(smtplib.SMTPDataError) as e:
             s.sendmail("carole@interieur.gouv.fr", ["bruno@justice.gouv.fr"], msg)
-    assert e.value.smtp_code == 550 and b"5.7.20" in e.value.smtp_error  # no DKIM: first refusal
+    # plaintext is refused before any DKIM work (issue 10, finding 4): no DKIM refusal first
+    assert e.value.smtp_code == 550 and e.value.smtp_error.startswith(b"5.7.1 Plaintext between member")
 
 
 def test_audit_log_records_decisions_and_verifies(fed):
