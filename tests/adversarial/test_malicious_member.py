@@ -60,3 +60,212 @@ def test_member_mail_leaves_no_body_in_the_queue_database_files(gw):
     # the search reads the right database: the message's metadata is still there, as it should be
     assert any(qid.encode() in f.read_bytes() for f in files if f.exists())
 
+
+# --- issue 10, findings 2, 5, 8: status headers, the signer, no plaintext queued -----------------
+from tests.adversarial.relay_office import relay_gw  # noqa: E402,F401 - fixture
+
+
+def _member_sends(world, data: bytes) -> None:
+    from tests.hostile.test_message_hostile import accepted, from_member
+    reply, added = from_member(world, data)
+    accepted(reply, added)
+
+
+def test_member_status_headers_forged_outside_and_inside_never_reach_the_reader(gw):
+    """J puts Securemail-Status and Authentication-Results claiming a valid signature and a DKIM
+    pass in its outer headers and inside the message it encrypts to A's domain key (maildir mode).
+    Alice's Maildir file carries A's own two headers only, and the message she decrypts none."""
+    from tests.adversarial import relay_office as R
+    text, msgid = R.marker(), f"{R.marker()}@{JUSTICE}"
+    j_key = R.secret_key(gw.j.home, R.domain_fpr(gw.j))
+    data = R.sealed(R.inner(f"Bruno Petit <{BRUNO}>", ALICE, text, R.FORGED),
+                    [(R.cert(gw.a.home, f"gateway@{OWN}"), ALICE)], j_key,
+                    frm=f"Bruno Petit <{BRUNO}>", msgid=msgid, outer=R.FORGED)
+    _member_sends(gw, data)
+    path = R.maildir_file(gw.a, ALICE, msgid)
+    msg = R.parsed(path.read_bytes())
+    assert R.values(msg, "Securemail-Status") == [
+        f"encrypted=yes; signature=valid; signer={j_key.fingerprint}; warning=sender-status-removed"]
+    assert R.values(msg, "Authentication-Results") == [f"gw.{OWN}; dkim=pass header.d={JUSTICE}"]
+    assert b"FORGED" not in path.read_bytes() and b"forged" not in path.read_bytes()
+    out = R.read_json(R.person_home(gw.tmp, ALICE), path)
+    assert out["decrypted"] and text in out["body"] and out["from"] == f"Bruno Petit <{BRUNO}>"
+    assert "status headers" not in out["warning"]  # nothing of the sender's status was left inside
+    assert R.at_rest(gw.a.home, text) == []
+
+
+def test_member_signing_as_our_minister_is_signer_mismatch_for_gateway_and_reader(gw):
+    """J's domain key speaks for justice.gouv.fr only: its valid signature over a protected From
+    "Le Ministre <ministre@interieur.gouv.fr>" is signer-mismatch in A's Securemail-Status and in
+    what alice reads, with the signer's fingerprint and address, and the From mismatch named."""
+    from tests.adversarial import relay_office as R
+    from tests.integration.gateways import ok, run_cli
+    text, msgid = R.marker(), f"{R.marker()}@{JUSTICE}"
+    j_key = R.secret_key(gw.j.home, R.domain_fpr(gw.j))
+    data = R.sealed(R.inner(R.OUR_MINISTER, ALICE, text), [(R.cert(gw.a.home, f"gateway@{OWN}"), ALICE)],
+                    j_key, frm=f"Bruno Petit <{BRUNO}>", msgid=msgid)
+    _member_sends(gw, data)
+    path = R.maildir_file(gw.a, ALICE, msgid)
+    assert R.values(R.parsed(path.read_bytes()), "Securemail-Status") == [
+        f"encrypted=yes; signature=signer-mismatch; signer={j_key.fingerprint}; "
+        f"signer-addresses=gateway@{JUSTICE}; warning=from-mismatch"]
+    alice = R.person_home(gw.tmp, ALICE)
+    ok(run_cli(alice, "keys", "import", "-", input=j_key.public().armored()), "alice knows J's key")
+    out = R.read_json(alice, path)
+    assert out["from"] == R.OUR_MINISTER and text in out["body"]
+    assert out["signature"] == "signer-mismatch" and out["signer"] == j_key.fingerprint
+    assert f"gateway@{JUSTICE}" in out["warning"] and f"ministre@{OWN}" in out["warning"]
+    assert "differs from the outer From" in out["warning"]
+
+
+def test_member_status_headers_forged_for_the_office_are_replaced_and_nothing_plain_is_queued(relay_gw):
+    """Relay mode: the office MTA gets the decrypted message with A's two status headers only.
+    While the office MTA defers it, the queue's database and WAL hold no byte of its plaintext:
+    A decrypts at delivery, in its delivery process, and nowhere else."""
+    from tests.adversarial import relay_office as R
+    from tests.integration.gateways import wait_for
+    w = relay_gw
+    text, msgid = R.marker(), f"{R.marker()}@{JUSTICE}"
+    j_key = R.secret_key(w.hostile.j.home, R.domain_fpr(w.hostile.j))
+    data = R.sealed(R.inner(f"Bruno Petit <{BRUNO}>", ALICE, text, R.FORGED),
+                    [(R.cert(w.a.home, f"gateway@{OWN}"), ALICE)], j_key,
+                    frm=f"Bruno Petit <{BRUNO}>", msgid=msgid, outer=R.FORGED)
+    w.office.reply = "451 4.3.0 try again later"
+    try:
+        tried = w.office.attempts
+        _member_sends(w.hostile, data)
+        wait_for(lambda: w.office.attempts > tried, 60, "a first delivery attempt")
+        assert R.at_rest(w.a.home, text) == []  # queued, and only as ciphertext
+    finally:
+        w.office.reply = "250 2.0.0 OK"
+    got = w.office.get(text)
+    msg = R.parsed(got)
+    assert R.values(msg, "Securemail-Status") == [
+        f"encrypted=yes; signature=valid; signer={j_key.fingerprint}; warning=sender-status-removed"]
+    assert R.values(msg, "Authentication-Results") == [f"gw.{OWN}; dkim=pass header.d={JUSTICE}"]
+    assert b"FORGED" not in got and b"forged" not in got
+    assert str(msg["From"]) == f"Bruno Petit <{BRUNO}>"
+    assert R.at_rest(w.a.home, text) == []
+
+
+@pytest.mark.parametrize("shown, status", [
+    ("Le Ministre <ministre@justice.gouv.fr>",
+     "signature=signer-mismatch; signer={fpr}; signer-addresses=bruno@justice.gouv.fr; warning=from-mismatch"),
+    ("B. Petit <BRUNO@justice.gouv.fr>", "signature=valid; signer={fpr}"),
+], ids=["as-the-minister", "as-himself"])
+def test_member_user_signing_as_the_minister_is_signer_mismatch_for_the_office(relay_gw, shown, status):
+    """Bruno's valid key (known to A) signs a protected From: only his own address, in any case and
+    with any display name, makes it `valid` in the Securemail-Status the office receives."""
+    from tests.adversarial import relay_office as R
+    w = relay_gw
+    text, msgid = R.marker(), f"{R.marker()}@{JUSTICE}"
+    bruno = R.secret_key(R.person_home(w.hostile.tmp, BRUNO))
+    data = R.sealed(R.inner(shown, ALICE, text), [(R.cert(w.a.home, f"gateway@{OWN}"), ALICE)], bruno,
+                    frm=f"Bruno Petit <{BRUNO}>", msgid=msgid)
+    _member_sends(w.hostile, data)
+    msg = R.parsed(w.office.get(text))
+    assert R.values(msg, "Securemail-Status") == [f"encrypted=yes; {status.format(fpr=bruno.fingerprint)}"]
+    assert msg["From"].addresses[0].addr_spec == shown.split("<")[1].rstrip(">")  # the From it judged
+
+
+# --- issue 10, finding 6: a member speaks for its own domains only; its replays are dropped ----------
+import re as _f6_re  # noqa: E402
+import sqlite3 as _f6_sqlite3  # noqa: E402
+import uuid as _f6_uuid  # noqa: E402
+
+from securemail.smtp import replies as _f6_replies  # noqa: E402
+from tests.hostile import crlf as _f6_crlf  # noqa: E402
+from tests.hostile.test_message_hostile import QUEUED as _F6_QUEUED  # noqa: E402
+from tests.hostile.test_message_hostile import armored_of as _f6_armored, from_member as _f6_from_member  # noqa: E402
+from tests.hostile.test_message_hostile import pgp_mime as _f6_pgp_mime  # noqa: E402
+from tests.integration.gateways import Running as _F6Running, audit_records as _f6_audit  # noqa: E402
+from tests.integration.gateways import federation as _f6_federation, wait_for as _f6_wait_for  # noqa: E402
+from tests.integration.refusal_helpers import queued_messages as _f6_queued, signer_for as _f6_signer  # noqa: E402
+from tests.integration.refusal_helpers import transact as _f6_transact  # noqa: E402
+
+_F6_CULTURE = "culture.gouv.fr"
+
+
+@pytest.fixture(scope="module")
+def f6_three(tmp_path_factory):
+    """A federation of interieur (A, running), justice and culture; the tests play J's and C's gateways
+    with their own certificates and DKIM keys."""
+    tmp = tmp_path_factory.mktemp("three-members")
+    _, homes = _f6_federation(tmp, domains=(OWN, JUSTICE, _F6_CULTURE), trusted=OFFICE + "/32")
+    with _F6Running(homes[OWN]):
+        yield homes
+
+
+@pytest.mark.parametrize("sender", [f"ministre@{_F6_CULTURE}", ""], ids=["envelope-sender", "bounce"])
+def test_justices_certificate_cannot_carry_another_members_mail(gw, f6_three, record, sender):
+    """J, with its real certificate, hands A a message from culture.gouv.fr that carries culture's
+    own valid DKIM signature (as from a bounce, the From decides): 550 5.7.1, nothing queued, the
+    refusal audited. The same bytes over culture's certificate are accepted (the control)."""
+    homes = f6_three
+    a = homes[OWN]
+    data = _f6_signer(homes[_F6_CULTURE]).sign(_f6_crlf(_f6_pgp_mime(
+        _f6_armored(gw), frm=f"Le Ministre <ministre@{_F6_CULTURE}>")))
+    before, audited = _f6_queued(a), len(_f6_audit(a.home, "refused"))
+    r = _f6_transact(a.relay, sender, [ALICE], data, cert=homes[JUSTICE], helo=f"gw.{JUSTICE}")
+    record(f"culture's mail over justice's certificate ({sender or 'null sender'})", f"{r.code} {r.text}")
+    assert f"{r.code} {r.text}" == _f6_replies.MEMBER_CERT_MISMATCH
+    assert _f6_queued(a) == before
+    [line] = _f6_audit(a.home, "refused")[audited:]
+    assert line["fields"]["rule"] == "member_cert"
+    assert line["fields"]["reason"] == f"client certificate of {JUSTICE}, not {_F6_CULTURE}"
+    r = _f6_transact(a.relay, sender, [ALICE], data, cert=homes[_F6_CULTURE], helo=f"gw.{_F6_CULTURE}")
+    assert (r.code, r.enhanced) == (250, "2.0.0"), str(r)
+    assert len(_f6_queued(a) - before) == 1
+
+
+def _f6_with_id(message: bytes, tag: str) -> bytes:
+    """``message`` with the Message-ID <tag@justice.gouv.fr>."""
+    return _f6_re.sub(rb"(?m)^Message-ID: <[^>]*>", f"Message-ID: <{tag}@{JUSTICE}>".encode(), message, count=1)
+
+
+def _f6_alice_copies(gw, tag: str) -> list:
+    box = gw.a.home / "Maildir" / ALICE / "new"
+    return [p for p in box.iterdir() if tag.encode() in p.read_bytes()] if box.exists() else []
+
+
+def test_a_replayed_message_id_is_accepted_and_delivered_once(gw, record):
+    """J sends a message, then the same bytes again (its 250 was lost, or it replays on purpose),
+    then other content under the same Message-ID: every copy gets 250, only the first is queued
+    and reaches alice's mailbox, and each dropped copy is audited `replay`."""
+    tag = _f6_uuid.uuid4().hex
+    data = gw.signed(_f6_with_id(_f6_pgp_mime(_f6_armored(gw)), tag))
+    first, added = _f6_from_member(gw, data, sign=False)
+    assert _F6_QUEUED.fullmatch(first) and len(added) == 1, first
+    changed = gw.signed(_f6_with_id(_f6_pgp_mime(_f6_armored(gw), headers="Keywords: changed\r\n"), tag))
+    audited = len(_f6_audit(gw.a.home, "replay"))
+    for copy, case in ((data, "same bytes"), (changed, "other content, same Message-ID")):
+        again, added = _f6_from_member(gw, copy, sign=False)
+        record(f"replayed Message-ID from a member ({case})", again)
+        assert _F6_QUEUED.fullmatch(again) and again != first, again
+        assert added == set(), f"a replay was queued ({case})"
+    replays = _f6_audit(gw.a.home, "replay")[audited:]
+    assert [r["fields"]["sender_domain"] for r in replays] == [JUSTICE, JUSTICE]
+    assert len({r["fields"]["replay_of"] for r in replays}) == 1
+    _f6_wait_for(lambda: _f6_alice_copies(gw, tag), what="the first copy in alice's mailbox")
+    assert len(_f6_alice_copies(gw, tag)) == 1
+
+
+def test_a_copy_refused_with_451_is_not_a_replay_when_retried(gw, record):
+    """A's queue cannot commit (its database is locked past the busy timeout): J gets 451 and
+    nothing is recorded as seen, so J's retry of the same bytes is queued, not dropped as a replay."""
+    tag = _f6_uuid.uuid4().hex
+    data = gw.signed(_f6_with_id(_f6_pgp_mime(_f6_armored(gw)), tag))
+    before = gw.queued()
+    lock = _f6_sqlite3.connect(gw.a.home / "securemail.db", timeout=30, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # A's next write waits its busy timeout, then gives up
+        r = _f6_transact(gw.a.relay, BRUNO, [ALICE], data, cert=gw.j)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    failed = f"{r.code} {r.text}"
+    record("member mail while A's queue cannot commit", failed)
+    assert failed.startswith("451 4.") and gw.queued() == before, failed
+    retried, added = _f6_from_member(gw, data, sign=False)
+    assert _F6_QUEUED.fullmatch(retried) and len(added) == 1, retried
+    _f6_wait_for(lambda: _f6_alice_copies(gw, tag), what="the retried copy in alice's mailbox")
