@@ -76,3 +76,35 @@ def test_auth_on_the_relay_only_when_configured():
         GatewayConfig.from_dict(data, HOME)
     del data["listeners"]["relay"]["auth"]  # the old name alone still works: it implies auth
     assert GatewayConfig.from_dict(data, HOME).listener("relay").auth
+
+
+def test_member_gateway_addresses_from_the_manifest():
+    import asyncio
+    from types import SimpleNamespace
+
+    from securemail.gateway.runtime import MemberAddresses
+
+    def member(host):
+        return SimpleNamespace(gateway=(host, 25))
+
+    manifest = SimpleNamespace(members={"a.fr": member("192.0.2.10"), "b.fr": member("gw.b.fr")})
+    asked = []
+
+    def resolve(name, port, proto):
+        asked.append(name)
+        return [(None, None, None, "", ("198.51.100.7", 0))]
+
+    members = MemberAddresses(lambda: manifest, resolve=resolve)
+    assert "192.0.2.10" in members and "203.0.113.1" not in members
+
+    async def resolved():
+        assert "198.51.100.7" not in members  # the name is being resolved in a thread
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if "198.51.100.7" in members:
+                return True
+        return False
+
+    members = MemberAddresses(lambda: manifest, resolve=resolve)
+    assert asyncio.run(resolved()) and asked == ["gw.b.fr"]
+    assert "192.0.2.10" not in MemberAddresses(lambda: None)  # no manifest installed: no member
