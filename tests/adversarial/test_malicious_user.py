@@ -247,3 +247,58 @@ def test_publish_over_the_failure_budget_is_refused_even_with_the_right_password
     status, body, _, _ = guarded.publish(f"alice@{OWN}", _F7_PASSWORD, source)
     assert (status, body) == (429, '{"error": "too many authentication failures, try again later"}')
     assert guarded.publish(f"alice@{OWN}", _F7_PASSWORD, "127.0.93.1")[0] == 400  # authenticated: {} is no request
+
+
+# --- issue 10, findings 2 and 5: status headers and the signer, as an authenticated user ---------
+def _f25_submit(gw, data: bytes, rcpt: str = BRUNO) -> None:
+    """Alice, authenticated on A's submission port, sends ``data``."""
+    import smtplib
+
+    from tests.hostile import client_tls
+    from tests.hostile.conftest import PASSWORD
+    with smtplib.SMTP("127.0.0.1", gw.a.submission, timeout=60) as s:
+        s.starttls(context=client_tls())
+        s.login(ALICE, PASSWORD)
+        assert s.sendmail(ALICE, [rcpt], data) == {}
+
+
+def test_user_signing_as_the_minister_end_to_end_is_signer_mismatch_for_the_reader(gw):
+    """Alice signs with her own valid key a message whose protected From is the minister of
+    justice, with forged status headers inside and out, encrypted end to end to bruno. Bruno's
+    mailbox carries J's two status headers only; reading it says signer-mismatch, names alice's
+    key and address, the From mismatch, and the sender's status headers as the sender's."""
+    from tests.adversarial import relay_office as R
+    text, msgid = R.marker(), f"{R.marker()}@{OWN}"
+    alice = R.secret_key(R.person_home(gw.tmp, ALICE))
+    bruno = R.person_home(gw.tmp, BRUNO)
+    data = R.sealed(R.inner(R.MINISTRE, BRUNO, text, R.FORGED), [(R.cert(bruno, BRUNO), BRUNO)], alice,
+                    frm=f"Alice Martin <{ALICE}>", msgid=msgid, outer=R.FORGED)
+    _f25_submit(gw, data)
+    path = R.maildir_file(gw.j, BRUNO, msgid)
+    msg = R.parsed(path.read_bytes())
+    assert R.values(msg, "Securemail-Status") == ["encrypted=yes; signature=unchecked"]
+    assert R.values(msg, "Authentication-Results") == [f"gw.{JUSTICE}; dkim=pass header.d={OWN}"]
+    assert b"FORGED" not in path.read_bytes() and b"forged=yes" not in path.read_bytes()
+    out = R.read_json(bruno, path)
+    assert out["from"] == R.MINISTRE and text in out["body"]
+    assert out["signature"] == "signer-mismatch" and out["signer"] == alice.fingerprint
+    assert ALICE in out["warning"] and alice.fingerprint in out["warning"]
+    assert f"ministre@{JUSTICE}" in out["warning"] and "differs from the outer From" in out["warning"]
+    assert "status headers written by its sender" in out["warning"]
+
+
+def test_user_forged_status_headers_in_plain_mail_never_reach_the_reader(gw):
+    """Plain mail from alice with forged status headers: A encrypts it without them, J adds its
+    own; bruno's mailbox and the message he decrypts carry no status header of alice's."""
+    from tests.adversarial import relay_office as R
+    text, msgid = R.marker(), f"{R.marker()}@{OWN}"
+    data = (f"From: Alice Martin <{ALICE}>\r\nTo: <{BRUNO}>\r\nSubject: Note {text}\r\n"
+            f"Message-ID: <{msgid}>\r\n{R.FORGED}\r\nTexte {text}.\r\n").encode()
+    _f25_submit(gw, data)
+    path = R.maildir_file(gw.j, BRUNO, msgid)
+    msg = R.parsed(path.read_bytes())
+    status = R.values(msg, "Securemail-Status")
+    assert len(status) == 1 and "FORGED" not in status[0] and status[0].startswith("encrypted=yes; ")
+    assert R.values(msg, "Authentication-Results") == [f"gw.{JUSTICE}; dkim=pass header.d={OWN}"]
+    out = R.read_json(R.person_home(gw.tmp, BRUNO), path)
+    assert out["decrypted"] and text in out["body"] and "status headers" not in out["warning"]
