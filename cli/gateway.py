@@ -187,6 +187,7 @@ def queue_delete(obj, message_id):
     q, _ = _queue(obj)
     if not q.delete(message_id, audit=("deleted", {"by": "operator"})):
         raise UsageError(f"no message {message_id}")
+    q.checkpoint()  # the WAL frames with its body go too (SQLite)
     click.echo(f"deleted {message_id}")
 
 

@@ -24,15 +24,13 @@ log = logging.getLogger(__name__)
 def purge_all(queue: Queue, older_than: float, *, batch: int = PURGE_BATCH,
               audit: AuditSpec = None) -> Purged:
     """Purge batch after batch until nothing is left; then scrub the WAL. The sum of them."""
-    total = Purged()
-    while True:
-        step = queue.purge(older_than, batch, audit=audit)
-        total += step
-        if not step.more:
-            break
+    steps = [queue.purge(older_than, batch, audit=audit)]
+    while steps[-1].more:
+        steps.append(queue.purge(older_than, batch, audit=audit))
+    total = Purged(*(sum(getattr(p, f) for p in steps) for f in ("messages", "deliveries", "bodies")))
     if total.rows or total.bodies:
         queue.checkpoint()
-    return Purged(total.messages, total.deliveries, total.bodies)
+    return total
 
 
 class Retention:

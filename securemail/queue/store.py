@@ -91,10 +91,6 @@ class Purged:
     def rows(self) -> int:
         return self.messages + self.deliveries
 
-    def __add__(self, other: "Purged") -> "Purged":
-        return Purged(self.messages + other.messages, self.deliveries + other.deliveries,
-                      self.bodies + other.bodies, other.more)
-
 
 @dataclass(frozen=True)
 class Claim:
@@ -223,9 +219,8 @@ class Queue:
                 for r in rows]
 
     def checkpoint(self) -> None:
-        """Fold the SQLite WAL into the database (see ``securemail.db.checkpoint``); after this
-        object removed bodies or rows, also truncate the WAL once it is all folded, so the old
-        frames that still hold them are gone from the -wal file too."""
+        """Fold the SQLite WAL into the database (``securemail.db.checkpoint``), and truncate it
+        once folded if this object removed something since: its old frames hold the bytes."""
         removed = self._removed
         if db_checkpoint(self.engine, truncate=removed != self._scrubbed):
             self._scrubbed = removed
@@ -319,6 +314,7 @@ class Queue:
             if conn.execute(M.delete().where(M.c.id == message_id)).rowcount != 1:
                 return False
             self._audit(conn, audit, message_id=message_id)
+        self._removed += 1  # the next checkpoint truncates the WAL that still holds the body
         return True
 
     def list(self, state: str | None = None, limit: int | None = None) -> list[dict]:
@@ -360,13 +356,10 @@ class Queue:
 
     def purge(self, older_than: float = 0.0, limit: int = PURGE_BATCH,
               audit: AuditSpec = None) -> Purged:
-        """One bounded batch: remove finished messages (every delivery final) whose deliveries
-        all settled ``older_than`` seconds ago or more, with their deliveries; and remove the
-        bodies any finished message still has. Never touches a message with a pending delivery.
-
-        The candidates are found in a read transaction (no write lock while scanning); the
-        write transaction checks each again by key. ``more``: a batch was full, call again.
-        """
+        """One bounded batch: finished messages (every delivery final, all settled ``older_than``
+        seconds ago or more) with their deliveries, and the bodies finished messages still have.
+        Candidates are found without the write lock, then checked again by key while removed.
+        Never touches a message with a pending delivery. ``more``: a batch was full, call again."""
         cutoff = float(self.clock()) - older_than
         recent = sa.select(D.c.id).where(D.c.message_id == M.c.id, D.c.updated_at > cutoff).exists()
         expired_q = sa.select(M.c.id).where(M.c.created_at <= cutoff, ~_PENDING, ~recent)
