@@ -175,3 +175,181 @@ def test_idle_before_mail_is_closed_sooner_than_after_mail(guarded, record):
     _f7_time.sleep(2.5)  # after MAIL the command timeout (30 s) applies
     assert client.cmd(f"RCPT TO:<{ALICE}>".encode()) == "250 2.1.5 Recipient OK"
     client.close()
+
+
+# --- findings 4 and 10: the cost of one message before its reply, and the one header-block parse ------
+import os as _f4_os  # noqa: E402
+import threading as _f4_threading  # noqa: E402
+import time as _f4_time  # noqa: E402
+
+from securemail.smtp import replies as _f4_replies  # noqa: E402
+
+_F4_CPU_BOUND = 1.0      # seconds of CPU for one hostile message, all gateway processes together (was 10-21 s)
+_F4_TLS_REQUIRED = "530 5.7.10 TLS is required between member gateways"
+_F4_PLAINTEXT = ("550 5.7.1 Plaintext between member domains is refused: "
+                 "message is not properly OpenPGP encrypted")
+
+
+def _f4_tree_cpu() -> float:
+    """CPU seconds used so far by this process (every thread: the in-process gateways) and every living
+    process below it (crypto workers, delivery processes), from /proc."""
+    table = {}
+    for entry in _f4_os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            rest = stat[stat.rindex(")") + 2:].split()
+            table[int(entry)] = (int(rest[1]), int(rest[11]) + int(rest[12]))
+    tree, grew = {_f4_os.getpid()}, True
+    while grew:
+        below = {pid for pid, (ppid, _) in table.items() if ppid in tree} - tree
+        tree |= below
+        grew = bool(below)
+    return sum(table[p][1] for p in tree if p in table) / _f4_os.sysconf("SC_CLK_TCK")
+
+
+def _f4_names(n: int) -> list[bytes]:
+    """n distinct field names (case-insensitive) of one to three characters."""
+    alphabet = [bytes([c]) for c in range(33, 127) if chr(c) not in ":;=" and not chr(c).isupper()]
+    out, width = [], 1
+    while len(out) < n:
+        out += [b"".join(t) for t in _f4_product(alphabet, width)][:n - len(out)]
+        width += 1
+    return out
+
+
+def _f4_product(alphabet, width):
+    import itertools
+    return itertools.product(alphabet, repeat=width)
+
+
+def _f4_h_bomb(names: int = 16000, size: int = 270 << 10, sender: str = BRUNO, fields: int = 0) -> bytes:
+    """The issue's message: a DKIM-Signature claiming the sender's domain, with its real selector and
+    the body's true hash (so dkimpy goes on to match h=), ``names`` names in h= (folded in lines under
+    1000 octets) and ``fields`` more header fields, padded to ``size`` bytes with a body."""
+    from securemail.crypto.dkim_signing import relaxed_body_hash
+    h, line = [], b""
+    for name in [b"from"] + _f4_names(names - 1):
+        if len(line) + len(name) > 900:
+            h.append(line)
+            line = b""
+        line += name + b":"
+    h.append(line.rstrip(b":"))
+    domain = sender.split("@")[1].encode()
+    head = (b"".join(b"X-F%05d: v\r\n" % i for i in range(fields))
+            + (f"From: Bruno <{sender}>\r\nTo: <{ALICE}>\r\nSubject: ...\r\n"
+               f"Message-ID: <{_f4_time.monotonic_ns()}@{JUSTICE}>\r\n\r\n").encode())
+    body = b"x" * 76 + b"\r\n"
+    body = body * ((size - len(head) - 120 - sum(len(x) + 3 for x in h)) // len(body))
+    sig = (b"DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed; d=" + domain + b"; s=sm-ed25519;\r\n"
+           b" h=" + b"\r\n ".join(h) + b";\r\n bh=" + _f4_b64(relaxed_body_hash(body)) + b";\r\n"
+           b" b=" + b"A" * 86 + b"==\r\n")
+    return sig + head + body
+
+
+def _f4_b64(digest: bytes) -> bytes:
+    import base64
+    return base64.b64encode(digest)
+
+
+def _f4_send(gw, raw, data: bytes, *, tls: bool, sender: str = BRUNO) -> tuple[str, float, set]:
+    """(reply, CPU seconds of every gateway process while it was decided, ids queued) for ``data`` sent
+    by a stranger (127.0.0.2), with or without STARTTLS."""
+    before = gw.queued()
+    client = raw(gw.a.relay, STRANGER, timeout=120)
+    client.greet(tls=tls)
+    client.envelope(sender, [ALICE])
+    start = _f4_tree_cpu()
+    client.send(data + b".\r\n")
+    reply = client.reply()
+    return reply, _f4_tree_cpu() - start, gw.queued() - before
+
+
+def test_h_bomb_from_a_stranger_without_tls_is_refused_before_any_dkim_work(gw, raw, record):
+    """16,000 names in h=, 270 KiB, a member sender, no TLS: 530 at once, while NOOP stays fast."""
+    data = _f4_h_bomb()
+    assert len(data) >= 269 << 10 and data.count(b":") > 16000 and data.index(b"\r\n\r\n") < 64 << 10
+    probe = raw(gw.a.relay, OFFICE)
+    probe.greet()
+    latencies: list[float] = []
+    done = _f4_threading.Event()
+
+    def noop_loop() -> None:
+        while not done.is_set():
+            started = _f4_time.perf_counter()
+            assert probe.cmd(b"NOOP") == "250 2.0.0 OK"
+            latencies.append(_f4_time.perf_counter() - started)
+            _f4_time.sleep(0.01)
+
+    pinger = _f4_threading.Thread(target=noop_loop)
+    pinger.start()
+    try:
+        reply, cpu, added = _f4_send(gw, raw, data, tls=False)
+    finally:
+        done.set()
+        pinger.join()
+    record("h= bomb, 16,000 names, 270 KiB, stranger without TLS", reply, cpu_seconds=round(cpu, 3))
+    assert reply == _F4_TLS_REQUIRED
+    assert added == set()
+    assert cpu < _F4_CPU_BOUND, f"{cpu:.2f} s of CPU for one refused message"
+    assert latencies and max(latencies) < 1.0, max(latencies)
+
+
+def test_h_bomb_from_a_stranger_with_starttls_is_refused_before_any_dkim_work(gw, raw, record):
+    """The same over STARTTLS, without a member's client certificate: refused by a cheap rule."""
+    reply, cpu, added = _f4_send(gw, raw, _f4_h_bomb(), tls=True)
+    record("h= bomb, 16,000 names, 270 KiB, stranger with STARTTLS", reply, cpu_seconds=round(cpu, 3))
+    assert reply == getattr(_f4_replies, "MEMBER_CERT_REQUIRED", _F4_PLAINTEXT)
+    assert added == set()
+    assert cpu < _F4_CPU_BOUND, f"{cpu:.2f} s of CPU for one refused message"
+
+
+def test_the_issues_h_bomb_is_refused_by_the_header_limit_in_a_moment(gw, raw, record):
+    """The issue's shape: 16,000 names in h= and 9,000 more fields, 270 KiB (10 s of CPU before this
+    work, then 530): its header block is over limits.header_bytes, refused before anything else."""
+    data = _f4_h_bomb(fields=9000)
+    assert len(data) >= 269 << 10 and data.index(b"\r\n\r\n") > 128 << 10
+    reply, cpu, added = _f4_send(gw, raw, data, tls=False)
+    record("h= bomb, 16,000 names and 9,000 fields, 270 KiB, stranger without TLS", reply,
+           cpu_seconds=round(cpu, 3))
+    assert reply == _f4_replies.HEADERS_TOO_BIG
+    assert added == set()
+    assert cpu < _F4_CPU_BOUND, f"{cpu:.2f} s of CPU for one refused message"
+
+
+def _f10_second_from(after: int = 256 << 10) -> bytes:
+    """One From, ``after`` bytes of other fields, then a second From (the next hop saw both)."""
+    filler = b"".join(b"X-Filler-%06d: %s\r\n" % (i, b"f" * 70) for i in range(after // 88 + 1))
+    return (f"From: Bruno <{BRUNO}>\r\nTo: <{ALICE}>\r\nSubject: ...\r\n".encode() + filler
+            + b"From: Le Ministre <ministre@justice.gouv.fr>\r\n\r\nTexte.\r\n")
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_second_from_after_256_kib_is_refused_whole(gw, raw, record, tls):
+    reply, cpu, added = _f4_send(gw, raw, _f10_second_from(), tls=tls)
+    record(f"second From after 256 KiB of header fields, stranger{' with STARTTLS' if tls else ''}", reply)
+    assert reply == _f4_replies.HEADERS_TOO_BIG
+    assert added == set()
+    assert cpu < _F4_CPU_BOUND
+
+
+def test_too_many_header_fields_are_refused_whole(gw, raw, record):
+    fields = b"".join(b"X-N%05d: 1\r\n" % i for i in range(1001))  # 13 KiB: under the size limit
+    data = f"From: Bruno <{BRUNO}>\r\nTo: <{ALICE}>\r\n".encode() + fields + b"\r\nTexte.\r\n"
+    reply, _, added = _f4_send(gw, raw, data, tls=False)
+    record("1,003 header fields, stranger", reply)
+    assert reply == _f4_replies.TOO_MANY_HEADERS
+    assert added == set()
+
+
+def test_a_header_line_no_parser_reads_alike_is_refused(gw, raw, record):
+    """A whitespace-only line ends the header block for some parsers and folds for others."""
+    data = (f"From: Bruno <{BRUNO}>\r\nTo: <{ALICE}>\r\n \r\nFrom: <ministre@justice.gouv.fr>\r\n"
+            f"\r\nTexte.\r\n").encode()
+    reply, _, added = _f4_send(gw, raw, data, tls=False)
+    record("whitespace-only line in the header block, stranger", reply)
+    assert reply == _f4_replies.MALFORMED_HEADERS
+    assert added == set()
