@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from ..crypto.armor import armor_parts
+from ..crypto.armor import armor, armor_parts
 from ..crypto.packets import packet_header
 
 HIDDEN_SUBJECT = "..."
@@ -38,6 +38,7 @@ TRANSPORT_HEADERS = ("received", "return-path", "x-originating-ip", "dkim-signat
 DROPPED = frozenset(TRANSPORT_HEADERS) | {"mime-version", "content-type", "content-transfer-encoding",
                                           "user-agent", "content-language", "autocrypt"}
 
+JOIN_BELOW = 1 << 20
 _ID = r"[\x21-\x3b\x3d\x3f\x41-\x7e]{1,250}"   # printable ASCII but <, > and @
 _MSG_ID = re.compile(rf"<{_ID}@{_ID}>")
 # RFC 5322 3.3 date-time, with at most a zone name as comment: free text in a Date would cross.
@@ -90,4 +91,6 @@ def rearmor(packets: Iterable[tuple[int, bytes]]) -> bytes:
     parts: list[bytes] = []
     for tag, body in packets:
         parts += [packet_header(tag, len(body)), body]
+    if sum(map(len, parts)) <= JOIN_BELOW:  # one small join is cheaper than armoring in parts
+        return armor(b"".join(parts))
     return armor_parts(parts)

@@ -144,3 +144,30 @@ def test_nested_and_extra_parts_are_not_encrypted_and_are_sealed(world, raw):
     assert not check(raw).encrypted
     body, meta = crossed(world, raw)
     assert meta["encrypted_by"] == "gateway" and b"SECRET" not in body and problems(body) == []
+
+
+def test_the_differential_plugin_judges_what_the_gateways_deliver_to_members(world, tmp_path):
+    """The plugin is on in this session, judges smtp: hops only, and is installed in child processes."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    from securemail.gateway import service
+    from tests.differential import Ledger, observe
+    assert service.build_delivery.__qualname__.startswith("pytest_configure.")  # wrapped for the session
+    sent = []
+
+    async def deliver(hop, mail_from, rcpt, body, **kw):
+        sent.append(body)
+    ledger = Ledger(tmp_path)
+    good, _ = crossed(world, pgp_mime(world["armored"]))
+    bad = strip_headers(TRICKS["epilogue"][0](world["armored"]))
+    for hop, body in (("smtp:127.0.0.1:25:" + "0" * 64, good), ("smtp:127.0.0.1:25:" + "0" * 64, bad),
+                      ("relay:127.0.0.1:25", bad)):
+        asyncio.run(observe(deliver, ledger)(hop, "a@x.fr", "b@y.fr", body, helo="x"))
+    verdicts = ledger.collect()
+    assert len(sent) == 3 and [bool(v["problems"]) for v in verdicts] == [False, True]
+    probe = "import securemail.delivery.pool as p; print(p.SessionPool.deliver.__qualname__)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=os.environ, check=True)
+    assert out.stdout.strip() == "_patch.<locals>.deliver"  # a gateway's child process is watched too
