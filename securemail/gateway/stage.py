@@ -23,7 +23,7 @@ from ..mail.headers import HeaderBlock, HeaderBlockError, parse_header_block
 from ..policy import Verdict, encryption, rules
 from ..policy.address import MEMBER, OTHER, OWN, domain_of
 from ..policy.facts import OFFICE, Facts, gather
-from ..queue import NewMessage
+from ..queue import NewMessage, replay
 from .transform import Item, Transformer
 
 # The policy chain in two phases (rules.CHAIN keeps its order within each): DKIM, the costly part,
@@ -41,6 +41,7 @@ class Decision:
     sender_domain: str = ""
     origin: str = ""
     queued: list[str] | None = None   # ids, when the items were already committed where they were made
+    replay: tuple[str, float] | None = None  # a member's message: (replay.message_key, window) (queue/replay.py)
 
 
 def queue_entries(d: Decision, env: Envelope) -> list[NewMessage]:
@@ -50,7 +51,8 @@ def queue_entries(d: Decision, env: Envelope) -> list[NewMessage]:
                                            "sender_domain": d.sender_domain,
                                            "recipient_domains": sorted({domain_of(r) or "" for r, _ in it.recipients}),
                                            "encrypted_to": it.meta.get("encrypted_to", []),
-                                           "origin": d.origin, "peer": env.peer_ip}))
+                                           "origin": d.origin, "peer": env.peer_ip}),
+                       replay=replay.seen_for(d.replay, (r for r, _ in it.recipients)))
             for it in d.items]
 
 
@@ -87,13 +89,28 @@ class CryptoStage:
         summary = dict(sender_domain=facts.sender_domain or "", origin=facts.origin)
         if verdict is not None:
             return Decision(verdict, [], **summary)
-        return Decision(None, self._items(env, facts), **summary)
+        return Decision(None, self._items(env, facts), replay=self._replay(env, facts), **summary)
 
     def _facts(self, env: Envelope, listener, block: HeaderBlock) -> Facts:
         return gather(env, listener=listener.name, trusted=listener.trusts(env.peer_ip),
                       own_domains=self.config.domains, members=self.members(),
                       encryption=encryption.check(env.data), non_member_policy=self.config.non_member_policy,
-                      block=block)
+                      block=block, cert_domains=self._cert_domains(env))
+
+    def _replay(self, env: Envelope, f: Facts) -> tuple[str, float] | None:
+        """What makes a copy of this message from a member a replay, for the sender's retry lifetime."""
+        domain = rules.member_domain(f)
+        if domain is None:
+            return None
+        ids = f.block.texts("message-id") if f.block is not None else ()
+        return replay.message_key(domain, ids, env.data), self.config.retry.give_up_after
+
+    def _cert_domains(self, env: Envelope) -> frozenset[str] | None:
+        """The member domains pinned (manifest tls_pin) to the session's client certificate; None: none shown."""
+        if env.tls_peer_pin is None:
+            return None
+        m = self.manifest()
+        return m.pinned_domains(env.tls_peer_pin) if m else frozenset()
 
     def _with_dkim(self, env: Envelope, f: Facts) -> Facts:
         """``f`` with the DKIM result of the signatures by the From domain, the only ones policy reads

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from ..smtp.replies import MEMBER_CERT_MISMATCH, MEMBER_CERT_REQUIRED
 from . import Verdict
 from .address import domain_of
 from .facts import MEMBER, OFFICE, OTHER, OWN, REMOTE, Facts
@@ -79,9 +80,33 @@ def _from_member(f: Facts) -> bool:
     return f.origin == REMOTE and (f.sender_class if f.mail_from else f.from_class) == MEMBER
 
 
+def member_domain(f: Facts) -> str | None:
+    """The member domain a message from outside comes from (envelope sender; From for a bounce),
+    None when it is not from a member."""
+    if not _from_member(f):
+        return None
+    return f.sender_domain if f.mail_from else f.from_domain
+
+
 def member_tls(f: Facts) -> Verdict | None:
     if _from_member(f) and not f.tls:
         return Verdict("member_tls", "530 5.7.10 TLS is required between member gateways", "no TLS")
+    return None
+
+
+def member_cert(f: Facts) -> Verdict | None:
+    """Mail from a member domain comes from that member's gateway: a session whose TLS client
+    certificate has the domain's manifest ``tls_pin``. DKIM alone can be replayed by anyone."""
+    if not _from_member(f):
+        return None
+    claimed = {d for d, c in ((f.sender_domain, f.sender_class), (f.from_domain, f.from_class))
+               if d and c == MEMBER}
+    if f.cert_domains is None:
+        return Verdict("member_cert", MEMBER_CERT_REQUIRED, "no client certificate")
+    if not claimed <= f.cert_domains:
+        shown = ", ".join(sorted(f.cert_domains)) or "no member"
+        return Verdict("member_cert", MEMBER_CERT_MISMATCH,
+                       f"client certificate of {shown}, not {', '.join(sorted(claimed - f.cert_domains))}")
     return None
 
 
@@ -126,6 +151,7 @@ CHAIN: list[tuple[str, Rule]] = [
     ("office_sender", office_sender),
     ("remote_sender", remote_sender),
     ("member_tls", member_tls),
+    ("member_cert", member_cert),
     ("member_dkim", member_dkim),
     ("member_encrypted", member_encrypted),
     ("mime_structure", mime_structure),
