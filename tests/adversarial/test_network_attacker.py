@@ -13,6 +13,89 @@ from tests.hostile import ALICE, BRUNO, GATEWAY_PEER, JUSTICE, OFFICE, OWN, STRA
 pytestmark = pytest.mark.timeout(300)
 
 
+# --- issue 10, finding 6: member mail needs the member gateway's certificate, and DKIM oversigns -----
+import uuid as _f6_uuid  # noqa: E402
+
+from securemail.smtp import replies as _f6_replies  # noqa: E402
+from tests.hostile import Raw as _F6Raw  # noqa: E402
+from tests.hostile.test_message_hostile import from_member as _f6_from_member  # noqa: E402
+from tests.hostile.test_message_hostile import pgp_mime as _f6_pgp_mime, armored_of as _f6_armored  # noqa: E402
+from tests.integration.gateways import audit_records as _f6_audit  # noqa: E402
+from tests.unit.test_member_auth import make_cert as _f6_make_cert  # noqa: E402
+
+
+def _f6_real_member_message(gw) -> bytes:
+    """A message justice's gateway really sent to A: DKIM-signed with J's keys, accepted over a session
+    with J's certificate. Its bytes are what an attacker on the path copies."""
+    tag = _f6_uuid.uuid4().hex
+    data = gw.signed(_f6_pgp_mime(_f6_armored(gw)).replace(b"Message-ID: <", f"Message-ID: <{tag}.".encode(), 1))
+    reply, added = _f6_from_member(gw, data, sign=False)
+    assert reply.startswith("250 2.0.0 OK: queued as ") and len(added) == 1, reply
+    return data
+
+
+def _f6_send_raw(gw, client: _F6Raw, data: bytes) -> str:
+    client.envelope(BRUNO, [ALICE])
+    client.send(data.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+    return client.reply()
+
+
+@pytest.mark.parametrize("shown", ["no certificate", "self-made certificate for gw.justice.gouv.fr"])
+def test_copied_member_message_from_a_session_without_justices_certificate_is_refused(
+        gw, raw, record, tmp_path, shown):
+    """The attacker replays, over STARTTLS from justice's own address, the exact bytes (valid DKIM)
+    of a message justice's gateway sent, showing no certificate or one it made itself with
+    justice's gateway name: 550 5.7.1, nothing queued, and the refusal audited with its reason."""
+    data = _f6_real_member_message(gw)
+    cert = None
+    if shown != "no certificate":
+        pem, key = _f6_make_cert("gw.justice.gouv.fr")
+        (tmp_path / "c.pem").write_bytes(pem)
+        (tmp_path / "c.key").write_bytes(key)
+        cert = (tmp_path / "c.pem", tmp_path / "c.key")
+    before, audited = gw.queued(), len(_f6_audit(gw.a.home, "refused"))
+    client = raw(gw.a.relay, GATEWAY_PEER)
+    client.greet(tls=True, cert=cert)
+    reply = _f6_send_raw(gw, client, data)
+    record(f"member mail with valid DKIM, {shown} (network attacker)", reply)
+    want = _f6_replies.MEMBER_CERT_REQUIRED if cert is None else _f6_replies.MEMBER_CERT_MISMATCH
+    assert reply == want and reply.startswith("550 5.7.1 ")
+    assert gw.queued() == before
+    [line] = _f6_audit(gw.a.home, "refused")[audited:]
+    assert line["fields"]["rule"] == "member_cert" and line["fields"]["sender_domain"] == JUSTICE
+    assert line["fields"]["reason"] == ("no client certificate" if cert is None
+                                        else f"client certificate of no member, not {JUSTICE}")
+
+
+_F6_DKIM = "550 5.7.20 No valid DKIM signature aligned with the From domain"
+_F6_PLAINTEXT = ("550 5.7.1 Plaintext between member domains is refused: "
+                 "message is not properly OpenPGP encrypted")
+
+
+@pytest.mark.parametrize("field, refusals", [
+    ("Subject: Urgent: wire the funds today", {_F6_DKIM}),
+    (f"Reply-To: <attacker-{_f6_uuid.uuid4().hex[:6]}@example.org>", {_F6_DKIM}),
+    # the encryption check reads the first Content-Type: it may refuse before DKIM is verified
+    ("Content-Type: text/plain; charset=us-ascii", {_F6_DKIM, _F6_PLAINTEXT}),
+], ids=["Subject", "Reply-To", "Content-Type"])
+def test_a_header_prepended_to_a_signed_member_message_is_refused(gw, record, field, refusals):
+    """A Subject, Reply-To or Content-Type added on top of a message justice's gateway signed would
+    be what the reader sees: every signed name is oversigned, so A's DKIM check of the result fails
+    and A refuses it (sent with justice's real certificate, so that the certificate rule lets it
+    through), and nothing is queued."""
+    from securemail.crypto.dkim import manifest_dnsfunc, verify_dkim
+    from securemail.federation import load_installed
+    signed = gw.signed(_f6_pgp_mime(_f6_armored(gw)))
+    forged = field.encode() + b"\r\n" + signed
+    records = load_installed(gw.a.home / "federation.json").dkim_records()
+    assert verify_dkim(signed, manifest_dnsfunc(records)).status == "pass"
+    assert verify_dkim(forged, manifest_dnsfunc(records)).status == "fail"
+    reply, added = _f6_from_member(gw, forged, sign=False)
+    record(f"{field.split(':')[0]} prepended to a signed member message", reply)
+    assert reply in refusals
+    assert added == set()
+
+
 # --- finding 9: securemail send never lets the SMTP password cross in clear -----------------------------
 import base64 as _f9_base64  # noqa: E402
 import socket as _f9_socket  # noqa: E402

@@ -69,11 +69,14 @@ def crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
-def client_tls() -> ssl.SSLContext:
-    """The attacker's TLS: no certificate check (the gateway's certificate is self-signed)."""
+def client_tls(cert=None) -> ssl.SSLContext:
+    """The attacker's TLS: no certificate check (the gateway's certificate is self-signed);
+    ``cert``: a (certificate, key) pair shown as client certificate, as a member gateway does."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        ctx.load_cert_chain(*(str(p) for p in cert))
     return ctx
 
 
@@ -111,25 +114,27 @@ class Raw:
         self.send(line + b"\r\n")
         return self.reply()
 
-    def greet(self, helo: bytes = b"EHLO gw.justice.gouv.fr", *, tls: bool = False) -> str:
-        """Greeting, EHLO, optionally STARTTLS and EHLO again; the last EHLO reply."""
+    def greet(self, helo: bytes = b"EHLO gw.justice.gouv.fr", *, tls: bool = False, cert=None) -> str:
+        """Greeting, EHLO, optionally STARTTLS (showing ``cert``, see client_tls) and EHLO again;
+        the last EHLO reply."""
         banner = self.reply()
         assert banner.startswith("220 "), banner
         ehlo = self.cmd(helo)
         assert ehlo.startswith("250"), ehlo
         if tls:
-            self.starttls()
+            self.starttls(cert)
             ehlo = self.cmd(helo)
             assert ehlo.startswith("250"), ehlo
         return ehlo
 
-    def starttls(self) -> None:
+    def starttls(self, cert=None) -> None:
         assert self.cmd(b"STARTTLS") == "220 2.0.0 Ready to start TLS"
-        self.wrap_tls()
+        self.wrap_tls(cert)
 
-    def wrap_tls(self) -> None:
+    def wrap_tls(self, cert=None) -> None:
+        """TLS on the socket; ``cert``: the (certificate, key) shown, as a member gateway shows its own."""
         assert self.buf == b"", f"bytes after the STARTTLS reply: {self.buf!r}"
-        self.sock = client_tls().wrap_socket(self.sock, server_hostname="gateway")
+        self.sock = client_tls(cert).wrap_socket(self.sock, server_hostname="gateway")
 
     def envelope(self, sender: str, rcpts: list[str]) -> None:
         """MAIL, RCPT... and DATA, each expected to succeed."""

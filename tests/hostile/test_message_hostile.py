@@ -46,7 +46,7 @@ def from_member(gw, data: bytes, *, sender: str = BRUNO, rcpts=(ALICE,), sign: b
     """(reply, messages added to A's queue) for ``data`` sent as justice's gateway would."""
     before = gw.queued()
     r = transact(gw.a.relay, sender, list(rcpts), gw.signed(data) if sign else crlf(data),
-                 source=GATEWAY_PEER, starttls=True)
+                 source=GATEWAY_PEER, starttls=True, cert=gw.j)
     return f"{r.code} {r.text}", gw.queued() - before
 
 

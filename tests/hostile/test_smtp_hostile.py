@@ -38,7 +38,7 @@ def session(gw, raw, side: str, port: int | None = None):
     """A raw session up to the 354 of DATA, as the office or as justice's gateway (TLS)."""
     source, tls, sender, rcpt = SIDES[side]
     client = raw(port or gw.a.relay, source)
-    client.greet(tls=tls)
+    client.greet(tls=tls, cert=gw.j.client_cert if tls else None)  # justice's gateway shows its own
     client.envelope(sender, [rcpt])
     return client, sender, rcpt
 
@@ -177,7 +177,7 @@ _WHO = {"stranger": (STRANGER, False), "member-gateway": (GATEWAY_PEER, True), "
 def test_relay_attempts_are_refused(gw, raw, record, who, path, expected):
     source, tls = _WHO[who]
     client = raw(gw.a.relay, source)
-    client.greet(tls=tls)
+    client.greet(tls=tls, cert=gw.j.client_cert if who == "member-gateway" else None)
     assert client.cmd(b"MAIL FROM:<x@other.example.org>") == "250 2.1.0 Sender OK"
     reply = client.cmd(f"RCPT TO:<{path}>".encode())
     record(f"relay attempt RCPT TO:<{path}> ({who})", reply)

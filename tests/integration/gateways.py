@@ -121,6 +121,11 @@ class GatewayHome:
     def cert(self) -> Path:
         return self.home / "tls" / "cert.pem"
 
+    @property
+    def client_cert(self) -> tuple[Path, Path]:
+        """(certificate, key): what this gateway shows as a TLS client when it delivers to a member."""
+        return self.cert, self.home / "tls" / "key.pem"
+
     def tune(self, **values: str) -> None:
         """Set ``key = value`` lines of its securemail.toml (tests want fast retries)."""
         cfg = self.home / "securemail.toml"

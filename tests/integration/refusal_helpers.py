@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import smtplib
+import ssl
 import tomllib
 from dataclasses import dataclass
 
@@ -50,12 +51,15 @@ def crlf(data: bytes) -> bytes:
 
 
 def transact(port: int, sender: str, rcpts: list[str], data: bytes, *, source: str = GATEWAY_PEER,
-             starttls: bool = True, helo: str = "gw.justice.gouv.fr") -> Reply:
-    """One mail transaction; the first refusal (MAIL, RCPT) or the reply to the end of DATA."""
+             starttls: bool = True, helo: str = "gw.justice.gouv.fr", cert: GatewayHome | None = None) -> Reply:
+    """One mail transaction; the first refusal (MAIL, RCPT) or the reply to the end of DATA.
+
+    ``cert``: the member gateway whose TLS certificate the session shows on STARTTLS, as that
+    gateway does when it delivers (its own ``tls/cert.pem`` and ``tls/key.pem``)."""
     with smtplib.SMTP("127.0.0.1", port, source_address=(source, 0), timeout=60) as s:
         s.ehlo(helo)
         if starttls:
-            code, text = s.starttls()
+            code, text = s.starttls(context=client_context(cert))
             assert code == 220, (code, text)
             s.ehlo(helo)
         code, text = s.mail(sender)
@@ -70,6 +74,16 @@ def transact(port: int, sender: str, rcpts: list[str], data: bytes, *, source: s
         except smtplib.SMTPDataError as e:  # refused at the DATA command itself
             return reply("DATA", e.smtp_code, e.smtp_error)
         return reply("DATA", code, text)
+
+
+def client_context(cert: GatewayHome | None = None) -> ssl.SSLContext:
+    """A member gateway's TLS client: any server certificate (self-signed), ``cert``'s own shown."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        ctx.load_cert_chain(*(str(p) for p in cert.client_cert))
+    return ctx
 
 
 def signer_for(gateway: GatewayHome) -> DkimSigner:

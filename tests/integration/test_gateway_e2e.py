@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import run_cli
 
 from .gateways import Running, federation, ok, person
+from .refusal_helpers import client_context
 
 MARKER = "PLAINTEXT-MARKER-7f3a"
 OFFICE = "127.0.0.3"
@@ -146,7 +147,7 @@ def test_plaintext_from_member_gateway_is_refused(fed):
     b = fed["b"]
     msg = b"From: carole@interieur.gouv.fr\r\nTo: bruno@justice.gouv.fr\r\nSubject: s\r\n\r\nclear\r\n"
     with smtplib.SMTP("127.0.0.1", b.relay, source_address=("127.0.0.2", 0), timeout=30) as s:
-        s.starttls()
+        s.starttls(context=client_context(fed["a"]))  # with interieur's own gateway certificate
         with pytest.raises(smtplib.SMTPDataError) as e:
             s.sendmail("carole@interieur.gouv.fr", ["bruno@justice.gouv.fr"], msg)
     # plaintext is refused before any DKIM work (issue 10, finding 4): no DKIM refusal first

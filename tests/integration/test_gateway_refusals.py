@@ -3,8 +3,8 @@
 One federation of four member domains (interieur, justice, armees, culture),
 set up with the real CLI; only interieur's gateway (A) runs. The test plays the
 other members' gateways: it connects from 127.0.0.1 (not a trusted network),
-uses STARTTLS and DKIM-signs with the member's own key files from its home, so
-that each case breaks exactly one rule. The shared corpus crosses the same way.
+uses STARTTLS showing the member's own TLS certificate and DKIM-signs with the
+member's own key files from its home, so that each case breaks exactly one rule. The shared corpus crosses the same way.
 """
 
 from __future__ import annotations
@@ -75,14 +75,14 @@ def expect(r: Reply, code: int, enhanced: str, words: str = "", stage: str = "DA
 # --- the control: a correct member transaction is accepted ---------------------------------------
 def test_encrypted_signed_mail_from_member_gateway_is_accepted(fed):
     before = queued_messages(fed.a)
-    r = transact(fed.a.relay, BRUNO, [ALICE], fed.signed(fed.encrypted))
+    r = transact(fed.a.relay, BRUNO, [ALICE], fed.signed(fed.encrypted), cert=fed.homes[JUSTICE])
     assert (r.code, r.enhanced) == (250, "2.0.0"), str(r)
     assert len(queued_messages(fed.a) - before) == 1
 
 
 # --- 1. plaintext between members ---------------------------------------------------------------
 def test_plaintext_from_member_gateway_is_refused(fed, nothing_queued):
-    r = transact(fed.a.relay, BRUNO, [ALICE], fed.signed(plain()))
+    r = transact(fed.a.relay, BRUNO, [ALICE], fed.signed(plain()), cert=fed.homes[JUSTICE])
     expect(r, 550, "5.7.1", "Plaintext between member domains is refused")
 
 
@@ -118,7 +118,7 @@ def test_bad_dkim_is_refused(fed, nothing_queued, case):
     data = DKIM_CASES[case](fed)
     if case == "signed-header-tampered":
         assert b"Subject: Urgent" in data
-    r = transact(fed.a.relay, BRUNO, [ALICE], data)
+    r = transact(fed.a.relay, BRUNO, [ALICE], data, cert=fed.homes[JUSTICE])
     expect(r, 550, "5.7.20", "No valid DKIM signature aligned with the From domain")
 
 
@@ -126,7 +126,7 @@ def test_bad_dkim_is_refused(fed, nothing_queued, case):
 def test_envelope_sender_and_from_mismatch_is_refused(fed, nothing_queued):
     """DKIM passes and aligns with From (armees signs), but the envelope says justice."""
     data = fed.signed(plain(sender="x@armees.gouv.fr"), domain=ARMEES)
-    r = transact(fed.a.relay, BRUNO, [ALICE], data)
+    r = transact(fed.a.relay, BRUNO, [ALICE], data, cert=fed.homes[JUSTICE])
     expect(r, 550, "5.7.1", "Envelope sender and From domains differ")
 
 
@@ -283,7 +283,7 @@ def test_corpus_message_from_member_gateway(fed, corpus, file):
     domain = sender.split("@")[1]
     data = fed.signed((corpus["dir"] / file).read_bytes(), domain=domain)
     before = queued_messages(fed.a)
-    r = transact(fed.a.relay, sender, [ALICE], data, helo=f"gw.{domain}")
+    r = transact(fed.a.relay, sender, [ALICE], data, helo=f"gw.{domain}", cert=fed.homes[domain])
     added = queued_messages(fed.a) - before
     accepted = (r.stage, r.code, r.enhanced) == ("DATA", 250, "2.0.0")
     rejected = (r.stage, r.code, r.enhanced) == ("DATA", 550, "5.7.1")

@@ -27,10 +27,11 @@ def env(mail_from="bruno@justice.gouv.fr", rcpts=("alice@interieur.gouv.fr",), f
 
 
 def facts(e: Envelope, *, trusted=False, enc=ENC, dkim="pass", dkim_domains=("justice.gouv.fr",),
-          policy="refuse"):
+          policy="refuse", cert=("justice.gouv.fr",)):
+    """``cert``: the member domains pinned to the session's client certificate (None: no certificate)."""
     return gather(e, listener="relay", trusted=trusted, own_domains=OWN_D, members=MEMBERS,
                   encryption=enc, dkim_status=dkim, dkim_domains=frozenset(dkim_domains),
-                  non_member_policy=policy)
+                  non_member_policy=policy, cert_domains=None if cert is None else frozenset(cert))
 
 
 # --- addresses and RCPT -----------------------------------------------------------
