@@ -39,7 +39,7 @@ def add(obj, source) -> None:
     """Publish the keys in SOURCE (a file, '-' for stdin), or the stored key of an address.
 
     Each key is published for its addresses in the domains served here, and
-    those addresses are pinned to it. A revoked key updates the stored copy and
+    those addresses (only those) are bound and pinned to it. A revoked key updates the stored copy and
     is then served as a revocation. Exit 1 if anything was refused.
     """
     d, now = _directory(obj), time.time()
@@ -54,7 +54,8 @@ def add(obj, source) -> None:
         click.echo(f"published {e.fingerprint} for {e.address}")
         return
     refused = 0
-    for r in obj.core.keys.import_bytes(read_input(source), source="directory:operator"):
+    # stored without binding: each address is bound as it is published (Directory.publish)
+    for r in obj.core.keys.import_bytes(read_input(source), source="directory:operator", bind=None):
         if r.outcome == "refused":
             refused += 1
             click.echo(f"refused {r.fingerprint or source}: {r.reason}", err=True)

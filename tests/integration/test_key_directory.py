@@ -394,3 +394,18 @@ def test_a_revoked_key_is_never_used_after_a_refresh(fed):
     assert fpr not in to                                      # the domain key instead, never the revoked one
     domain_key = json.loads(ok(run_cli(fed.homes[B].home, "keys", "list", "--json")).stdout)
     assert to == [k["fingerprint"] for k in domain_key if f"gateway@{B}" in k["addresses"]]
+
+
+def test_directory_add_binds_only_what_it_publishes(tmp_path):
+    """The operator's `directory add FILE` binds the key to the addresses it publishes (the served
+    domain's), not to the other addresses its user IDs claim."""
+    from tests.unit.test_wkd import new_key, with_uid
+    home = tmp_path / "gw"
+    ok(run_cli(home, "gateway", "init", "--domain", A, "--listen", f"127.0.0.1:{free_port()}",
+               "--wkd", "none"), "gateway init")
+    key = with_uid(new_key(f"Alice <alice@{A}>"), "Alice <alice@culture.gouv.fr>")
+    res = ok(run_cli(home, "directory", "add", "-", input=key.public().armored()), "directory add")
+    assert f"published {key.fingerprint} for alice@{A}" in res.stdout
+    listing = json.loads(ok(run_cli(home, "keys", "list", "--json")).stdout)
+    assert [k["bound"] for k in listing if k["fingerprint"] == key.fingerprint] == [{f"alice@{A}": "import"}]
+    assert run_cli(home, "keys", "export", "alice@culture.gouv.fr").exit_code != 0   # never used for it
