@@ -98,11 +98,12 @@ def header_fields(head: bytes) -> list[tuple[str, bytes]]:
     return fields
 
 
-def top_headers(raw: bytes, names=COPIED) -> dict[str, str]:
-    """The first value of each named header, unfolded (no MIME parse: bytes in, text out)."""
+def top_headers(raw: bytes, names=COPIED, fields: list[tuple[str, bytes]] | None = None) -> dict[str, str]:
+    """The first value of each named header, unfolded (no MIME parse: bytes in, text out);
+    ``fields`` are those of ``raw`` when the caller has them already."""
     wanted = {n.lower(): n for n in names}
     out: dict[str, str] = {}
-    for lname, field_bytes in header_fields(split_message(raw)[0]):
+    for lname, field_bytes in header_fields(split_message(raw)[0]) if fields is None else fields:
         if lname in wanted and wanted[lname] not in out:
             value = field_bytes.split(b":", 1)[1].decode("utf-8", "replace")
             out[wanted[lname]] = " ".join(value.split())
@@ -127,12 +128,19 @@ def protected_inner(raw: bytes) -> bytes:
     return with_body(b"\r\n".join(f for _, f in fields), raw, body_start)
 
 
-def rebuilt(raw: bytes, f: Facts) -> bytes:
+def fields_of(raw: bytes, f: Facts) -> list[tuple[str, bytes]]:
+    """(lower-case name, whole field) of ``raw``'s header block: the one parse of the facts if made."""
+    if f.block is not None:
+        return [(x.name, x.raw) for x in f.block.fields]
+    return header_fields(split_message(raw)[0])
+
+
+def rebuilt(raw: bytes, f: Facts, fields: list[tuple[str, bytes]]) -> bytes:
     """A sender-encrypted message as it crosses: the list's fields of ``raw`` and the gateway's own
     skeleton (RFC 3156, or inline) around the packets the check parsed, re-armored."""
     armored = rearmor(f.encryption.packets)
     build = pgp_inline if f.encryption.format == "inline" else pgp_mime
-    return build(top_headers(raw), armored)
+    return build(top_headers(raw, fields=fields), armored)
 
 
 def usable_signer(signer: Key, now: float) -> None:
@@ -168,10 +176,11 @@ class Transformer:
         """The body to send to member ``domain`` for ``rcpts``, always encrypted and DKIM-signed:
         the sender's packets in the gateway's wrapper, or the whole message encrypted here."""
         sealed: dict = {}
+        fields = fields_of(raw, f)
         if f.encryption.encrypted:
-            reasons = seal_reasons(header_fields(split_message(raw)[0]))
+            reasons = seal_reasons(fields)
             if not reasons:
-                return self.dkim_sign(rebuilt(raw, f), f.from_domain or ""), {
+                return self.dkim_sign(rebuilt(raw, f, fields), f.from_domain or ""), {
                     "encrypted_by": "sender", "encrypted_to": [], "dropped": list(f.encryption.outside)}
             log.info("sender-encrypted mail has %s in clear: encrypted whole", "; ".join(reasons))
             sealed = {"sealed": list(reasons)}
@@ -194,7 +203,7 @@ class Transformer:
             armored = M.encrypt(protected_inner(raw), targets, signer=signer, now=now)
         except KeyUnusable as e:
             raise PolicyRefusal(f"{e.message}; refusing to send in clear", code=550, enhanced="5.7.1") from None
-        body = pgp_mime(top_headers(raw), armored)
+        body = pgp_mime(top_headers(raw, fields=fields), armored)
         del armored  # not kept alive while DKIM signs (1.4x the message)
         return self.dkim_sign(body, f.from_domain or ""), {"encrypted_by": "gateway", "encrypted_to": sorted(set(used)),
                                       "signed_by": signer.fingerprint, **sealed}
