@@ -269,3 +269,42 @@ def test_a_copy_refused_with_451_is_not_a_replay_when_retried(gw, record):
     retried, added = _f6_from_member(gw, data, sign=False)
     assert _F6_QUEUED.fullmatch(retried) and len(added) == 1, retried
     _f6_wait_for(lambda: _f6_alice_copies(gw, tag), what="the retried copy in alice's mailbox")
+
+
+# --- issue 10, finding 4: a member's DKIM bomb is verified at a bounded cost ---------------------------
+def _f4_bombed(gw) -> bytes:
+    """Encrypted member mail with two hostile signatures of justice's domain and its real selector and
+    body hash: 16,000 names in h= (over the signature size bound) and 65 names (over the h= bound)."""
+    import base64
+
+    from securemail.crypto.dkim_signing import relaxed_body_hash
+    from tests.adversarial.test_anonymous_sender import _f4_names
+    from tests.hostile import crlf
+    from tests.hostile.test_message_hostile import armored_of, pgp_mime
+
+    message = crlf(pgp_mime(armored_of(gw)))
+    bh = base64.b64encode(relaxed_body_hash(message, message.index(b"\r\n\r\n") + 4))
+
+    def signature(names: int) -> bytes:
+        h = [b"from"] + _f4_names(names - 1)
+        lines = [b":".join(h[i:i + 150]) for i in range(0, len(h), 150)]
+        return (b"DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed; d=justice.gouv.fr; s=sm-ed25519;\r\n"
+                b" h=" + b":\r\n ".join(lines) + b";\r\n bh=" + bh + b";\r\n b=" + b"A" * 86 + b"==\r\n")
+
+    return signature(16000) + signature(65) + message
+
+
+def test_a_members_dkim_bomb_costs_little_and_a_real_signature_still_passes(gw, record):
+    from tests.adversarial.test_anonymous_sender import _F4_CPU_BOUND, _f4_tree_cpu
+    from tests.hostile.test_message_hostile import DKIM_REFUSED, accepted, from_member, refused
+
+    data = _f4_bombed(gw)
+    start = _f4_tree_cpu()
+    reply, added = from_member(gw, data, sign=False)
+    cpu = _f4_tree_cpu() - start
+    record("DKIM bomb from a member gateway (16,000 and 65 names in h=), unsigned", reply)
+    refused(reply, added, DKIM_REFUSED)
+    assert cpu < _F4_CPU_BOUND, f"{cpu:.2f} s of CPU"
+    reply, added = from_member(gw, data, sign=True)  # justice's gateway adds its real signature on top
+    record("DKIM bomb from a member gateway, with the member's real signature", reply)
+    accepted(reply, added)
