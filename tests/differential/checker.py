@@ -25,6 +25,8 @@ import re
 from email import policy
 from email.utils import getaddresses, parsedate_to_datetime
 
+import anycrc
+
 LIST = {"from", "to", "cc", "date", "message-id", "subject", "mime-version", "content-type"}
 SIGNED_AFTER = {"dkim-signature"}
 BOUNDARY = r"securemail-[0-9a-f]{24}"
@@ -43,6 +45,7 @@ _MSGID = re.compile(r"<[^<>\s@]+@[^<>\s@]+>")
 _DATE = re.compile(r"(?:[A-Z][a-z]{2}, )?\d{1,2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}(?::\d{2})? (?:[+-]\d{4}|[A-Z]{1,5})(?: \([A-Z]{1,5}\))?")
 _DKIM_TAG = re.compile(r"\s*(v|a|c|d|s|t|x|h|bh|b|i|l|q|z)\s*=\s*[A-Za-z0-9+/=:.@_\-\s;|]*")
 ESK_TAGS, SEIPD_TAG = {1, 3}, 18
+_CRC24 = anycrc.Model("CRC24-OPENPGP")
 
 
 def problems(body: bytes) -> list[str]:
@@ -58,7 +61,7 @@ def problems(body: bytes) -> list[str]:
     if m:
         found = _skeleton(rest, m.group(1).decode())
     elif ctype == INLINE_TYPE:
-        found = _armor(rest, whole=True)
+        found = _armor(rest)
     else:
         found = [f"Content-Type is not the gateway's: {ctype[:80]!r}"]
     return found or _parses(body)
@@ -111,10 +114,10 @@ def _skeleton(rest: bytes, boundary: str) -> list[str]:
         return ["body does not start with the skeleton (preamble, control part or part headers)"]
     if not rest.endswith(end):
         return ["body does not end with the closing boundary (epilogue)"]
-    return _armor(rest[len(start):len(rest) - len(end)], whole=False)
+    return _armor(rest[len(start):len(rest) - len(end)])
 
 
-def _armor(text: bytes, *, whole: bool) -> list[str]:
+def _armor(text: bytes) -> list[str]:
     """``text`` must be one armored message and nothing else (its CRLF ends the END line)."""
     m = re.fullmatch(ARMOR, text)
     if m is None:
@@ -123,24 +126,9 @@ def _armor(text: bytes, *, whole: bool) -> list[str]:
         data = binascii.a2b_base64(m.group(1).replace(b"\r\n", b""), strict_mode=True)
     except binascii.Error:
         return ["armor is not base64"]
-    if m.group(2) is not None and len(data) <= CRC_CHECKED_UP_TO and (
-            base64.b64decode(m.group(2)) != _crc24(data).to_bytes(3, "big")):
+    if m.group(2) is not None and base64.b64decode(m.group(2)) != _CRC24.calc(data).to_bytes(3, "big"):
         return ["armor checksum is not the data's"]
     return _packets(data)
-
-
-CRC_CHECKED_UP_TO = 1 << 20  # pure Python: about 1 s per MiB
-
-
-def _crc24(data: bytes) -> int:
-    crc = 0xB704CE
-    for byte in data:
-        crc ^= byte << 16
-        for _ in range(8):
-            crc <<= 1
-            if crc & 0x1000000:
-                crc ^= 0x1864CFB
-    return crc & 0xFFFFFF
 
 
 def _packets(data: bytes) -> list[str]:
