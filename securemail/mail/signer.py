@@ -22,6 +22,8 @@ SIGNER_MISMATCH = "signer-mismatch"
 _ADDR = r"[^\s<>()\[\]\\,;:@\"]+@[^\s<>()\[\]\\,;:@\"]+"
 _BARE = re.compile(_ADDR)
 _NAMED = re.compile(rf"[^<>@]*?\s*<({_ADDR})>")
+# "Name <addr>", "\"Name\" <addr>" or "addr": the usual From, read without the (slow) header parser
+_FROM_FAST = re.compile(rf'\s*(?:(?:"[^"\\<>@]*"|[^<>@,;:"()\\]*?)\s*<({_ADDR})>|({_ADDR}))\s*')
 _SAFE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")  # fit for a header value
 
 
@@ -47,6 +49,9 @@ def from_address(value: str | None) -> str | None:
     """The addr-spec of a From value holding exactly one mailbox (lower case), else None."""
     if not value:
         return None
+    fast = _FROM_FAST.fullmatch(value)
+    if fast:
+        return (fast.group(1) or fast.group(2)).lower()
     try:
         addrs = policy.default.header_factory("from", str(value)).addresses
     except Exception:  # noqa: BLE001 - an unparseable From binds nothing

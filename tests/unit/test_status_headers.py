@@ -91,3 +91,15 @@ def test_the_office_hop_that_decrypts_at_delivery_round_trips():
     assert hop == "relay-decrypt:127.0.0.1:2525"
     assert parse_hop(hop) == RelayHop("127.0.0.1", 2525, True)
     assert parse_hop(relay_hop("127.0.0.1", 2525)) == RelayHop("127.0.0.1", 2525, False)
+
+
+@pytest.mark.parametrize("value", [
+    "Bruno Petit <bruno@justice.gouv.fr>", '"Martin, Alice" <a@x.fr>', "a@x.fr", " A <A@X.FR> ",
+    "a@x.fr, b@y.fr", "Bob <b@y.fr>, Carol <c@z.fr>", "Le Ministre, <alice@x.fr>",
+    '"ministre@j.fr" <alice@x.fr>', "=?utf-8?q?=C3=89mile?= <e@x.fr>", "(comment) a@x.fr",
+    "a@x.fr (Alice)", "<a@x.fr>", "x <a@b@c.fr>", "Le Ministre <ministre@j.fr> <alice@x.fr>"])
+def test_the_fast_from_reading_agrees_with_the_header_parser(value):
+    from email import policy
+    addrs = policy.default.header_factory("from", value).addresses
+    expected = addrs[0].addr_spec.lower() if len(addrs) == 1 and addrs[0].username and addrs[0].domain else None
+    assert from_address(value) == expected
