@@ -37,6 +37,7 @@ seen = sa.Table(
     sa.Column("key", sa.String(64), primary_key=True),          # Seen.key
     sa.Column("expires_at", sa.Double, nullable=False),
     sa.Index("replay_seen_expiry", "expires_at"),
+    sqlite_with_rowid=False,  # one B-tree keyed by the key, not a rowid table plus an index on it
 )
 
 _EXPIRED = seen.delete().where(seen.c.expires_at <= sa.bindparam("b_now"))
@@ -68,17 +69,20 @@ def seen_for(message: tuple[str, float] | None, recipients: Iterable[str]) -> Se
 
 def admit(conn: Connection, items: Sequence[Seen | None], now: float) -> set[int]:
     """Record each ``Seen`` (None: not a member's message) as seen, in the caller's transaction;
-    the positions of those already seen and not expired: the replays, not to be queued."""
-    if not any(items):
+    the positions of those already seen and not expired: the replays, not to be queued.
+
+    One upsert for the whole batch (the first of equal keys in it goes in, the others are replays)."""
+    first: dict[str, int] = {}
+    for i, s in enumerate(items):
+        if s is not None:
+            first.setdefault(s.key, i)
+    if not first:
         return set()
     conn.execute(_EXPIRED, {"b_now": now})
-    upsert = _upsert(conn.dialect.name)
-    replays = set()
-    for i, s in enumerate(items):
-        if s is not None and conn.execute(upsert, {"key": s.key, "expires_at": now + s.window,
-                                                   "b_now": now}).first() is None:
-            replays.add(i)
-    return replays
+    rows = [{"key": k, "expires_at": now + items[i].window, "b_now": now} for k, i in first.items()]
+    recorded = set(conn.execute(_upsert(conn.dialect.name), rows).scalars())
+    return {i for i, s in enumerate(items)
+            if s is not None and (first[s.key] != i or s.key not in recorded)}
 
 
 @functools.lru_cache(maxsize=2)
