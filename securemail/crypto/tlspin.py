@@ -10,6 +10,7 @@ certificate over the same key keeps its pin.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from cryptography import x509
@@ -28,6 +29,7 @@ def spki_sha256(certificate: bytes) -> str | None:
     return der_pin(certificate)
 
 
+@functools.lru_cache(maxsize=64)  # a member's gateway shows the same certificate for every message
 def der_pin(der: bytes) -> str | None:
     """The pin of a DER certificate, as a TLS peer presented it; never read as PEM (a DER
     certificate can carry any text, even another certificate's PEM, in its fields)."""
