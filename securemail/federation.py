@@ -95,9 +95,7 @@ class Manifest:
 
     def pinned_domains(self, pin: str | None) -> frozenset[str]:
         """The member domains whose gateway's ``tls_pin`` is ``pin`` (one gateway may serve several)."""
-        if not pin:
-            return frozenset()
-        return frozenset(d for d, m in self.members.items() if m.tls_pin == pin)
+        return frozenset(d for d, m in self.members.items() if pin and m.tls_pin == pin)
 
     def dkim_records(self) -> dict[str, str]:
         """``selector._domainkey.domain.`` -> TXT value, for crypto.dkim.manifest_dnsfunc."""
@@ -353,8 +351,7 @@ def write_atomic(path, data: bytes, mode: int = 0o644, before_rename=None) -> No
 def tls_pin_of_cert(pem_or_der: bytes | str) -> str:
     """SHA-256 of the (first) certificate's SubjectPublicKeyInfo DER, lower-case hex (crypto.tlspin)."""
     data = pem_or_der.encode() if isinstance(pem_or_der, str) else pem_or_der
-    begin = data.find(b"-----BEGIN")
-    pin = spki_sha256(data[begin:] if begin >= 0 else data)
+    pin = spki_sha256(data[max(data.find(b"-----BEGIN"), 0):])  # PEM from its BEGIN line, or DER
     if pin is None:
         raise ConfigError("not an X.509 certificate (PEM or DER)")
     return pin
