@@ -245,6 +245,8 @@ class Transformer:
         outer = strip_headers(raw, ST.STATUS_FIELDS)
         domain_key = self._ours(f) if f.encryption.encrypted else None
         if domain_key is None:  # end-to-end to the user (or plain, where policy allowed it)
+            if f.encryption.encrypted:  # what the reader sees as encrypted is only the packets
+                outer = rebuilt(raw, f, fields_of(raw, f))
             return add_headers(outer, self.status_headers(f, None)), {"decrypted": False}
         if mode == "relay":
             sealed = pgp_mime(top_headers(outer), _armored(f.encryption.payload))

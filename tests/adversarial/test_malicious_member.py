@@ -308,3 +308,36 @@ def test_a_members_dkim_bomb_costs_little_and_a_real_signature_still_passes(gw, 
     reply, added = from_member(gw, data, sign=True)  # justice's gateway adds its real signature on top
     record("DKIM bomb from a member gateway, with the member's real signature", reply)
     accepted(reply, added)
+
+
+# --- issue 10, findings 1 and 2 on the receiving side: end-to-end mail reaches the reader rebuilt ---
+def test_member_end_to_end_mail_reaches_the_mailbox_as_its_packets_only(gw):
+    """J passes on bruno's end-to-end mail to alice (encrypted to her own key, which A cannot open)
+    with text in the PGP/MIME preamble and epilogue and a content-carrying header. The Maildir file
+    alice gets holds the packets in A's own wrapper with A's status headers: none of J's bytes
+    outside the packets, and alice still decrypts the original."""
+    import re
+    import uuid
+
+    from tests.adversarial import relay_office as R
+    from tests.hostile.test_message_hostile import accepted, from_member
+
+    tag = uuid.uuid4().hex
+    hidden = [f"PREAMBLE-{tag}", f"EPILOGUE-{tag}", f"XHEADER-{tag}"]
+    msg = gw.encrypted.replace(b"\r\n", b"\n")
+    boundary = re.search(rb'boundary="([^"]+)"', msg).group(1)
+    head, body = msg.split(b"\n\n", 1)
+    body = (hidden[0].encode() + b"\n" + body.rstrip(b"\n") + b"\n" + hidden[1].encode() + b"\n")
+    head, n = re.subn(rb"(?mi)^Message-ID: .*$", f"Message-ID: <{tag}@{JUSTICE}>".encode(), head)
+    assert n == 1
+    head += f"\nX-Note: {hidden[2]}".encode()
+    assert body.count(b"--" + boundary + b"--") == 1
+    reply, added = from_member(gw, head + b"\n\n" + body)
+    accepted(reply, added)
+
+    path = R.maildir_file(gw.a, ALICE, f"{tag}@{JUSTICE}")
+    delivered = path.read_bytes()
+    assert not [h for h in hidden if h.encode() in delivered], "bytes of J outside the packets reached alice"
+    assert R.values(R.parsed(delivered), "Securemail-Status") == ["encrypted=yes; signature=unchecked"]
+    out = R.read_json(R.person_home(gw.tmp, ALICE), path)
+    assert out["decrypted"] and "Texte chiffre de bout en bout." in out["body"], out
