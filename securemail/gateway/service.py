@@ -25,6 +25,7 @@ from ..queue.retention import Retention
 from ..smtp.handler import GatewayHandler
 from ..smtp.peercert import request_client_certificates
 from ..smtp.authlimit import AuthGuard, AuthLimits
+from ..smtp.replies import AUTH_REVOKED
 from ..smtp.server import Limits, SMTPServer, make_server
 from .pipeline import Pipeline
 from .cpu import CpuPool
@@ -133,7 +134,8 @@ def build(home: Home, *, clock=time.time, owner: str | None = None,
     users = Users(config.passwords_file)
     guard = AuthGuard(users.check, AuthLimits(**vars(config.auth_budget)),
                       on_lock=lambda **fields: audit.append("auth-locked", **fields))
-    servers = _smtp_servers(config, pipeline, tls, guard, MemberAddresses(manifest), clock, reuse_port)
+    servers = _smtp_servers(config, pipeline, tls, guard, MemberAddresses(manifest), clock, reuse_port,
+                            users.known)
     owner = owner or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     delivery, sessions, child = [], None, None
     if clock is time.time and config.separate_delivery(workers):
@@ -151,7 +153,7 @@ def build(home: Home, *, clock=time.time, owner: str | None = None,
 
 
 def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard: AuthGuard, members: MemberAddresses,
-                  clock, reuse_port: bool) -> list[SMTPServer]:
+                  clock, reuse_port: bool, known=lambda user: True) -> list[SMTPServer]:
     """One SMTP server per listener: AUTH where the listener offers it ([listeners.*] auth); the
     reserved slots for its trusted networks and the manifest's member gateways."""
     lim = config.limits
@@ -165,7 +167,8 @@ def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard: AuthGua
     for li in config.listeners:
         if li.name == "wkd":
             continue
-        handler = GatewayHandler(pipeline.rcpt_decider(li), pipeline.data_acceptor(li), clock=clock)
+        handler = GatewayHandler(still_a_user(pipeline.rcpt_decider(li), known), pipeline.data_acceptor(li),
+                                 clock=clock)
         servers.append(make_server(
             handler, li.host, li.port, tls_context=relay_tls if li.name == "relay" else tls,
             require_starttls=li.require_starttls,
@@ -173,3 +176,13 @@ def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard: AuthGua
             hostname=config.hostname, limits=limits, reuse_port=reuse_port,
             privileged=lambda ip, li=li: li.trusts(ip) or ip in members))
     return servers
+
+
+def still_a_user(decide, known):
+    """The RCPT decision, first refusing sessions authenticated as a user removed since (``known``:
+    Users.known). A removed user's session keeps only the transaction whose recipients it already has."""
+    def decide_rcpt(session, address: str):
+        if session.auth_user and not known(session.auth_user):
+            return AUTH_REVOKED
+        return decide(session, address)
+    return decide_rcpt

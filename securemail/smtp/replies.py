@@ -63,6 +63,8 @@ NEED_TLS = "530 5.7.0 Must issue a STARTTLS command first"
 NEED_AUTH = "530 5.7.0 Authentication required"
 RELAY_DENIED = "554 5.7.1 Relay access denied"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
+# a session authenticated as a user removed since (gateway/users.py): reconnect and AUTH again
+AUTH_REVOKED = "530 5.7.0 Authentication no longer valid"
 # mail from a member domain over a session without that member gateway's client certificate (policy member_cert)
 MEMBER_CERT_REQUIRED = "550 5.7.1 Mail from a member domain requires its member gateway's TLS client certificate"
 MEMBER_CERT_MISMATCH = "550 5.7.1 TLS client certificate does not match the sender domain's member gateway"
