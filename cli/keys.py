@@ -17,6 +17,13 @@ from securemail.crypto.keys import Key
 from securemail.errors import KeyNotFound, UsageError
 
 from .context import read_input, read_secret_file
+from .passphrase import Prompter
+
+ASKED = "Passphrase of your secret key (default on a terminal: asked)."
+
+
+def _locked(key: Key) -> bool:
+    return key.is_secret and key.pgp.is_protected
 
 
 def parse_lifetime(text: str) -> timedelta | None:
@@ -62,18 +69,18 @@ def keys() -> None:
 @click.option("--algorithm", type=click.Choice(["ed25519", "rsa3072", "rsa4096"]), default="ed25519",
               show_default=True)
 @click.option("--expires", default="2y", show_default=True, help="2y, 6m, 30d, or never.")
-@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Protect the secret key.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False),
+              help="Protect the secret key (default on a terminal: asked twice).")
 @click.option("--no-passphrase", is_flag=True, help="Store the secret key unprotected.")
 @click.pass_obj
 def generate(obj, uid, algorithm, expires, passphrase_file, no_passphrase) -> None:
-    """Generate a key pair (Ed25519 + Cv25519 by default); print its fingerprint."""
-    if bool(passphrase_file) == bool(no_passphrase):
-        raise UsageError("give --passphrase-file F, or --no-passphrase to store the key unprotected")
+    """Generate a key pair (Ed25519 + Cv25519 by default); print its fingerprint.
+
+    Without --passphrase-file or --no-passphrase, on a terminal, the passphrase is asked twice.
+    """
     if "@" not in uid:
         raise UsageError("--uid must contain an address, e.g. 'Name <user@example.org>'")
-    passphrase = read_secret_file(passphrase_file)
-    if passphrase_file and not passphrase:
-        raise UsageError("the passphrase file is empty")
+    passphrase = Prompter().for_new_key(passphrase_file, no_passphrase)
     key = Key(openpgp.generate(uid, algorithm, parse_lifetime(expires), passphrase))
     obj.core.keys.add(key, source="generated")
     click.echo(key.fingerprint)
@@ -151,11 +158,13 @@ def list_(obj, as_json) -> None:
 @click.option("--reason", type=click.Choice(["none", "superseded", "compromised", "retired"]),
               default="none", show_default=True)
 @click.option("--comment", default="", help="Free text stored in the revocation.")
-@click.option("--passphrase-file", type=click.Path(dir_okay=False))
+@click.option("--passphrase-file", type=click.Path(dir_okay=False), help=ASKED)
 @click.pass_obj
 def revoke(obj, fpr, reason, comment, passphrase_file) -> None:
     """Revoke one of your keys; store and print the revocation (publish it to correspondents)."""
-    armored = obj.core.keys.revoke(fpr, read_secret_file(passphrase_file), reason, comment)
+    store = obj.core.keys
+    passphrase = Prompter().for_unlock(passphrase_file, lambda: _locked(store.get(fpr)), f"the key {fpr}")
+    armored = store.revoke(fpr, passphrase, reason, comment)
     click.get_binary_stream("stdout").write(armored)
 
 
@@ -174,7 +183,7 @@ def delete(obj, fpr) -> None:
 @click.option("--cafile", type=click.Path(dir_okay=False), help="Trust this CA/certificate for TLS.")
 @click.option("--username", required=True, help="Your submission user name (your address).")
 @click.option("--password-file", required=True, type=click.Path(dir_okay=False))
-@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of your secret key.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False), help=ASKED)
 @click.pass_obj
 def publish(obj, address, server, cafile, username, password_file, passphrase_file) -> None:
     """Publish your key for ADDRESS (default: --username) in your gateway's directory.
@@ -193,7 +202,8 @@ def publish(obj, address, server, cafile, username, password_file, passphrase_fi
     docs = []
     if valid:
         key = max(valid, key=lambda k: k.status.created)
-        with key.pgp.unlocked(read_secret_file(passphrase_file)):
+        passphrase = Prompter().for_unlock(passphrase_file, lambda: _locked(key), f"the key {key.fingerprint}")
+        with key.pgp.unlocked(passphrase):
             docs.append(build_request(key, address, now=now))
     docs += [build_request(k, address, now=now, sign=False) for k in revoked]
     password, refused = read_secret_file(password_file) or "", 0

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from securemail.errors import UsageError
+from securemail.errors import PassphraseError, UsageError
 from securemail.mail.read import read_message
 
 from .context import read_secret_file
+from .passphrase import Prompter
 
 
 def _files(path: Path) -> list[Path]:
@@ -47,26 +49,27 @@ def _show(r) -> None:
 @click.command()
 @click.argument("path", required=False, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="A JSON array, one object per message.")
-@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of your secret keys.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False),
+              help="Passphrase of your secret keys (default on a terminal: asked when needed).")
+@click.option("--offline", is_flag=True,
+              help="Never ask the federation's directory for the key of a signer not known here.")
 @click.pass_obj
-def read(obj, path, as_json, passphrase_file) -> None:
+def read(obj, path, as_json, passphrase_file, offline) -> None:
     """Read PATH (an .eml file or a Maildir; default: the home's Maildir).
+
+    A signer's key not known here is looked up by the From address in the federation's
+    directory (as `send` finds recipients' keys), once per address, unless --offline.
 
     Exit status: 0 every message read, 1 any refused, 2 usage error.
     """
     core = obj.core
     files = _files(Path(path) if path else core.home.maildir)
-    passphrase = read_secret_file(passphrase_file)
-    secrets = core.keys.secret_keys()
-    results = []
-    with _unlocked(secrets, passphrase) as usable:
-        locked = len(secrets) - len(usable)
-        for f in files:
-            r = read_message(f.read_bytes(), usable, core.keys.lookup, file=str(f))
-            if locked and r.error and "not encrypted to any of our keys" in r.error:
-                r.error += (f" ({locked} secret key(s) stayed locked: "
-                            f"{'wrong passphrase' if passphrase else 'give --passphrase-file'})")
-            results.append(r)
+
+    signer_key = None if offline else _signer_finder(core)
+
+    def one(f: Path, usable: list):
+        return read_message(f.read_bytes(), usable, core.keys.lookup, file=str(f), signer_key=signer_key)
+    results = _read_unlocking(core.keys.secret_keys(), files, one, passphrase_file)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in results], indent=2, ensure_ascii=False))
     else:
@@ -75,25 +78,69 @@ def read(obj, path, as_json, passphrase_file) -> None:
     sys.exit(1 if any(r.error for r in results) else 0)
 
 
-class _unlocked:
-    """Unlock every secret key the passphrase opens; the others are skipped."""
+LOOKUP_TIMEOUT = 5.0  # seconds for one directory request: a reader does not wait long
 
-    def __init__(self, keys, passphrase) -> None:
-        self.keys, self.passphrase, self.ctxs = keys, passphrase, []
 
-    def __enter__(self):
-        from securemail.errors import PassphraseError
-        usable = []
-        for k in self.keys:
-            ctx = k.pgp.unlocked(self.passphrase)
+def _signer_finder(core):
+    """From address -> (the key `send` would use for it, or None; why not), asked once per address."""
+    from securemail.app import open_locator
+    from securemail.errors import SecureMailError
+    locator = open_locator(core, timeout=LOOKUP_TIMEOUT)
+    answers: dict[str, tuple] = {}
+
+    def find(address: str) -> tuple:
+        if locator is None:
+            return None, "no federation manifest is installed in this home (securemail federation install)"
+        if address not in answers:
             try:
-                ctx.__enter__()
-            except PassphraseError:
-                continue
-            self.ctxs.append(ctx)
-            usable.append(k)
-        return usable
+                r = locator.for_signer(address)
+                answers[address] = (r.key, r.why() if r.key is None else "")
+                if r.key is not None and r.status == "fetched":
+                    click.echo(f"found {r.key.fingerprint} for {address} ({r.source})", err=True)
+            except SecureMailError as e:
+                answers[address] = (None, e.message)
+        return answers[address]
+    return find
 
-    def __exit__(self, *exc) -> None:
-        for ctx in self.ctxs:
-            ctx.__exit__(None, None, None)
+
+LOCKED_OUT = "not encrypted to any of our keys"
+
+
+def _locked_out(r) -> bool:
+    return bool(r.error) and LOCKED_OUT in r.error
+
+
+def _read_unlocking(secrets: list, files: list[Path], one, passphrase_file: str | None) -> list:
+    """Read every file with the keys that open without a passphrase, or with the file's.
+
+    Without a file, on a terminal, the passphrase is asked once, and only when a message could not
+    be opened while a key stayed locked; those messages are read again. Nothing encrypted, nothing asked.
+    """
+    passphrase = read_secret_file(passphrase_file)
+    with contextlib.ExitStack() as stack:
+        usable, locked = _unlock(stack, secrets, passphrase)
+        results = [one(f, usable) for f in files]
+        if passphrase_file is None and locked and any(_locked_out(r) for r in results):
+            passphrase = Prompter().for_unlock(None, lambda: True, "your secret keys")
+            if passphrase is not None:
+                more, locked = _unlock(stack, locked, passphrase)
+                usable = usable + more
+                results = [one(f, usable) if _locked_out(r) else r for f, r in zip(files, results)]
+    for r in results:
+        if locked and _locked_out(r):
+            r.error += (f" ({len(locked)} secret key(s) stayed locked: "
+                        f"{'wrong passphrase' if passphrase else 'give --passphrase-file'})")
+    return results
+
+
+def _unlock(stack: contextlib.ExitStack, keys: list, passphrase: str | None) -> tuple[list, list]:
+    """Unlock, for the stack's lifetime, every key the passphrase opens: (usable, still locked)."""
+    usable, locked = [], []
+    for k in keys:
+        try:
+            stack.enter_context(k.pgp.unlocked(passphrase))
+        except PassphraseError:
+            locked.append(k)
+            continue
+        usable.append(k)
+    return usable, locked

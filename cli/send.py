@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
 
 import click
 
 from securemail.mail.compose import Draft, read_attachment
-from securemail.mail.outgoing import addr, build_encrypted, submit
-from securemail.errors import TemporaryFailure, UsageError
+from securemail.mail.outgoing import addr, build_encrypted, signing_key, submit
+from securemail.errors import KeyNotFound, TemporaryFailure, UsageError
 
 from .context import read_input, read_secret_file
+from .passphrase import Prompter
 
 
 @click.command()
@@ -29,7 +31,8 @@ from .context import read_input, read_secret_file
               help="Trust this CA/certificate for TLS (a private CA; default: the system CAs).")
 @click.option("--username", help="SMTP AUTH user name.")
 @click.option("--password-file", type=click.Path(dir_okay=False), help="SMTP AUTH password file.")
-@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of your secret key.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False),
+              help="Passphrase of your secret key (default on a terminal: asked).")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the .eml instead of sending.")
 @click.pass_obj
 def send(obj, sender, to, cc, subject, body_file, attach, server, starttls, tls, insecure_plain, cafile,
@@ -52,7 +55,7 @@ def send(obj, sender, to, cc, subject, body_file, attach, server, starttls, tls,
     draft = Draft(sender=sender, to=list(to), cc=list(cc), subject=subject, body=body,
                   attachments=[read_attachment(p) for p in attach])
     _locate(obj, [*to, *cc])
-    raw, rcpts = build_encrypted(obj.core.keys, draft, read_secret_file(passphrase_file))
+    raw, rcpts = build_encrypted(obj.core.keys, draft, _passphrase(obj, sender, passphrase_file))
     if output:
         fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         with os.fdopen(fd, "wb") as f:
@@ -62,6 +65,18 @@ def send(obj, sender, to, cc, subject, body_file, attach, server, starttls, tls,
     submit(raw, addr(sender), rcpts, server, security="tls" if tls else "none" if insecure_plain else "starttls",
            username=username, password=read_secret_file(password_file), cafile=cafile)
     click.echo(f"sent to {', '.join(rcpts)}")
+
+
+def _passphrase(obj, sender: str, passphrase_file: str | None) -> str | None:
+    """Asked on a terminal only if the key that will sign is protected; a missing key is left
+    for build_encrypted to report, in its usual order."""
+    def protected() -> bool:
+        try:
+            key = signing_key(obj.core.keys, addr(sender), time.time())
+        except KeyNotFound:
+            return False
+        return key.pgp.is_protected
+    return Prompter().for_unlock(passphrase_file, protected, f"your key for {addr(sender)}")
 
 
 def _locate(obj, recipients) -> None:
