@@ -66,8 +66,8 @@ def keys() -> None:
 
 @keys.command()
 @click.option("--uid", required=True, help='User ID, e.g. "Alice Martin <alice@interieur.gouv.fr>".')
-@click.option("--algorithm", type=click.Choice(["ed25519", "rsa3072", "rsa4096"]), default="ed25519",
-              show_default=True)
+@click.option("--algorithm", type=click.Choice(["ed25519", "nistp256", "nistp384", "rsa3072", "rsa4096"]),
+              default="ed25519", show_default=True)
 @click.option("--expires", default="2y", show_default=True, help="2y, 6m, 30d, or never.")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False),
               help="Protect the secret key (default on a terminal: asked twice).")

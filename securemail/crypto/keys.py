@@ -21,7 +21,11 @@ WEAK_HASHES = {"MD5", "SHA1", "RIPEMD160"}
 # Revocation reasons after which earlier signatures stay valid (RFC 9580 §5.2.3.31).
 SOFT_REASONS = {1, 3, 32}
 FLAG_CERTIFY, FLAG_SIGN, FLAG_ENC_COMMS, FLAG_ENC_STORAGE = 0x01, 0x02, 0x04, 0x08
-ENC_ALGOS = {"rsa", "cv25519", "ecdh", "ecdsa-nistp256", "ecdsa-nistp384", "ecdsa-nistp521"}
+# Elliptic curves accepted, as openpgp.py names them ("ecdsa-<curve>", "ecdh-<curve>", or
+# "ed25519"/"cv25519"); a key on any other curve is refused at import, naming the curve.
+EC_CURVES = ("nistp256", "nistp384", "nistp521", "brainpoolP256r1", "brainpoolP384r1",
+             "brainpoolP512r1")
+ENC_ALGOS = {"rsa", "cv25519", *(f"ecdh-{c}" for c in EC_CURVES)}
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,14 @@ def _weak_primary(algorithm: str, bits: int) -> str | None:
         return f"weak algorithm {algorithm.upper()}"
     if algorithm == "rsa" and bits < 2048:
         return f"weak algorithm RSA-{bits}"
+    return _unsupported_curve(algorithm)
+
+
+def _unsupported_curve(algorithm: str) -> str | None:
+    """'secp256k1 keys are not supported' for an EC key on a curve outside EC_CURVES."""
+    kind, _, curve = algorithm.partition("-")
+    if kind in ("ecdsa", "ecdh", "eddsa") and curve not in EC_CURVES:
+        return f"{curve} keys are not supported"
     return None
 
 
@@ -160,7 +172,7 @@ def evaluate(f: KeyFacts) -> KeyStatus:
     subs = []
     for sk in f.subkeys:
         bind = _latest(sk.sigs, {SUBKEY_BINDING})
-        if bind is None or _weak_primary(sk.algorithm.split("-")[0], sk.bits):
+        if bind is None or _weak_primary(sk.algorithm, sk.bits):
             continue
         sflags = bind.key_flags or 0
         subs.append(Component(sk.keyid, sk.fingerprint, sk.algorithm, sk.created, sflags,

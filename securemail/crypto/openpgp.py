@@ -1,8 +1,9 @@
 """The only module that imports PGPy: keys in, neutral facts and primitives out.
 
 PGPy parses keys and signatures and verifies them; signatures and session keys
-for Ed25519, RSA and Cv25519 are made by primitives.py from key objects built
-here once per key (PGPy's own path remains for other key types). Everything
+for Ed25519, RSA, Cv25519 and the NIST/Brainpool curves are made by primitives.py
+from key objects keymaterial.py builds once per key (PGPy's own path remains for
+other key types); ECDSA checks and NIST/Brainpool ECDH decryption run there too. Everything
 PGPy gets wrong or leaves out (key validity, revocation, message integrity,
 decompression limits, one exception root) is decided elsewhere in this package
 from the neutral dataclasses returned here. Every PGPy exception is converted
@@ -32,6 +33,8 @@ with warnings.catch_warnings():
 from ..errors import KeyRefused, MalformedMessage, PassphraseError
 from .facts import KeyFacts, SigFacts, SubkeyFacts
 from . import armor as _armor
+from . import keymaterial as _mat
+from . import packets as _pkt
 from . import pgpy_patches as _patches
 from . import primitives as _prim
 from .certs import MAX_USER_IDS, split_certificates  # noqa: F401 - MAX_USER_IDS re-exported
@@ -55,10 +58,7 @@ def _ts(dt: datetime | None) -> float | None:
 def _algo(k) -> tuple[str, int]:
     name = _ALGO_NAMES.get(k.key_algorithm, str(k.key_algorithm))
     if name in ("eddsa", "ecdh", "ecdsa"):
-        oid = k._key.keymaterial.oid
-        curve = {EllipticCurveOID.Ed25519: "ed25519", EllipticCurveOID.Curve25519: "cv25519"}.get(
-            oid, getattr(oid, "name", str(oid)).lower())
-        return curve if name != "ecdsa" else f"ecdsa-{curve}", int(k.key_size if isinstance(k.key_size, int) else 256)
+        return _mat.algorithm(name, k._key.keymaterial)
     try:
         return name, int(k.key_size)
     except (TypeError, ValueError):
@@ -68,11 +68,18 @@ def _algo(k) -> tuple[str, int]:
 def _verify_raw(signer, subject, sig) -> bool:
     """Cryptographic check only (no PGPy key-management opinions)."""
     try:
-        hashobj = getattr(_hashes, sig.hash_algorithm.name)()
-        ok = signer._key.verify(sig.hashdata(subject), sig.__sig__, hashobj)
-        return ok is True
+        return _verify_packet(signer._key, sig.hashdata(subject), sig)
     except Exception:  # noqa: BLE001 - any PGPy/cryptography failure means "did not verify"
         return False
+
+
+def _verify_packet(keypkt, data: bytes, sig) -> bool:
+    """ECDSA by keymaterial.py (PGPy cannot build Brainpool keys), the rest by PGPy."""
+    hashobj = getattr(_hashes, sig.hash_algorithm.name)()
+    ok = _mat.verify(keypkt.keymaterial, data, sig.__sig__, hashobj)
+    if ok is None:
+        ok = keypkt.verify(data, sig.__sig__, hashobj)
+    return ok is True
 
 
 def _facts_or_none(sig, signer, subject, **kw) -> SigFacts | None:
@@ -120,9 +127,7 @@ def _verify_backsig(sp, subkey, primary) -> bool:
         emb = next(iter(sp["EmbeddedSignature"]))
         back = pgpy.PGPSignature()
         back._signature = emb._sig if hasattr(emb, "_sig") else emb
-        hashobj = getattr(_hashes, back.hash_algorithm.name)()
-        data = back.hashdata(subkey)
-        return subkey._key.verify(data, back.__sig__, hashobj) is True
+        return _verify_packet(subkey._key, back.hashdata(subkey), back)
     except Exception:  # noqa: BLE001
         return False
 
@@ -232,7 +237,7 @@ class PgpKey:
             raise PassphraseError("the secret key is locked; give its passphrase")
         try:
             fast = self._fast(keyid, signer, secret=True)
-            if fast is not None and hash_name in _prim.SIGNATURE_HASHES:
+            if isinstance(fast, _prim.Signer) and hash_name in _prim.SIGNATURE_HASHES:
                 return fast.sign(data, _prim.timestamp(created, time.time), hash_name)
             sig = pgpy.PGPSignature.new(SignatureType.BinaryDocument, signer.key_algorithm,
                                         HashAlgorithm[hash_name], signer.fingerprint.keyid,
@@ -265,24 +270,18 @@ class PgpKey:
         """The primitives.Signer (secret) or Recipient of ``sk``, built once; None: use PGPy."""
         slot = (keyid.upper(), secret)
         if slot not in self._privcache:
-            km, algo = sk._key.keymaterial, int(sk.key_algorithm)
             fpr = bytes.fromhex(str(sk.fingerprint).replace(" ", ""))
-            kind, oid, fast = type(km).__name__, getattr(km, "oid", None), None
-            ed25519 = kind == "EdDSAPriv" and oid == EllipticCurveOID.Ed25519
-            if secret and (kind == "RSAPriv" or ed25519):
-                fast = _prim.Signer(algo, fpr, km.__privkey__())
-            elif not secret and kind == "RSAPub" and algo in (1, 2):
-                fast = _prim.rsa_recipient(algo, fpr, km.__pubkey__())
-            elif not secret and kind == "ECDHPub" and oid == EllipticCurveOID.Curve25519:
-                kdf = km.kdf
-                fast = _prim.cv25519_recipient(fpr, bytes(km.p.x), int(kdf.halg), int(kdf.encalg))
-            self._privcache[slot] = fast
+            self._privcache[slot] = _mat.fast(sk._key.keymaterial, int(sk.key_algorithm), fpr,
+                                              secret=secret)
         return self._privcache[slot]
 
     def decrypt_session_key(self, keyid: str, pkesk_raw: bytes) -> tuple[int, bytes] | None:
         """(cipher id, session key) from a PKESK packet, or None when it is not for us."""
         try:
             sk = self._subkey(keyid)
+            mine = self._fast(keyid, sk, secret=True)  # NIST/Brainpool ECDH: not on PGPy
+            if isinstance(mine, _prim.EcdhSecret):
+                return mine.decrypt_session_key(_pkt.read_packet(pkesk_raw, 0)[0].body)
             pkt = _PgpyPacket(bytearray(pkesk_raw))
             alg, key = pkt.decrypt_sk(sk._key)
             return int(alg), bytes(key)
@@ -330,24 +329,31 @@ def parse_keys(data: bytes) -> list[PgpKey | KeyRefused]:
                 k.parse(bytearray(b"".join(p.raw for p in g)))
             out.append(PgpKey(k))
         except Exception:  # noqa: BLE001
-            out.append(KeyRefused("key cannot be parsed"))
+            curve = _mat.unparsable_curve(g)
+            out.append(KeyRefused(f"{curve} keys are not supported" if curve else "key cannot be parsed"))
     return out
+
+
+_GENERATE = {  # --algorithm: (primary, subkey) as (PGPy algorithm, curve or RSA bits)
+    "ed25519": ((PubKeyAlgorithm.EdDSA, EllipticCurveOID.Ed25519),
+                (PubKeyAlgorithm.ECDH, EllipticCurveOID.Curve25519)),
+    "nistp256": ((PubKeyAlgorithm.ECDSA, EllipticCurveOID.NIST_P256),
+                 (PubKeyAlgorithm.ECDH, EllipticCurveOID.NIST_P256)),
+    "nistp384": ((PubKeyAlgorithm.ECDSA, EllipticCurveOID.NIST_P384),
+                 (PubKeyAlgorithm.ECDH, EllipticCurveOID.NIST_P384)),
+    "rsa3072": ((PubKeyAlgorithm.RSAEncryptOrSign, 3072),) * 2,
+    "rsa4096": ((PubKeyAlgorithm.RSAEncryptOrSign, 4096),) * 2,
+}
 
 
 def generate(uid: str, algorithm: str, lifetime: timedelta | None,
              passphrase: str | None) -> PgpKey:
-    """Ed25519 primary + Cv25519 subkey, or RSA primary + RSA subkey."""
+    """A signing primary and an encryption subkey of the same family (see _GENERATE)."""
+    if algorithm not in _GENERATE:
+        raise KeyRefused(f"unknown algorithm {algorithm!r}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if algorithm == "ed25519":
-            primary = pgpy.PGPKey.new(PubKeyAlgorithm.EdDSA, EllipticCurveOID.Ed25519)
-            sub = pgpy.PGPKey.new(PubKeyAlgorithm.ECDH, EllipticCurveOID.Curve25519)
-        elif algorithm in ("rsa3072", "rsa4096"):
-            bits = int(algorithm[3:])
-            primary = pgpy.PGPKey.new(PubKeyAlgorithm.RSAEncryptOrSign, bits)
-            sub = pgpy.PGPKey.new(PubKeyAlgorithm.RSAEncryptOrSign, bits)
-        else:
-            raise KeyRefused(f"unknown algorithm {algorithm!r}")
+        primary, sub = (pgpy.PGPKey.new(*spec) for spec in _GENERATE[algorithm])
         exp = {"key_expiration": lifetime} if lifetime else {}
         primary.add_uid(pgpy.PGPUID.new(uid), usage={KeyFlags.Sign, KeyFlags.Certify},
                         hashes=[HashAlgorithm.SHA512, HashAlgorithm.SHA256],
@@ -355,7 +361,8 @@ def generate(uid: str, algorithm: str, lifetime: timedelta | None,
                         compression=[CompressionAlgorithm.Uncompressed, CompressionAlgorithm.ZLIB],
                         primary=True, **exp)
         primary.add_subkey(sub, usage={KeyFlags.EncryptCommunications, KeyFlags.EncryptStorage}, **exp)
-        _rsa_p_below_q(primary)
+        for part in (primary, *primary.subkeys.values()):
+            _mat.rsa_p_below_q(part._key.keymaterial)
         if passphrase:
             primary.protect(passphrase, SymmetricKeyAlgorithm.AES256, HashAlgorithm.SHA256)
     # Re-parse so the object is exactly what a later load gives.
@@ -363,22 +370,6 @@ def generate(uid: str, algorithm: str, lifetime: timedelta | None,
     if isinstance(item, KeyRefused):
         raise item
     return item
-
-
-def _rsa_p_below_q(k) -> None:
-    """RFC 4880 §5.5.3 wants p < q (u = p^-1 mod q); OpenSSL gives p > q.
-
-    GnuPG's libgcrypt assumes p < q and then fails about 1% of decryptions
-    ("Wrong secret key used", dev.gnupg.org T4579). Self-signatures cover only
-    n and e, so swapping keeps them valid.
-    """
-    from pgpy.packet.types import MPI
-    for sk in [k, *k.subkeys.values()]:
-        km = sk._key.keymaterial
-        if type(km).__name__ == "RSAPriv" and int(km.p) > int(km.q):
-            km.p, km.q = MPI(int(km.q)), MPI(int(km.p))
-            km.u = MPI(pow(int(km.p), -1, int(km.q)))
-            km._compute_chksum()
 
 
 def revoke(key: PgpKey, passphrase: str | None, reason: str, comment: str) -> bytes:

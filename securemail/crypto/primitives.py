@@ -8,11 +8,17 @@ hashlib over the data, one `cryptography` call and some byte concatenation.
   the subpackets PGPy wrote for us before: hashed creation time (2) and issuer
   fingerprint (33, v4), unhashed issuer key ID (16). EdDSA keeps R and S as two
   MPIs of the native signature halves (RFC 4880bis §5.2.3.3, draft-koch-eddsa),
-  over the digest; RSA is PKCS#1 v1.5 over the digest with its DigestInfo.
-* Recipient.encrypt_session_key: a v3 PKESK (RFC 4880 §5.1). Cv25519 is ECDH
-  per RFC 6637 §8 (ephemeral X25519, KDF of §7 with the §8 parameter block,
-  PKCS#5 padding, AES key wrap); RSA is PKCS#1 v1.5 encryption.
-Key types not covered here stay on PGPy (openpgp.py decides).
+  over the digest; ECDSA (NIST and Brainpool curves) writes r and s as two MPIs
+  (RFC 6637 §6); RSA is PKCS#1 v1.5 over the digest with its DigestInfo.
+* Recipient.encrypt_session_key: a v3 PKESK (RFC 4880 §5.1). ECDH per RFC 6637
+  §8 on Cv25519 (ephemeral X25519, point 0x40||x) or on a NIST/Brainpool curve
+  (ephemeral key on the recipient's curve, point 0x04||x||y, shared secret x);
+  then the KDF of §7 with the §8 parameter block, PKCS#5 padding, AES key wrap.
+  RSA is PKCS#1 v1.5 encryption.
+* EcdhSecret.decrypt_session_key: the inverse for NIST/Brainpool ECDH subkeys
+  (PGPy's own path cannot build Brainpool keys with this `cryptography`).
+* ecdsa_verify: an ECDSA signature on any of EC_CURVES, by `cryptography`.
+Key types not covered here stay on PGPy (keymaterial.py decides).
 """
 
 from __future__ import annotations
@@ -23,15 +29,26 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable
 
-from cryptography.hazmat.primitives import hashes, keywrap
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, x25519
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, keywrap, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x25519
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
 
 from . import packets as P
 
 RSA_ALGOS = (1, 2, 3)            # RSA encrypt-or-sign, encrypt-only, sign-only
-ECDH, EDDSA = 18, 22
+ECDH, ECDSA, EDDSA = 18, 19, 22
 CV25519_OID = bytes.fromhex("2b060104019755010501")   # 1.3.6.1.4.1.3029.1.5.1
+# The Weierstrass curves we accept for ECDSA and ECDH (RFC 6637 §11, RFC 5639): gpg's name ->
+# (`cryptography` curve, the OID's DER body as it appears in key packets and in the KDF Param).
+EC_CURVES: dict[str, tuple[type[ec.EllipticCurve], bytes]] = {
+    "nistp256": (ec.SECP256R1, bytes.fromhex("2a8648ce3d030107")),
+    "nistp384": (ec.SECP384R1, bytes.fromhex("2b81040022")),
+    "nistp521": (ec.SECP521R1, bytes.fromhex("2b81040023")),
+    "brainpoolP256r1": (ec.BrainpoolP256R1, bytes.fromhex("2b2403030208010107")),
+    "brainpoolP384r1": (ec.BrainpoolP384R1, bytes.fromhex("2b240303020801010b")),
+    "brainpoolP512r1": (ec.BrainpoolP512R1, bytes.fromhex("2b240303020801010d")),
+}
 SIGNATURE_HASHES: dict[str, tuple[int, Callable, hashes.HashAlgorithm]] = {
     "SHA256": (8, hashlib.sha256, hashes.SHA256()), "SHA384": (9, hashlib.sha384, hashes.SHA384()),
     "SHA512": (10, hashlib.sha512, hashes.SHA512()), "SHA224": (11, hashlib.sha224, hashes.SHA224())}
@@ -47,6 +64,10 @@ def mpi(value: bytes) -> bytes:
     return bits.to_bytes(2, "big") + v
 
 
+def _int_mpi(n: int) -> bytes:
+    return mpi(n.to_bytes((n.bit_length() + 7) // 8 or 1, "big"))
+
+
 def timestamp(created: datetime | None, now: Callable[[], float]) -> int:
     """Seconds since the epoch; a naive datetime is read as UTC (as PGPy did)."""
     if created is None:
@@ -59,12 +80,13 @@ class Signer:
     """A signing (sub)key: public-key algorithm, v4 fingerprint, `cryptography` private key."""
     algo: int
     fingerprint: bytes
-    key: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey = field(repr=False)
+    key: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = field(repr=False)
 
     def __post_init__(self) -> None:
         if len(self.fingerprint) != 20:
             raise ValueError("a v4 fingerprint is 20 bytes")
         ok = (self.algo == EDDSA and isinstance(self.key, ed25519.Ed25519PrivateKey)) or \
+             (self.algo == ECDSA and isinstance(self.key, ec.EllipticCurvePrivateKey)) or \
              (self.algo in RSA_ALGOS and isinstance(self.key, rsa.RSAPrivateKey))
         if not ok:
             raise ValueError(f"algorithm {self.algo} does not match {type(self.key).__name__}")
@@ -81,6 +103,9 @@ class Signer:
         if self.algo == EDDSA:
             raw = self.key.sign(digest)
             value = mpi(raw[:32]) + mpi(raw[32:])
+        elif self.algo == ECDSA:
+            r, s = decode_dss_signature(self.key.sign(digest, ec.ECDSA(Prehashed(prehash))))
+            value = _int_mpi(r) + _int_mpi(s)
         else:
             value = mpi(self.key.sign(digest, _PKCS1, Prehashed(prehash)))
         unhashed = b"\x09\x10" + self.fingerprint[-8:]
@@ -92,7 +117,7 @@ class Recipient:
     """An encryption (sub)key: key ID, algorithm, `cryptography` public key, ECDH parameters."""
     algo: int
     keyid: bytes
-    key: x25519.X25519PublicKey | rsa.RSAPublicKey = field(repr=False)
+    key: x25519.X25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey = field(repr=False)
     kdf_param: bytes = b""   # RFC 6637 §8 "Param", ECDH only
     kdf_hash: Callable | None = None
     kek_size: int = 0
@@ -104,12 +129,64 @@ class Recipient:
             esk = mpi(self.key.encrypt(m, _PKCS1))
         else:
             pad = 8 - len(m) % 8
-            eph = x25519.X25519PrivateKey.generate()
-            shared = eph.exchange(self.key)
-            kek = self.kdf_hash(b"\x00\x00\x00\x01" + shared + self.kdf_param).digest()
-            wrapped = keywrap.aes_key_wrap(kek[:self.kek_size], m + bytes((pad,)) * pad)
-            esk = mpi(b"\x40" + eph.public_key().public_bytes_raw()) + bytes((len(wrapped),)) + wrapped
+            if isinstance(self.key, x25519.X25519PublicKey):
+                eph = x25519.X25519PrivateKey.generate()
+                shared, point = eph.exchange(self.key), b"\x40" + eph.public_key().public_bytes_raw()
+            else:
+                eph = ec.generate_private_key(self.key.curve)
+                shared = eph.exchange(ec.ECDH(), self.key)
+                point = eph.public_key().public_bytes(serialization.Encoding.X962,
+                                                      serialization.PublicFormat.UncompressedPoint)
+            kek = _kek(self.kdf_hash, shared, self.kdf_param, self.kek_size)
+            wrapped = keywrap.aes_key_wrap(kek, m + bytes((pad,)) * pad)
+            esk = mpi(point) + bytes((len(wrapped),)) + wrapped
         return P.write_packet(P.PKESK, b"\x03" + self.keyid + bytes((self.algo,)) + esk)
+
+
+@dataclass(frozen=True, eq=False)
+class EcdhSecret:
+    """A NIST/Brainpool ECDH secret subkey, for opening the PKESKs made to it (RFC 6637 §8)."""
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+    kdf_param: bytes
+    kdf_hash: Callable
+    kek_size: int
+
+    def decrypt_session_key(self, body: bytes) -> tuple[int, bytes] | None:
+        """(cipher id, session key) from a v3 PKESK body, or None when it does not open."""
+        if len(body) < 12 or body[0] != 3 or body[9] != ECDH:
+            return None
+        n = (int.from_bytes(body[10:12], "big") + 7) // 8
+        point, rest = body[12:12 + n], body[12 + n:]
+        if len(point) != n or not rest or len(rest) != 1 + rest[0]:
+            return None
+        try:
+            eph = ec.EllipticCurvePublicKey.from_encoded_point(self.key.curve, point)
+            shared = self.key.exchange(ec.ECDH(), eph)
+            m = keywrap.aes_key_unwrap(_kek(self.kdf_hash, shared, self.kdf_param, self.kek_size),
+                                       rest[1:])
+        except (ValueError, keywrap.InvalidUnwrap):
+            return None  # not a point on our curve, or not wrapped for us
+        pad = m[-1] if m else 0
+        if not 1 <= pad <= 8 or m[-pad:] != bytes((pad,)) * pad or len(m) - pad < 4:
+            return None
+        sym, key, check = m[0], m[1:-pad - 2], m[-pad - 2:-pad]
+        if (sum(key) & 0xFFFF).to_bytes(2, "big") != check:
+            return None
+        return sym, key
+
+
+def _kek(kdf_hash: Callable, shared: bytes, param: bytes, size: int) -> bytes:
+    """RFC 6637 §7: one hash block of 00000001 || shared secret || Param, cut to the KEK size."""
+    return kdf_hash(b"\x00\x00\x00\x01" + shared + param).digest()[:size]
+
+
+def _kdf_param(oid: bytes, fingerprint: bytes, kdf_hash_id: int, kek_id: int) -> bytes:
+    return (bytes((len(oid),)) + oid + bytes((ECDH, 3, 1, kdf_hash_id, kek_id))
+            + b"Anonymous Sender    " + fingerprint)
+
+
+def _kdf_ok(fingerprint: bytes, kdf_hash_id: int, kek_id: int) -> bool:
+    return kdf_hash_id in KDF_HASHES and kek_id in KEK_SIZES and len(fingerprint) == 20
 
 
 def rsa_recipient(algo: int, fingerprint: bytes, key: rsa.RSAPublicKey) -> Recipient:
@@ -120,9 +197,45 @@ def cv25519_recipient(fingerprint: bytes, public: bytes, kdf_hash_id: int, kek_i
                       ) -> Recipient | None:
     """A Cv25519 ECDH recipient from the raw 32-byte public key (without the 0x40 prefix)
     and the key's KDF parameters; None when they are outside what RFC 6637 allows."""
-    if kdf_hash_id not in KDF_HASHES or kek_id not in KEK_SIZES or len(fingerprint) != 20:
+    if not _kdf_ok(fingerprint, kdf_hash_id, kek_id):
         return None
-    param = (bytes((len(CV25519_OID),)) + CV25519_OID + bytes((ECDH, 3, 1, kdf_hash_id, kek_id))
-             + b"Anonymous Sender    " + fingerprint)
+    param = _kdf_param(CV25519_OID, fingerprint, kdf_hash_id, kek_id)
     return Recipient(ECDH, fingerprint[-8:], x25519.X25519PublicKey.from_public_bytes(public),
                      param, KDF_HASHES[kdf_hash_id], KEK_SIZES[kek_id])
+
+
+def ec_public(curve: str, x: int, y: int) -> ec.EllipticCurvePublicKey:
+    """The public key (x, y) on one of EC_CURVES; ValueError when the point is not on it."""
+    return ec.EllipticCurvePublicNumbers(x, y, EC_CURVES[curve][0]()).public_key()
+
+
+def ecdh_recipient(curve: str, fingerprint: bytes, x: int, y: int, kdf_hash_id: int, kek_id: int
+                   ) -> Recipient | None:
+    """A NIST/Brainpool ECDH recipient; None when its KDF parameters are outside RFC 6637."""
+    if curve not in EC_CURVES or not _kdf_ok(fingerprint, kdf_hash_id, kek_id):
+        return None
+    param = _kdf_param(EC_CURVES[curve][1], fingerprint, kdf_hash_id, kek_id)
+    return Recipient(ECDH, fingerprint[-8:], ec_public(curve, x, y), param,
+                     KDF_HASHES[kdf_hash_id], KEK_SIZES[kek_id])
+
+
+def ecdh_secret(curve: str, fingerprint: bytes, secret: int, kdf_hash_id: int, kek_id: int
+                ) -> EcdhSecret | None:
+    if curve not in EC_CURVES or not _kdf_ok(fingerprint, kdf_hash_id, kek_id):
+        return None
+    param = _kdf_param(EC_CURVES[curve][1], fingerprint, kdf_hash_id, kek_id)
+    return EcdhSecret(ec.derive_private_key(secret, EC_CURVES[curve][0]()), param,
+                      KDF_HASHES[kdf_hash_id], KEK_SIZES[kek_id])
+
+
+def ecdsa_signer(curve: str, fingerprint: bytes, secret: int) -> Signer:
+    return Signer(ECDSA, fingerprint, ec.derive_private_key(secret, EC_CURVES[curve][0]()))
+
+
+def ecdsa_verify(key: ec.EllipticCurvePublicKey, data: bytes, der_sig: bytes,
+                 hash_algo: hashes.HashAlgorithm) -> bool:
+    try:
+        key.verify(der_sig, data, ec.ECDSA(hash_algo))
+        return True
+    except InvalidSignature:
+        return False

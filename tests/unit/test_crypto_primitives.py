@@ -252,10 +252,10 @@ def test_encrypt_to_peer_generated_cv25519(ed, peer):
     assert out.plaintext == DATA and out.verifications
 
 
-# --- key types left to PGPy ------------------------------------------------------------------
+# --- NIST curves (issue 15: now on primitives.py too; tests/unit/test_crypto_curves.py) --------
 @pytest.fixture(scope="module")
 def nist():
-    """ECDSA P-256 primary and ECDH P-256 subkey: not covered by primitives.py."""
+    """ECDSA P-256 primary and ECDH P-256 subkey, made by PGPy."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         k = pgpy.PGPKey.new(PubKeyAlgorithm.ECDSA, EllipticCurveOID.NIST_P256)
@@ -267,13 +267,14 @@ def nist():
 
 
 @pytest.mark.filterwarnings("ignore:Selected hash")
-def test_nist_keys_still_sign_and_encrypt_via_pgpy(nist, ed):
+def test_nist_keys_sign_and_encrypt_via_primitives(nist, ed):
     kid = signing_keyid(nist)
-    assert nist.pgp._fast(kid, nist.pgp._subkey(kid), secret=True) is None
+    assert nist.pgp._fast(kid, nist.pgp._subkey(kid), secret=True).algo == primitives.ECDSA
     ct = message.encrypt(DATA, [(ed.public(), "eda@example.org")], signer=nist)
     out = message.decrypt(ct, [ed], lambda k, fpr: nist.public())
     assert out.data == DATA and [s.status for s in out.signatures] == ["valid"]
-    sub = nist.status.subkeys[0].keyid   # ECDH P-256 (keys.py does not pick it to encrypt to)
+    sub = nist.status.subkeys[0].keyid   # ECDH P-256
+    assert [c.keyid for c in nist.status.encryption_keys(time.time())] == [sub]
     raw = nist.public().pgp.encrypt_session_key(sub, 9, bytes(range(32)))
-    assert nist.public().pgp._fast(sub, None, secret=False) is None
+    assert isinstance(nist.public().pgp._fast(sub, None, secret=False), primitives.Recipient)
     assert nist.pgp.decrypt_session_key(sub, raw) == (9, bytes(range(32)))
