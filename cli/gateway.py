@@ -43,10 +43,14 @@ def init(obj, domains, listen, submission, wkd, hostname, trusted, database_url,
     from securemail.gateway.setup import InitOptions, init_gateway
     if bool(tls_cert) != bool(tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
+    ctx = click.get_current_context()
+    movable = frozenset(name for name, param in (("relay", "listen"), ("submission", "submission"), ("wkd", "wkd"))
+                        if ctx.get_parameter_source(param) is click.core.ParameterSource.DEFAULT)
     opts = InitOptions(domains=list(domains), listen=listen,
                        submission=None if submission == "none" else submission,
                        wkd=None if wkd == "none" else wkd, hostname=hostname,
-                       database_url=database_url, relay_to=relay_to, tls_cert=tls_cert, tls_key=tls_key)
+                       database_url=database_url, relay_to=relay_to, tls_cert=tls_cert, tls_key=tls_key,
+                       movable=movable)
     if trusted:
         opts.trusted_networks = list(trusted)
     if database_url:  # the domain keys belong in the database serve will use
@@ -59,11 +63,29 @@ def init(obj, domains, listen, submission, wkd, hostname, trusted, database_url,
     else:
         out = init_gateway(obj.core.home.path, obj.core.keys, opts)
     click.echo(f"wrote {out['config']}")
+    for li in out["listeners"]:
+        click.echo(f"listener {li['name']}: {li['listen']}" + (f"  ({li['note']})" if li["note"] else ""))
     for d, fpr in out["openpgp"].items():
         click.echo(f"{d}: OpenPGP key {fpr}")
     for k in out["dkim"]:
         click.echo(f"{k['domain']}: DKIM {k['selector']}._domainkey TXT \"{k['public_key'][:40]}...\"")
     click.echo("next: securemail federation entry  (send it to the federation authority)")
+
+
+@gateway.command()
+@click.pass_obj
+def check(obj):
+    """Check the config's listeners: a port two listeners share, or that another process holds."""
+    from securemail.config import GatewayConfig
+    from securemail.gateway.ports import collisions
+    config = GatewayConfig.load(obj.core.home)
+    listeners = [(li.name, li.host, li.port) for li in config.listeners]
+    problems = dict(collisions(listeners))
+    for name, host, port in listeners:
+        click.echo(f"{'COLLISION' if name in problems else 'ok'} listener {name} {host}:{port}"
+                   + (f": {problems[name]}" if name in problems else ""))
+    if problems:
+        sys.exit(1)
 
 
 @gateway.group()

@@ -13,12 +13,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ..config import parse_hostport
 from ..crypto import openpgp
 from ..crypto.dkim import generate_dkim_key
 from ..crypto.keys import Key
 from ..errors import UsageError
 from ..keys.store import KeyStore
 from ..policy.address import _DOMAIN
+from .ports import Choice, choose
 
 
 @dataclass
@@ -34,6 +36,7 @@ class InitOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     key_lifetime_days: int = 730
+    movable: frozenset[str] = frozenset()  # listeners left at their default: moved to a free port if busy
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -75,6 +78,8 @@ def init_gateway(home: Path, keys: KeyStore, opts: InitOptions) -> dict:
         if not _DOMAIN.match(d):
             raise UsageError(f"not a domain name: {d!r}")
     hostname = opts.hostname or f"gateway.{domains[0]}"
+    listeners = {c.name: c for c in _listeners(opts)}
+    at = {name: f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}" for name, c in listeners.items()}
     fprs, dkim = {}, []
     for d in domains:
         key = Key(openpgp.generate(f"securemail gateway <gateway@{d}>", "ed25519",
@@ -91,20 +96,28 @@ def init_gateway(home: Path, keys: KeyStore, opts: InitOptions) -> dict:
         self_signed_cert(hostname, home / cert, home / tkey)
     db = opts.database_url or f"sqlite:///{home / 'securemail.db'}"
     text = CONFIG_TEMPLATE.format(
-        domains=_toml_list(domains), hostname=hostname, db=db, listen=opts.listen,
+        domains=_toml_list(domains), hostname=hostname, db=db, listen=at["relay"],
         trusted=_toml_list(opts.trusted_networks), cert=cert, tkey=tkey,
         local="relay" if opts.relay_to else "maildir",
         relay_to=f'relay_to = "{opts.relay_to}"' if opts.relay_to else '# relay_to = "127.0.0.1:25"',
-        submission=(f'[listeners.submission]\nlisten = "{opts.submission}"\nrequire_starttls = true\n'
+        submission=(f'[listeners.submission]\nlisten = "{at["submission"]}"\nrequire_starttls = true\n'
                     'auth_required = true\n' if opts.submission else ""),
         wkd=(f'[listeners.wkd]             # the key directory (WKD and key publication), HTTPS with [tls]\n'
-             f'listen = "{opts.wkd}"\n' if opts.wkd else ""),
+             f'listen = "{at["wkd"]}"\n' if opts.wkd else ""),
         openpgp="\n".join(f'"{d}" = "{f}"' for d, f in fprs.items()),
         dkim="\n".join(f'[[keys.dkim]]\ndomain = "{d}"\nselector = "{s}"\nalgorithm = "{a}"\n'
                        f'private_key = "{p}"\n' for d, s, a, p, _ in dkim))
     _write(cfg, text.encode(), 0o600)
     return {"config": str(cfg), "hostname": hostname, "openpgp": fprs,
-            "dkim": [{"domain": d, "selector": s, "public_key": t} for d, s, _, _, t in dkim]}
+            "dkim": [{"domain": d, "selector": s, "public_key": t} for d, s, _, _, t in dkim],
+            "listeners": [{"name": c.name, "listen": at[c.name], "note": c.note} for c in listeners.values()]}
+
+
+def _listeners(opts: InitOptions) -> list[Choice]:
+    """The relay, submission and key directory listeners: as given, or moved off a busy default."""
+    wanted = [("relay", opts.listen, "--listen"), ("submission", opts.submission, "--submission"),
+              ("wkd", opts.wkd, "--wkd")]
+    return choose([(name, *parse_hostport(text, flag)) for name, text, flag in wanted if text], opts.movable)
 
 
 CONFIG_TEMPLATE = """\
