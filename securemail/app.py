@@ -63,11 +63,13 @@ def manifest_path(home: Home) -> Path:
     return home.path / "federation.json"
 
 
-def open_locator(core: Core) -> "Locator | None":
-    """The key locator of a home with an installed federation manifest; None without one."""
+def open_locator(core: Core, *, timeout: float = 10.0) -> "Locator | None":
+    """The key locator of a home with an installed federation manifest; None without one.
+    ``timeout``: seconds for one directory request (``read`` asks with a short one)."""
     from .gateway.runtime import ManifestSource
     from .keys.locate import Locator
     path = manifest_path(core.home)
     if not path.exists():
         return None
-    return Locator(core.keys, ManifestSource(path), refresh_seconds=core.config.directory_refresh)
+    return Locator(core.keys, ManifestSource(path), refresh_seconds=core.config.directory_refresh,
+                   timeout=timeout)

@@ -16,6 +16,7 @@ store's (``KeyStore.trusted_for``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -63,6 +64,16 @@ class Located:
     source: str | None = None
     fetched_at: float | None = None
 
+    def why(self) -> str:
+        """Why there is no key to use, in a reader's words (for a ``warning``)."""
+        domain = self.address.rpartition("@")[2]
+        return {"no-directory": f"{domain} has no key directory in the federation",
+                "failed": f"the directory of {domain} could not be reached ({self.detail})",
+                "not-found": f"the directory of {domain} has no key for {self.address}",
+                "changed": f"the key for {self.address} changed and was not accepted ({self.detail})",
+                "unusable": f"every key known for {self.address} is revoked, expired or not pinned",
+                }.get(self.status, self.detail or f"no key for {self.address}")
+
 
 class SpkiPin(aiohttp.Fingerprint):
     """aiohttp's certificate check, comparing the SubjectPublicKeyInfo SHA-256 (the federation's pin)."""
@@ -108,10 +119,13 @@ class Locator:
     """Looks up, caches and refreshes keys of federation members' users."""
 
     def __init__(self, store: KeyStore, manifest_source: Callable[[], object], *,
-                 clock: Callable[[], float] = time.time, fetch=fetch_wkd,
+                 clock: Callable[[], float] = time.time, fetch=None,
                  refresh_seconds: float = DAY, negative_seconds: float = 600.0,
-                 retry_seconds: float = 60.0, own_domains=(), memo_seconds: float = 60.0) -> None:
-        self.store, self.manifest, self.clock, self.fetch = store, manifest_source, clock, fetch
+                 retry_seconds: float = 60.0, own_domains=(), memo_seconds: float = 60.0,
+                 timeout: float = 10.0) -> None:
+        self.store, self.manifest, self.clock = store, manifest_source, clock
+        # one bounded request per lookup: ``timeout`` seconds in all (connect, TLS, answer)
+        self.fetch = fetch or functools.partial(fetch_wkd, timeout=timeout)
         self.refresh_seconds, self.negative_seconds = refresh_seconds, negative_seconds
         self.retry_seconds = retry_seconds   # after a failure, that directory is left alone this long
         self._down: dict[str, float] = {}    # domain -> time of its directory's last failure
@@ -186,6 +200,17 @@ class Locator:
         last = self._last(address)
         return Located(address, key, status, detail, pinned, offered,
                        last.source if last else None, last.fetched_at if last else None)
+
+    def for_signer(self, address: str) -> Located:
+        """For a signature by a key not known here: the key ``send`` would use for ``address`` (bound
+        by its domain's directory or the operator, pinned, not revoked), located first when the store
+        has none or its directory copy is stale. ``key`` None: ``why()`` says why."""
+        address = address.strip().lower()
+        domain = split_address(address)[1]
+        if self._directory(domain) is None and self.store.usable_for(address) is None:
+            return self._judge(address, "no-directory", f"{domain} has no key directory in the federation")
+        located = self.ensure(address)
+        return located if located is not None else self._judge(address, "cached")
 
     def ensure(self, address: str) -> Located | None:
         """Locate when the store has no usable key for ``address`` or its directory copy is stale."""

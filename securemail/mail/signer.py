@@ -9,6 +9,10 @@ never on display names. A user ID counts only when it names exactly one address
 and its display name holds no ``@``: ``"ministre@x" <alice@y>`` or ``a@x, b@y``
 bind nothing to ``ministre@x``. A protected From that differs from the outer From
 is reported too (``from_mismatch``).
+
+A signature by a key not known here may be checked again with a key found later
+for the From shown (``reverify``): that key answers only for a signature whose
+issuer (key ID, issuer fingerprint) is its primary key or one of its subkeys.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import re
 from dataclasses import dataclass
 from email import policy
 from typing import Callable, Iterable
+
+from ..crypto import message as M
+from ..crypto.keys import Key
 
 SIGNER_MISMATCH = "signer-mismatch"
 _ADDR = r"[^\s<>()\[\]\\,;:@\"]+@[^\s<>()\[\]\\,;:@\"]+"
@@ -83,3 +90,22 @@ def check_sender(status: str, signer_uids: Iterable[str], shown_from: str | None
 def header_safe(addresses: Iterable[str]) -> list[str]:
     """The addresses that can go into a header parameter as they are (no spaces, ``;`` or quotes)."""
     return [a for a in addresses if _SAFE.fullmatch(a)]
+
+
+def issued_by(key: Key, keyid: str, fpr: str | None) -> bool:
+    """Is the issuer a signature names (key ID and/or issuer fingerprint) ``key`` or one of its subkeys?
+    Every identifier the signature gives must name the same component; naming none matches nothing."""
+    if not keyid and not fpr:
+        return False
+    return any((not fpr or c.fingerprint == fpr.upper()) and (not keyid or c.keyid == keyid.upper())
+               for c in (key.status.primary, *key.status.subkeys))
+
+
+def reverify(data: bytes, sigs: list[bytes], results: Iterable[M.SignatureResult],
+             key: Key) -> tuple[M.SignatureResult, ...]:
+    """``results`` (one per packet of ``sigs``, in order) with each ``unknown-key`` one checked again
+    against ``key`` alone, only where ``key`` issued it; the others are kept as they were."""
+    def only(keyid: str, fpr: str | None) -> Key | None:
+        return key if issued_by(key, keyid, fpr) else None
+    return tuple(M.verify_signatures(data, [raw], only)[0] if r.status == "unknown-key" else r
+                 for raw, r in zip(sigs, results))
