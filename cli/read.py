@@ -51,17 +51,24 @@ def _show(r) -> None:
 @click.option("--json", "as_json", is_flag=True, help="A JSON array, one object per message.")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False),
               help="Passphrase of your secret keys (default on a terminal: asked when needed).")
+@click.option("--offline", is_flag=True,
+              help="Never ask the federation's directory for the key of a signer not known here.")
 @click.pass_obj
-def read(obj, path, as_json, passphrase_file) -> None:
+def read(obj, path, as_json, passphrase_file, offline) -> None:
     """Read PATH (an .eml file or a Maildir; default: the home's Maildir).
+
+    A signer's key not known here is looked up by the From address in the federation's
+    directory (as `send` finds recipients' keys), once per address, unless --offline.
 
     Exit status: 0 every message read, 1 any refused, 2 usage error.
     """
     core = obj.core
     files = _files(Path(path) if path else core.home.maildir)
 
+    signer_key = None if offline else _signer_finder(core)
+
     def one(f: Path, usable: list):
-        return read_message(f.read_bytes(), usable, core.keys.lookup, file=str(f))
+        return read_message(f.read_bytes(), usable, core.keys.lookup, file=str(f), signer_key=signer_key)
     results = _read_unlocking(core.keys.secret_keys(), files, one, passphrase_file)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in results], indent=2, ensure_ascii=False))
@@ -69,6 +76,31 @@ def read(obj, path, as_json, passphrase_file) -> None:
         for r in results:
             _show(r)
     sys.exit(1 if any(r.error for r in results) else 0)
+
+
+LOOKUP_TIMEOUT = 5.0  # seconds for one directory request: a reader does not wait long
+
+
+def _signer_finder(core):
+    """From address -> (the key `send` would use for it, or None; why not), asked once per address."""
+    from securemail.app import open_locator
+    from securemail.errors import SecureMailError
+    locator = open_locator(core, timeout=LOOKUP_TIMEOUT)
+    answers: dict[str, tuple] = {}
+
+    def find(address: str) -> tuple:
+        if locator is None:
+            return None, "no federation manifest is installed in this home (securemail federation install)"
+        if address not in answers:
+            try:
+                r = locator.for_signer(address)
+                answers[address] = (r.key, r.why() if r.key is None else "")
+                if r.key is not None and r.status == "fetched":
+                    click.echo(f"found {r.key.fingerprint} for {address} ({r.source})", err=True)
+            except SecureMailError as e:
+                answers[address] = (None, e.message)
+        return answers[address]
+    return find
 
 
 LOCKED_OUT = "not encrypted to any of our keys"

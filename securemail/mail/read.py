@@ -10,12 +10,18 @@ shown (the protected inner From when there is one), else ``signer-mismatch``
 (mail/signer.py). ``Securemail-Status`` and ``Authentication-Results`` found
 inside an encrypted or signed part were written by the sender, never by a
 gateway: they are ignored, and named in ``warning``.
+
+A signature by a key not known here (``unknown-key``) is checked again with the
+key ``signer_key`` finds for the From shown (the federation's directory, for the
+CLI: the key ``send`` would use), if that key or one of its subkeys issued it;
+otherwise it stays ``unknown-key`` and ``warning`` says why.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -33,6 +39,8 @@ MAX_MIME_DEPTH = 20
 _PGP_BLOCK = re.compile(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", re.S)
 _BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]+)', re.I)
 STATUS_FIELDS = ("securemail-status", "authentication-results")
+# From address -> (the key to trust for it, or None; why there is none)
+SignerKey = Callable[[str], "tuple[Key | None, str]"]
 
 
 @dataclass
@@ -55,6 +63,7 @@ class ReadResult:
     _sig: M.SignatureResult | None = field(default=None, repr=False)
     _outer_from: str = field(default="", repr=False)
     _inner_from: str | None = field(default=None, repr=False)
+    _reverify: Callable[[Key], tuple] | None = field(default=None, repr=False)  # key -> signature results
 
     def to_json(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -142,14 +151,32 @@ def _signed_parts(raw: bytes, msg: EmailMessage) -> tuple[bytes, bytes]:
 def _verify(res: ReadResult, data: bytes, sig: bytes, lookup) -> None:
     binary = A.unarmor_if_needed(sig)
     sigs = [p.raw for p in P.read_packets(binary) if p.tag == P.SIG]
-    _set_signature(res, M.verify_signatures(data, sigs, lookup))
+    results = M.verify_signatures(data, sigs, lookup)
+    _set_signature(res, results, lambda key: S.reverify(data, sigs, results, key))
 
 
-def _set_signature(res: ReadResult, results) -> None:
+def _set_signature(res: ReadResult, results, reverify=None) -> None:
     best = next((s for s in results if s.status == "valid"), next(iter(results), None))
     if best is not None:
         res.signature, res.signer, res.signature_reason = best.status, best.signer, best.reason
-        res._sig = best
+        res._sig, res._reverify = best, reverify
+
+
+def _locate_signer(res: ReadResult, signer_key: SignerKey) -> None:
+    """An ``unknown-key`` signature checked again with the key found for the From shown, if it issued it."""
+    shown = S.from_address(res._inner_from if res._inner_from is not None else res._outer_from)
+    if shown is None:
+        res.warn("signer key not found: the From shown is not exactly one address")
+        return
+    key, why = signer_key(shown)
+    if key is None:
+        res.warn(f"signer key not found: {why}")
+        return
+    issuer = res.signer or res._sig.keyid
+    _set_signature(res, res._reverify(key))
+    if res.signature == "unknown-key":
+        res.warn(f"signer key not found: the key for {shown} ({key.fingerprint}) did not make this "
+                 f"signature (issuer {issuer})")
 
 
 def _from_inner(res: ReadResult, inner_raw: bytes, lookup) -> None:
@@ -198,8 +225,9 @@ def _bind_sender(res: ReadResult) -> None:
 
 
 def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
-                 limits: M.Limits = M.Limits()) -> ReadResult:
-    """Read one message; secret keys must already be unlocked."""
+                 limits: M.Limits = M.Limits(), signer_key: SignerKey | None = None) -> ReadResult:
+    """Read one message; secret keys must already be unlocked. ``signer_key``: where a signer's key
+    not known to ``lookup`` is looked for by the From shown (None: nowhere, as ``--offline``)."""
     res = ReadResult(file=file)
     try:
         if len(raw) > MAX_MESSAGE:
@@ -232,6 +260,11 @@ def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
         _refuse(res, e.message)
     except Exception:  # noqa: BLE001 - never let a parser bug show plaintext or a traceback
         _refuse(res, "message cannot be read")
+    if signer_key is not None and res.signature == "unknown-key" and res._reverify and not res.error:
+        try:
+            _locate_signer(res, signer_key)
+        except SecureMailError as e:
+            res.warn(f"signer key not found: {e.message}")
     _bind_sender(res)
     return res
 
@@ -254,7 +287,8 @@ def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool) -> None
     res.encrypted = True
     out = M.decrypt(data, secret_keys, lookup, limits=limits)
     res.decrypted = True
-    _set_signature(res, out.signatures)
+    _set_signature(res, out.signatures, lambda key: S.reverify(
+        out.data, M.parse_inner(out.packets, limits)[3], out.signatures, key))
     if mime:
         _from_inner(res, out.data, lookup)
     else:
