@@ -11,7 +11,9 @@ signed with our domain key; a changed recipient key raises KeyChanged. Inbound
 mail encrypted to our domain key is decrypted here and re-encrypted to the local
 user's key (the sender's signature kept), or queued encrypted for the office MTA
 and decrypted at delivery (open_for_office); the gateway's status headers
-replace the sender's (gateway/status.py).
+replace the sender's (gateway/status.py); a signer's key not known here is looked up
+by the From shown through the gateway's directory client (``locate``), and used
+only if it issued the signature (``signer_located``).
 Every body that leaves for another domain is DKIM-signed last.
 """
 
@@ -20,13 +22,13 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..crypto import armor as A
 from ..crypto import message as M
 from ..crypto.keys import Key
-from ..errors import KeyUnusable, MalformedMessage, PolicyRefusal, TemporaryFailure
+from ..errors import KeyUnusable, MalformedMessage, PolicyRefusal, SecureMailError, TemporaryFailure
 from ..mail import signer as S
 from ..mail.compose import pgp_inline, pgp_mime
 from ..mail.crossing import COPIED, TRANSPORT_HEADERS, rearmor, seal_reasons
@@ -220,6 +222,34 @@ class Transformer:
             return fpr is not None and key is not None and key.fingerprint == fpr
         return vouches
 
+    def signer_located(self, decrypted: M.Decrypted, outer_from: str | None) -> tuple[M.Decrypted, str]:
+        """``decrypted`` with an ``unknown-key`` signature checked again against the key of the From
+        shown that the directory client gives (pinned, bound, not revoked; the lookup is bounded and
+        remembered per address), if that key issued it; else as it was, and why (for the log)."""
+        sig = decrypted.signature
+        if sig is None or sig.status != "unknown-key" or self.locate is None:
+            return decrypted, ""
+        address = S.from_address(ST.inner_from(decrypted.data) or outer_from)
+        if address is None:
+            return decrypted, "the From shown is not exactly one address"
+        try:
+            key = self.locate(address)
+        except SecureMailError as e:  # a key change held for review, the directory, the database
+            return decrypted, e.message
+        if key is None:
+            return decrypted, f"no usable key for {address} here or in its domain's directory"
+        sigs = M.parse_inner(decrypted.packets, M.Limits())[3]
+        out = replace(decrypted, signatures=S.reverify(decrypted.data, sigs, decrypted.signatures, key))
+        if out.signature.status == "unknown-key":
+            return out, f"the key for {address} ({key.fingerprint}) did not make the signature"
+        return out, ""
+
+    def _checked(self, decrypted: M.Decrypted, outer_from: str | None) -> M.Decrypted:
+        out, why = self.signer_located(decrypted, outer_from)
+        if why:
+            log.info("signer key not found for mail from %s: %s", S.from_address(outer_from) or "?", why)
+        return out
+
     def sender_status(self, decrypted: M.Decrypted, outer_from: str | None, *,
                       removed: bool = False) -> tuple[str, str]:
         """Securemail-Status of mail decrypted here: its signature bound to the From shown."""
@@ -255,7 +285,8 @@ class Transformer:
         user = self.user_key(rcpt)
         if user is None:
             raise PolicyRefusal(f"no valid key for local recipient {rcpt}", code=550, enhanced="5.1.1")
-        out = M.decrypt(f.encryption.payload, [domain_key], self.lookup)
+        out = self._checked(M.decrypt(f.encryption.payload, [domain_key], self.lookup),
+                            _one(f.headers.from_values))
         clean = ST.without_status(out.data)
         if clean is None:  # the sender's packets as they came, signature kept
             armored = M.encrypt_packets(out.packets, [(user, rcpt)], now=self.clock())
@@ -274,7 +305,8 @@ class Transformer:
         block = _ARMOR.search(sealed)
         if block is None:
             raise MalformedMessage("the queued message for the office is not encrypted")
-        out = M.decrypt(block.group(0), list(self.domain_keys.values()), self.lookup)
+        out = self._checked(M.decrypt(block.group(0), list(self.domain_keys.values()), self.lookup),
+                            top_headers(sealed).get("From"))
         clean = ST.without_status(out.data)
         status = self.sender_status(out, top_headers(sealed).get("From"), removed=clean is not None)
         ours = [fb for name, fb in header_fields(split_message(sealed)[0])
