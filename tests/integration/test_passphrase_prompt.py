@@ -248,3 +248,20 @@ def test_revoke_asks_only_for_a_protected_key(tmp_path, protected_home):
     assert run_cli(open_home, "keys", "generate", "--uid", "B <b@x.fr>", "--no-passphrase").exit_code == 0
     term = Terminal(open_home, "keys", "revoke", generated(open_home)["fingerprint"])
     assert term.finish(timeout=60) == 0 and UNLOCK not in term.out
+
+
+def test_publish_asks_before_it_signs_its_request(tmp_path, protected_home):
+    """No gateway listens: a wrong passphrase stops at the key; the right one gets as far as the network."""
+    password = tmp_path / "smtp-pw"
+    password.write_text("irrelevant\n")
+    args = ("keys", "publish", "--server", "127.0.0.1:1", "--username", "a@x.fr", "--password-file", str(password))
+    term = Terminal(protected_home, *args)
+    term.expect(UNLOCK)
+    term.type("not-" + PASS)
+    assert term.finish() == 1 and b"wrong passphrase" in term.out
+    term = Terminal(protected_home, *args)
+    term.expect(UNLOCK)
+    term.type(PASS)
+    assert term.finish() == 1 and b"passphrase" not in term.out[term.seen:]
+    no_echo(term)
+    assert b"cannot reach https://127.0.0.1:1/" in term.out[term.seen:]
