@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from securemail.errors import ConfigError
 from tests.conftest import run_cli
 
 from .gateways import Serve, ok, wait_for, wait_listening
@@ -94,3 +95,24 @@ def test_users_added_changed_removed_count_without_restart(served):
     assert all_answer(f, new, 535)
     assert "refused (401)" in f.publish(f.people[ALICE], ALICE).stderr
     assert f.serve.proc.poll() is None                    # the same serve all along
+
+
+def test_two_writers_both_land_and_a_broken_file_keeps_the_last_list(tmp_path):
+    """What the running gateway rereads: two `user add` at once both land (read, change and replace
+    under a lock); a file broken by hand is logged and the last good list kept."""
+    from securemail.gateway.users import Users
+    path, now = tmp_path / "passwords", [0.0]
+    serving = Users(path, clock=lambda: now[0])
+    first, second = Users(path), Users(path)          # two CLI processes, each read the empty file
+    first.set(ALICE, "correct horse battery")
+    second.set(f"bruno@{A}", "correct horse battery")
+    assert Users(path).names() == [ALICE, f"bruno@{A}"]
+    assert not serving.known(ALICE)                   # within the recheck interval: not looked at yet
+    now[0] = 1.0
+    assert serving.known(ALICE) and serving.check(f"bruno@{A}", b"correct horse battery")
+    path.write_text("no colon here\n")
+    now[0] = 2.0
+    assert serving.known(ALICE)                       # the last good list, not an empty one
+    with pytest.raises(ConfigError, match="line 1"):  # a writer rereads under the lock: refused, not overwritten
+        first.remove(ALICE)
+    assert path.read_text() == "no colon here\n"
