@@ -14,7 +14,9 @@ securemail home. For nistp256 and nistp384 a key made by ``keys generate
 * ``test_our_send_decrypted_by_gpg``: ``send --output`` to their key; gpg
   decrypts it and reports a good signature by our fingerprint;
 * ``test_other_curve_refused_naming_it``: a gpg secp256k1 key is refused at
-  import with "secp256k1 keys are not supported".
+  import with "secp256k1 keys are not supported";
+* ``test_nist_keys_through_two_running_gateways``: the same keys through the
+  gateways' submission, encryption, re-encryption and crypto worker processes.
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ class GpgKeyMaker:
         assert p.returncode == 0, (args, p.stderr.decode(errors="replace"))
         return p.stdout
 
-    def make(self, curve: str, who: str) -> GpgKey:
-        address = f"{who}-{curve.lower()}@gpg.example"
+    def make(self, curve: str, who: str, address: str = "") -> GpgKey:
+        address = address or f"{who}-{curve.lower()}@gpg.example"
         uid = f"{who.title()} {curve} <{address}>"
         self.gpg("--quick-gen-key", uid, curve, "default", "never")
         fpr = fingerprint(self.gpg("--export", address))
@@ -212,3 +214,54 @@ def test_other_curve_refused_naming_it(maker, tmp_path):
         assert f"refused {k1.fpr}: secp256k1 keys are not supported" in result.stderr
     listing = json.loads(cli(tmp_path / "home", "keys", "list", "--json").stdout)
     assert [r for r in listing if r["fingerprint"] == k1.fpr] == []
+
+
+# Through two running gateways: alice (a P-384 key made by keys generate) sends end to end
+# to bruno (a gpg-made P-521 key); the office's plain mail to bruno is encrypted by interieur's
+# gateway and re-encrypted to bruno's P-521 key by justice's, in its crypto worker process.
+
+def test_nist_keys_through_two_running_gateways(gpg, maker, tmp_path):
+    from tests.integration.gateways import OFFICE, Running, federation, ok, office_send, wait_for
+
+    _, homes = federation(tmp_path, trusted=OFFICE + "/32")
+    a, b = homes["interieur.gouv.fr"], homes["justice.gouv.fr"]
+    alice_home, bruno_home = tmp_path / "alice", tmp_path / "bruno"
+    alice_fpr = cli(alice_home, "keys", "generate", "--uid", "Alice <alice@interieur.gouv.fr>",
+                    "--algorithm", "nistp384", "--no-passphrase").stdout.strip()
+    bruno = maker.make("nistp521", "bruno", "bruno@justice.gouv.fr")
+    cli(bruno_home, "keys", "import", "-", input=bruno.key)
+    alice_cert = cli(alice_home, "keys", "export", alice_fpr).stdout_bytes
+    bruno_cert = cli(bruno_home, "keys", "export", bruno.fpr).stdout_bytes
+    for home, cert in ((a.home, alice_cert), (b.home, bruno_cert), (alice_home, bruno_cert),
+                       (bruno_home, alice_cert)):
+        cli(home, "keys", "import", "-", input=cert)
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse battery\n")
+    cli(a.home, "gateway", "user", "add", "alice@interieur.gouv.fr", "--password-file", str(pw))
+    (tmp_path / "body.txt").write_text("Note P-384 vers P-521.\n")
+    maildir = b.home / "Maildir" / "bruno@justice.gouv.fr" / "new"
+
+    def delivered(n):
+        return wait_for(lambda: len(list(maildir.glob("*"))) >= n and sorted(maildir.iterdir()),
+                        what=f"delivery {n} to bruno")
+
+    with Running(a, b, cpu_workers=1):
+        ok(run_cli(alice_home, "send", "--from", "alice@interieur.gouv.fr",
+                   "--to", "bruno@justice.gouv.fr", "--subject", "Note P-384",
+                   "--body-file", str(tmp_path / "body.txt"), "--server", f"127.0.0.1:{a.submission}",
+                   "--starttls", "--cafile", str(a.cert), "--username", "alice@interieur.gouv.fr",
+                   "--password-file", str(pw)), "send")
+        first = delivered(1)[0]
+        office_send(a.relay, "alice@interieur.gouv.fr", ["bruno@justice.gouv.fr"],
+                    b"From: alice@interieur.gouv.fr\r\nTo: bruno@justice.gouv.fr\r\n"
+                    b"Subject: Office P-521\r\nMessage-ID: <nist-office@interieur.gouv.fr>\r\n\r\n"
+                    b"Texte du bureau pour P-521.\r\n")
+        second = [f for f in delivered(2) if f != first][0]
+    [e2e] = json.loads(cli(bruno_home, "read", "--json", str(first)).stdout)
+    assert (e2e["decrypted"], e2e["signature"], e2e["signer"]) == (True, "valid", alice_fpr), e2e
+    assert e2e["subject"] == "Note P-384" and "P-384 vers P-521" in e2e["body"]
+    [office] = json.loads(cli(bruno_home, "read", "--json", str(second)).stdout)
+    assert office["decrypted"] and office["subject"] == "Office P-521", office
+    assert "Texte du bureau pour P-521." in office["body"]
+    _, armored = encrypted_part(second.read_bytes())  # gpg opens what justice's gateway made
+    assert b"Texte du bureau pour P-521." in gpg.decrypt(armored, [bruno.key]).plaintext
