@@ -16,7 +16,9 @@ securemail home. For nistp256 and nistp384 a key made by ``keys generate
 * ``test_other_curve_refused_naming_it``: a gpg secp256k1 key is refused at
   import with "secp256k1 keys are not supported";
 * ``test_nist_keys_through_two_running_gateways``: the same keys through the
-  gateways' submission, encryption, re-encryption and crypto worker processes.
+  gateways' submission, encryption, re-encryption and crypto worker processes;
+* ``test_sop_tools_both_ways_on_p256``: sqop, gosop and pgpainless-cli encrypt
+  to our P-256 key, and decrypt our send and verify our P-256 signature.
 """
 
 from __future__ import annotations
@@ -265,3 +267,26 @@ def test_nist_keys_through_two_running_gateways(gpg, maker, tmp_path):
     assert "Texte du bureau pour P-521." in office["body"]
     _, armored = encrypted_part(second.read_bytes())  # gpg opens what justice's gateway made
     assert b"Texte du bureau pour P-521." in gpg.decrypt(armored, [bruno.key]).plaintext
+
+
+# The SOP tools (sqop, gosop, pgpainless-cli) with a gpg-made P-256 key on each side.
+
+@pytest.mark.parametrize("name", ["sqop", "gosop", "pgpainless"])
+def test_sop_tools_both_ways_on_p256(name, peer_pool, gpg_keys, ours, home, tmp_path):
+    peer, them, me = peer_pool.get(name), gpg_keys["nistp256", "them"], ours["nistp256", "gpg"]
+    their_key_here(home, them)
+    c = content_for(them.address, me.address, f"p256-from-{name}")
+    armored = peer.encrypt(inner_entity(c), [me.cert])
+    (tmp_path / "in.eml").write_bytes(wrap_pgp_mime(c.sender, c.to, armored))
+    [obj] = json.loads(cli(home, "read", str(tmp_path / "in.eml"), "--json").stdout)
+    assert_read_as(obj, c, "none", None)
+    c = content_for(me.address, them.address, f"p256-to-{name}")
+    (tmp_path / "body.txt").write_text(c.body, encoding="utf-8")
+    (tmp_path / c.attachment[0]).write_bytes(c.attachment[1])
+    cli(home, "send", "--from", c.sender, "--to", c.to, "--subject", c.subject,
+        "--body-file", str(tmp_path / "body.txt"), "--attach", str(tmp_path / c.attachment[0]),
+        "--output", str(tmp_path / "out.eml"))
+    out = peer.decrypt(encrypted_part((tmp_path / "out.eml").read_bytes())[1], [them.key],
+                       verify_certs=[me.cert])
+    assert me.fpr in [v.split()[2] for v in out.verifications], out.verifications
+    assert parse_entity(out.plaintext)[0]["subject"] == c.subject
