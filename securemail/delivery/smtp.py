@@ -44,7 +44,7 @@ from securemail.errors import UsageError
 log = logging.getLogger(__name__)
 BIG_BODY = 1 << 20  # bodies above this are written in pieces of this size
 
-TlsClientCert = tuple[str | os.PathLike, str | os.PathLike]
+TlsClientCert = ssl.SSLContext  # a client context with our certificate: ``client_tls_context``
 
 # Our own phrases for failures no server answered (stored, audited, shown in DSNs).
 NO_STARTTLS = "member gateway did not offer STARTTLS; not sent in clear"
@@ -276,15 +276,17 @@ async def _secure(client: aiosmtplib.SMTP, h: SmtpHop,
 
 
 def _tls_context(tls_client_cert: TlsClientCert | None) -> ssl.SSLContext:
-    if tls_client_cert is None:
-        return _context(None, None, 0.0, 0.0)
-    cert, key = (Path(p) for p in tls_client_cert)
-    # the mtimes are part of the cache key, so a renewed certificate is picked up
-    return _context(str(cert), str(key), cert.stat().st_mtime, key.stat().st_mtime)
+    return tls_client_cert if tls_client_cert is not None else _context(None, None)
+
+
+def client_tls_context(cert: str | os.PathLike, key: str | os.PathLike) -> TlsClientCert:
+    """The context that presents our certificate to member gateways, read once at start like the
+    listeners' (a file removed or replaced later changes nothing until the gateway restarts)."""
+    return _context(str(cert), str(key))
 
 
 @functools.lru_cache(maxsize=8)
-def _context(cert: str | None, key: str | None, _m1: float, _m2: float) -> ssl.SSLContext:
+def _context(cert: str | None, key: str | None) -> ssl.SSLContext:
     """A client context that does not verify the chain (the pin does) and needs TLS 1.2+."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False

@@ -39,7 +39,7 @@ from securemail.delivery.dsn import BounceSender, build_dsn, header_block
 from securemail.delivery.hops import Hop, MaildirHop, RelayHop, SmtpHop, parse_hop
 from securemail.delivery.maildir import deliver_maildir
 from securemail.delivery.outcome import DELIVERED, PERMANENT, Outcome, permanent, temporary
-from securemail.delivery.smtp import TlsClientCert, deliver_smtp
+from securemail.delivery.smtp import TlsClientCert, client_tls_context, deliver_smtp
 from securemail.errors import SecureMailError, TemporaryFailure, UsageError
 from securemail.queue import Claim, Queue, next_retry
 from securemail.queue.batch import GroupCommit
@@ -106,7 +106,7 @@ class DeliveryWorker:
                         lease_seconds=config.lease_seconds, retry=config.retry,
                         poll_interval=config.poll_interval,
                         timeout=min(SMTP_TIMEOUT, config.lease_seconds / 4),
-                        tls_client_cert=(config.tls_cert, config.tls_key))  # members check its pin
+                        tls_client_cert=client_tls_context(config.tls_cert, config.tls_key))  # members pin it
         return cls(queue, owner=owner, **{**settings, **kwargs})
 
     # --- the loop -------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import pytest
 
@@ -11,6 +12,7 @@ from securemail.config import GatewayConfig, Retry
 from securemail.db import create_schema, make_engine
 from securemail.delivery import DeliveryWorker, Outcome, maildir_hop, relay_hop, smtp_hop
 from securemail.errors import TemporaryFailure, UsageError
+from securemail.gateway.setup import self_signed_cert
 from securemail.queue import Queue
 
 PIN = "cd" * 32
@@ -211,7 +213,11 @@ def test_run_backs_off_while_the_queue_is_down_then_stops():
 def test_from_config_and_lease_check(tmp_path):
     config = GatewayConfig.from_dict({"gateway": {"domains": ["a.gov.test"], "hostname": "gw.a.gov.test"},
                                       "delivery": {"lease_seconds": 200, "poll_interval": 2}}, tmp_path)
+    with pytest.raises(FileNotFoundError):  # the certificate shown to members is read at start
+        DeliveryWorker.from_config(config, Queue(None), owner="w1")
+    self_signed_cert("gw.a.gov.test", config.tls_cert, config.tls_key)
     w = DeliveryWorker.from_config(config, Queue(None), owner="w1")
+    assert w.tls_client_cert.verify_mode == ssl.CERT_NONE  # the pin is checked, not a chain
     assert (w.helo, w.maildir_root, w.lease_seconds, w.poll_interval) == (
         "gw.a.gov.test", tmp_path / "Maildir", 200.0, 2.0)
     with pytest.raises(UsageError):
