@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ipaddress
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Literal
+
+from .slots import network_of
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,7 @@ class AuthLimits:
 
 def source_of(ip: str) -> str:
     """The source a failure is counted against: an IPv4 address, or the /64 of an IPv6 one."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if addr.version == 6 and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    if addr.version == 6:
-        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
-    return str(addr)
+    return network_of(ip, v4_prefix=32).removesuffix("/32")
 
 
 class FailureBudget:

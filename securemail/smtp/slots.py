@@ -16,15 +16,16 @@ import ipaddress
 from typing import Callable, Hashable
 
 
-def network_of(ip: str) -> str:
-    """The network a public client is counted in: the /24 of an IPv4 address, the /64 of an IPv6 one."""
+def network_of(ip: str, v4_prefix: int = 24) -> str:
+    """The network a public client is counted in: the /24 (``v4_prefix``) of an IPv4 address, the
+    /64 of an IPv6 one (one subscriber's allocation); an IPv4-mapped IPv6 address counts as IPv4."""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
         return ip
     if addr.version == 6 and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
-    prefix = 24 if addr.version == 4 else 64
+    prefix = v4_prefix if addr.version == 4 else 64
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
 
 

@@ -21,30 +21,10 @@ from securemail.errors import ConfigError
 from securemail.queue import Queue
 from securemail.queue.models import deliveries as D
 from securemail.queue.retention import Retention, purge_all
+from tests.unit.test_queue import Clock, clock, queue  # noqa: F401 - the same clock and queue fixtures
 
 HOP_J, HOP_K = "smtp:gw.justice.example:25", "smtp:gw.culture.example:25"
 MARKER = b"BODY-AT-REST-5f0e"
-
-
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def queue(engine, clock):
-    return Queue(engine, clock, audit_log=AuditLog(engine, clock))
 
 
 def body(n: int = 9000) -> bytes:
