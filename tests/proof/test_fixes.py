@@ -22,6 +22,7 @@ from securemail.crypto.keys import Key
 from securemail.delivery.worker import SMTP_TIMEOUT, DeliveryWorker
 from securemail.errors import ConfigError, SecureMailError, TemporaryFailure
 from securemail.gateway.runtime import dkim_signers, server_tls_context
+from securemail.gateway.setup import self_signed_cert
 from securemail.gateway.transform import usable_signer
 from securemail.queue import Queue
 
@@ -34,7 +35,9 @@ def _config(tmp_path, **delivery) -> GatewayConfig:
 
 @pytest.mark.parametrize("lease, timeout", [(8, 2.0), (40, 10.0), (300, SMTP_TIMEOUT), (3600, SMTP_TIMEOUT)])
 def test_short_lease_gives_a_shorter_smtp_timeout_instead_of_refusing_to_start(tmp_path, lease, timeout):
-    w = DeliveryWorker.from_config(_config(tmp_path, lease_seconds=lease), Queue(None), owner="w1")
+    config = _config(tmp_path, lease_seconds=lease)
+    self_signed_cert(f"gw.{DOMAIN}", config.tls_cert, config.tls_key)  # shown to members, read here
+    w = DeliveryWorker.from_config(config, Queue(None), owner="w1")
     assert (w.lease_seconds, w.timeout) == (float(lease), timeout)
 
 
