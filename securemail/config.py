@@ -93,6 +93,43 @@ def parse_hostport(text: str, where: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _listeners(table: dict) -> tuple["Listener", ...]:
+    """[listeners.relay|submission|wkd]: where each listens, whom it trusts, STARTTLS and AUTH."""
+    listeners = []
+    for name, t in table.items():
+        if name not in ("relay", "submission", "wkd") or not isinstance(t, dict):
+            raise ConfigError(f"unknown listener [listeners.{name}] (relay, submission or wkd)")
+        host, port = parse_hostport(_get(t, "listen", str, "", f"listeners.{name}"), f"listeners.{name}.listen")
+        try:
+            nets = tuple(ipaddress.ip_network(n, strict=False) for n in t.get("trusted_networks", []))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"listeners.{name}.trusted_networks: {e}") from None
+        sub = name == "submission"
+        required = _get(t, "auth_required", bool, sub, f"listeners.{name}")
+        auth = _get(t, "auth", bool, sub or required, f"listeners.{name}")
+        if required and not auth:
+            raise ConfigError(f"listeners.{name}: auth_required = true needs auth = true")
+        listeners.append(Listener(name, host, port, nets,
+                                  _get(t, "require_starttls", bool, sub, f"listeners.{name}"),
+                                  required, auth=auth))
+    return tuple(listeners)
+
+
+def _dkim_keys(keys: dict, path) -> tuple["DkimKeyConfig", ...]:
+    """[[keys.dkim]]: one table per signing key (domain, selector, algorithm, private_key)."""
+    dkim = []
+    if not isinstance(keys.get("dkim", []), list):
+        raise ConfigError("keys.dkim must be a list of tables")
+    for i, d in enumerate(keys.get("dkim", [])):
+        if not isinstance(d, dict):
+            raise ConfigError("keys.dkim must be a list of tables")
+        w = f"keys.dkim[{i}]"
+        dkim.append(DkimKeyConfig(_get(d, "domain", str, "", w).lower(), _get(d, "selector", str, "", w),
+                                  _get(d, "algorithm", str, "ed25519", w),
+                                  path(_get(d, "private_key", str, "", w))))
+    return tuple(dkim)
+
+
 def _refresh(data: dict) -> float:
     """``[directory] refresh_seconds``: how long a key found in the federation's directory is used
     before it is fetched again (revocations and changes are noticed then)."""
@@ -286,23 +323,7 @@ class GatewayConfig:
         if not isinstance(domains, list) or not domains or not all(isinstance(d, str) and "." in d for d in domains):
             raise ConfigError("gateway.domains must be a non-empty list of domain names")
         path = lambda p: (home / p) if not Path(p).is_absolute() else Path(p)  # noqa: E731
-        listeners = []
-        for name, t in _table(data, "listeners").items():
-            if name not in ("relay", "submission", "wkd") or not isinstance(t, dict):
-                raise ConfigError(f"unknown listener [listeners.{name}] (relay, submission or wkd)")
-            host, port = parse_hostport(_get(t, "listen", str, "", f"listeners.{name}"), f"listeners.{name}.listen")
-            try:
-                nets = tuple(ipaddress.ip_network(n, strict=False) for n in t.get("trusted_networks", []))
-            except (ValueError, TypeError) as e:
-                raise ConfigError(f"listeners.{name}.trusted_networks: {e}") from None
-            sub = name == "submission"
-            required = _get(t, "auth_required", bool, sub, f"listeners.{name}")
-            auth = _get(t, "auth", bool, sub or required, f"listeners.{name}")
-            if required and not auth:
-                raise ConfigError(f"listeners.{name}: auth_required = true needs auth = true")
-            listeners.append(Listener(name, host, port, nets,
-                                      _get(t, "require_starttls", bool, sub, f"listeners.{name}"),
-                                      required, auth=auth))
+        listeners = _listeners(_table(data, "listeners"))
         tls, dl, fed, keys = (_table(data, n) for n in ("tls", "delivery", "federation", "keys"))
         local = _get(dl, "local", str, "maildir", "delivery")
         if local not in ("maildir", "relay"):
@@ -313,16 +334,6 @@ class GatewayConfig:
         policy = _get(dl, "non_member_policy", str, "refuse", "delivery")
         if policy not in ("refuse", "allow-plain"):
             raise ConfigError("delivery.non_member_policy must be 'refuse' or 'allow-plain'")
-        dkim = []
-        if not isinstance(keys.get("dkim", []), list):
-            raise ConfigError("keys.dkim must be a list of tables")
-        for i, d in enumerate(keys.get("dkim", [])):
-            if not isinstance(d, dict):
-                raise ConfigError("keys.dkim must be a list of tables")
-            w = f"keys.dkim[{i}]"
-            dkim.append(DkimKeyConfig(_get(d, "domain", str, "", w).lower(), _get(d, "selector", str, "", w),
-                                      _get(d, "algorithm", str, "ed25519", w),
-                                      path(_get(d, "private_key", str, "", w))))
         lim, rt = _table(data, "limits"), _table(data, "retry")
         return cls(
             home=home, domains=tuple(d.lower() for d in domains),
@@ -331,7 +342,7 @@ class GatewayConfig:
             cpu_workers=_cpu_workers(gw),
             delivery_process=_delivery_process(dl),
             database_url=_get(_table(data, "database"), "url", str, f"sqlite:///{home / 'securemail.db'}", "database"),
-            listeners=tuple(listeners),
+            listeners=listeners,
             tls_cert=path(_get(tls, "cert", str, "tls/cert.pem", "tls")),
             tls_key=path(_get(tls, "key", str, "tls/key.pem", "tls")),
             passwords_file=path(_get(_table(data, "auth"), "passwords_file", str, "passwords", "auth")),
@@ -344,7 +355,7 @@ class GatewayConfig:
             federation_authority=fed.get("authority"),
             federation_manifest=path(_get(fed, "manifest", str, "federation.json", "federation")),
             openpgp_keys={k.lower(): str(v).upper() for k, v in _table(keys, "openpgp").items()},
-            dkim_keys=tuple(dkim),
+            dkim_keys=_dkim_keys(keys, path),
             limits=_limits(lim),
             auth_budget=AuthBudget(*(_positive(_get(_table(data, "auth"), k, type(v), v, "auth"), f"auth.{k}")
                                      for k, v in vars(AuthBudget()).items())),
