@@ -12,7 +12,7 @@ about 12 MiB.
 
 import importlib
 
-_WHERE = {"build_dsn": "dsn", "header_block": "dsn", "queue_bounce_sender": "dsn",
+_WHERE = {"build_dsn": "dsn", "header_block": "dsn",
           "Hop": "hops", "MaildirHop": "hops", "RelayHop": "hops", "SmtpHop": "hops",
           "maildir_hop": "hops", "parse_hop": "hops", "relay_hop": "hops", "smtp_hop": "hops",
           "deliver_maildir": "maildir", "Outcome": "outcome",
