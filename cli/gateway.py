@@ -166,7 +166,7 @@ def queue() -> None:
 
 
 @queue.command(name="list")
-@click.option("--state", type=click.Choice(["queued", "delivered", "bounced", "held", "failed"]))
+@click.option("--state", type=click.Choice(["queued", "delivered", "bounced", "held"]))
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def queue_list(obj, state, as_json):

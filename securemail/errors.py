@@ -141,6 +141,11 @@ class TemporaryFailure(SecureMailError):
     """Database down, disk full, key unreadable: 4xx, try again later."""
 
 
+class LocateError(TemporaryFailure):
+    """A member's key directory could not be asked or answered badly (network, TLS pin, HTTP status)."""
+    default_message = "key directory unavailable"
+
+
 class DeliveryError(SecureMailError):
     default_message = "delivery failed"
 

@@ -109,11 +109,6 @@ def generate_dkim_key(algorithm: Literal["ed25519", "rsa2048"]) -> DkimKey:
     return DkimKey(algorithm, pem, f"v=DKIM1; k={ktag}; p={base64.b64encode(raw).decode()}")
 
 
-def system_dnsfunc(name: bytes) -> bytes | None:
-    """The real DNS, through dkimpy's resolver (dnspython); a fallback for manifest_dnsfunc."""
-    return dkim.get_txt(name)
-
-
 def _dns_key(name: bytes | str) -> str:
     text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
     return text.strip().lower().rstrip(".")

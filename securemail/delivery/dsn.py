@@ -142,17 +142,3 @@ def _in_reply_to(headers: bytes) -> list[str]:
 def _addr(address: str) -> str:
     """An address safe inside one header line: no controls, spaces or angle brackets."""
     return "".join(c for c in str(address) if c not in "<>" and ord(c) > 32 and c != "\x7f")
-
-
-def queue_bounce_sender(queue, route: Callable[[str], str]) -> BounceSender:
-    """A ``BounceSender`` that enqueues each DSN with the null envelope sender.
-
-    ``route(recipient)`` gives the DSN's next hop (the original sender's own
-    mailbox or gateway). The enqueue is audited as ``dsn_queued`` when the queue
-    has an audit log.
-    """
-    def send(dsn: bytes, rcpt: str) -> None:
-        audit = (("dsn_queued", {"rcpt_domain": rcpt.rpartition("@")[2].lower()})
-                 if queue.audit_log is not None else None)
-        queue.enqueue(NULL_SENDER, [(rcpt, route(rcpt))], dsn, meta={"route": "dsn"}, audit=audit)
-    return send

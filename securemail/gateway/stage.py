@@ -58,11 +58,10 @@ def queue_entries(d: Decision, env: Envelope) -> list[NewMessage]:
 
 class CryptoStage:
     def __init__(self, *, config: GatewayConfig, manifest: Callable[[], object],
-                 transformer: Transformer, dnsfunc_fallback=None) -> None:
+                 transformer: Transformer) -> None:
         self.config = config
         self.manifest = manifest            # () -> Manifest | None, the installed one
         self.transformer = transformer
-        self.dnsfunc_fallback = dnsfunc_fallback
         self._members: tuple[object, frozenset[str]] = (object(), frozenset())
 
     def members(self) -> frozenset[str]:
@@ -116,7 +115,7 @@ class CryptoStage:
         """``f`` with the DKIM result of the signatures by the From domain, the only ones policy reads
         (bounded: crypto/dkim.py MAX_SIGNATURES, MAX_SIGNED_NAMES, MAX_SIGNATURE_BYTES)."""
         m = self.manifest()
-        dnsfunc = D.manifest_dnsfunc(m.dkim_records() if m else {}, fallback=self.dnsfunc_fallback)
+        dnsfunc = D.manifest_dnsfunc(m.dkim_records() if m else {})
         res = D.verify_dkim(env.data, dnsfunc, block=f.block, domains=(f.from_domain,) if f.from_domain else ())
         return replace(f, dkim_status=res.status, dkim_domains=frozenset(res.passing_domains))
 

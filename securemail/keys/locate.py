@@ -15,25 +15,21 @@ store's (``KeyStore.trusted_for``).
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import hmac
 import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-import aiohttp
 import sqlalchemy as sa
 
 from ..crypto.keys import Key
 from ..db import transaction
-from ..delivery.smtp import spki_sha256
-from ..errors import KeyChanged, TemporaryFailure
+from ..errors import KeyChanged, LocateError, TemporaryFailure
 from ..federation import hostport
 from .binding import directory_source
 from .store import KeyStore
-from .wkd import MAX_KEY_BYTES, advanced_url, keys_for, split_address
+from .wkd import advanced_url, keys_for, split_address
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +42,6 @@ sources_table = sa.Table(
     sa.Column("fetched_at", sa.Float, nullable=False),
 )
 DAY = 86400.0
-
-
-class LocateError(TemporaryFailure):
-    """The directory could not be asked or answered badly (network, TLS pin, HTTP status)."""
-    default_message = "key directory unavailable"
 
 
 @dataclass(frozen=True)
@@ -75,44 +66,14 @@ class Located:
                 }.get(self.status, self.detail or f"no key for {self.address}")
 
 
-class SpkiPin(aiohttp.Fingerprint):
-    """aiohttp's certificate check, comparing the SubjectPublicKeyInfo SHA-256 (the federation's pin)."""
-
-    def __init__(self, pin: str) -> None:
-        super().__init__(bytes.fromhex(pin))
-        self.pin = pin
-
-    def check(self, transport: asyncio.Transport) -> None:
-        sslobj = transport.get_extra_info("ssl_object")
-        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
-        got = spki_sha256(der) if der else None
-        if got is None or not hmac.compare_digest(got, self.pin):
-            host, port, *_ = transport.get_extra_info("peername") or ("?", 0)
-            raise aiohttp.ServerFingerprintMismatch(bytes.fromhex(self.pin),
-                                                    bytes.fromhex(got or ""), host, port)
-
-
 def fetch_wkd(url: str, pin: str, *, timeout: float = 10.0) -> bytes | None:
-    """The body of a WKD answer (None for 404), over TLS whose key must match ``pin``."""
-    return asyncio.run(_fetch(url, pin, timeout))
+    """The body of a WKD answer (None for 404), over TLS whose key must match ``pin`` (keys/wkdfetch.py).
 
-
-async def _fetch(url: str, pin: str, timeout: float) -> bytes | None:
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
-            async with s.get(url, ssl=SpkiPin(pin), allow_redirects=False) as r:
-                if r.status == 404:
-                    return None
-                if r.status != 200:
-                    raise LocateError(f"key directory answered HTTP {r.status}")
-                data = await r.content.read(MAX_KEY_BYTES + 1)
-                if len(data) > MAX_KEY_BYTES:
-                    raise LocateError("key directory answer too large")
-                return data
-    except aiohttp.ServerFingerprintMismatch:
-        raise LocateError("key directory certificate does not match the federation's TLS pin") from None
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
-        raise LocateError(f"key directory unreachable: {type(e).__name__}") from None
+    The HTTP client is loaded here, at the first fetch, not when a Locator is built: every crypto
+    worker builds one, and most lookups are answered from the key store without a fetch.
+    """
+    from .wkdfetch import fetch_wkd as fetch
+    return fetch(url, pin, timeout=timeout)
 
 
 class Locator:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-STATES = ("queued", "delivered", "bounced", "held", "failed")
+STATES = ("queued", "delivered", "bounced", "held")
 FINAL_STATES = ("delivered", "bounced")
 
 metadata = sa.MetaData()
@@ -35,7 +35,7 @@ deliveries = sa.Table(
     sa.Column("last_error", sa.Text, nullable=False, default=""),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
-    sa.CheckConstraint("state IN ('queued', 'delivered', 'bounced', 'held', 'failed')",
+    sa.CheckConstraint("state IN ('queued', 'delivered', 'bounced', 'held')",
                        name="deliveries_state"),
     sa.Index("deliveries_due", "state", "next_attempt_at"),
     sa.Index("deliveries_message", "message_id"),

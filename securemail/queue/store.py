@@ -1,7 +1,7 @@
 """The durable queue: enqueue after commit, claim deliveries with leases, settle, operate.
 
 A message is stored once; each recipient gets a delivery row with its own state
-('queued' -> 'delivered' | 'bounced' | 'held' | 'failed') and next hop. Workers
+('queued' -> 'delivered' | 'bounced' | 'held') and next hop. Workers
 ``claim`` due deliveries under a lease and settle them with ``mark_delivered``,
 ``defer``, ``bounce`` or ``hold``; a settle succeeds only while the worker's
 lease (owner and lease_until) is still on the row, i.e. nobody re-claimed it

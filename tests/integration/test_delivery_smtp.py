@@ -24,10 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from securemail.audit import AuditLog
-from securemail.config import Retry
+from securemail.config import GatewayConfig, Retry
+from securemail.crypto.tlspin import spki_sha256
 from securemail.db import create_schema, make_engine
-from securemail.delivery import (DeliveryWorker, deliver_smtp, maildir_hop, queue_bounce_sender,
-                                 relay_hop, smtp_hop, spki_sha256)
+from securemail.delivery import DeliveryWorker, deliver_smtp, maildir_hop, relay_hop, smtp_hop
+from securemail.gateway.delivery import Bounces
 from securemail.queue import Queue
 
 pytestmark = pytest.mark.timeout(60)
@@ -132,18 +133,24 @@ class Clock:
 
 @pytest.fixture
 def env(tmp_path):
-    """A fresh SQLite queue with an audit log, a fake clock and a worker factory."""
+    """A fresh SQLite queue with an audit log, a fake clock and a worker factory.
+
+    DSNs go through the gateway's own ``Bounces`` (as ``build_delivery`` wires it) for a gateway
+    serving a.gov.test: a DSN to SENDER is queued for that domain's Maildir.
+    """
     clock = Clock()
     engine = make_engine(f"sqlite:///{tmp_path / 'queue.db'}")
     create_schema(engine)
     queue = Queue(engine, clock, audit_log=AuditLog(engine, clock))
+    config = GatewayConfig.from_dict({"gateway": {"domains": ["a.gov.test"], "hostname": "gw.a.gov.test"}},
+                                     tmp_path)
 
     def worker(owner="w1", q=None, **kw):
         q = q or queue
         kw.setdefault("retry", Retry(first=300, cap=3600, give_up_after=86400))
+        bounces = Bounces(config, q, transformer=None, manifest=lambda: None)  # local DSNs only
         return DeliveryWorker(q, owner=owner, helo="gw.a.gov.test", maildir_root=tmp_path / "Maildir",
-                              lease_seconds=120, timeout=5, clock=clock,
-                              bounce_sender=queue_bounce_sender(q, maildir_hop), **kw)
+                              lease_seconds=120, timeout=5, clock=clock, bounce_sender=bounces.send, **kw)
 
     class Env:
         pass
