@@ -16,7 +16,7 @@ _WHERE = {"build_dsn": "dsn", "header_block": "dsn", "queue_bounce_sender": "dsn
           "Hop": "hops", "MaildirHop": "hops", "RelayHop": "hops", "SmtpHop": "hops",
           "maildir_hop": "hops", "parse_hop": "hops", "relay_hop": "hops", "smtp_hop": "hops",
           "deliver_maildir": "maildir", "Outcome": "outcome",
-          "deliver_smtp": "smtp", "spki_sha256": "smtp", "DeliveryWorker": "worker"}
+          "deliver_smtp": "smtp", "DeliveryWorker": "worker"}
 
 __all__ = sorted(_WHERE)
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from securemail.crypto.tlspin import der_pin, spki_sha256  # noqa: F401 - spki_sha256 re-exported
+from securemail.crypto.tlspin import der_pin
 from securemail.delivery.hops import Hop, RelayHop, SmtpHop, parse_hop
 from securemail.delivery.outcome import PERMANENT, TEMPORARY, Outcome, clean, from_reply, temporary
 from securemail.delivery.pipelining import (CLOSING, DATA, END, MAIL, RCPT, BadReply,

@@ -27,8 +27,8 @@ import aiohttp
 import sqlalchemy as sa
 
 from ..crypto.keys import Key
+from ..crypto.tlspin import der_pin
 from ..db import transaction
-from ..delivery.smtp import spki_sha256
 from ..errors import KeyChanged, TemporaryFailure
 from ..federation import hostport
 from .binding import directory_source
@@ -85,7 +85,7 @@ class SpkiPin(aiohttp.Fingerprint):
     def check(self, transport: asyncio.Transport) -> None:
         sslobj = transport.get_extra_info("ssl_object")
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
-        got = spki_sha256(der) if der else None
+        got = der_pin(der) if der else None
         if got is None or not hmac.compare_digest(got, self.pin):
             host, port, *_ = transport.get_extra_info("peername") or ("?", 0)
             raise aiohttp.ServerFingerprintMismatch(bytes.fromhex(self.pin),

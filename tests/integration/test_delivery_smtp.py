@@ -25,9 +25,10 @@ from cryptography.x509.oid import NameOID
 
 from securemail.audit import AuditLog
 from securemail.config import Retry
+from securemail.crypto.tlspin import spki_sha256
 from securemail.db import create_schema, make_engine
 from securemail.delivery import (DeliveryWorker, deliver_smtp, maildir_hop, queue_bounce_sender,
-                                 relay_hop, smtp_hop, spki_sha256)
+                                 relay_hop, smtp_hop)
 from securemail.queue import Queue
 
 pytestmark = pytest.mark.timeout(60)
