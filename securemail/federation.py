@@ -17,7 +17,6 @@ import binascii
 import fcntl
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from .crypto.message import sign_detached, verify_signatures
 from .crypto.packets import SIG, read_packets
 from .crypto.tlspin import spki_sha256
 from .errors import ConfigError, PolicyRefusal, SecureMailError
+from .home import write_atomic
 
 if TYPE_CHECKING:
     from .app import Core
@@ -324,27 +324,6 @@ def install(data: bytes, path, authority_fpr: str, authority_cert: Key,
                                             if new.members[d] != before[d]))
         write_atomic(path, data, before_rename=record)
     return Installed(new, old, True)
-
-
-def write_atomic(path, data: bytes, mode: int = 0o644, before_rename=None) -> None:
-    """tmp + fsync, then ``before_rename()``, then rename + directory fsync; no tmp left behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if before_rename is not None:
-            before_rename()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 # --- this gateway's entries ------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from ..crypto import openpgp
 from ..crypto.dkim import generate_dkim_key
 from ..crypto.keys import Key
 from ..errors import UsageError
+from ..home import write_atomic
 from ..keys.store import KeyStore
 from ..policy.address import _DOMAIN
 from .ports import Choice, choose
@@ -41,12 +41,7 @@ class InitOptions:
 
 def _write(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(path, mode)
+    write_atomic(path, data, mode)
 
 
 def self_signed_cert(hostname: str, cert_path: Path, key_path: Path, days: int = 825) -> None:
