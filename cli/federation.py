@@ -32,6 +32,7 @@ from securemail.crypto.keys import Key, load_key
 from securemail.db import create_schema
 from securemail.errors import ConfigError, KeyNotFound, KeyRefused, SecureMailError, UsageError
 from securemail.home import write_atomic
+from securemail.net import join_hostport
 
 from .context import read_input, read_secret_file
 from .keys import parse_lifetime
@@ -134,7 +135,7 @@ def _authority(obj, fpr: str | None, key_file: str | None, *, store: bool) -> tu
 
 def _echo_members(members) -> None:
     for m in sorted(members, key=lambda m: m.domain):
-        click.echo(f"  {m.domain}  gateway {F.hostport(*m.gateway)}  tls_pin {m.tls_pin}")
+        click.echo(f"  {m.domain}  gateway {join_hostport(*m.gateway)}  tls_pin {m.tls_pin}")
         click.echo(f"      openpgp {load_key(m.openpgp_key).fingerprint}"
                    f"  dkim {', '.join(sel for sel, _ in m.dkim)}")
 

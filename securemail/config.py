@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .home import Home
+from .net import split_hostport
 
 
 def read_toml(path: Path) -> dict:
@@ -87,10 +88,11 @@ def _delivery_process(dl: dict) -> bool | None:
 
 
 def parse_hostport(text: str, where: str) -> tuple[str, int]:
-    host, _, port = str(text).rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    """``net.split_hostport``, or ConfigError naming the setting ``where``."""
+    hostport = split_hostport(text)
+    if hostport is None:
         raise ConfigError(f"{where} must be HOST:PORT, not {text!r}")
-    return host.strip("[]"), int(port)
+    return hostport
 
 
 def _listeners(table: dict) -> tuple["Listener", ...]:

@@ -19,6 +19,7 @@ from ..crypto.keys import Key
 from ..errors import UsageError
 from ..home import write_atomic
 from ..keys.store import KeyStore
+from ..net import join_hostport
 from ..policy.address import _DOMAIN
 from .ports import Choice, choose
 
@@ -74,7 +75,7 @@ def init_gateway(home: Path, keys: KeyStore, opts: InitOptions) -> dict:
             raise UsageError(f"not a domain name: {d!r}")
     hostname = opts.hostname or f"gateway.{domains[0]}"
     listeners = {c.name: c for c in _listeners(opts)}
-    at = {name: f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}" for name, c in listeners.items()}
+    at = {name: join_hostport(c.host, c.port) for name, c in listeners.items()}
     fprs, dkim = {}, []
     for d in domains:
         key = Key(openpgp.generate(f"securemail gateway <gateway@{d}>", "ed25519",

@@ -30,7 +30,7 @@ from ..crypto.keys import Key
 from ..crypto.tlspin import der_pin
 from ..db import transaction
 from ..errors import KeyChanged, TemporaryFailure
-from ..federation import hostport
+from ..net import join_hostport
 from .binding import directory_source
 from .store import KeyStore
 from .wkd import MAX_KEY_BYTES, advanced_url, keys_for, split_address
@@ -164,7 +164,7 @@ class Locator:
             return self._judge(address, "cached")
         if now - self._down.get(domain, -self.retry_seconds) < self.retry_seconds:
             return self._judge(address, "failed", f"{domain}'s key directory failed recently")
-        url = advanced_url(hostport(*member.wkd), address)
+        url = advanced_url(join_hostport(*member.wkd), address)
         try:
             data = self.fetch(url, member.tls_pin)
         except LocateError as e:
