@@ -35,6 +35,7 @@ from .crypto.tlspin import spki_sha256
 from .errors import ConfigError, PolicyRefusal, SecureMailError
 from .home import write_atomic
 from .net import join_hostport, split_hostport
+from .policy.address import is_domain
 
 if TYPE_CHECKING:
     from .app import Core
@@ -44,7 +45,6 @@ MAX_MANIFEST = 16 << 20
 MIN_RSA_BITS = 2048
 FIELDS = ("domain", "gateway", "tls_pin", "openpgp_key", "dkim")
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_DOMAIN = re.compile(rf"(?=.{{4,253}}$){_LABEL}(?:\.{_LABEL})+")    # lower-case A-labels, dotted
 _HOST = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*|[0-9a-f:.]+")  # a name or an IP
 _SELECTOR = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
 _ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)")
@@ -159,7 +159,7 @@ def parse_member(entry, *, now: float | None = None, check_keys: bool = True) ->
     subkey (on signing and installing; off when reloading the installed file).
     """
     domain = entry.get("domain") if isinstance(entry, dict) else None
-    _ensure(isinstance(domain, str) and _DOMAIN.fullmatch(domain),
+    _ensure(isinstance(domain, str) and is_domain(domain) and domain == domain.lower(),
             f"member entry: invalid domain {domain!r} (lower-case A-labels)")
     missing = [f for f in FIELDS if f not in entry]
     _ensure(not missing, f"{domain}: missing {', '.join(missing)}")

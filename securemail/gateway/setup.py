@@ -20,7 +20,7 @@ from ..errors import UsageError
 from ..home import write_atomic
 from ..keys.store import KeyStore
 from ..net import join_hostport
-from ..policy.address import _DOMAIN
+from ..policy.address import is_domain
 from .ports import Choice, choose
 
 
@@ -71,7 +71,7 @@ def init_gateway(home: Path, keys: KeyStore, opts: InitOptions) -> dict:
         raise UsageError(f"{cfg} exists already; edit it, or use another --home")
     domains = [d.strip().lower() for d in opts.domains]
     for d in domains:
-        if not _DOMAIN.match(d):
+        if not is_domain(d):
             raise UsageError(f"not a domain name: {d!r}")
     hostname = opts.hostname or f"gateway.{domains[0]}"
     listeners = {c.name: c for c in _listeners(opts)}
