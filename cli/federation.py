@@ -31,6 +31,8 @@ from securemail.crypto import openpgp
 from securemail.crypto.keys import Key, load_key
 from securemail.db import create_schema
 from securemail.errors import ConfigError, KeyNotFound, KeyRefused, SecureMailError, UsageError
+from securemail.home import write_atomic
+from securemail.net import join_hostport
 
 from .context import read_input, read_secret_file
 from .keys import parse_lifetime
@@ -70,7 +72,7 @@ def load_draft(home: Path) -> Draft | None:
 
 def save_draft(home: Path, draft: Draft) -> None:
     members = [draft.members[d] for d in sorted(draft.members)]
-    F.write_atomic(home / DRAFT_FILE, pretty_json(
+    write_atomic(home / DRAFT_FILE, pretty_json(
         {"authority": draft.authority, "serial": draft.serial, "members": members}))
 
 
@@ -90,7 +92,7 @@ def record_authority(config_file: Path, fpr: str) -> None:
     if not ok:
         raise ConfigError(f"add {line} to [federation] in {config_file.name} by hand")
     mode = config_file.stat().st_mode & 0o777 if config_file.exists() else 0o600
-    F.write_atomic(config_file, new.encode("utf-8"), mode)
+    write_atomic(config_file, new.encode("utf-8"), mode)
 
 
 def _draft(obj) -> Draft:
@@ -133,7 +135,7 @@ def _authority(obj, fpr: str | None, key_file: str | None, *, store: bool) -> tu
 
 def _echo_members(members) -> None:
     for m in sorted(members, key=lambda m: m.domain):
-        click.echo(f"  {m.domain}  gateway {F.hostport(*m.gateway)}  tls_pin {m.tls_pin}")
+        click.echo(f"  {m.domain}  gateway {join_hostport(*m.gateway)}  tls_pin {m.tls_pin}")
         click.echo(f"      openpgp {load_key(m.openpgp_key).fingerprint}"
                    f"  dkim {', '.join(sel for sel, _ in m.dkim)}")
 
@@ -261,7 +263,7 @@ def sign(obj, output, passphrase_file) -> None:
         data = F.sign_manifest(manifest, key)
     draft.serial += 1  # saved first: a crash skips a serial, never signs two contents under one
     save_draft(obj.core.home.path, draft)
-    F.write_atomic(output, data)
+    write_atomic(output, data)
     click.echo(f"signed manifest serial {draft.serial} with {len(draft.members)} members: {output}")
 
 

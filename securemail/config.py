@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .home import Home
+from .net import split_hostport
 
 
 def read_toml(path: Path) -> dict:
@@ -87,10 +88,11 @@ def _delivery_process(dl: dict) -> bool | None:
 
 
 def parse_hostport(text: str, where: str) -> tuple[str, int]:
-    host, _, port = str(text).rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    """``net.split_hostport``, or ConfigError naming the setting ``where``."""
+    hostport = split_hostport(text)
+    if hostport is None:
         raise ConfigError(f"{where} must be HOST:PORT, not {text!r}")
-    return host.strip("[]"), int(port)
+    return hostport
 
 
 def _listeners(table: dict) -> tuple["Listener", ...]:
@@ -182,16 +184,24 @@ class DkimKeyConfig:
 
 @dataclass(frozen=True)
 class Limits:
+    """``[limits]``: what one SMTP server and one message may take; the SMTP server reads these
+    (smtp/server.py), each answered with its own reply."""
     message_size: int = 25 << 20
     recipients: int = 100
     connections: int = 200
     connections_per_ip: int = 20
-    command_timeout: float = 300.0
+    command_timeout: float = 300.0      # seconds idle after the first MAIL (RFC 5321 4.5.3.2.7)
     connections_per_network: int = 20   # public clients per IPv4 /24 or IPv6 /64 (smtp/slots.py)
-    connections_reserved: int = 50      # of `connections`, only for trusted networks and member gateways
+    connections_reserved: int | None = None  # of `connections`, only for trusted networks and member
+    #                                          gateways; None: a quarter of them
     idle_before_mail: float = 60.0      # seconds idle allowed before a session's first MAIL
     header_bytes: int = 64 << 10   # the header block, parsed whole or refused (mail/headers.py)
     header_fields: int = 1000
+    data_timeout: float = 600.0         # seconds from 354 to the end of data; not read from [limits]
+
+    def __post_init__(self) -> None:
+        if self.connections_reserved is None:
+            object.__setattr__(self, "connections_reserved", self.connections // 4)
 
 
 @dataclass(frozen=True)
@@ -206,15 +216,16 @@ class AuthBudget:
 def _limits(lim: dict) -> Limits:
     """[limits]: every value positive, except connections_reserved (0: no reserve; below connections;
     by default a quarter of them)."""
-    values = {k: _get(lim, k, type(v), v, "limits") for k, v in vars(Limits()).items()}
+    values = {k: _get(lim, k, type(v), v, "limits") for k, v in vars(Limits()).items() if k != "data_timeout"}
     if "connections_reserved" not in lim:
-        values["connections_reserved"] = values["connections"] // 4
+        del values["connections_reserved"]  # Limits keeps a quarter of connections
     for k, v in values.items():
         if k != "connections_reserved":
             _positive(v, f"limits.{k}")
-    if not 0 <= values["connections_reserved"] < values["connections"]:
+    limits = Limits(**values)
+    if not 0 <= limits.connections_reserved < limits.connections:
         raise ConfigError("limits.connections_reserved must be from 0 to less than limits.connections")
-    return Limits(**values)
+    return limits
 
 
 @dataclass(frozen=True)

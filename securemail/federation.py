@@ -17,7 +17,6 @@ import binascii
 import fcntl
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -27,13 +26,16 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from .config import GatewayConfig, parse_hostport
+from .config import GatewayConfig
 from .crypto.armor import unarmor_if_needed
 from .crypto.keys import Key, load_key
 from .crypto.message import sign_detached, verify_signatures
 from .crypto.packets import SIG, read_packets
 from .crypto.tlspin import spki_sha256
 from .errors import ConfigError, PolicyRefusal, SecureMailError
+from .home import write_atomic
+from .net import join_hostport, split_hostport
+from .policy.address import is_domain
 
 if TYPE_CHECKING:
     from .app import Core
@@ -43,7 +45,6 @@ MAX_MANIFEST = 16 << 20
 MIN_RSA_BITS = 2048
 FIELDS = ("domain", "gateway", "tls_pin", "openpgp_key", "dkim")
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_DOMAIN = re.compile(rf"(?=.{{4,253}}$){_LABEL}(?:\.{_LABEL})+")    # lower-case A-labels, dotted
 _HOST = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*|[0-9a-f:.]+")  # a name or an IP
 _SELECTOR = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
 _ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)")
@@ -71,11 +72,11 @@ class Member:
     wkd: tuple[str, int] | None = None      # the key directory's HTTPS listener, if any
 
     def to_dict(self) -> dict:
-        out = {"domain": self.domain, "gateway": hostport(*self.gateway), "tls_pin": self.tls_pin,
+        out = {"domain": self.domain, "gateway": join_hostport(*self.gateway), "tls_pin": self.tls_pin,
                "openpgp_key": self.openpgp_key.decode("ascii"),
                "dkim": [{"selector": s, "public_key": t} for s, t in self.dkim]}
         if self.wkd is not None:
-            out["wkd"] = hostport(*self.wkd)
+            out["wkd"] = join_hostport(*self.wkd)
         return out
 
 
@@ -108,10 +109,6 @@ class Installed:
     manifest: Manifest
     previous: Manifest | None
     changed: bool                           # False: this exact manifest was already installed
-
-
-def hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def canonical(manifest: dict) -> bytes:
@@ -162,16 +159,12 @@ def parse_member(entry, *, now: float | None = None, check_keys: bool = True) ->
     subkey (on signing and installing; off when reloading the installed file).
     """
     domain = entry.get("domain") if isinstance(entry, dict) else None
-    _ensure(isinstance(domain, str) and _DOMAIN.fullmatch(domain),
+    _ensure(isinstance(domain, str) and is_domain(domain) and domain == domain.lower(),
             f"member entry: invalid domain {domain!r} (lower-case A-labels)")
     missing = [f for f in FIELDS if f not in entry]
     _ensure(not missing, f"{domain}: missing {', '.join(missing)}")
     gw, pin, armored, dkim = (entry[f] for f in FIELDS[1:])
-    try:
-        host, port = parse_hostport(gw, "gateway") if isinstance(gw, str) else ("", 0)
-    except ConfigError:
-        host, port = "", 0
-    _ensure(port and _HOST.fullmatch(host), f"{domain}: gateway must be HOST:PORT, not {gw!r}")
+    host, port = _hostport(gw, f"{domain}: gateway")
     wkd = _wkd(entry, domain)
     _ensure(isinstance(pin, str) and _PIN.fullmatch(pin), f"{domain}: tls_pin must be the SHA-256 "
             "of the TLS certificate's SubjectPublicKeyInfo, 64 lower-case hex digits")
@@ -203,12 +196,14 @@ def _wkd(entry: dict, domain: str) -> tuple[str, int] | None:
     """The optional ``wkd`` field: HOST:PORT of the member's key directory."""
     if "wkd" not in entry:
         return None
-    text = entry["wkd"]
-    try:
-        host, port = parse_hostport(text, "wkd") if isinstance(text, str) else ("", 0)
-    except ConfigError:
-        host, port = "", 0
-    _ensure(port and _HOST.fullmatch(host), f"{domain}: wkd must be HOST:PORT, not {text!r}")
+    return _hostport(entry["wkd"], f"{domain}: wkd")
+
+
+def _hostport(text, what: str) -> tuple[str, int]:
+    """A member's HOST:PORT field: a name or an IP, and a port above 0."""
+    hostport = split_hostport(text) if isinstance(text, str) else None
+    host, port = hostport or ("", 0)
+    _ensure(port and _HOST.fullmatch(host), f"{what} must be HOST:PORT, not {text!r}")
     return host, port
 
 
@@ -326,27 +321,6 @@ def install(data: bytes, path, authority_fpr: str, authority_cert: Key,
     return Installed(new, old, True)
 
 
-def write_atomic(path, data: bytes, mode: int = 0o644, before_rename=None) -> None:
-    """tmp + fsync, then ``before_rename()``, then rename + directory fsync; no tmp left behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if before_rename is not None:
-            before_rename()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 # --- this gateway's entries ------------------------------------------------------------------
 def tls_pin_of_cert(pem_or_der: bytes | str) -> str:
     """SHA-256 of the (first) certificate's SubjectPublicKeyInfo DER, lower-case hex (crypto.tlspin)."""
@@ -388,11 +362,11 @@ def own_entries(config: GatewayConfig, core: Core) -> list[dict]:
                     for d in config.dkim_keys if d.domain == domain]
             if domain not in config.openpgp_keys or not dkim:
                 raise ConfigError(f"{domain} needs a key in [keys.openpgp] and a [[keys.dkim]] entry")
-            entries.append({"domain": domain, "gateway": hostport(host, relay.port), "tls_pin": pin,
+            entries.append({"domain": domain, "gateway": join_hostport(host, relay.port), "tls_pin": pin,
                             "openpgp_key": core.keys.get(config.openpgp_keys[domain]).public()
                             .armored().decode("ascii"), "dkim": dkim})
             if wkd is not None:
-                entries[-1]["wkd"] = hostport(wkd_host, wkd.port)
+                entries[-1]["wkd"] = join_hostport(wkd_host, wkd.port)
             parse_member(entries[-1])
     except OSError as e:
         raise ConfigError(f"cannot read {e.filename}: {e.strerror}") from None

@@ -1,4 +1,5 @@
-"""Client-side connection settings shared by the commands that talk to a gateway (SMTP, HTTPS)."""
+"""Network addresses (HOST:PORT, the one way they are read and written) and the client-side
+connection settings shared by the commands that talk to a gateway (SMTP, HTTPS)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,30 @@ import ssl
 from .errors import UsageError
 
 
+def split_hostport(text: str) -> tuple[str, int] | None:
+    """(host, port) from ``HOST:PORT`` or ``[IPV6]:PORT``, the brackets removed; None unless the
+    host is not empty and the port is 0 to 65535 in ASCII digits. Each caller words its own error."""
+    host, _, port = str(text).rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        return None
+    return host, int(port)
+
+
+def join_hostport(host: str, port: int) -> str:
+    """``HOST:PORT``, an IPv6 host in brackets: the form ``split_hostport`` reads back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def server_and_context(server: str, cafile: str | None) -> tuple[str, int, ssl.SSLContext]:
     """HOST:PORT split, and a verifying TLS context (system CAs, or ``cafile``: a gateway's
     self-signed certificate, say)."""
-    host, _, port = server.rpartition(":")
-    if not host or not port.isdigit():
+    hostport = split_hostport(server)
+    if hostport is None:
         raise UsageError(f"--server must be HOST:PORT, not {server!r}")
     try:
         ctx = ssl.create_default_context(cafile=cafile)
     except (OSError, ssl.SSLError) as e:
         raise UsageError(f"cannot load CA file {cafile}: {e}") from None
-    return host, int(port), ctx
+    return (*hostport, ctx)

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 
 from securemail.errors import UsageError
+from securemail.net import join_hostport, split_hostport
 
 _PIN = re.compile(r"^[0-9a-f]{64}$")
 _HOST = re.compile(r"^[A-Za-z0-9.\-_:]{1,253}$")  # names, IPv4, IPv6 (unbracketed)
@@ -39,7 +40,7 @@ class SmtpHop:
     kind = "smtp"
 
     def __str__(self) -> str:
-        return f"smtp:{_host(self.host)}:{self.port}:{self.pin}"
+        return f"smtp:{join_hostport(self.host, self.port)}:{self.pin}"
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class RelayHop:
     kind = "relay"
 
     def __str__(self) -> str:
-        return f"{'relay-decrypt' if self.decrypt else 'relay'}:{_host(self.host)}:{self.port}"
+        return f"{'relay-decrypt' if self.decrypt else 'relay'}:{join_hostport(self.host, self.port)}"
 
 
 @dataclass(frozen=True)
@@ -112,14 +113,12 @@ def _address(address: str) -> str:
 
 
 def _split(hostport: str, text: str) -> tuple[str, int]:
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
+    parts = split_hostport(hostport)
+    if parts is None:
         raise UsageError(f"invalid next hop {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
+    if ":" in parts[0] and not hostport.startswith("["):
         raise UsageError(f"an IPv6 host must be in brackets: {text!r}")
-    return _check_host(host), _check_port(int(port))
+    return _check_host(parts[0]), _check_port(parts[1])
 
 
 def _check_host(host: str) -> str:
@@ -132,7 +131,3 @@ def _check_port(port: int) -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise UsageError(f"invalid port {port!r}")
     return port
-
-
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from securemail.delivery.outcome import DELIVERED, Outcome, permanent, temporary
+from securemail.home import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,7 @@ def deliver_maildir(root: Path, address: str, body: bytes, *,
             _directory(d)
         unique = _unique(clock(), hostname or socket.gethostname())
         tmp, new = box / "tmp" / unique, box / "new" / unique
-        _write(tmp, body)
-        try:
-            os.rename(tmp, new)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(box / "new")
+        write_atomic(new, body, 0o600, tmp=tmp)
     except OSError as err:
         log.error("maildir: delivery to %s failed: %s", name, err)
         return temporary(UNAVAILABLE)
@@ -78,28 +73,6 @@ def _directory(path: Path) -> None:
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(f"{path} is not a directory")
-
-
-def _write(path: Path, body: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        view = memoryview(body)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except OSError:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unique(now: float, hostname: str) -> str:

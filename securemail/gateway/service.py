@@ -26,7 +26,7 @@ from ..smtp.handler import GatewayHandler
 from ..smtp.peercert import request_client_certificates
 from ..smtp.authlimit import AuthGuard, AuthLimits
 from ..smtp.replies import AUTH_REVOKED
-from ..smtp.server import Limits, SMTPServer, make_server
+from ..smtp.server import SMTPServer, make_server
 from .pipeline import Pipeline
 from .cpu import CpuPool
 from .runtime import ManifestSource, MemberAddresses, make_stage, server_tls_context
@@ -156,11 +156,6 @@ def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard: AuthGua
                   clock, reuse_port: bool, known=lambda user: True) -> list[SMTPServer]:
     """One SMTP server per listener: AUTH where the listener offers it ([listeners.*] auth); the
     reserved slots for its trusted networks and the manifest's member gateways."""
-    lim = config.limits
-    limits = Limits(max_message_size=lim.message_size, max_recipients=lim.recipients,
-                    max_connections=lim.connections, max_connections_per_ip=lim.connections_per_ip,
-                    idle_timeout=lim.command_timeout, max_connections_per_network=lim.connections_per_network,
-                    reserved_connections=lim.connections_reserved, idle_before_mail=lim.idle_before_mail)
     # member gateways deliver to the relay listener and show their certificate there (smtp/peercert.py)
     relay_tls = request_client_certificates(server_tls_context(config))
     servers = []
@@ -173,7 +168,7 @@ def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard: AuthGua
             handler, li.host, li.port, tls_context=relay_tls if li.name == "relay" else tls,
             require_starttls=li.require_starttls,
             auth_required=li.auth_required, auth_guard=guard if li.auth else None,
-            hostname=config.hostname, limits=limits, reuse_port=reuse_port,
+            hostname=config.hostname, limits=config.limits, reuse_port=reuse_port,
             privileged=lambda ip, li=li: li.trusts(ip) or ip in members))
     return servers
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +17,10 @@ from ..crypto import openpgp
 from ..crypto.dkim import generate_dkim_key
 from ..crypto.keys import Key
 from ..errors import UsageError
+from ..home import write_atomic
 from ..keys.store import KeyStore
-from ..policy.address import _DOMAIN
+from ..net import join_hostport
+from ..policy.address import is_domain
 from .ports import Choice, choose
 
 
@@ -41,12 +42,7 @@ class InitOptions:
 
 def _write(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(path, mode)
+    write_atomic(path, data, mode)
 
 
 def self_signed_cert(hostname: str, cert_path: Path, key_path: Path, days: int = 825) -> None:
@@ -75,11 +71,11 @@ def init_gateway(home: Path, keys: KeyStore, opts: InitOptions) -> dict:
         raise UsageError(f"{cfg} exists already; edit it, or use another --home")
     domains = [d.strip().lower() for d in opts.domains]
     for d in domains:
-        if not _DOMAIN.match(d):
+        if not is_domain(d):
             raise UsageError(f"not a domain name: {d!r}")
     hostname = opts.hostname or f"gateway.{domains[0]}"
     listeners = {c.name: c for c in _listeners(opts)}
-    at = {name: f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}" for name, c in listeners.items()}
+    at = {name: join_hostport(c.host, c.port) for name, c in listeners.items()}
     fprs, dkim = {}, []
     for d in domains:
         key = Key(openpgp.generate(f"securemail gateway <gateway@{d}>", "ed25519",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError, UsageError
-from ..federation import write_atomic
+from ..home import write_atomic
 
 log = logging.getLogger(__name__)
 

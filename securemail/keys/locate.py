@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from ..crypto.keys import Key
 from ..db import transaction
 from ..errors import KeyChanged, LocateError, TemporaryFailure
-from ..federation import hostport
+from ..net import join_hostport
 from .binding import directory_source
 from .store import KeyStore
 from .wkd import advanced_url, keys_for, split_address
@@ -125,7 +125,7 @@ class Locator:
             return self._judge(address, "cached")
         if now - self._down.get(domain, -self.retry_seconds) < self.retry_seconds:
             return self._judge(address, "failed", f"{domain}'s key directory failed recently")
-        url = advanced_url(hostport(*member.wkd), address)
+        url = advanced_url(join_hostport(*member.wkd), address)
         try:
             data = self.fetch(url, member.tls_pin)
         except LocateError as e:

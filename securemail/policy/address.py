@@ -21,9 +21,16 @@ def split(address: str) -> tuple[str, str] | None:
     local, domain = address.rsplit("@", 1)
     if "%" in local or "!" in local or len(local) > 64 or not _LOCAL.match(local):
         return None
-    if not _DOMAIN.match(domain):
+    if not is_domain(domain):
         return None
     return local, domain.lower()
+
+
+def is_domain(name: str) -> bool:
+    """A dotted domain name, the one syntax securemail accepts (addresses, gateway init, the
+    manifest): labels of 1 to 63 letters, digits and inner hyphens, a top label of 2 to 63 letters,
+    253 characters at most; any case (lower-case it, or require it, where that matters)."""
+    return bool(_DOMAIN.match(name))
 
 
 def domain_of(address: str) -> str | None:

@@ -4,7 +4,7 @@ from securemail.smtp import replies
 
 # The adapter is imported on first use: a process that only needs the named replies (a crypto
 # worker: the header-block refusals of mail/headers.py) does not load aiosmtpd.
-_LAZY = {"GatewayHandler": "handler", "SessionInfo": "handler", "Limits": "server",
+_LAZY = {"GatewayHandler": "handler", "SessionInfo": "handler",
          "SMTPServer": "server", "make_server": "server", "running_server": "server"}
 
 
@@ -15,5 +15,5 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
 
 
-__all__ = ["GatewayHandler", "Limits", "SMTPServer", "SessionInfo", "make_server",
+__all__ = ["GatewayHandler", "SMTPServer", "SessionInfo", "make_server",
            "replies", "running_server"]

@@ -19,11 +19,11 @@ import logging
 import re
 import socket
 import ssl
-from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException
 
+from securemail.config import Limits
 from securemail.errors import ConfigError, SecureMailError
 from securemail.smtp import replies
 from securemail.smtp.fastaddr import fast_getaddr
@@ -43,21 +43,6 @@ _NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
 _NOT_PRINTABLE_OR_TAB = re.compile(rb"[^\t\x20-\x7e]")
 _SOURCE_ROUTE = re.compile(r"TO:\s*<\s*@", re.I)  # RFC 5321 4.1.2 A-d-l, obsolete
 _MAIL_SOURCE_ROUTE = re.compile(r"FROM:\s*<\s*@", re.I)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-server resource limits; every one is answered with its own reply."""
-
-    max_message_size: int = 25 * 1024 * 1024
-    max_recipients: int = 100
-    max_connections: int = 200
-    max_connections_per_ip: int = 20
-    idle_timeout: float = 300.0  # seconds without a command (RFC 5321 4.5.3.2.7)
-    data_timeout: float = 600.0  # seconds from 354 to the end of data
-    max_connections_per_network: int = 20  # public clients per IPv4 /24 or IPv6 /64 (smtp/slots.py)
-    reserved_connections: int = 0  # of max_connections, only for trusted networks and member gateways
-    idle_before_mail: float = 60.0  # seconds without a command before the session's first MAIL
 
 
 class CommandRefused(SecureMailError):
@@ -106,8 +91,8 @@ class GatewaySMTP(AuthSession, SMTP):
         limits = self.limits = sessions.limits
         # aiosmtpd keeps this in a class attribute shared by every session; make it ours.
         self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
-        super().__init__(handler, data_size_limit=limits.max_message_size,
-                         timeout=limits.idle_timeout, enable_SMTPUTF8=False,
+        super().__init__(handler, data_size_limit=limits.message_size,
+                         timeout=limits.command_timeout, enable_SMTPUTF8=False,
                          decode_data=False, auth_require_tls=True, **kwargs)
         self._sessions = sessions
         self._counted_ip: str | None = None
@@ -168,7 +153,7 @@ class GatewaySMTP(AuthSession, SMTP):
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         if duration is None and not getattr(self, "_mail_given", True):  # aiosmtpd's __init__ calls it
-            duration = min(self.limits.idle_before_mail, self.limits.idle_timeout)
+            duration = min(self.limits.idle_before_mail, self.limits.command_timeout)
         super()._reset_timeout(duration)
 
     async def push(self, status: Any) -> None:
@@ -197,7 +182,7 @@ class GatewaySMTP(AuthSession, SMTP):
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         if self.envelope and self.envelope.mail_from:  # so HELO, AUTH and MAIL checks came first
-            if len(self.envelope.rcpt_tos) >= self.limits.max_recipients:
+            if len(self.envelope.rcpt_tos) >= self.limits.recipients:
                 await self.push(replies.TOO_MANY_RCPT)
                 return
             if arg and _SOURCE_ROUTE.match(arg):  # aiosmtpd would hand over only user@domain
@@ -246,7 +231,7 @@ class GatewaySMTP(AuthSession, SMTP):
         the marker is found whatever the packet boundaries. A message over the size
         limit is answered TOO_BIG even if it also has a line over 1000 octets.
         """
-        reader, max_size = self._data_reader, self.limits.max_message_size
+        reader, max_size = self._data_reader, self.limits.message_size
         kept: io.BytesIO | None = io.BytesIO()  # getvalue() hands its buffer over, uncopied
         seen = b"\r\n"  # the last octets read; the CRLF before the first line is implied
         carry = b""  # the start of a line not ended yet
@@ -290,9 +275,9 @@ class SMTPServer:
         self._port = port
         self._session_kwargs = session_kwargs
         self._server: asyncio.AbstractServer | None = None
-        self.slots = Slots(total=limits.max_connections, per_ip=limits.max_connections_per_ip,
-                           per_network=limits.max_connections_per_network,
-                           reserved=limits.reserved_connections, privileged=privileged)
+        self.slots = Slots(total=limits.connections, per_ip=limits.connections_per_ip,
+                           per_network=limits.connections_per_network,
+                           reserved=limits.connections_reserved, privileged=privileged)
         self.live: set[GatewaySMTP] = set()
 
     def acquire(self, ip: str, session: GatewaySMTP) -> bool:

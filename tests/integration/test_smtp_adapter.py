@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from securemail.errors import ConfigError, PolicyRefusal
-from securemail.smtp import GatewayHandler, Limits, make_server, replies, running_server
+from securemail.config import Limits
+from securemail.smtp import GatewayHandler, make_server, replies, running_server
 
 pytestmark = pytest.mark.timeout(60)
 GOOD, OTHER = b"<alice@gov.test>", b"<bob@gov.test>"
@@ -333,7 +334,7 @@ def test_data_line_limit_is_1000_octets(serve, line, stored):
 
 
 def test_message_size_limit(serve):
-    port, rec = serve(limits=Limits(max_message_size=1000))
+    port, rec = serve(limits=Limits(message_size=1000))
     raw = Raw(port)
     raw.reply()
     assert "250-SIZE 1000" in raw.cmd(b"EHLO c").splitlines()
@@ -348,7 +349,7 @@ def test_message_size_limit(serve):
 
 # --- 4. recipients -------------------------------------------------------------------
 def test_recipient_limit(serve):
-    port, rec = serve(limits=Limits(max_recipients=2))
+    port, rec = serve(limits=Limits(recipients=2))
     raw = Raw(port)
     raw.reply(), raw.cmd(b"EHLO c"), raw.cmd(b"MAIL FROM:" + GOOD)
     assert raw.cmd(b"RCPT TO:<r1@gov.test>") == replies.RCPT_OK
@@ -371,7 +372,7 @@ def _refused(port: int, source: str = "127.0.0.1") -> bool:
 
 
 def test_connections_per_ip(serve):
-    port, _ = serve(limits=Limits(max_connections_per_ip=2, max_connections=10))
+    port, _ = serve(limits=Limits(connections_per_ip=2, connections=10))
     first, second = Raw(port), Raw(port)
     assert first.reply().startswith("220") and second.reply().startswith("220")
     assert _refused(port)
@@ -384,7 +385,7 @@ def test_connections_per_ip(serve):
 
 
 def test_connections_total(serve):
-    port, _ = serve(limits=Limits(max_connections_per_ip=10, max_connections=2))
+    port, _ = serve(limits=Limits(connections_per_ip=10, connections=2))
     held = [Raw(port), Raw(port, source="127.0.0.2")]
     assert all(raw.reply().startswith("220") for raw in held)
     assert _refused(port, source="127.0.0.3")
@@ -392,7 +393,7 @@ def test_connections_total(serve):
 
 # --- 6. timeouts -----------------------------------------------------------------------
 def test_idle_timeout(serve):
-    port, _ = serve(limits=Limits(idle_timeout=0.3))
+    port, _ = serve(limits=Limits(command_timeout=0.3))
     raw = Raw(port)
     raw.reply()
     started = time.monotonic()
@@ -401,7 +402,7 @@ def test_idle_timeout(serve):
 
 
 def test_data_time_limit(serve):
-    port, rec = serve(limits=Limits(idle_timeout=10, data_timeout=0.5))
+    port, rec = serve(limits=Limits(command_timeout=10, data_timeout=0.5))
     raw = Raw(port)
     raw.start_data()
     started = time.monotonic()

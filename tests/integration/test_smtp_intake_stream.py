@@ -14,7 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from securemail.smtp import Limits, replies
+from securemail.config import Limits
+from securemail.smtp import replies
 from securemail.smtp.server import GatewaySMTP
 
 from .test_smtp_adapter import GOOD, OTHER, Raw, close_raw_clients, loop, serve  # noqa: F401 - fixtures
@@ -137,7 +138,7 @@ def test_data_line_of_1000_and_1001_octets(serve, where, line, ok):
 
 
 def test_a_line_of_megabytes_is_refused(serve):
-    port, rec = serve(limits=Limits(max_message_size=4 << 20))
+    port, rec = serve(limits=Limits(message_size=4 << 20))
     raw = Raw(port)
     raw.start_data()
     for _ in range(8):
@@ -149,7 +150,7 @@ def test_a_line_of_megabytes_is_refused(serve):
 
 # --- size ----------------------------------------------------------------------------------
 def test_size_limit_is_exact(serve):
-    port, rec = serve(limits=Limits(max_message_size=1000))
+    port, rec = serve(limits=Limits(message_size=1000))
     raw = Raw(port)
     raw.start_data()
     exact = (b"x" * 98 + b"\r\n") * 10  # 1000 octets
@@ -162,7 +163,7 @@ def test_size_limit_is_exact(serve):
 
 
 def test_size_exceeded_then_more_data_then_the_end_marker(serve):
-    port, rec = serve(limits=Limits(max_message_size=10_000))
+    port, rec = serve(limits=Limits(message_size=10_000))
     raw = Raw(port)
     raw.start_data()
     send_in_parts(raw, b"Subject: big\r\n\r\n" + b"y" * 70 + b"\r\n", (b"z" * 98 + b"\r\n") * 150,
@@ -174,7 +175,7 @@ def test_size_exceeded_then_more_data_then_the_end_marker(serve):
 
 
 def test_too_big_wins_over_a_long_line(serve):
-    port, rec = serve(limits=Limits(max_message_size=5000))
+    port, rec = serve(limits=Limits(message_size=5000))
     raw = Raw(port)
     raw.start_data()
     assert raw.cmd(b"a" * 2000 + b"\r\n" + (b"b" * 98 + b"\r\n") * 60 + b".") == replies.TOO_BIG
@@ -197,7 +198,7 @@ def reference(stream: bytes, max_size: int) -> tuple[bytes, str | None, bytes]:
 async def read_fed(stream: bytes, cuts: list[int], max_size: int) -> tuple[bytes, str | None, bytes]:
     """``_read_data`` on a StreamReader fed ``stream`` cut at ``cuts``, with aiosmtpd's limit."""
     reader = asyncio.StreamReader(limit=GatewaySMTP.line_length_limit)
-    session = SimpleNamespace(_data_reader=reader, limits=Limits(max_message_size=max_size))
+    session = SimpleNamespace(_data_reader=reader, limits=Limits(message_size=max_size))
 
     async def feed() -> None:
         for a, b in zip([0, *cuts], [*cuts, len(stream)]):
