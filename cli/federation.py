@@ -29,7 +29,6 @@ from securemail.app import manifest_path
 from securemail.config import GatewayConfig, read_toml
 from securemail.crypto import openpgp
 from securemail.crypto.keys import Key, load_key
-from securemail.db import create_schema
 from securemail.errors import ConfigError, KeyNotFound, KeyRefused, SecureMailError, UsageError
 
 from .context import read_input, read_secret_file
@@ -314,7 +313,6 @@ def install(obj, file, authority, authority_key) -> None:
         raise UsageError("no federation authority configured: give --authority FPR "
                          "(its fingerprint, obtained out of band)")
     fpr, cert = _authority(obj, configured or authority, authority_key, store=True)
-    create_schema(obj.core.engine)
     result = F.install(read_input(file), manifest_path(home), fpr, cert,
                        AuditLog(obj.core.engine))
     if not configured:

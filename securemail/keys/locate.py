@@ -132,8 +132,6 @@ class Locator:
         self.own_domains = tuple(d.lower() for d in own_domains)
         self.memo_seconds = memo_seconds
         self._memo: dict[str, tuple[float, tuple, object]] = {}
-        with transaction(store.engine) as conn:
-            metadata.create_all(conn)
 
     def _last(self, address: str):
         with transaction(self.store.engine, write=False) as conn:

@@ -25,7 +25,8 @@ from cryptography.x509.oid import NameOID
 
 from securemail.audit import AuditLog
 from securemail.config import Retry
-from securemail.db import create_schema, make_engine
+from securemail.db import make_engine
+from securemail.schema import create_schema
 from securemail.delivery import (DeliveryWorker, deliver_smtp, maildir_hop, queue_bounce_sender,
                                  relay_hop, smtp_hop, spki_sha256)
 from securemail.queue import Queue

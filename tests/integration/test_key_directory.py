@@ -212,8 +212,10 @@ from securemail.gateway.wkd_server import WkdServer
 from securemail.keys.directory import Directory
 from securemail.keys.publish import Nonces
 from securemail.keys.store import KeyStore
+from securemail.schema import create_schema
 work, url, domain, address = sys.argv[1:5]
 engine = make_engine(url)
+create_schema(engine)
 ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
 ctx.load_cert_chain(work + "/cert.pem", work + "/key.pem")
 server = WkdServer("127.0.0.1", 443, ctx, Directory(engine, KeyStore(engine), [domain]), Nonces(engine),

@@ -20,7 +20,8 @@ from securemail.audit import AuditLog
 from securemail.crypto import openpgp
 from securemail.crypto.dkim import DkimSigner, generate_dkim_key, manifest_dnsfunc, verify_dkim
 from securemail.crypto.keys import Key
-from securemail.db import create_schema, make_engine
+from securemail.db import make_engine
+from securemail.schema import create_schema
 
 def new_key(uid: str, lifetime: timedelta | None = None) -> Key:
     return Key(openpgp.generate(uid, "ed25519", lifetime, None))
