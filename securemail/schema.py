@@ -18,11 +18,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import audit
 from .db import transaction
-from .keys import binding, directory, locate, publish, store
+from .keys import binding, directory, publish, sources, store
 from .queue import models, replay
 
 METADATA = (models.metadata, replay.metadata, audit.metadata, store.metadata, binding.metadata,
-            directory.metadata, locate.metadata, publish.metadata)
+            directory.metadata, sources.metadata, publish.metadata)
 
 
 def create_schema(engine: Engine, clock: Callable[[], float] = time.time) -> None:

@@ -32,19 +32,12 @@ from ..delivery.smtp import spki_sha256
 from ..errors import KeyChanged, TemporaryFailure
 from ..federation import hostport
 from .binding import directory_source
+from .sources import sources_table
 from .store import KeyStore
 from .wkd import MAX_KEY_BYTES, advanced_url, keys_for, split_address
 
 log = logging.getLogger(__name__)
 
-metadata = sa.MetaData()
-sources_table = sa.Table(
-    "key_sources", metadata,
-    sa.Column("address", sa.String(320), primary_key=True),
-    sa.Column("fingerprint", sa.String(40), primary_key=True),   # "" records "no key there"
-    sa.Column("source", sa.String(200), nullable=False),
-    sa.Column("fetched_at", sa.Float, nullable=False),
-)
 DAY = 86400.0
 
 
