@@ -30,6 +30,7 @@ from securemail.config import GatewayConfig, read_toml
 from securemail.crypto import openpgp
 from securemail.crypto.keys import Key, load_key
 from securemail.errors import ConfigError, KeyNotFound, KeyRefused, SecureMailError, UsageError
+from securemail.membership import own_entries
 
 from .context import read_input, read_secret_file
 from .keys import parse_lifetime
@@ -242,7 +243,7 @@ def remove(obj, domain) -> None:
 def entry(obj) -> None:
     """Print this gateway's entries (JSON) for the authority's 'federation add --entry'."""
     config = GatewayConfig.load(obj.core.home)
-    click.echo(json.dumps(F.own_entries(config, obj.core), indent=2))
+    click.echo(json.dumps(own_entries(config, obj.core.keys.get), indent=2))
 
 
 @federation.command()

@@ -13,12 +13,13 @@ import sqlalchemy as sa
 from .config import CoreConfig, GatewayConfig, read_toml
 from .audit import AuditLog
 from .db import make_engine
+from .federation import ManifestSource
 from .home import Home
 from .keys.store import KeyStore
 from .schema import create_schema
 
 if TYPE_CHECKING:
-    from .keys.locate import Locator
+    from .keys.locate import Locator  # here: its HTTPS client is for the commands that look keys up
 
 
 @dataclass
@@ -67,8 +68,7 @@ def manifest_path(home: Home) -> Path:
 def open_locator(core: Core, *, timeout: float = 10.0) -> "Locator | None":
     """The key locator of a home with an installed federation manifest; None without one.
     ``timeout``: seconds for one directory request (``read`` asks with a short one)."""
-    from .gateway.runtime import ManifestSource
-    from .keys.locate import Locator
+    from .keys.locate import Locator  # here: its HTTPS client is for the commands that look keys up
     path = manifest_path(core.home)
     if not path.exists():
         return None

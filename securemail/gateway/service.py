@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..audit import AuditLog
 from ..config import GatewayConfig
 from ..db import make_engine
+from ..federation import ManifestSource
 from ..delivery.pool import SessionPool
 from ..delivery.worker import DeliveryWorker
 from .delivery import DeliveryProcess, build_delivery
@@ -30,7 +31,7 @@ from ..smtp.replies import AUTH_REVOKED
 from ..smtp.server import Limits, SMTPServer, make_server
 from .pipeline import Pipeline
 from .cpu import CpuPool
-from .runtime import ManifestSource, MemberAddresses, make_stage, server_tls_context
+from .runtime import MemberAddresses, make_stage, server_tls_context
 from .users import Users
 from .wkd_server import WkdServer
 
