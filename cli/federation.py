@@ -29,10 +29,10 @@ from securemail.app import manifest_path
 from securemail.config import GatewayConfig, read_toml
 from securemail.crypto import openpgp
 from securemail.crypto.keys import Key, load_key
-from securemail.db import create_schema
 from securemail.errors import ConfigError, KeyNotFound, KeyRefused, SecureMailError, UsageError
 from securemail.home import write_atomic
 from securemail.net import join_hostport
+from securemail.membership import own_entries
 
 from .context import read_input, read_secret_file
 from .keys import parse_lifetime
@@ -245,7 +245,7 @@ def remove(obj, domain) -> None:
 def entry(obj) -> None:
     """Print this gateway's entries (JSON) for the authority's 'federation add --entry'."""
     config = GatewayConfig.load(obj.core.home)
-    click.echo(json.dumps(F.own_entries(config, obj.core), indent=2))
+    click.echo(json.dumps(own_entries(config, obj.core.keys.get), indent=2))
 
 
 @federation.command()
@@ -316,7 +316,6 @@ def install(obj, file, authority, authority_key) -> None:
         raise UsageError("no federation authority configured: give --authority FPR "
                          "(its fingerprint, obtained out of band)")
     fpr, cert = _authority(obj, configured or authority, authority_key, store=True)
-    create_schema(obj.core.engine)
     result = F.install(read_input(file), manifest_path(home), fpr, cert,
                        AuditLog(obj.core.engine))
     if not configured:

@@ -152,10 +152,8 @@ CHILD_ENV = "SECUREMAIL_SERVE_CHILD"
 # --- operators --------------------------------------------------------------------------
 def _queue(obj):
     from securemail.audit import AuditLog
-    from securemail.db import create_schema
     from securemail.queue import Queue
     engine = obj.core.engine  # [database] url: the same for the key store, queue and audit log
-    create_schema(engine)
     audit = AuditLog(engine)
     return Queue(engine, audit_log=audit), audit
 

@@ -12,12 +12,14 @@ import sqlalchemy as sa
 
 from .config import CoreConfig, GatewayConfig, read_toml
 from .audit import AuditLog
-from .db import create_schema, make_engine
+from .db import make_engine
+from .federation import ManifestSource
 from .home import Home
 from .keys.store import KeyStore
+from .schema import create_schema
 
 if TYPE_CHECKING:
-    from .keys.locate import Locator
+    from .keys.locate import Locator  # here: its HTTPS client is for the commands that look keys up
 
 
 @dataclass
@@ -41,7 +43,7 @@ def open_core(home_dir=None, clock: Callable[[], float] = time.time, *,
     if config.database_url == home.default_database_url and not home.database_file.exists():
         os.close(os.open(home.database_file, os.O_CREAT | os.O_WRONLY, 0o600))
     engine = make_engine(config.database_url)
-    create_schema(engine)  # queue and audit tables: key changes are audited in every home
+    create_schema(engine, clock)  # every table, once: key changes are audited in every home
     keys = KeyStore(engine, clock, audit=AuditLog(engine, clock))
     _private(home.database_file)
     return Core(home, config, engine, keys)
@@ -66,8 +68,7 @@ def manifest_path(home: Home) -> Path:
 def open_locator(core: Core, *, timeout: float = 10.0) -> "Locator | None":
     """The key locator of a home with an installed federation manifest; None without one.
     ``timeout``: seconds for one directory request (``read`` asks with a short one)."""
-    from .gateway.runtime import ManifestSource
-    from .keys.locate import Locator
+    from .keys.locate import Locator  # here: its HTTPS client is for the commands that look keys up
     path = manifest_path(core.home)
     if not path.exists():
         return None

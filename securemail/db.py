@@ -159,17 +159,3 @@ def checkpoint(engine: Engine, *, truncate: bool = False) -> bool:
                 db.execute(f"PRAGMA busy_timeout={wait}")
         finally:
             raw.close()
-
-
-def create_schema(engine: Engine) -> None:
-    """Create the queue and audit tables if missing (idempotent)."""
-    from securemail import audit
-    from securemail.queue import models, replay
-
-    with transaction(engine) as conn:
-        if conn.dialect.name == "postgresql":  # DDL is transactional; serialize creators
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('securemail.schema'))"))
-        models.metadata.create_all(conn)
-        replay.metadata.create_all(conn)
-        audit.metadata.create_all(conn)
-        audit.init_head(conn)

@@ -17,6 +17,8 @@ import binascii
 import fcntl
 import hashlib
 import json
+import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -26,20 +28,19 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from .config import GatewayConfig
 from .crypto.armor import unarmor_if_needed
 from .crypto.keys import Key, load_key
 from .crypto.message import sign_detached, verify_signatures
 from .crypto.packets import SIG, read_packets
-from .crypto.tlspin import spki_sha256
 from .errors import ConfigError, PolicyRefusal, SecureMailError
 from .home import write_atomic
 from .net import join_hostport, split_hostport
 from .policy.address import is_domain
 
 if TYPE_CHECKING:
-    from .app import Core
     from .audit import AuditLog
+
+log = logging.getLogger(__name__)
 
 MAX_MANIFEST = 16 << 20
 MIN_RSA_BITS = 2048
@@ -321,53 +322,46 @@ def install(data: bytes, path, authority_fpr: str, authority_cert: Key,
     return Installed(new, old, True)
 
 
-# --- this gateway's entries ------------------------------------------------------------------
-def tls_pin_of_cert(pem_or_der: bytes | str) -> str:
-    """SHA-256 of the (first) certificate's SubjectPublicKeyInfo DER, lower-case hex (crypto.tlspin)."""
-    data = pem_or_der.encode() if isinstance(pem_or_der, str) else pem_or_der
-    pin = spki_sha256(data[max(data.find(b"-----BEGIN"), 0):])  # PEM from its BEGIN line, or DER
-    if pin is None:
-        raise ConfigError("not an X.509 certificate (PEM or DER)")
-    return pin
+# --- the installed manifest, while the gateway runs ---------------------------------------
+class ManifestSource:
+    """The installed federation manifest; re-read when its file changes (cheap stat per call)."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[float, int] | None = None
+        self._manifest = None
+        self._keys: dict[str, Key | None] = {}
 
-def dkim_public_txt(private_pem: bytes) -> str:
-    """The DNS TXT value of a DKIM private key: Ed25519 raw key, or RSA SubjectPublicKeyInfo."""
-    try:
-        key = serialization.load_pem_private_key(private_pem, password=None)
-    except (ValueError, TypeError):
-        raise ConfigError("DKIM private key unreadable (unencrypted PEM expected)") from None
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        k, enc, fmt = "ed25519", serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    elif isinstance(key, rsa.RSAPrivateKey):
-        k, enc, fmt = "rsa", serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    else:
-        raise ConfigError("DKIM key must be Ed25519 or RSA")
-    return f"v=DKIM1; k={k}; p={base64.b64encode(key.public_key().public_bytes(enc, fmt)).decode()}"
+    def __call__(self):
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_mtime, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp != self._stamp:
+            self._manifest = load_installed(self.path) if stamp else None
+            self._keys = {}
+            self._stamp = stamp
+            log.info("federation manifest %s", f"serial {self._manifest.serial}" if self._manifest else "absent")
+        return self._manifest
 
+    def member_key(self, domain: str) -> Key | None:
+        """The member domain's gateway key, parsed once per manifest; None if unusable."""
+        m = self()
+        if m is None or not m.is_member(domain):
+            return None
+        if domain not in self._keys:
+            try:
+                self._keys[domain] = load_key(m.member(domain).openpgp_key)
+            except Exception:  # noqa: BLE001 - a broken entry must not break other domains
+                log.warning("member %s has an unusable OpenPGP key in the manifest", domain)
+                self._keys[domain] = None
+        return self._keys[domain]
 
-def own_entries(config: GatewayConfig, core: Core) -> list[dict]:
-    """This gateway's entries, one per served domain, checked as the authority will check them."""
-    relay = config.listener("relay")
-    if relay is None:
-        raise ConfigError("no [listeners.relay]: member gateways reach this one through it")
-    host = config.hostname if relay.host in ("", "0.0.0.0", "::") else relay.host  # not a wildcard
-    wkd = config.listener("wkd")
-    wkd_host = (config.hostname if wkd.host in ("", "0.0.0.0", "::") else wkd.host) if wkd else None
-    entries = []
-    try:
-        pin = tls_pin_of_cert(config.tls_cert.read_bytes())
-        for domain in config.domains:
-            dkim = [{"selector": d.selector, "public_key": dkim_public_txt(d.private_key.read_bytes())}
-                    for d in config.dkim_keys if d.domain == domain]
-            if domain not in config.openpgp_keys or not dkim:
-                raise ConfigError(f"{domain} needs a key in [keys.openpgp] and a [[keys.dkim]] entry")
-            entries.append({"domain": domain, "gateway": join_hostport(host, relay.port), "tls_pin": pin,
-                            "openpgp_key": core.keys.get(config.openpgp_keys[domain]).public()
-                            .armored().decode("ascii"), "dkim": dkim})
-            if wkd is not None:
-                entries[-1]["wkd"] = join_hostport(wkd_host, wkd.port)
-            parse_member(entries[-1])
-    except OSError as e:
-        raise ConfigError(f"cannot read {e.filename}: {e.strerror}") from None
-    return entries
+    def lookup(self, keyid: str, fpr: str | None) -> Key | None:
+        m = self()
+        for domain in (m.members if m else {}):
+            key = self.member_key(domain)
+            if key and ((fpr and fpr == key.fingerprint) or keyid in key.keyids):
+                return key
+        return None

@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from securemail.db import create_schema, make_engine
+from securemail.db import make_engine
+from securemail.schema import create_schema
 
 pytest_plugins = ("tests.differential",)  # every body that crosses to a member is checked (issue 10)
 

@@ -4,7 +4,7 @@ The federation pins keys, not chains: a member's ``tls_pin`` in the manifest
 is this value of its gateway's certificate (self-signed certificates are
 normal). The delivery client checks it on the server's certificate, the SMTP
 server computes it for the client certificate a session showed, and
-``federation.tls_pin_of_cert`` for this gateway's own entry. A renewed
+``membership.tls_pin_of_cert`` for this gateway's own entry. A renewed
 certificate over the same key keeps its pin.
 """
 

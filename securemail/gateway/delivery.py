@@ -26,12 +26,12 @@ from ..delivery.hops import maildir_hop, relay_hop, smtp_hop
 from ..delivery.pool import SessionPool
 from ..delivery.worker import DeliveryWorker
 from ..errors import ConfigError
+from ..federation import ManifestSource
 from ..keys.store import KeyStore
 from ..policy.address import domain_of
 from ..policy.encryption import EncryptionCheck
 from ..policy.facts import Facts, Headers
 from ..queue import Queue
-from .runtime import ManifestSource
 from .transform import Transformer
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,13 @@
-"""What a running gateway holds: the installed manifest (reloaded on change), domain keys, DKIM signers."""
+"""What a running gateway holds: member gateways' addresses, domain keys, DKIM signers, the crypto stage.
+
+The installed manifest (re-read when it changes) is ``federation.ManifestSource``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import logging
-import os
 import socket
 import ssl
 import time
@@ -14,59 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..crypto.dkim import DkimSigner
-from ..crypto.keys import Key, load_key
+from ..crypto.keys import Key
 from ..errors import ConfigError, KeyRefused, KeyUnusable, TemporaryFailure
-from ..federation import load_installed
+from ..federation import ManifestSource
 from ..keys.store import KeyStore
 
 if TYPE_CHECKING:
     from .stage import CryptoStage
 
 log = logging.getLogger(__name__)
-
-
-class ManifestSource:
-    """The installed federation manifest; re-read when its file changes (cheap stat per call)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._stamp: tuple[float, int] | None = None
-        self._manifest = None
-        self._keys: dict[str, Key | None] = {}
-
-    def __call__(self):
-        try:
-            st = os.stat(self.path)
-            stamp = (st.st_mtime, st.st_size)
-        except FileNotFoundError:
-            stamp = None
-        if stamp != self._stamp:
-            self._manifest = load_installed(self.path) if stamp else None
-            self._keys = {}
-            self._stamp = stamp
-            log.info("federation manifest %s", f"serial {self._manifest.serial}" if self._manifest else "absent")
-        return self._manifest
-
-    def member_key(self, domain: str) -> Key | None:
-        """The member domain's gateway key, parsed once per manifest; None if unusable."""
-        m = self()
-        if m is None or not m.is_member(domain):
-            return None
-        if domain not in self._keys:
-            try:
-                self._keys[domain] = load_key(m.member(domain).openpgp_key)
-            except Exception:  # noqa: BLE001 - a broken entry must not break other domains
-                log.warning("member %s has an unusable OpenPGP key in the manifest", domain)
-                self._keys[domain] = None
-        return self._keys[domain]
-
-    def lookup(self, keyid: str, fpr: str | None) -> Key | None:
-        m = self()
-        for domain in (m.members if m else {}):
-            key = self.member_key(domain)
-            if key and ((fpr and fpr == key.fingerprint) or keyid in key.keyids):
-                return key
-        return None
 
 
 class MemberAddresses:

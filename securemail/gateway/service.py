@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from ..audit import AuditLog
 from ..config import GatewayConfig
-from ..db import create_schema, make_engine
+from ..db import make_engine
+from ..federation import ManifestSource
 from ..delivery.pool import SessionPool
 from ..delivery.worker import DeliveryWorker
 from .delivery import DeliveryProcess, build_delivery
@@ -22,6 +23,7 @@ from ..keys.publish import Nonces
 from ..keys.store import KeyStore
 from ..queue import Queue
 from ..queue.retention import Retention
+from ..schema import create_schema
 from ..smtp.handler import GatewayHandler
 from ..smtp.peercert import request_client_certificates
 from ..smtp.authlimit import AuthGuard, AuthLimits
@@ -29,7 +31,7 @@ from ..smtp.replies import AUTH_REVOKED
 from ..smtp.server import SMTPServer, make_server
 from .pipeline import Pipeline
 from .cpu import CpuPool
-from .runtime import ManifestSource, MemberAddresses, make_stage, server_tls_context
+from .runtime import MemberAddresses, make_stage, server_tls_context
 from .users import Users
 from .wkd_server import WkdServer
 
@@ -117,7 +119,7 @@ def build(home: Home, *, clock=time.time, owner: str | None = None,
     config = GatewayConfig.load(home)
     # intake commits never pay for a SQLite checkpoint: the delivery workers run them (worker.py)
     engine = make_engine(config.database_url, wal_autocheckpoint=False)
-    create_schema(engine)
+    create_schema(engine, clock)  # every table, once; the crypto workers and delivery child use them
     audit = AuditLog(engine, clock)
     keys = KeyStore(engine, clock, audit=audit)
     queue = Queue(engine, clock, audit_log=audit)

@@ -56,8 +56,6 @@ class Directory:
                  clock: Callable[[], float] = time.time, audit=None) -> None:
         self.engine, self.keys, self.clock, self.audit = engine, keys, clock, audit
         self.domains = tuple(d.lower() for d in domains)
-        with transaction(engine) as conn:
-            metadata.create_all(conn)
 
     def _check(self, address: str, key: Key) -> tuple[str, str, str]:
         """(address, domain, hash) when ``key`` may be published for ``address``; UsageError why not."""

@@ -28,19 +28,12 @@ from ..db import transaction
 from ..errors import KeyChanged, LocateError, TemporaryFailure
 from ..net import join_hostport
 from .binding import directory_source
+from .sources import sources_table
 from .store import KeyStore
 from .wkd import advanced_url, keys_for, split_address
 
 log = logging.getLogger(__name__)
 
-metadata = sa.MetaData()
-sources_table = sa.Table(
-    "key_sources", metadata,
-    sa.Column("address", sa.String(320), primary_key=True),
-    sa.Column("fingerprint", sa.String(40), primary_key=True),   # "" records "no key there"
-    sa.Column("source", sa.String(200), nullable=False),
-    sa.Column("fetched_at", sa.Float, nullable=False),
-)
 DAY = 86400.0
 
 
@@ -93,8 +86,6 @@ class Locator:
         self.own_domains = tuple(d.lower() for d in own_domains)
         self.memo_seconds = memo_seconds
         self._memo: dict[str, tuple[float, tuple, object]] = {}
-        with transaction(store.engine) as conn:
-            metadata.create_all(conn)
 
     def _last(self, address: str):
         with transaction(self.store.engine, write=False) as conn:

@@ -140,8 +140,6 @@ class Nonces:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        with transaction(engine) as conn:
-            metadata.create_all(conn)
 
     def claim(self, nonce: str, now: float) -> bool:
         """True the first time ``nonce`` is seen (and stored); False for a replay."""

@@ -81,17 +81,6 @@ class KeyStore:
         self._writes = 0    # changes made through this object (part of generation())
         self._gen_at: tuple[float, tuple] | None = None
         self._cache: dict[str, tuple[bytes, Key]] = {}
-        with transaction(engine) as conn:
-            if conn.dialect.name == "postgresql":  # DDL is transactional; serialize creators
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('securemail.schema'))"))
-            fresh = not sa.inspect(conn).has_table(B.bindings_table.name)
-            metadata.create_all(conn)
-            B.metadata.create_all(conn)
-            if fresh:  # a home made before bindings: bind its keys once, from where they came
-                for address, fpr in B.migrate(conn, keys_table, pins_table, clock()):
-                    if audit is not None:
-                        audit.append_in(conn, "key-pin-dropped", address=address, fingerprint=fpr,
-                                        reason="no binding")
 
     # --- writing ------------------------------------------------------------------
     def import_bytes(self, data: bytes, source: str = "import", bind: str | None = B.OPERATOR,

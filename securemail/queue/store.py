@@ -108,7 +108,7 @@ class Claim:
 
 
 class Queue:
-    """The queue over an engine whose schema exists (``securemail.db.create_schema``)."""
+    """The queue over an engine whose schema exists (``securemail.schema.create_schema``)."""
 
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time,
                  audit_log: AuditLog | None = None) -> None:

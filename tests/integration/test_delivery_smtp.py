@@ -26,9 +26,10 @@ from cryptography.x509.oid import NameOID
 from securemail.audit import AuditLog
 from securemail.config import GatewayConfig, Retry
 from securemail.crypto.tlspin import spki_sha256
-from securemail.db import create_schema, make_engine
+from securemail.db import make_engine
 from securemail.delivery import DeliveryWorker, deliver_smtp, maildir_hop, relay_hop, smtp_hop
 from securemail.gateway.delivery import Bounces
+from securemail.schema import create_schema
 from securemail.queue import Queue
 
 pytestmark = pytest.mark.timeout(60)

@@ -16,6 +16,7 @@ from cryptography.x509.oid import NameOID
 
 from cli.main import cli
 from securemail import federation as F
+from securemail import membership as M
 from securemail.app import open_core
 from securemail.audit import AuditLog
 from securemail.config import GatewayConfig
@@ -107,12 +108,12 @@ def test_entry_prints_this_gateways_entries(homes):
     e = entries[0]
     assert set(e) == {"domain", "gateway", "tls_pin", "openpgp_key", "dkim"}
     assert e["domain"] == "a.gouv.fr" and e["gateway"] == "127.0.0.1:2525"
-    assert e["tls_pin"] == F.tls_pin_of_cert((gw_a / "tls" / "cert.pem").read_bytes())
+    assert e["tls_pin"] == M.tls_pin_of_cert((gw_a / "tls" / "cert.pem").read_bytes())
     assert e["openpgp_key"] == a["key"].public().armored().decode()
     assert e["dkim"] == [{"selector": s, "public_key": k.public_txt} for s, k in a["dkim"].items()]
     core = open_core(gw_a)
     try:
-        assert F.own_entries(GatewayConfig.load(Home(gw_a)), core) == entries
+        assert M.own_entries(GatewayConfig.load(Home(gw_a)), core.keys.get) == entries
     finally:
         core.close()
 

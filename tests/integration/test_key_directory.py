@@ -212,8 +212,10 @@ from securemail.gateway.wkd_server import WkdServer
 from securemail.keys.directory import Directory
 from securemail.keys.publish import Nonces
 from securemail.keys.store import KeyStore
+from securemail.schema import create_schema
 work, url, domain, address = sys.argv[1:5]
 engine = make_engine(url)
+create_schema(engine)
 ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
 ctx.load_cert_chain(work + "/cert.pem", work + "/key.pem")
 server = WkdServer("127.0.0.1", 443, ctx, Directory(engine, KeyStore(engine), [domain]), Nonces(engine),
@@ -336,7 +338,7 @@ def test_gateway_encrypts_office_mail_to_the_located_user_key(fed):
 
 def test_the_tls_pin_is_checked_before_anything_is_trusted(fed):
     from securemail.keys.locate import LocateError, fetch_wkd
-    from securemail.federation import tls_pin_of_cert
+    from securemail.membership import tls_pin_of_cert
     url = f"https://127.0.0.1:{fed.wkd[B]}" + advanced_url("x", "bruno@justice.gouv.fr").split("x", 1)[1]
     assert fetch_wkd(url, tls_pin_of_cert(fed.homes[B].cert.read_bytes()))  # the right pin: the key
     with pytest.raises(LocateError, match="does not match the federation's TLS pin"):

@@ -9,7 +9,8 @@ import pytest
 
 from securemail.audit import AuditLog
 from securemail.config import GatewayConfig, Retry
-from securemail.db import create_schema, make_engine
+from securemail.db import make_engine
+from securemail.schema import create_schema
 from securemail.delivery import DeliveryWorker, Outcome, maildir_hop, relay_hop, smtp_hop
 from securemail.errors import TemporaryFailure, UsageError
 from securemail.gateway.setup import self_signed_cert

@@ -16,11 +16,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from securemail import federation as F
+from securemail import membership as M
 from securemail.audit import AuditLog
 from securemail.crypto import openpgp
 from securemail.crypto.dkim import DkimSigner, generate_dkim_key, manifest_dnsfunc, verify_dkim
 from securemail.crypto.keys import Key
-from securemail.db import create_schema, make_engine
+from securemail.db import make_engine
+from securemail.schema import create_schema
 
 def new_key(uid: str, lifetime: timedelta | None = None) -> Key:
     return Key(openpgp.generate(uid, "ed25519", lifetime, None))
@@ -272,16 +274,16 @@ def test_tls_pin_is_sha256_of_the_subject_public_key_info():
     spki = cert.public_key().public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
     pem, der = cert.public_bytes(serialization.Encoding.PEM), cert.public_bytes(serialization.Encoding.DER)
-    assert F.tls_pin_of_cert(pem) == F.tls_pin_of_cert(der) == hashlib.sha256(spki).hexdigest()
-    assert F.tls_pin_of_cert(pem.decode()) == hashlib.sha256(spki).hexdigest()
+    assert M.tls_pin_of_cert(pem) == M.tls_pin_of_cert(der) == hashlib.sha256(spki).hexdigest()
+    assert M.tls_pin_of_cert(pem.decode()) == hashlib.sha256(spki).hexdigest()
     with pytest.raises(F.ConfigError, match="not an X.509 certificate"):
-        F.tls_pin_of_cert(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        M.tls_pin_of_cert(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
 
 
 @pytest.mark.parametrize("algorithm", ["ed25519", "rsa2048"])
 def test_dkim_public_txt_matches_what_generate_publishes(algorithm):
     key = generate_dkim_key(algorithm)
-    assert F.dkim_public_txt(key.private_pem) == key.public_txt
+    assert M.dkim_public_txt(key.private_pem) == key.public_txt
     assert F.dkim_txt_problem(key.public_txt) is None
 
 

@@ -17,6 +17,7 @@ from securemail.keys import wkd as W
 from securemail.keys.directory import Directory
 from securemail.keys.locate import Locator
 from securemail.keys.store import KeyStore
+from securemail.schema import create_schema
 from tests.unit.test_wkd import new_key, revoked, with_uid
 
 BRUNO, CEO, ALICE = "bruno@justice.gouv.fr", "ceo@culture.gouv.fr", "alice@interieur.gouv.fr"
@@ -61,7 +62,9 @@ def test_the_directory_serves_and_keeps_only_the_exact_address():
 # --- the store ------------------------------------------------------------------------------------
 @pytest.fixture
 def store(tmp_path):
-    return KeyStore(make_engine(f"sqlite:///{tmp_path / 'db'}"))
+    engine = make_engine(f"sqlite:///{tmp_path / 'db'}")
+    create_schema(engine)
+    return KeyStore(engine)
 
 
 def test_a_directory_binds_only_its_own_domain(store):
@@ -113,6 +116,7 @@ def test_a_located_key_is_cut_to_the_address_asked_for(store):
 
 def test_publication_binds_the_published_address_only(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'db'}")
+    create_schema(engine)
     keys = KeyStore(engine)
     d = Directory(engine, keys, ["interieur.gouv.fr"])
     key = multi(ALICE, MINISTER, CEO)
@@ -148,6 +152,7 @@ def test_the_publish_endpoint_refuses_other_user_ids():
 # --- a home made before bindings ------------------------------------------------------------------
 def test_migration_of_a_home_made_before_bindings(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'db'}")
+    create_schema(engine)
     keys = KeyStore(engine)
     fetched = multi(BRUNO, CEO, "carole@justice.gouv.fr")          # a justice directory's key, kept whole
     imported = multi("paul@example.org", "paul@other.example")     # the operator's
@@ -171,6 +176,7 @@ def test_migration_of_a_home_made_before_bindings(tmp_path):
                 conn.execute(pins.insert().values(address=a, fingerprint=k.fingerprint, pinned_at=now,
                                                   source="old", superseded="[]"))
         conn.execute(sa.text("DROP TABLE key_bindings"))
+    create_schema(engine)                                           # as opening the home does
     migrated = KeyStore(engine)
     assert {(a, s) for a, _, s in migrated.bindings()} == {
         (BRUNO, "directory:justice.gouv.fr"), ("carole@justice.gouv.fr", "directory:justice.gouv.fr"),
@@ -178,5 +184,6 @@ def test_migration_of_a_home_made_before_bindings(tmp_path):
     assert migrated.find(CEO) == [] and migrated.find(MINISTER) == []
     assert migrated.pinned(CEO) is None and migrated.pinned(MINISTER) is None   # dropped: no binding
     assert migrated.pinned(BRUNO) == fetched.fingerprint and migrated.pinned(ALICE) == published.fingerprint
+    create_schema(engine)
     assert KeyStore(engine).bindings() == migrated.bindings()                   # once only
     assert d.served(ALICE) is not None

@@ -20,7 +20,8 @@ from securemail.crypto.dkim_signing import SIGNED_HEADERS
 from securemail.crypto.tlspin import der_pin, spki_sha256
 from securemail.db import transaction
 from securemail.envelope import Envelope
-from securemail.federation import Manifest, Member, tls_pin_of_cert
+from securemail.federation import Manifest, Member
+from securemail.membership import tls_pin_of_cert
 from securemail.policy import encryption, rules
 from securemail.policy.facts import gather
 from securemail.queue import NewMessage, Queue

@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 
 from securemail.audit import AuditLog
-from securemail.db import create_schema, make_engine
+from securemail.db import make_engine
+from securemail.schema import create_schema
 from securemail.errors import TemporaryFailure, UsageError
 from securemail.queue import NewMessage, Queue, next_retry
 

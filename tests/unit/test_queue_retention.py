@@ -169,7 +169,7 @@ def files_hold(db: Path, needle: bytes) -> list[str]:
 def test_sqlite_removed_body_is_gone_from_the_database_and_wal_files(tmp_path, clock):
     db = tmp_path / "queue.db"
     engine = make_engine(f"sqlite:///{db}", wal_autocheckpoint=False)  # as serve's processes run
-    from securemail.db import create_schema
+    from securemail.schema import create_schema
     create_schema(engine)
     queue = Queue(engine, clock)
     with engine.connect() as conn:
@@ -192,7 +192,7 @@ def test_without_secure_delete_a_removed_body_would_stay_in_the_file(tmp_path, c
     db = tmp_path / "queue.db"
     engine = make_engine(f"sqlite:///{db}", wal_autocheckpoint=False)
     sa.event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA secure_delete=OFF"))
-    from securemail.db import create_schema
+    from securemail.schema import create_schema
     create_schema(engine)
     queue = Queue(engine, clock)
     queue.enqueue("a@gov.example", [("r@justice.example", HOP_J)], body())
@@ -206,7 +206,7 @@ def test_without_secure_delete_a_removed_body_would_stay_in_the_file(tmp_path, c
 
 def test_sqlite_truncating_checkpoint_waits_for_readers(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'q.db'}", wal_autocheckpoint=False)
-    from securemail.db import create_schema
+    from securemail.schema import create_schema
     create_schema(engine)
     Queue(engine).enqueue("a@gov.example", [("r@justice.example", HOP_J)], b"m")
     with transaction(engine, write=False) as reader:

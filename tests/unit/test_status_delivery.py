@@ -14,7 +14,8 @@ import pytest
 
 from securemail.audit import AuditLog
 from securemail.config import Retry
-from securemail.db import create_schema, make_engine
+from securemail.db import make_engine
+from securemail.schema import create_schema
 from securemail.delivery import DeliveryWorker, Outcome, relay_hop
 from securemail.errors import DecryptionFailed
 from securemail.queue import Queue

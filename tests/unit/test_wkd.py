@@ -21,6 +21,7 @@ from securemail.keys import publish as PUB
 from securemail.keys import wkd as W
 from securemail.keys.locate import Locator
 from securemail.keys.store import KeyStore
+from securemail.schema import create_schema
 
 DOMAIN = "interieur.gouv.fr"
 ALICE = f"alice@{DOMAIN}"
@@ -142,7 +143,9 @@ def test_publication_checks():
 
 
 def test_nonces_are_single_use(tmp_path):
-    nonces = PUB.Nonces(make_engine(f"sqlite:///{tmp_path / 'db'}"))
+    engine = make_engine(f"sqlite:///{tmp_path / 'db'}")
+    create_schema(engine)
+    nonces = PUB.Nonces(engine)
     assert nonces.claim("ab" * 8, 1000.0) and not nonces.claim("ab" * 8, 1001.0)
     assert nonces.claim("ab" * 8, 1000.0 + PUB.NONCE_TTL + 1)  # expired, forgotten
 
@@ -182,7 +185,9 @@ class Directory:
 @pytest.fixture
 def located(tmp_path):
     now = [time.time()]
-    store = KeyStore(make_engine(f"sqlite:///{tmp_path / 'db'}"), clock=lambda: now[0])
+    engine = make_engine(f"sqlite:///{tmp_path / 'db'}")
+    create_schema(engine)
+    store = KeyStore(engine, clock=lambda: now[0])
     member = SimpleNamespace(wkd=("127.0.0.1", 9), tls_pin="cd" * 32)
     manifest = SimpleNamespace(member=lambda d: member if d == "justice.gouv.fr" else None)
     remote = Directory()
