@@ -1,8 +1,12 @@
 """Named SMTP replies: every line the adapter sends, with its enhanced status code.
 
-One place to read what a client can be told. Replies never carry internals
-(exception types, paths, versions); ``for_exception`` is the only bridge from
-an error to the wire, and it logs the detail instead.
+One place to read what a client can be told: the adapter's own lines, and the
+refusals of the policy rules and the crypto stage, each a named ``Reply`` (the type
+is in errors.py, so that an error can be built from one), or a small function
+where a part varies. Nothing else in securemail/ writes reply text
+(tests/unit/test_replies.py). Replies never carry internals (exception types,
+paths, versions); ``for_exception`` is the only bridge from an error to the wire,
+and it logs the detail instead.
 """
 
 from __future__ import annotations
