@@ -8,6 +8,41 @@ remote peer; ``err.detail`` is for the log (never plaintext or secrets).
 from __future__ import annotations
 
 
+class Reply(str):
+    """One complete single-line SMTP reply, typed: ``Reply(250, "2.0.0", "OK: queued")``.
+
+    The named replies are in smtp/replies.py; the type is here, below it, so that an error can
+    give its own (``smtp_reply``) and be built from one. It is its own wire line
+    (``str(r) == "250 2.0.0 OK: queued"``), so the adapter pushes it as it is and a test compares
+    it with what the client read; it also knows its parts and whether it is temporary.
+    Whitespace in the text is collapsed: no CR or LF reaches the wire.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, code: int, enhanced: str, text: str) -> Reply:
+        return super().__new__(cls, f"{code} {enhanced} {' '.join(text.split())}")
+
+    def __reduce__(self):  # rebuilt from its parts: verdicts cross from the crypto workers
+        return Reply, (self.code, self.enhanced, self.text)
+
+    @property
+    def code(self) -> int:
+        return int(self[:3])
+
+    @property
+    def enhanced(self) -> str:
+        return self.split(" ", 2)[1]
+
+    @property
+    def text(self) -> str:
+        return self.split(" ", 2)[2]
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+
 class SecureMailError(Exception):
     """Root of every error securemail raises on purpose."""
 
@@ -17,18 +52,15 @@ class SecureMailError(Exception):
     default_message: str = "temporary local problem, try again later"
 
     def __init__(self, message: str | None = None, *, detail: str | None = None,
-                 code: int | None = None, enhanced: str | None = None,
-                 temporary: bool | None = None) -> None:
+                 reply: Reply | None = None, temporary: bool | None = None) -> None:
+        """``reply``: a named reply of smtp/replies.py, this error's code, enhanced code and message."""
+        if reply is not None:
+            self.code, self.enhanced, message = reply.code, reply.enhanced, reply.text
+            self.temporary = reply.temporary
         self.message = message or self.default_message
         self.detail = detail
-        if code is not None:
-            self.code = code
-        if enhanced is not None:
-            self.enhanced = enhanced
         if temporary is not None:
             self.temporary = temporary
-        elif code is not None:
-            self.temporary = 400 <= code < 500
         super().__init__(self.message)
 
     def __reduce__(self):
@@ -36,10 +68,9 @@ class SecureMailError(Exception):
         errors cross from the crypto worker processes to the SMTP process."""
         return _rebuild, (type(self), self.args, self.__dict__)
 
-    def smtp_reply(self) -> str:
-        """The full SMTP reply line: code, enhanced status code, public message."""
-        text = " ".join(self.message.split())  # no CR/LF can reach the wire
-        return f"{self.code} {self.enhanced} {text}"
+    def smtp_reply(self) -> Reply:
+        """The full SMTP reply line: code, enhanced status code, public message (no CR/LF in it)."""
+        return Reply(self.code, self.enhanced, self.message)
 
 
 class Permanent(SecureMailError):

@@ -22,7 +22,7 @@ from ..policy.address import domain_of
 from ..policy.recipient import decide_rcpt
 from ..queue import Queue
 from ..queue.batch import GroupCommit
-from ..smtp.replies import KEY_CHANGED_HELD
+from ..smtp import replies
 from .stage import CryptoStage, Decision, queue_entries
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class Pipeline:
                         "'securemail keys accept %s %s'", e.address, e.pinned, e.offered, e.address, e.offered)
             self._audit("key-change-held", address=e.address, pinned=e.pinned, offered=e.offered,
                         peer=env.peer_ip)
-            return KEY_CHANGED_HELD
+            return replies.KEY_CHANGED_HELD
         except SecureMailError as e:
             if not e.temporary:
                 return self._refuse(Verdict("crypto", e.smtp_reply(), e.message), env)
@@ -79,7 +79,7 @@ class Pipeline:
         if d.verdict is not None:
             return self._refuse(d.verdict, env)
         ids = d.queued if d.queued is not None else await self.commit.submit(queue_entries(d, env))
-        return f"250 2.0.0 OK: queued as {ids[0] if len(ids) == 1 else ids[0] + '+' + str(len(ids) - 1)}"
+        return replies.queued(ids)
 
     def _refuse(self, v: Verdict, env: Envelope) -> str:
         self._audit("refused", rule=v.rule, reason=v.reason, peer=env.peer_ip,

@@ -24,6 +24,7 @@ from ..policy import Verdict, encryption, rules
 from ..policy.address import MEMBER, OTHER, OWN, domain_of
 from ..policy.facts import OFFICE, Facts, gather
 from ..queue import NewMessage, replay
+from ..smtp import replies
 from .transform import Item, Transformer
 
 # The policy chain in two phases (rules.CHAIN keeps its order within each): DKIM, the costly part,
@@ -141,8 +142,7 @@ class CryptoStage:
                     items.append(Item(env.mail_from, [(r, hop)], body, {**meta, "route": "local"}))
             elif cls == OTHER:
                 if self.config.relay_to is None:
-                    raise PolicyRefusal("no route to non-member domains is configured", code=550,
-                                        enhanced="5.7.1")
+                    raise PolicyRefusal(reply=replies.NO_NON_MEMBER_ROUTE)
                 items.append(Item(env.mail_from, [(r, relay_hop(*self.config.relay_to)) for r in rcpts],
                                   env.data, {"route": "non-member", "encrypted_to": []}))
         return items

@@ -33,6 +33,7 @@ from ..mail import signer as S
 from ..mail.compose import pgp_inline, pgp_mime
 from ..mail.crossing import COPIED, TRANSPORT_HEADERS, rearmor, seal_reasons
 from ..policy.facts import Facts
+from ..smtp import replies
 from . import status as ST
 
 OWN_KEY_UNUSABLE = "the gateway's signing key is unusable; try again later"
@@ -193,18 +194,17 @@ class Transformer:
             if key is None:
                 key = self.member_key(domain)
             if key is None:
-                raise PolicyRefusal(f"no usable OpenPGP key for {r}; refusing to send in clear",
-                                    code=550, enhanced="5.7.1")
+                raise PolicyRefusal(reply=replies.no_key_for(r))
             targets.append((key, r))
             used.append(key.fingerprint)
         signer = self.domain_keys.get(f.from_domain or "")
         if signer is None:
-            raise PolicyRefusal("sender domain has no signing key here", code=550, enhanced="5.7.1")
+            raise PolicyRefusal(reply=replies.NO_SIGNING_KEY)
         usable_signer(signer, now)
         try:
             armored = M.encrypt(protected_inner(raw), targets, signer=signer, now=now)
         except KeyUnusable as e:
-            raise PolicyRefusal(f"{e.message}; refusing to send in clear", code=550, enhanced="5.7.1") from None
+            raise PolicyRefusal(reply=replies.unusable_key(e.message)) from None
         body = pgp_mime(top_headers(raw, fields=fields), armored)
         del armored  # not kept alive while DKIM signs (1.4x the message)
         return self.dkim_sign(body, f.from_domain or ""), {"encrypted_by": "gateway", "encrypted_to": sorted(set(used)),
@@ -284,7 +284,7 @@ class Transformer:
             return add_headers(sealed, [ar]), {"decrypted": False, "decrypt_at_delivery": True}
         user = self.user_key(rcpt)
         if user is None:
-            raise PolicyRefusal(f"no valid key for local recipient {rcpt}", code=550, enhanced="5.1.1")
+            raise PolicyRefusal(reply=replies.no_local_key(rcpt))
         out = self._checked(M.decrypt(f.encryption.payload, [domain_key], self.lookup),
                             _one(f.headers.from_values))
         clean = ST.without_status(out.data)

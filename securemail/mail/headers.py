@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from ..errors import MalformedMessage
+from ..errors import MalformedMessage, Reply
 from ..smtp.replies import HEADERS_TOO_BIG, MALFORMED_HEADERS, TOO_MANY_HEADERS
 
 HEADER_BYTES = 64 << 10   # defaults of [limits] header_bytes and header_fields (config.Limits)
@@ -37,9 +37,8 @@ _WSP = b" \t"
 class HeaderBlockError(MalformedMessage):
     """The header block is refused; ``smtp_reply()`` is one of the named replies above."""
 
-    def __init__(self, reply: str, detail: str) -> None:
-        code, enhanced, text = reply.split(" ", 2)
-        super().__init__(text, detail=detail, code=int(code), enhanced=enhanced)
+    def __init__(self, reply: Reply, detail: str) -> None:
+        super().__init__(detail=detail, reply=reply)
 
 
 @dataclass(frozen=True, slots=True)

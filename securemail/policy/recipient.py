@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from ..smtp import replies
 from . import Verdict
 from .address import MEMBER, OTHER, OWN, classify, split
 
-BAD_ADDRESS = Verdict("rcpt_syntax", "501 5.1.3 Bad recipient address syntax", "bad address")
-RELAY_DENIED = Verdict("relay", "554 5.7.1 Relay access denied", "relay attempt")
-NON_MEMBER = Verdict("non_member_recipient",
-                     "550 5.7.1 Recipient domain is not a federation member; plain delivery refused by policy",
-                     "non-member recipient")
+BAD_ADDRESS = Verdict("rcpt_syntax", replies.BAD_RCPT_SYNTAX, "bad address")
+RELAY_DENIED = Verdict("relay", replies.RELAY_DENIED, "relay attempt")
+NON_MEMBER = Verdict("non_member_recipient", replies.NON_MEMBER_RECIPIENT, "non-member recipient")
 
 
 def decide_rcpt(address: str, *, office: bool, own_domains, members,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from ..smtp.replies import MEMBER_CERT_MISMATCH, MEMBER_CERT_REQUIRED
+from ..smtp import replies
 from . import Verdict
 from .address import domain_of
 from .facts import MEMBER, OFFICE, OTHER, OWN, REMOTE, Facts
@@ -26,30 +26,27 @@ def one_from(f: Facts) -> Verdict | None:
     addrs = f.headers.from_addresses
     if (len(f.headers.from_values) != 1 or len(addrs) != 1 or domain_of(addrs[0]) is None
             or _ENCODED_WORD.search(addrs[0])):
-        return Verdict("one_from", "550 5.7.1 Message must have exactly one valid From address",
-                       "bad From header")
+        return Verdict("one_from", replies.ONE_FROM, "bad From header")
     return None
 
 
 def mail_loop(f: Facts) -> Verdict | None:
     if f.headers.received > MAX_RECEIVED:
-        return Verdict("mail_loop", "554 5.4.6 Too many Received headers: mail loop", "mail loop")
+        return Verdict("mail_loop", replies.MAIL_LOOP, "mail loop")
     return None
 
 
 def auth_identity(f: Facts) -> Verdict | None:
     """An authenticated user sends as itself only, in the envelope and in From."""
     if f.auth_user and (f.mail_from != f.auth_user or f.headers.from_addresses != (f.auth_user,)):
-        return Verdict("auth_identity", "550 5.7.1 Authenticated users may only send as themselves",
-                       "sender differs from authenticated user")
+        return Verdict("auth_identity", replies.NOT_AUTH_IDENTITY, "sender differs from authenticated user")
     return None
 
 
 def sender_alignment(f: Facts) -> Verdict | None:
     """The envelope sender's domain is the From domain (null sender: bounces, exempt)."""
     if f.mail_from and f.sender_domain != f.from_domain:
-        return Verdict("sender_alignment", "550 5.7.1 Envelope sender and From domains differ",
-                       "envelope/From mismatch")
+        return Verdict("sender_alignment", replies.SENDER_MISALIGNED, "envelope/From mismatch")
     return None
 
 
@@ -57,8 +54,7 @@ def office_sender(f: Facts) -> Verdict | None:
     """Mail from the office leaving the domain must come from a domain served here (we sign for it)."""
     leaving = any(c != OWN for c in f.recipients.values())
     if f.origin == OFFICE and leaving and f.from_class != OWN:
-        return Verdict("office_sender", "550 5.7.1 Sender domain is not served by this gateway",
-                       "foreign sender from office")
+        return Verdict("office_sender", replies.SENDER_NOT_SERVED, "foreign sender from office")
     return None
 
 
@@ -68,11 +64,9 @@ def remote_sender(f: Facts) -> Verdict | None:
         return None
     cls = f.sender_class if f.mail_from else f.from_class
     if cls == OWN or f.from_class == OWN:
-        return Verdict("remote_sender", "550 5.7.1 Mail from this domain must come from its own office",
-                       "own domain spoofed from outside")
+        return Verdict("remote_sender", replies.OWN_DOMAIN_FROM_OUTSIDE, "own domain spoofed from outside")
     if cls != MEMBER and f.non_member_policy != "allow-plain":
-        return Verdict("remote_sender", "550 5.7.1 Sender domain is not a member of the federation",
-                       "non-member sender")
+        return Verdict("remote_sender", replies.SENDER_NOT_MEMBER, "non-member sender")
     return None
 
 
@@ -90,7 +84,7 @@ def member_domain(f: Facts) -> str | None:
 
 def member_tls(f: Facts) -> Verdict | None:
     if _from_member(f) and not f.tls:
-        return Verdict("member_tls", "530 5.7.10 TLS is required between member gateways", "no TLS")
+        return Verdict("member_tls", replies.MEMBER_TLS_REQUIRED, "no TLS")
     return None
 
 
@@ -102,44 +96,38 @@ def member_cert(f: Facts) -> Verdict | None:
     claimed = {d for d, c in ((f.sender_domain, f.sender_class), (f.from_domain, f.from_class))
                if d and c == MEMBER}
     if f.cert_domains is None:
-        return Verdict("member_cert", MEMBER_CERT_REQUIRED, "no client certificate")
+        return Verdict("member_cert", replies.MEMBER_CERT_REQUIRED, "no client certificate")
     if not claimed <= f.cert_domains:
         shown = ", ".join(sorted(f.cert_domains)) or "no member"
-        return Verdict("member_cert", MEMBER_CERT_MISMATCH,
+        return Verdict("member_cert", replies.MEMBER_CERT_MISMATCH,
                        f"client certificate of {shown}, not {', '.join(sorted(claimed - f.cert_domains))}")
     return None
 
 
 def member_dkim(f: Facts) -> Verdict | None:
     if _from_member(f) and not f.dkim_aligned:
-        code = "451 4.7.5" if f.dkim_status == "temperror" else "550 5.7.20"
-        return Verdict("member_dkim", f"{code} No valid DKIM signature aligned with the From domain",
-                       f"dkim {f.dkim_status}")
+        reply = replies.DKIM_TEMPERROR if f.dkim_status == "temperror" else replies.DKIM_NOT_ALIGNED
+        return Verdict("member_dkim", reply, f"dkim {f.dkim_status}")
     return None
 
 
 def member_encrypted(f: Facts) -> Verdict | None:
     """Between member domains, only integrity-protected OpenPGP: never plaintext."""
     if _from_member(f) and not f.encryption.encrypted:
-        return Verdict("member_encrypted",
-                       "550 5.7.1 Plaintext between member domains is refused: message is not properly OpenPGP encrypted",
-                       f"not encrypted: {f.encryption.reason}")
+        return Verdict("member_encrypted", replies.MEMBER_PLAINTEXT, f"not encrypted: {f.encryption.reason}")
     return None
 
 
 def mime_structure(f: Facts) -> Verdict | None:
     """A MIME structure the gateway cannot take apart is refused for good (a 4xx would be retried forever)."""
     if f.encryption.malformed:
-        return Verdict("mime_structure", "550 5.6.0 Malformed MIME structure (unparseable or nested too deeply)",
-                       f"malformed: {f.encryption.reason}")
+        return Verdict("mime_structure", replies.MALFORMED_MIME, f"malformed: {f.encryption.reason}")
     return None
 
 
 def non_member_recipient(f: Facts) -> Verdict | None:
     if f.recipients_of(OTHER) and f.non_member_policy != "allow-plain":
-        return Verdict("non_member_recipient",
-                       "550 5.7.1 Recipient domain is not a federation member; plain delivery refused by policy",
-                       "non-member recipient")
+        return Verdict("non_member_recipient", replies.NON_MEMBER_RECIPIENT, "non-member recipient")
     return None
 
 

@@ -46,10 +46,7 @@ _MAIL_SOURCE_ROUTE = re.compile(r"FROM:\s*<\s*@", re.I)
 
 
 class CommandRefused(SecureMailError):
-    """A command line refused before aiosmtpd parses it; the message is the whole reply."""
-
-    def smtp_reply(self) -> str:
-        return self.message
+    """A command line refused before aiosmtpd parses it, with one of the named replies."""
 
 
 class _CommandReader:
@@ -71,9 +68,9 @@ class _CommandReader:
         text = line[:-2]  # always CRLF-terminated: a bare LF never gets this far
         verb = text.split(b" ", 1)[0].upper()
         if verb in _ADDRESS_COMMANDS and _NOT_PRINTABLE.search(text):
-            raise CommandRefused(_ADDRESS_COMMANDS[verb])
+            raise CommandRefused(reply=_ADDRESS_COMMANDS[verb])
         if _NOT_PRINTABLE_OR_TAB.search(text):
-            raise CommandRefused(replies.BAD_CHARACTERS)
+            raise CommandRefused(reply=replies.BAD_CHARACTERS)
         return line
 
 
