@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.gateways import GatewayHome, Running, federation
+from tests.support import GatewayHome, Running, federation
 from tests.integration.refusal_helpers import enrol, queued, signer_for
 
 from . import ALICE, BRUNO, JUSTICE, OFFICE, OWN, Raw, assert_no_leak, crlf

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from securemail.crypto.dkim import DkimSigner
 
-from .gateways import GatewayHome, ok
+from tests.support import GatewayHome, ok
 from tests.conftest import run_cli
 
 GATEWAY_PEER = "127.0.0.1"   # where member gateways connect from (not a trusted network)
@@ -108,7 +108,7 @@ def enrol(tmp, alice_gw: GatewayHome, bruno_gw: GatewayHome, alice: str, bruno: 
           password: str) -> bytes:
     """Alice and Bruno with keys at their gateways, Alice a submission user; the
     end-to-end encrypted .eml Bruno wrote to Alice (as a member gateway would pass it on)."""
-    from .gateways import person
+    from tests.support import person
     a_home = person(tmp, alice, alice_gw, "Alice Martin")
     b_home = person(tmp, bruno, bruno_gw, "Bruno Petit")
     ok(run_cli(b_home, "keys", "import", "-", input=ok(run_cli(a_home, "keys", "export", alice)).stdout_bytes))

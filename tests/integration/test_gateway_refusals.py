@@ -20,7 +20,7 @@ import pytest
 from securemail.crypto.dkim import DkimSigner, generate_dkim_key
 from tests.conftest import CORPUS, run_cli
 
-from .gateways import GatewayHome, Running, federation, ok
+from tests.support import GatewayHome, Running, federation, ok
 from .refusal_helpers import (GATEWAY_PEER, enrol, OFFICE, STRANGER, Reply, crlf, queued_messages, reply,
                               signer_for, transact)
 
