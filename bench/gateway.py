@@ -42,10 +42,11 @@ from pathlib import Path
 
 from bench import gateway_report as report
 from bench.crypto import parse_size
-from bench.homes import OFFICE, PG_URL, make_federation, pg_available, pg_schema, free_port, second_node
+from bench.homes import make_federation
 from bench.loadgen import LoadResult, MessageSpec, percentile, run_load
 from bench.procs import Proc, TreeSampler, pids_with_arg
 from bench.sinks import read_arrivals
+from tests.support import OFFICE, PG_URL, free_port, pg_available, pg_schema, second_node
 
 KINDS = ("floor-smtp", "floor-queue", "gpg-filter", "securemail")
 DEFAULT_SIZES = "4K,64K,1M"
@@ -112,7 +113,7 @@ def start_sink(d: Path, port: int, tls: tuple[Path, Path] | None = None,
 
 def setup_securemail(sc: Scenario, d: Path, stack: ExitStack, tuning: dict) -> Setup:
     s = Setup()
-    db = stack.enter_context(pg_schema(sc.name.replace("-", "_"))) if sc.db == "pg" else None
+    db = stack.enter_context(pg_schema(sc.name.replace("-", "_"), prefix="smbench")) if sc.db == "pg" else None
     if sc.one_process:
         tuning = {**tuning, "cpu_workers": "0"}
     fed = make_federation(d, sender_db=db, **tuning)

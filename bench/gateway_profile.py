@@ -33,8 +33,8 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.homes import OFFICE
 from bench.loadgen import MessageSpec, run_load
+from tests.support import OFFICE
 
 # Areas, first match wins, tested against each frame's "function (file)" from the leaf up.
 AREAS = [

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import re
 import ssl
 import time
 from base64 import b64encode
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from tests.conftest import run_cli
 from tests.hostile import OFFICE, OWN, Raw
-from tests.integration.gateways import GatewayHome, Running, federation, free_port, ok
+from tests.support import GatewayHome, Running, federation, ok
 
 PASSWORD = "correct horse battery"
 USERS = (f"alice@{OWN}", f"bob@{OWN}")
@@ -75,17 +74,9 @@ def guarded_gateway(tmp: Path):
     _, homes = federation(tmp, domains=(OWN,), trusted=OFFICE + "/32")
     home = homes[OWN]
     home.tune(**LIMITS)
-    wkd = free_port()
-    cfg = home.home / "securemail.toml"
-    text = cfg.read_text()
-    # init moves the key directory off 8443 when another gateway on this host holds it
-    text, n = re.subn(r'(\[listeners\.wkd\][^\n]*\nlisten = )"127\.0\.0\.1:\d+"',
-                      rf'\g<1>"127.0.0.1:{wkd}"', text)
-    assert n == 1
-    cfg.write_text(text)
     pw = tmp / "pw"
     pw.write_text(PASSWORD + "\n")
     for user in USERS:
         ok(run_cli(home.home, "gateway", "user", "add", user, "--password-file", str(pw)), "user add")
     with Running(home, cpu_workers=0):
-        yield Guarded(home, wkd)
+        yield Guarded(home, home.wkd)

@@ -25,7 +25,7 @@ from securemail.mail.compose import pgp_mime
 from tests.conftest import run_cli
 from tests.hostile import ALICE, BRUNO, JUSTICE, OFFICE, OWN
 from tests.hostile.conftest import PASSWORD, Hostile
-from tests.integration.gateways import GatewayHome, Running, federation, free_port, ok, wait_for
+from tests.support import GatewayHome, Running, federation, free_port, ok, wait_for
 from tests.integration.refusal_helpers import enrol
 
 FORGED_STATUS = "encrypted=yes; signature=valid; signer=FORGED0000"
@@ -40,7 +40,7 @@ def marker() -> str:
 
 
 def person_home(tmp: Path, address: str) -> Path:
-    """The home ``enrol`` made for ``address`` (tests.integration.gateways.person)."""
+    """The home ``enrol`` made for ``address`` (tests.support.person)."""
     return tmp / f"person-{address}"
 
 

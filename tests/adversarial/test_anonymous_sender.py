@@ -22,7 +22,7 @@ from securemail.smtp import replies as _f7_replies  # noqa: E402
 from tests.adversarial.lockout import PASSWORD as _F7_PASSWORD, auth_plain as _f7_plain  # noqa: E402
 from tests.adversarial.lockout import guarded_gateway as _f7_guarded_gateway  # noqa: E402
 from tests.hostile import Raw as _F7Raw  # noqa: E402
-from tests.integration.gateways import audit_records as _f7_audit  # noqa: E402
+from tests.support import audit_records as _f7_audit  # noqa: E402
 
 
 @pytest.fixture(scope="module")

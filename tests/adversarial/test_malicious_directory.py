@@ -33,7 +33,7 @@ def rogue_directory(tmp_path_factory):
     user there able to publish such a key)."""
     from securemail.gateway.wkd_server import WkdServer
     from securemail.keys.wkd import wkd_hash
-    from tests.integration.gateways import Running, ok, run_cli
+    from tests.support import Running, ok, run_cli
     from tests.integration.test_key_directory import Fed, directory_federation
     from tests.unit.test_wkd import new_key, with_uid
     tmp = tmp_path_factory.mktemp("rogue-directory")
@@ -62,7 +62,7 @@ def rogue_directory(tmp_path_factory):
 
 def _f3_office(home, rcpt: str, subject: str) -> list[str]:
     """Office mail from A's trusted network for ``rcpt``: the fingerprints A encrypted it to."""
-    from tests.integration.gateways import office_send, ok, run_cli
+    from tests.support import office_send, ok, run_cli
     msg = (f"From: Agent <agent@{OWN}>\r\nTo: {rcpt}\r\nSubject: {subject}\r\n"
            f"Message-ID: <{subject}@{OWN}>\r\n\r\nTexte {F3_MARKER}.\r\n").encode()
     mid = office_send(home.relay, f"agent@{OWN}", [rcpt], msg)
@@ -70,13 +70,13 @@ def _f3_office(home, rcpt: str, subject: str) -> list[str]:
 
 
 def _f3_domain_key(home) -> str:
-    from tests.integration.gateways import ok, run_cli
+    from tests.support import ok, run_cli
     listing = _json_f3.loads(ok(run_cli(home.home, "keys", "list", "--json")).stdout)
     return next(k["fingerprint"] for k in listing if f"gateway@{home.domain}" in k["addresses"])
 
 
 def _f3_read(person, path) -> dict:
-    from tests.integration.gateways import run_cli
+    from tests.support import run_cli
     return _json_f3.loads(run_cli(person, "read", "--json", str(path)).stdout)[0]
 
 
@@ -86,7 +86,7 @@ def test_a_directory_binds_nothing_outside_its_own_domain(rogue_directory):
     ceo's mail goes to ceo's own key (culture's directory), dg's to culture's domain key,
     alice's to the key A's operator imported; what crossed to culture is readable by ceo's key
     and not by the hostile one."""
-    from tests.integration.gateways import ok, run_cli, wait_for
+    from tests.support import ok, run_cli, wait_for
     r = rogue_directory
     fed, evil, a, c = r.fed, r.evil, r.fed.homes[OWN], r.fed.homes[CULTURE]
     assert _f3_office(a, BRUNO, "f3-bruno") == [evil.fingerprint]   # fetched from justice's WKD
@@ -113,7 +113,7 @@ def test_a_directory_binds_nothing_outside_its_own_domain(rogue_directory):
 def test_a_directory_update_cannot_add_another_domains_address(rogue_directory):
     """The same hostile key fetched again (refresh) still binds bruno only: the update merged
     into the stored key neither adds the other user IDs nor any binding."""
-    from tests.integration.gateways import ok, run_cli
+    from tests.support import ok, run_cli
     r = rogue_directory
     a = r.fed.homes[OWN]
     located = _json_f3.loads(ok(run_cli(a.home, "keys", "locate", BRUNO, "--refresh", "--json")).stdout)

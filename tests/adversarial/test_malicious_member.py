@@ -25,7 +25,7 @@ def test_member_mail_leaves_no_body_in_the_queue_database_files(gw):
     from securemail.crypto import message as M
     from securemail.crypto.keys import load_key
     from tests.hostile.test_message_hostile import from_member, pgp_mime
-    from tests.integration.gateways import ok, run_cli, wait_for
+    from tests.support import ok, run_cli, wait_for
 
     tag = uuid.uuid4().hex
     marker = f"HIDDEN-AT-REST-{tag}".encode()
@@ -99,7 +99,7 @@ def test_member_signing_as_our_minister_is_signer_mismatch_for_gateway_and_reade
     "Le Ministre <ministre@interieur.gouv.fr>" is signer-mismatch in A's Securemail-Status and in
     what alice reads, with the signer's fingerprint and address, and the From mismatch named."""
     from tests.adversarial import relay_office as R
-    from tests.integration.gateways import ok, run_cli
+    from tests.support import ok, run_cli
     text, msgid = R.marker(), f"{R.marker()}@{JUSTICE}"
     j_key = R.secret_key(gw.j.home, R.domain_fpr(gw.j))
     data = R.sealed(R.inner(R.OUR_MINISTER, ALICE, text), [(R.cert(gw.a.home, f"gateway@{OWN}"), ALICE)],
@@ -123,7 +123,7 @@ def test_member_status_headers_forged_for_the_office_are_replaced_and_nothing_pl
     While the office MTA defers it, the queue's database and WAL hold no byte of its plaintext:
     A decrypts at delivery, in its delivery process, and nowhere else."""
     from tests.adversarial import relay_office as R
-    from tests.integration.gateways import wait_for
+    from tests.support import wait_for
     w = relay_gw
     text, msgid = R.marker(), f"{R.marker()}@{JUSTICE}"
     j_key = R.secret_key(w.hostile.j.home, R.domain_fpr(w.hostile.j))
@@ -178,8 +178,8 @@ from tests.hostile import crlf as _f6_crlf  # noqa: E402
 from tests.hostile.test_message_hostile import QUEUED as _F6_QUEUED  # noqa: E402
 from tests.hostile.test_message_hostile import armored_of as _f6_armored, from_member as _f6_from_member  # noqa: E402
 from tests.hostile.test_message_hostile import pgp_mime as _f6_pgp_mime  # noqa: E402
-from tests.integration.gateways import Running as _F6Running, audit_records as _f6_audit  # noqa: E402
-from tests.integration.gateways import federation as _f6_federation, wait_for as _f6_wait_for  # noqa: E402
+from tests.support import Running as _F6Running, audit_records as _f6_audit  # noqa: E402
+from tests.support import federation as _f6_federation, wait_for as _f6_wait_for  # noqa: E402
 from tests.integration.refusal_helpers import queued_messages as _f6_queued, signer_for as _f6_signer  # noqa: E402
 from tests.integration.refusal_helpers import transact as _f6_transact  # noqa: E402
 

@@ -24,7 +24,7 @@ MINISTER, CEO = f"minister@{OWN}", f"ceo@{CULTURE}"
 def publishing(tmp_path_factory):
     """interieur.gouv.fr (A) and culture.gouv.fr, real gateways with real key directories; alice
     has a submission account at A, whose publish endpoint she talks to with `keys publish`."""
-    from tests.integration.gateways import Running, ok, run_cli
+    from tests.support import Running, ok, run_cli
     from tests.integration.test_key_directory import Fed, directory_federation
     tmp = tmp_path_factory.mktemp("rogue-publisher")
     homes, wkd, fpr = directory_federation(tmp, domains=(OWN, CULTURE))
@@ -36,11 +36,10 @@ def publishing(tmp_path_factory):
 
 def _f3_home_with(fed, name: str, key):
     """A person's home holding ``key`` (secret) and the federation manifest."""
-    from tests.integration.gateways import ok, run_cli
-    from tests.integration.test_key_directory import install
+    from tests.support import install_manifest, ok, run_cli
     home = fed.tmp / name
     ok(run_cli(home, "keys", "import", "-", input=key.armored()), "import")
-    install(home, fed.tmp, fed.fpr)
+    install_manifest(home, fed.tmp, fed.fpr)
     return home
 
 
@@ -51,7 +50,7 @@ def _f3_served(fed, address: str) -> bytes | None:
 
 
 def _f3_encrypted_to(home, rcpt: str, subject: str) -> list[str]:
-    from tests.integration.gateways import office_send, ok, run_cli
+    from tests.support import office_send, ok, run_cli
     msg = (f"From: Agent <agent@{OWN}>\r\nTo: {rcpt}\r\nSubject: {subject}\r\n"
            f"Message-ID: <{subject}@{OWN}>\r\n\r\nTexte.\r\n").encode()
     mid = office_send(home.relay, f"agent@{OWN}", [rcpt], msg)
@@ -62,7 +61,7 @@ def test_publication_of_a_key_for_other_addresses_is_refused(publishing):
     """alice@interieur publishes, properly signed and authenticated, a key that also carries
     minister@interieur and ceo@culture: refused with the reason printed, nothing stored or
     served; later mail for minister@ and ceo@ is never encrypted to alice's key."""
-    from tests.integration.gateways import ok, run_cli
+    from tests.support import ok, run_cli
     from tests.unit.test_wkd import new_key, with_uid
     fed, a = publishing, publishing.homes[OWN]
     rogue = with_uid(with_uid(new_key(f"Alice <{ALICE}>"), f"Le Ministre <{MINISTER}>"), f"Ceo <{CEO}>")
@@ -86,7 +85,7 @@ def test_publication_of_a_key_for_other_addresses_is_refused(publishing):
 def test_an_update_of_a_published_key_cannot_add_other_addresses(publishing):
     """alice publishes a clean key, then the same key with minister@ added: the update is refused,
     what is served for alice keeps her user ID alone, and minister@ is never bound to it."""
-    from tests.integration.gateways import ok, run_cli
+    from tests.support import ok, run_cli
     from tests.unit.test_wkd import new_key, with_uid
     fed, a = publishing, publishing.homes[OWN]
     clean = new_key(f"Alice <{ALICE}>")
@@ -146,7 +145,7 @@ def _f1_cross(gw, build) -> tuple[bytes, bytes]:
     """An office user's message for bruno@justice through gateway A: (the bytes that reached J, the
     file J delivered to bruno's mailbox). ``build(message_id)`` makes the message."""
     from tests.hostile.test_message_hostile import accepted, from_office
-    from tests.integration.gateways import wait_for
+    from tests.support import wait_for
     mid = b"<f1-%d@interieur.gouv.fr>" % _time_f1.monotonic_ns()
     box = gw.j.home / "Maildir" / BRUNO / "new"
     with _f1_watch_j(gw) as got:

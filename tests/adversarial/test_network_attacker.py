@@ -20,7 +20,7 @@ from securemail.smtp import replies as _f6_replies  # noqa: E402
 from tests.hostile import Raw as _F6Raw  # noqa: E402
 from tests.hostile.test_message_hostile import from_member as _f6_from_member  # noqa: E402
 from tests.hostile.test_message_hostile import pgp_mime as _f6_pgp_mime, armored_of as _f6_armored  # noqa: E402
-from tests.integration.gateways import audit_records as _f6_audit  # noqa: E402
+from tests.support import audit_records as _f6_audit  # noqa: E402
 from tests.unit.test_member_auth import make_cert as _f6_make_cert  # noqa: E402
 
 
@@ -103,7 +103,7 @@ import threading as _f9_threading  # noqa: E402
 
 from tests.conftest import run_cli as _f9_run_cli  # noqa: E402
 from tests.hostile.conftest import PASSWORD as _F9_PASSWORD  # noqa: E402
-from tests.integration.gateways import free_port as _f9_free_port  # noqa: E402
+from tests.support import free_port as _f9_free_port  # noqa: E402
 
 
 class _F9Tap:

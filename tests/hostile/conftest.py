@@ -18,39 +18,26 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.integration.gateways import GatewayHome, Running, federation
-from tests.integration.refusal_helpers import enrol, queued, signer_for
+from tests.support import GatewayHome, Running, federation
+from tests.integration.refusal_helpers import Enrolled, enrol, queued
 
-from . import ALICE, BRUNO, JUSTICE, OFFICE, OWN, Raw, assert_no_leak, crlf
+from . import ALICE, BRUNO, JUSTICE, OFFICE, OWN, Raw, assert_no_leak
 
 PASSWORD = "correct horse battery"
 J_LIMITS = {"message_size": "100000", "recipients": "3", "connections_per_ip": "3",
             "command_timeout": "2"}
 
 
-@dataclass
-class Hostile:
-    tmp: Path
-    homes: dict[str, GatewayHome]
-    encrypted: bytes              # PGP/MIME from bruno to alice, as bruno's client wrote it, unsigned
-    running: Running | None = None  # the started gateways (a test may watch what one of them receives)
-
-    @property
-    def a(self) -> GatewayHome:
-        return self.homes[OWN]
+class Hostile(Enrolled):
+    """``Enrolled`` with J (justice, small limits) running too."""
 
     @property
     def j(self) -> GatewayHome:
         return self.homes[JUSTICE]
-
-    def signed(self, data: bytes, domain: str = JUSTICE) -> bytes:
-        """``data`` with CRLF line ends, DKIM-signed as ``domain``'s gateway signs."""
-        return signer_for(self.homes[domain]).sign(crlf(data))
 
     def queued(self, gateway: GatewayHome | None = None) -> set[str]:
         """Ids of the queued messages, without the DSNs the gateways write in the background."""
@@ -65,7 +52,7 @@ def gw(tmp_path_factory):
     j.tune(**J_LIMITS)
     eml = enrol(tmp, a, j, ALICE, BRUNO, PASSWORD)
     with Running(a, j) as running:
-        yield Hostile(tmp, homes, eml, running)
+        yield Hostile(tmp, homes, eml, running, own=OWN)
 
 
 # --- the table of replies ----------------------------------------------------------------

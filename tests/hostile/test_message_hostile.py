@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from securemail.crypto.dkim import DkimSigner
 from securemail.smtp.replies import HEADERS_TOO_BIG
 from tests.integration.refusal_helpers import transact
-from tests.integration.gateways import queue_rows, wait_for
+from tests.support import queue_rows, wait_for
 
 from . import ALICE, BRUNO, GATEWAY_PEER, JUSTICE, OFFICE, crlf
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.integration.gateways import queue_rows
+from tests.support import queue_rows
 
 from . import ALICE, BRUNO, GATEWAY_PEER, JUSTICE, OFFICE, STRANGER
 from .conftest import PASSWORD

@@ -14,15 +14,37 @@ import smtplib
 import ssl
 import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 from securemail.crypto.dkim import DkimSigner
 
-from .gateways import GatewayHome, ok
+from tests.support import GatewayHome, Running, ok
 from tests.conftest import run_cli
 
 GATEWAY_PEER = "127.0.0.1"   # where member gateways connect from (not a trusted network)
 OFFICE = "127.0.0.3"         # the office MTA (the trusted network)
 STRANGER = "127.0.0.2"       # neither
+OWN, JUSTICE = "interieur.gouv.fr", "justice.gouv.fr"
+
+
+@dataclass
+class Enrolled:
+    """A federation whose alice (at ``own``) and bruno have keys (``enrol``): the refusal and the
+    hostile-input tests' world, in which a test plays a member gateway or the office."""
+    tmp: Path
+    homes: dict[str, GatewayHome]
+    encrypted: bytes                # PGP/MIME from bruno to alice, as bruno's client wrote it, unsigned
+    running: Running | None = None  # the started gateways (a test may watch what one of them receives)
+    authority: Path | None = None   # the federation authority's home
+    own: str = OWN                  # the domain of the gateway under test, ``a``
+
+    @property
+    def a(self) -> GatewayHome:
+        return self.homes[self.own]
+
+    def signed(self, data: bytes, domain: str = JUSTICE) -> bytes:
+        """``data`` with CRLF line ends, DKIM-signed as ``domain``'s gateway signs."""
+        return signer_for(self.homes[domain]).sign(crlf(data))
 
 
 @dataclass(frozen=True)
@@ -108,7 +130,7 @@ def enrol(tmp, alice_gw: GatewayHome, bruno_gw: GatewayHome, alice: str, bruno: 
           password: str) -> bytes:
     """Alice and Bruno with keys at their gateways, Alice a submission user; the
     end-to-end encrypted .eml Bruno wrote to Alice (as a member gateway would pass it on)."""
-    from .gateways import person
+    from tests.support import person
     a_home = person(tmp, alice, alice_gw, "Alice Martin")
     b_home = person(tmp, bruno, bruno_gw, "Bruno Petit")
     ok(run_cli(b_home, "keys", "import", "-", input=ok(run_cli(a_home, "keys", "export", alice)).stdout_bytes))

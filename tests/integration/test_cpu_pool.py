@@ -14,7 +14,7 @@ import pytest
 from securemail.errors import ConfigError
 from securemail.gateway.cpu import CpuPool
 
-from .gateways import OFFICE, Running, federation, office_send, person, wait_for
+from tests.support import OFFICE, Running, federation, office_send, person, wait_for
 
 MARKER = "PLAINTEXT-MARKER-c9e1"
 
@@ -105,7 +105,7 @@ def test_a_worker_that_cannot_build_its_stage_stops_the_start(tmp_path):
 
 
 def test_a_big_message_is_committed_by_the_worker_and_delivered(fed):
-    from .gateways import queue_rows
+    from tests.support import queue_rows
     a, b, gw = fed
     before = len(maildir(b.home, "bruno@justice.gouv.fr"))
     filler = ("x" * 76 + "\r\n") * 40_000  # ~3 MB: sent to the worker in pieces, stored there

@@ -21,7 +21,9 @@ from securemail.delivery.pipelining import encode_body
 from securemail.delivery.pool import SessionPool
 from securemail.delivery.smtp import BAD_REPLY, TIMED_OUT
 
-from .test_delivery_smtp import BODY, RCPT, SENDER, Sink, free_port, tls  # noqa: F401 - fixture
+from tests.support import free_port
+
+from .test_delivery_smtp import BODY, RCPT, SENDER, Sink, tls  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .gateways import OFFICE, Running, Serve, federation, office_send, person, wait_for
+from tests.support import OFFICE, Running, Serve, federation, office_send, person, wait_for
 
 MARKER = "PLAINTEXT-MARKER-d41f"
 

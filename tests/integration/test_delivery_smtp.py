@@ -11,7 +11,6 @@ import asyncio
 import datetime
 import email
 import ipaddress
-import socket
 import ssl
 import stat
 from email.policy import default as default_policy
@@ -31,6 +30,7 @@ from securemail.delivery import DeliveryWorker, deliver_smtp, maildir_hop, relay
 from securemail.gateway.delivery import Bounces
 from securemail.schema import create_schema
 from securemail.queue import Queue
+from tests.support import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,12 +40,6 @@ BODY = (b"From: Alice <alice@a.gov.test>\r\nTo: bob@b.gov.test\r\nSubject: quart
 
 
 # --- fixtures -----------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def make_cert(directory, name: str = "gw.b.gov.test"):
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])

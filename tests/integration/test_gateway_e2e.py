@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import json
 import smtplib
-import time
 
 import pytest
 
 from tests.conftest import run_cli
 
-from .gateways import Running, federation, ok, person
+from tests.support import Running, federation, ok, person, wait_for
 from .refusal_helpers import client_context
 
 MARKER = "PLAINTEXT-MARKER-7f3a"
 OFFICE = "127.0.0.3"
-
-
-def wait_for(pred, timeout=30.0, what="condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def maildir_files(gw, address):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import smtplib
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,28 +19,14 @@ import pytest
 from securemail.crypto.dkim import DkimSigner, generate_dkim_key
 from tests.conftest import CORPUS, run_cli
 
-from .gateways import GatewayHome, Running, federation, ok
-from .refusal_helpers import (GATEWAY_PEER, enrol, OFFICE, STRANGER, Reply, crlf, queued_messages, reply,
-                              signer_for, transact)
+from tests.support import Running, federation, ok
+
+from .refusal_helpers import (GATEWAY_PEER, OFFICE, STRANGER, Enrolled, Reply, crlf, enrol, queued_messages, reply,
+                              transact)
 
 A, JUSTICE, ARMEES, CULTURE = "interieur.gouv.fr", "justice.gouv.fr", "armees.gouv.fr", "culture.gouv.fr"
 ALICE, BRUNO = "alice@interieur.gouv.fr", "bruno@justice.gouv.fr"
 PASSWORD = "correct horse battery"
-
-
-@dataclass
-class Fed:
-    tmp: Path
-    authority: Path
-    homes: dict[str, GatewayHome]
-    encrypted: bytes          # PGP/MIME from bruno to alice, as bruno's client wrote it, unsigned
-
-    @property
-    def a(self) -> GatewayHome:
-        return self.homes[A]
-
-    def signed(self, data: bytes, domain: str = JUSTICE) -> bytes:
-        return signer_for(self.homes[domain]).sign(crlf(data))
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +36,7 @@ def fed(tmp_path_factory):
     a, b = homes[A], homes[JUSTICE]
     eml = enrol(tmp, a, b, ALICE, BRUNO, PASSWORD)
     with Running(a):
-        yield Fed(tmp, authority, homes, eml)
+        yield Enrolled(tmp, homes, eml, authority=authority, own=A)
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ import pytest
 
 from tests.conftest import run_cli
 
-from .gateways import (OFFICE, Running, Serve, audit_records, federation, office_send, ok, person,
-                       pg_schemas, queue_rows, second_node, wait_for)
+from tests.support import (OFFICE, Running, Serve, audit_records, federation, office_send, ok, person,
+                           pg_schemas, queue_rows, second_node, wait_for)
 
 MARKER = "PLAINTEXT-MARKER-c41d"
 ALICE, BRUNO = "alice@interieur.gouv.fr", "bruno@justice.gouv.fr"

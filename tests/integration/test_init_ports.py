@@ -12,7 +12,7 @@ from securemail.errors import UsageError
 from securemail.gateway.ports import choose
 from tests.conftest import run_cli
 
-from .gateways import GatewayHome, Serve, ok, wait_listening
+from tests.support import GatewayHome, Serve, ok, wait_listening
 
 A, B = "interieur.gouv.fr", "justice.gouv.fr"
 

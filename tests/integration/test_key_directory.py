@@ -20,7 +20,7 @@ from securemail.keys import publish as PUB
 from securemail.keys.wkd import advanced_url, direct_path, policy_path, wkd_hash
 from tests.conftest import run_cli
 
-from .gateways import GatewayHome, Running, free_port, ok
+from tests.support import GatewayHome, Running, federation, free_port, install_manifest, ok, wait_for
 
 A, B = "interieur.gouv.fr", "justice.gouv.fr"
 OFFICE = "127.0.0.3"
@@ -29,32 +29,13 @@ GPG_WKS = Path("/usr/lib/gnupg/gpg-wks-client")
 
 
 def directory_federation(tmp: Path, domains=(A, B)) -> tuple[dict[str, GatewayHome], dict[str, int], str]:
-    """Like gateways.federation, with a key directory listener (--wkd) on each gateway."""
-    authority = tmp / "authority"
-    ok(run_cli(authority, "federation", "init", "--no-passphrase"), "federation init")
-    homes, wkd = {}, {}
-    for d in domains:
-        g, wkd[d] = GatewayHome(d, tmp / f"gw-{d}", free_port(), free_port()), free_port()
-        ok(run_cli(g.home, "gateway", "init", "--domain", d, "--listen", f"127.0.0.1:{g.relay}",
-                   "--submission", f"127.0.0.1:{g.submission}", "--wkd", f"127.0.0.1:{wkd[d]}",
-                   "--hostname", f"gw.{d}", "--trusted-network", f"{OFFICE}/32"), "gateway init")
-        g.tune(first="1", cap="2", poll_interval="0.1", give_up_after="60", refresh_seconds="1")
-        entry = json.loads(ok(run_cli(g.home, "federation", "entry")).stdout)
-        assert entry[0]["wkd"] == f"127.0.0.1:{wkd[d]}"
-        (tmp / f"{d}.json").write_text(json.dumps(entry))
-        ok(run_cli(authority, "federation", "add", "--entry", str(tmp / f"{d}.json")), "federation add")
-        homes[d] = g
-    ok(run_cli(authority, "federation", "sign", "--output", str(tmp / "federation.json")), "sign")
+    """``federation`` with a one-second manifest refresh; each entry names its key directory (--wkd)."""
+    authority, homes = federation(tmp, domains, trusted=f"{OFFICE}/32", tune={"refresh_seconds": "1"})
+    for d, g in homes.items():
+        entry = json.loads((tmp / f"{d}.json").read_text())
+        assert entry[0]["wkd"] == f"127.0.0.1:{g.wkd}"
     fpr = json.loads(ok(run_cli(authority, "keys", "list", "--json")).stdout)[0]["fingerprint"]
-    (tmp / "authority.asc").write_bytes(ok(run_cli(authority, "keys", "export", fpr)).stdout_bytes)
-    for g in homes.values():
-        install(g.home, tmp, fpr)
-    return homes, wkd, fpr
-
-
-def install(home: Path, tmp: Path, fpr: str) -> None:
-    ok(run_cli(home, "federation", "install", str(tmp / "federation.json"), "--authority", fpr,
-               "--authority-key", str(tmp / "authority.asc")), "federation install")
+    return homes, {d: g.wkd for d, g in homes.items()}, fpr
 
 
 class Fed:
@@ -68,7 +49,7 @@ class Fed:
         home = self.tmp / f"person-{address}"
         ok(run_cli(home, "keys", "generate", "--uid", f"{address.split('@')[0].title()} <{address}>",
                    "--no-passphrase"), "generate")
-        install(home, self.tmp, self.fpr)
+        install_manifest(home, self.tmp, self.fpr)
         return home
 
     def gw(self, address: str) -> GatewayHome:
@@ -124,15 +105,6 @@ def fed(tmp_path_factory):
 def maildir(g: GatewayHome, address: str) -> list[Path]:
     d = g.home / "Maildir" / address / "new"
     return sorted(d.iterdir()) if d.exists() else []
-
-
-def wait_for(pred, timeout=30.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if got := pred():
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def office(port: int, rcpt: str, subject: str) -> tuple[int, bytes]:

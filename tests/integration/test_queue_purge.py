@@ -19,8 +19,8 @@ from securemail.app import open_core
 from securemail.queue import Queue
 from tests.conftest import run_cli
 
-from .gateways import (OFFICE, Running, audit_records, federation, office_send, ok, person, pg_schemas,
-                       queue_rows, wait_for)
+from tests.support import (OFFICE, Running, audit_records, federation, office_send, ok, person, pg_schemas,
+                           queue_rows, wait_for)
 
 pytestmark = pytest.mark.timeout(300)
 

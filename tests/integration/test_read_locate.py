@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import run_cli
 
-from .gateways import Running, ok, wait_for
+from tests.support import Running, ok, wait_for
 from .test_key_directory import MARKER, Fed, directory_federation, maildir
 
 A, B = "interieur.gouv.fr", "justice.gouv.fr"

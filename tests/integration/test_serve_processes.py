@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REPO
 
-from .gateways import OFFICE, Running, federation, office_send, person, wait_for, wait_listening
+from tests.support import OFFICE, Running, federation, office_send, person, wait_for, wait_listening
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from securemail.errors import ConfigError
 from tests.conftest import run_cli
 
-from .gateways import Serve, ok, wait_for, wait_listening
+from tests.support import Serve, ok, wait_for, wait_listening
 from .test_key_directory import Fed, directory_federation
 
 A = "interieur.gouv.fr"

@@ -223,7 +223,7 @@ def test_other_curve_refused_naming_it(maker, tmp_path):
 # gateway and re-encrypted to bruno's P-521 key by justice's, in its crypto worker process.
 
 def test_nist_keys_through_two_running_gateways(gpg, maker, tmp_path):
-    from tests.integration.gateways import OFFICE, Running, federation, ok, office_send, wait_for
+    from tests.support import OFFICE, Running, federation, ok, office_send, wait_for
 
     _, homes = federation(tmp_path, trusted=OFFICE + "/32")
     a, b = homes["interieur.gouv.fr"], homes["justice.gouv.fr"]

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from tests.integration.gateways import OFFICE
+from tests.support import OFFICE
 
 from .sides import ALICE, BRUNO, office_mail
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import REPO
-from tests.integration.gateways import OFFICE, Serve, wait_for, wait_listening
+from tests.support import OFFICE, Serve, wait_for, wait_listening
 
 from .leaks import MARKER
 

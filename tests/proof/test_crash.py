@@ -19,7 +19,7 @@ import time
 import pytest
 
 from tests.conftest import run_cli
-from tests.integration.gateways import Running, office_send, wait_for
+from tests.support import Running, office_send, wait_for
 
 from .figures import runs
 from .leaks import Scan

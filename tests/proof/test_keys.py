@@ -20,8 +20,8 @@ from email import policy
 import pytest
 
 from tests.conftest import run_cli
-from tests.integration.gateways import (OFFICE, Running, audit_records, office_send, ok, person, queue_rows,
-                                       wait_for)
+from tests.support import (OFFICE, Running, audit_records, office_send, ok, person, queue_rows,
+                           wait_for)
 
 from .figures import FULL
 from .leaks import Scan

@@ -16,7 +16,7 @@ from email import policy
 
 import pytest
 
-from tests.integration.gateways import Running, audit_records, office_send, queue_rows, wait_for
+from tests.support import Running, audit_records, office_send, queue_rows, wait_for
 
 from .figures import runs
 from .leaks import Scan
@@ -24,7 +24,7 @@ from .sides import ALICE, BRUNO, Receiver, Tarpit, office_mail, probe
 from .world import mailbox, world
 
 LEASE, TIMEOUT = 8, 2.0          # lease_seconds = 8 gives the worker a 2 s SMTP step timeout
-FIRST, CAP = 1.0, 2.0            # tests.integration.gateways.FAST
+FIRST, CAP = 1.0, 2.0            # tests.support.FAST
 MIN_TRIES = runs(2, 4)
 
 

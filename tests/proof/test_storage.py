@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tests.integration.gateways import Running, wait_for
+from tests.support import Running, wait_for
 
 from .figures import FULL, runs
 from .leaks import Scan

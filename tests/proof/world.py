@@ -8,17 +8,15 @@ restart); ``Shifted`` runs gateways in this process with a clock set ahead.
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.integration.gateways import (OFFICE, PG_URL, GatewayHome, Running, federation, person,
-                                       require_pg)
+from tests.support import OFFICE, GatewayHome, Running, federation, person, require_pg
+from tests.support import pg_schema as support_pg_schema
 
 from .figures import FULL
 from .sides import A, B, BRUNO
@@ -56,21 +54,11 @@ BACKENDS = ["sqlite", pytest.param("postgresql", marks=[
 
 @contextmanager
 def pg_schema(tag: str = "a"):
-    """A fresh PostgreSQL schema, as a database URL; dropped after, even if the server restarted meanwhile."""
-    import sqlalchemy as sa
+    """A fresh PostgreSQL schema (``smproof_...``), as a database URL; dropped after, even if the
+    server restarted meanwhile (tests/support/pg.py)."""
     require_pg()
-    schema = f"smproof_{tag}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_URL, poolclass=sa.pool.NullPool)  # no connection outlives a restart
-    try:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-        url = sa.engine.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text("SET LOCAL lock_timeout = '20s'"))
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+    with support_pg_schema(tag, prefix="smproof") as url:
+        yield url
 
 
 @contextmanager
