@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from .gateways import REPO, federation
+from tests.support import REPO, federation
 
 pytestmark = pytest.mark.timeout(300)
 
