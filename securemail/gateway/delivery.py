@@ -29,8 +29,6 @@ from ..errors import ConfigError
 from ..federation import ManifestSource
 from ..keys.store import KeyStore
 from ..policy.address import domain_of
-from ..policy.encryption import EncryptionCheck
-from ..policy.facts import Facts, Headers
 from ..queue import Queue
 from .transform import Transformer
 
@@ -95,9 +93,8 @@ class Bounces:
                    else maildir_hop(rcpt))
         elif self.manifest() is not None and self.manifest().is_member(domain):
             member = self.manifest().member(domain)
-            own = self.config.domains[0]
-            facts = bounce_facts(own, rcpt)
-            body, _ = self.transformer.outbound(dsn, facts, domain, [rcpt])
+            # written here, from MAILER-DAEMON@ our first domain: encrypted and signed by us
+            body, _ = self.transformer.outbound(dsn, domain, [rcpt], sender_domain=self.config.domains[0])
             hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pin)
         elif self.config.relay_to is not None and self.config.non_member_policy == "allow-plain":
             hop = relay_hop(*self.config.relay_to)
@@ -107,15 +104,6 @@ class Bounces:
             return
         self.queue.enqueue("", [(rcpt, hop)], body, meta={"route": "dsn"},
                            audit=("dsn_queued", {"rcpt_domain": domain}))
-
-
-def bounce_facts(own_domain: str, rcpt: str) -> Facts:
-    """What the crypto stage needs to know about a DSN we wrote ourselves."""
-    sender = f"MAILER-DAEMON@{own_domain}"
-    return Facts(origin="office", listener="internal", tls=True, auth_user=None, mail_from="",
-                 sender_domain=None, sender_class=None,
-                 headers=Headers((sender,), 0), recipients={rcpt: "member"},
-                 encryption=EncryptionCheck(False, "none", "ours"), from_class="own")
 
 
 class DeliveryProcess:

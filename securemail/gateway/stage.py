@@ -25,7 +25,7 @@ from ..policy.address import MEMBER, OTHER, OWN, domain_of
 from ..policy.facts import OFFICE, Facts, gather
 from ..queue import NewMessage, replay
 from ..smtp import replies
-from .transform import Item, Transformer
+from .transform import Item, Transformer, fields_of
 
 # The policy chain in two phases (rules.CHAIN keeps its order within each): DKIM, the costly part,
 # runs only for a message every other rule has let through.
@@ -129,7 +129,8 @@ class CryptoStage:
         for (cls, domain), rcpts in groups.items():
             if cls == MEMBER:
                 member = self.manifest().member(domain)
-                body, meta = self.transformer.outbound(env.data, f, domain, rcpts)
+                body, meta = self.transformer.outbound(env.data, domain, rcpts, sender_domain=f.from_domain,
+                                                       encryption=f.encryption, fields=fields_of(env.data, f))
                 hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pin)
                 items.append(Item(env.mail_from, [(r, hop) for r in rcpts], body, {**meta, "route": "member"}))
             elif cls == OWN:

@@ -32,6 +32,7 @@ from ..errors import KeyUnusable, MalformedMessage, PolicyRefusal, SecureMailErr
 from ..mail import signer as S
 from ..mail.compose import pgp_inline, pgp_mime
 from ..mail.crossing import COPIED, TRANSPORT_HEADERS, rearmor, seal_reasons
+from ..policy.encryption import EncryptionCheck
 from ..policy.facts import Facts
 from ..smtp import replies
 from . import status as ST
@@ -138,11 +139,11 @@ def fields_of(raw: bytes, f: Facts) -> list[tuple[str, bytes]]:
     return header_fields(split_message(raw)[0])
 
 
-def rebuilt(raw: bytes, f: Facts, fields: list[tuple[str, bytes]]) -> bytes:
+def rebuilt(raw: bytes, enc: EncryptionCheck, fields: list[tuple[str, bytes]]) -> bytes:
     """A sender-encrypted message as it crosses: the list's fields of ``raw`` and the gateway's own
     skeleton (RFC 3156, or inline) around the packets the check parsed, re-armored."""
-    armored = rearmor(f.encryption.packets)
-    build = pgp_inline if f.encryption.format == "inline" else pgp_mime
+    armored = rearmor(enc.packets)
+    build = pgp_inline if enc.format == "inline" else pgp_mime
     return build(top_headers(raw, fields=fields), armored)
 
 
@@ -175,16 +176,22 @@ class Transformer:
         self.clock = clock
 
     # --- outbound -----------------------------------------------------------------
-    def outbound(self, raw: bytes, f: Facts, domain: str, rcpts: list[str]) -> tuple[bytes, dict]:
+    def outbound(self, raw: bytes, domain: str, rcpts: list[str], *, sender_domain: str | None,
+                 encryption: EncryptionCheck | None = None,
+                 fields: list[tuple[str, bytes]] | None = None) -> tuple[bytes, dict]:
         """The body to send to member ``domain`` for ``rcpts``, always encrypted and DKIM-signed:
-        the sender's packets in the gateway's wrapper, or the whole message encrypted here."""
+        the sender's packets in the gateway's wrapper, or the whole message encrypted here.
+
+        Only what it reads is passed: ``sender_domain`` (the From domain: whose key signs, whose
+        DKIM), ``encryption`` (what the check found; None for a message written here, such as a
+        DSN) and ``fields`` (those of ``raw``'s header block when already parsed: ``fields_of``)."""
         sealed: dict = {}
-        fields = fields_of(raw, f)
-        if f.encryption.encrypted:
+        fields = header_fields(split_message(raw)[0]) if fields is None else fields
+        if encryption is not None and encryption.encrypted:
             reasons = seal_reasons(fields)
             if not reasons:
-                return self.dkim_sign(rebuilt(raw, f, fields), f.from_domain or ""), {
-                    "encrypted_by": "sender", "encrypted_to": [], "dropped": list(f.encryption.outside)}
+                return self.dkim_sign(rebuilt(raw, encryption, fields), sender_domain or ""), {
+                    "encrypted_by": "sender", "encrypted_to": [], "dropped": list(encryption.outside)}
             log.info("sender-encrypted mail has %s in clear: encrypted whole", "; ".join(reasons))
             sealed = {"sealed": list(reasons)}
         now = self.clock()
@@ -197,7 +204,7 @@ class Transformer:
                 raise PolicyRefusal(reply=replies.no_key_for(r))
             targets.append((key, r))
             used.append(key.fingerprint)
-        signer = self.domain_keys.get(f.from_domain or "")
+        signer = self.domain_keys.get(sender_domain or "")
         if signer is None:
             raise PolicyRefusal(reply=replies.NO_SIGNING_KEY)
         usable_signer(signer, now)
@@ -207,7 +214,7 @@ class Transformer:
             raise PolicyRefusal(reply=replies.unusable_key(e.message)) from None
         body = pgp_mime(top_headers(raw, fields=fields), armored)
         del armored  # not kept alive while DKIM signs (1.4x the message)
-        return self.dkim_sign(body, f.from_domain or ""), {"encrypted_by": "gateway", "encrypted_to": sorted(set(used)),
+        return self.dkim_sign(body, sender_domain or ""), {"encrypted_by": "gateway", "encrypted_to": sorted(set(used)),
                                       "signed_by": signer.fingerprint, **sealed}
 
     # --- inbound --------------------------------------------------------------------
@@ -276,7 +283,7 @@ class Transformer:
         domain_key = self._ours(f) if f.encryption.encrypted else None
         if domain_key is None:  # end-to-end to the user (or plain, where policy allowed it)
             if f.encryption.encrypted:  # what the reader sees as encrypted is only the packets
-                outer = rebuilt(raw, f, fields_of(raw, f))
+                outer = rebuilt(raw, f.encryption, fields_of(raw, f))
             return add_headers(outer, self.status_headers(f, None)), {"decrypted": False}
         if mode == "relay":
             sealed = pgp_mime(top_headers(outer), _armored(f.encryption.payload))
