@@ -1,8 +1,9 @@
 """The delivery stage of a gateway: its workers, and a process of its own to run them in.
 
 ``build_delivery`` makes what delivers the queue (workers, next-hop session
-pool, the pre-send key check, DSNs). A serve process with more than one core
-runs it in a child (``python -m securemail.gateway.delivery``) with its own
+pool, the pre-send key check of delivery/keycheck.py, the DSNs of
+delivery/bounces.py). A serve process with more than one core runs it in a
+child (``python -m securemail.gateway.delivery``) with its own
 engine and event loop: claiming, sending and settling then cost the SMTP
 process's core nothing. ``DeliveryProcess`` starts the child, starts it again
 if it dies (leases hand its claims to the next one), and stops it with
@@ -22,13 +23,13 @@ import uuid
 from pathlib import Path
 
 from ..config import GatewayConfig
-from ..delivery.hops import maildir_hop, relay_hop, smtp_hop
+from ..delivery.bounces import Bounces
+from ..delivery.keycheck import KeyCheck
 from ..delivery.pool import SessionPool
 from ..delivery.worker import DeliveryWorker
 from ..errors import ConfigError
 from ..federation import ManifestSource
 from ..keys.store import KeyStore
-from ..policy.address import domain_of
 from ..queue import Queue
 from .transform import Transformer
 
@@ -48,62 +49,6 @@ def build_delivery(config: GatewayConfig, *, queue: Queue, keys: KeyStore, manif
         reporting_mta=config.domains[0], bounce_sender=bounces.send, deliver_smtp=sessions.deliver,
         pre_send=KeyCheck(keys, manifest, clock).veto, open_sealed=transformer.open_for_office)]
     return workers, sessions
-
-
-class KeyCheck:
-    """Before sending to a member: the recipient's key (or its domain's) must still be valid."""
-
-    def __init__(self, keys: KeyStore, manifest: ManifestSource, clock) -> None:
-        self.keys, self.manifest, self.clock = keys, manifest, clock
-        self._known: dict[str, tuple[tuple, list]] = {}  # address -> (store generation, keys)
-
-    def veto(self, claim) -> str | None:
-        if not claim.next_hop.startswith("smtp:"):
-            return None
-        now = self.clock()
-        gen = self.keys.generation()
-        hit = self._known.get(claim.recipient)
-        if hit is None or hit[0] != gen:
-            if len(self._known) > 10_000:
-                self._known.clear()
-            hit = self._known[claim.recipient] = (gen, self.keys.find(claim.recipient))
-        known = hit[1]
-        if known:
-            if any(k.status.encryption_keys(now) for k in known):
-                return None
-            return "the recipient's key was revoked or expired while the message waited"
-        key = self.manifest.member_key(domain_of(claim.recipient) or "")
-        if key is None or not key.status.encryption_keys(now):
-            return "the recipient domain's key was revoked or expired while the message waited"
-        return None
-
-
-class Bounces:
-    """Queues DSNs with the null sender: locally, or encrypted and signed to a member domain."""
-
-    def __init__(self, config: GatewayConfig, queue: Queue, transformer: Transformer,
-                 manifest: ManifestSource) -> None:
-        self.config, self.queue, self.transformer, self.manifest = config, queue, transformer, manifest
-
-    def send(self, dsn: bytes, rcpt: str) -> None:
-        domain = domain_of(rcpt) or ""
-        body = dsn
-        if self.config.serves(domain):
-            hop = (relay_hop(*self.config.relay_to) if self.config.local_delivery == "relay"
-                   else maildir_hop(rcpt))
-        elif self.manifest() is not None and self.manifest().is_member(domain):
-            member = self.manifest().member(domain)
-            # written here, from MAILER-DAEMON@ our first domain: encrypted and signed by us
-            body, _ = self.transformer.outbound(dsn, domain, [rcpt], sender_domain=self.config.domains[0])
-            hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pin)
-        elif self.config.relay_to is not None and self.config.non_member_policy == "allow-plain":
-            hop = relay_hop(*self.config.relay_to)
-        else:
-            log.warning("DSN for a non-member address has no route; kept as bounced only")
-            self.queue.audit_log and self.queue.audit_log.append("dsn_unroutable", rcpt_domain=domain)
-            return
-        self.queue.enqueue("", [(rcpt, hop)], body, meta={"route": "dsn"},
-                           audit=("dsn_queued", {"rcpt_domain": domain}))
 
 
 class DeliveryProcess:

@@ -27,7 +27,7 @@ from securemail.config import GatewayConfig, Retry
 from securemail.crypto.tlspin import spki_sha256
 from securemail.db import make_engine
 from securemail.delivery import DeliveryWorker, deliver_smtp, maildir_hop, relay_hop, smtp_hop
-from securemail.gateway.delivery import Bounces
+from securemail.delivery.bounces import Bounces
 from securemail.schema import create_schema
 from securemail.queue import Queue
 from tests.support import free_port

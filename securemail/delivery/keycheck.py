@@ -1,0 +1,36 @@
+"""The pre-send key check: a message queued for a member is not sent if the key it was
+encrypted to was revoked or expired while it waited (``DeliveryWorker(pre_send=...)``)."""
+
+from __future__ import annotations
+
+from ..federation import ManifestSource
+from ..keys.store import KeyStore
+from ..policy.address import domain_of
+
+
+class KeyCheck:
+    """Before sending to a member: the recipient's key (or its domain's) must still be valid."""
+
+    def __init__(self, keys: KeyStore, manifest: ManifestSource, clock) -> None:
+        self.keys, self.manifest, self.clock = keys, manifest, clock
+        self._known: dict[str, tuple[tuple, list]] = {}  # address -> (store generation, keys)
+
+    def veto(self, claim) -> str | None:
+        if not claim.next_hop.startswith("smtp:"):
+            return None
+        now = self.clock()
+        gen = self.keys.generation()
+        hit = self._known.get(claim.recipient)
+        if hit is None or hit[0] != gen:
+            if len(self._known) > 10_000:
+                self._known.clear()
+            hit = self._known[claim.recipient] = (gen, self.keys.find(claim.recipient))
+        known = hit[1]
+        if known:
+            if any(k.status.encryption_keys(now) for k in known):
+                return None
+            return "the recipient's key was revoked or expired while the message waited"
+        key = self.manifest.member_key(domain_of(claim.recipient) or "")
+        if key is None or not key.status.encryption_keys(now):
+            return "the recipient domain's key was revoked or expired while the message waited"
+        return None
