@@ -33,6 +33,7 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
+from bench.gateway_setup import RCPT, SENDER, Scenario, default_count, setup_securemail, wait_delivered
 from bench.loadgen import MessageSpec, run_load
 from tests.support import OFFICE
 
@@ -145,7 +146,6 @@ def fl_is_ours(key: str) -> bool:
 
 def profile(a, size: int, root: Path, tuning: dict) -> int:
     """One securemail run (SQLite) with py-spy attached for the timed part; prints the summary."""
-    from bench.gateway import SENDER, RCPT, Scenario, default_count, setup_securemail, wait_delivered
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         print("py-spy not found: pip install py-spy (into this venv)", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -44,3 +45,8 @@ def read_input(path: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
+
+
+def iso_or_dash(ts: float | None) -> str:
+    """A timestamp as UTC ISO 8601 to the second, or "-" when there is none."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds") if ts else "-"

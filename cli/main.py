@@ -41,10 +41,10 @@ def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from . import directory, federation, gateway, keys, read, send
-    for command in (keys.keys, send.send, read.read, federation.federation, directory.directory):
+    from . import audit, directory, federation, gateway, keys, queue, read, send, serve
+    for command in (keys.keys, send.send, read.read, federation.federation, directory.directory,
+                    gateway.gateway, serve.serve, queue.queue, audit.audit):
         cli.add_command(command)
-    gateway.register(cli)
 
 
 _register()
