@@ -94,7 +94,7 @@ class CryptoStage:
     def _facts(self, env: Envelope, listener, block: HeaderBlock) -> Facts:
         return gather(env, listener=listener.name, trusted=listener.trusts(env.peer_ip),
                       own_domains=self.config.domains, members=self.members(),
-                      encryption=encryption.check(env.data), non_member_policy=self.config.non_member_policy,
+                      encryption=encryption.check(env.data, block), non_member_policy=self.config.non_member_policy,
                       block=block, cert_domains=self._cert_domains(env))
 
     def _replay(self, env: Envelope, f: Facts) -> tuple[str, float] | None:
