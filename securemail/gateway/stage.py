@@ -94,7 +94,7 @@ class CryptoStage:
     def _facts(self, env: Envelope, listener, block: HeaderBlock) -> Facts:
         return gather(env, listener=listener.name, trusted=listener.trusts(env.peer_ip),
                       own_domains=self.config.domains, members=self.members(),
-                      encryption=encryption.check(env.data), non_member_policy=self.config.non_member_policy,
+                      encryption=encryption.check(env.data, block), non_member_policy=self.config.non_member_policy,
                       block=block, cert_domains=self._cert_domains(env))
 
     def _replay(self, env: Envelope, f: Facts) -> tuple[str, float] | None:
@@ -130,7 +130,8 @@ class CryptoStage:
             if cls == MEMBER:
                 member = self.manifest().member(domain)
                 body, meta = self.transformer.outbound(env.data, domain, rcpts, sender_domain=f.from_domain,
-                                                       encryption=f.encryption, fields=fields_of(env.data, f))
+                                                       encryption=f.encryption, fields=fields_of(env.data, f),
+                                                       block=f.block)
                 hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pin)
                 items.append(Item(env.mail_from, [(r, hop) for r in rcpts], body, {**meta, "route": "member"}))
             elif cls == OWN:

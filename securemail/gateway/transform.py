@@ -32,6 +32,7 @@ from ..errors import KeyUnusable, MalformedMessage, PolicyRefusal, SecureMailErr
 from ..mail import signer as S
 from ..mail.compose import pgp_inline, pgp_mime
 from ..mail.crossing import COPIED, TRANSPORT_HEADERS, rearmor, seal_reasons
+from ..mail.headers import HeaderBlock
 from ..policy.encryption import EncryptionCheck
 from ..policy.facts import Facts
 from ..smtp import replies
@@ -77,8 +78,11 @@ def _kept_head(head: bytes, names) -> bytes:
     return b"\r\n".join(out).rstrip(b"\r\n")
 
 
-def strip_headers(raw: bytes, names=TRANSPORT_HEADERS) -> bytes:
-    """Remove whole header fields (with continuation lines) by name; body untouched."""
+def strip_headers(raw: bytes, names=TRANSPORT_HEADERS, block: HeaderBlock | None = None) -> bytes:
+    """Remove whole header fields (with continuation lines) by name; body untouched.
+    ``block`` is the one parse of ``raw``'s header block, when the caller has it (not parsed again)."""
+    if block is not None:
+        return with_body(block.head(without=names)[:-2], raw, block.body_start)
     head, body_start = split_message(raw)
     return with_body(_kept_head(head, names), raw, body_start)
 
@@ -114,14 +118,21 @@ def top_headers(raw: bytes, names=COPIED, fields: list[tuple[str, bytes]] | None
     return {n: out[n] for n in names if n in out}
 
 
-def protected_inner(raw: bytes) -> bytes:
-    """The plain message as an inner entity for encryption: transport headers gone, hp="cipher".
+def protected_inner(raw: bytes, block: HeaderBlock | None = None, without=()) -> bytes:
+    """The plain message as an inner entity for encryption: transport headers (and the fields
+    named in ``without``) gone, hp="cipher".
 
     Done on the header bytes only: the body (and its MIME structure) is kept
-    byte for byte, and a 25 MB message is not parsed and regenerated.
+    byte for byte, and a 25 MB message is not parsed and regenerated. ``block`` is the one
+    parse of ``raw``'s header block, when the caller has it (not parsed again).
     """
-    head, body_start = split_message(raw)
-    fields = header_fields(_kept_head(head, TRANSPORT_HEADERS + ("mime-version",)))
+    names = TRANSPORT_HEADERS + ("mime-version",) + tuple(without)
+    if block is not None:
+        fields = [(x.name, x.raw) for x in block.fields if x.name not in names]
+        body_start = block.body_start
+    else:
+        head, body_start = split_message(raw)
+        fields = header_fields(_kept_head(head, names))
     for i, (lname, field_bytes) in enumerate(fields):
         if lname == "content-type":
             if b"hp=" not in field_bytes.lower():
@@ -132,11 +143,12 @@ def protected_inner(raw: bytes) -> bytes:
     return with_body(b"\r\n".join(f for _, f in fields), raw, body_start)
 
 
-def fields_of(raw: bytes, f: Facts) -> list[tuple[str, bytes]]:
-    """(lower-case name, whole field) of ``raw``'s header block: the one parse of the facts if made."""
-    if f.block is not None:
-        return [(x.name, x.raw) for x in f.block.fields]
-    return header_fields(split_message(raw)[0])
+def fields_of(raw: bytes, f: Facts, without=()) -> list[tuple[str, bytes]]:
+    """(lower-case name, whole field) of ``raw``'s header block, less the fields named in ``without``:
+    the one parse of the facts if made."""
+    fields = [(x.name, x.raw) for x in f.block.fields] if f.block is not None \
+        else header_fields(split_message(raw)[0])
+    return [(n, fb) for n, fb in fields if n not in without] if without else fields
 
 
 def rebuilt(raw: bytes, enc: EncryptionCheck, fields: list[tuple[str, bytes]]) -> bytes:
@@ -178,13 +190,15 @@ class Transformer:
     # --- outbound -----------------------------------------------------------------
     def outbound(self, raw: bytes, domain: str, rcpts: list[str], *, sender_domain: str | None,
                  encryption: EncryptionCheck | None = None,
-                 fields: list[tuple[str, bytes]] | None = None) -> tuple[bytes, dict]:
+                 fields: list[tuple[str, bytes]] | None = None,
+                 block: HeaderBlock | None = None) -> tuple[bytes, dict]:
         """The body to send to member ``domain`` for ``rcpts``, always encrypted and DKIM-signed:
         the sender's packets in the gateway's wrapper, or the whole message encrypted here.
 
         Only what it reads is passed: ``sender_domain`` (the From domain: whose key signs, whose
         DKIM), ``encryption`` (what the check found; None for a message written here, such as a
-        DSN) and ``fields`` (those of ``raw``'s header block when already parsed: ``fields_of``)."""
+        DSN), ``fields`` (those of ``raw``'s header block when already parsed: ``fields_of``) and
+        ``block`` (that parse itself, so the inner entity is not split again)."""
         sealed: dict = {}
         fields = header_fields(split_message(raw)[0]) if fields is None else fields
         if encryption is not None and encryption.encrypted:
@@ -209,7 +223,7 @@ class Transformer:
             raise PolicyRefusal(reply=replies.NO_SIGNING_KEY)
         usable_signer(signer, now)
         try:
-            armored = M.encrypt(protected_inner(raw), targets, signer=signer, now=now)
+            armored = M.encrypt(protected_inner(raw, block), targets, signer=signer, now=now)
         except KeyUnusable as e:
             raise PolicyRefusal(reply=replies.unusable_key(e.message)) from None
         body = pgp_mime(top_headers(raw, fields=fields), armored)
@@ -279,14 +293,15 @@ class Transformer:
         before ours are added. In relay mode, mail for our domain key is queued as it came
         (re-wrapped) and decrypted only at delivery, in memory (``open_for_office``).
         """
-        outer = strip_headers(raw, ST.STATUS_FIELDS)
+        outer = strip_headers(raw, ST.STATUS_FIELDS, f.block)
+        kept = fields_of(raw, f, without=ST.STATUS_FIELDS)  # the fields of outer
         domain_key = self._ours(f) if f.encryption.encrypted else None
         if domain_key is None:  # end-to-end to the user (or plain, where policy allowed it)
             if f.encryption.encrypted:  # what the reader sees as encrypted is only the packets
                 outer = rebuilt(raw, f.encryption, fields_of(raw, f))
             return add_headers(outer, self.status_headers(f, None)), {"decrypted": False}
         if mode == "relay":
-            sealed = pgp_mime(top_headers(outer), _armored(f.encryption.payload))
+            sealed = pgp_mime(top_headers(outer, fields=kept), _armored(f.encryption.payload))
             ar = ST.auth_results(self.hostname, f.dkim_status, f.from_domain)
             return add_headers(sealed, [ar]), {"decrypted": False, "decrypt_at_delivery": True}
         user = self.user_key(rcpt)
@@ -301,7 +316,7 @@ class Transformer:
             armored = M.encrypt(clean, [(user, rcpt)], now=self.clock())
         status = self.sender_status(out, _one(f.headers.from_values), removed=clean is not None)
         ar = ST.auth_results(self.hostname, f.dkim_status, f.from_domain)
-        body = add_headers(pgp_mime(top_headers(outer), armored), [ar, status])
+        body = add_headers(pgp_mime(top_headers(outer, fields=kept), armored), [ar, status])
         sig = out.signature
         return body, {"decrypted": True, "signature": sig.status if sig else "none",
                       "signer": sig.signer if sig else None, "reencrypted_to": user.fingerprint}
@@ -323,17 +338,19 @@ class Transformer:
 
     def local(self, raw: bytes, f: Facts, rcpt: str, mode: str) -> tuple[bytes, dict]:
         """Office mail for a colleague on a domain served here; nobody's status headers pass."""
-        raw = strip_headers(raw, ST.STATUS_FIELDS)
+        stripped = strip_headers(raw, ST.STATUS_FIELDS, f.block)
         if mode == "relay" or f.encryption.encrypted:
-            return raw, {}
+            return stripped, {}
         user = self.user_key(rcpt)
         signer = self.domain_keys.get(f.from_domain or "")
         if user is None or signer is None:
-            return raw, {"encrypted_by": None}
+            return stripped, {"encrypted_by": None}
         usable_signer(signer, self.clock())
-        armored = M.encrypt(protected_inner(raw), [(user, rcpt)], signer=signer, now=self.clock())
-        return pgp_mime(top_headers(raw), armored), {"encrypted_by": "gateway",
-                                                      "encrypted_to": [user.fingerprint]}
+        inner = protected_inner(raw, f.block, ST.STATUS_FIELDS) if f.block else protected_inner(stripped)
+        armored = M.encrypt(inner, [(user, rcpt)], signer=signer, now=self.clock())
+        del inner  # not kept alive while the wrapper is built
+        return pgp_mime(top_headers(stripped, fields=fields_of(raw, f, ST.STATUS_FIELDS)), armored), {
+            "encrypted_by": "gateway", "encrypted_to": [user.fingerprint]}
 
 
 def _one(values: tuple[str, ...]) -> str | None:

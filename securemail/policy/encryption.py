@@ -14,6 +14,12 @@ text before or after it makes the message not encrypted (the gateway then
 encrypts it whole, or a member's mail is refused as plaintext). The extra cost
 over the MIME parse is a few regular expressions on the parts, the preamble
 and the epilogue.
+
+Given the message's one header-block parse (``mail.headers.HeaderBlock``, as the
+crypto stage always does), the check reads its top-level MIME fields from it and
+hands the email package only those fields and the body: the received header
+block is not parsed again. Without one (a caller holding bytes alone), the email
+package parses the whole message, as it always did.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ import quopri
 import re
 from dataclasses import dataclass, field
 from email import policy as _policy
+from email.feedparser import FeedParser
 from email.parser import BytesHeaderParser, BytesParser
 
 from ..crypto.message import check_encrypted
 from ..errors import SecureMailError
+from ..mail.headers import HeaderBlock
 
 _BEGIN, _END = b"-----BEGIN PGP MESSAGE-----", b"-----END PGP MESSAGE-----"
 _ARMOR_HEADER = re.compile(rb"[ \t]*\r?\n[ \t]*[^\s]")  # after BEGIN: a non-blank line before the blank one
@@ -47,17 +55,18 @@ class EncryptionCheck:
     outside: tuple[str, ...] = ()  # where the sender's wrapper held text (never crosses: dropped by the rebuild)
 
 
-def check(raw: bytes) -> EncryptionCheck:
+def check(raw: bytes, block: HeaderBlock | None = None) -> EncryptionCheck:
+    """The check of ``raw``; ``block`` is its one header-block parse, when the caller made it."""
     try:
         if len(raw) > HEADERS_FIRST_ABOVE:
-            head = _top(raw)
+            head = _top(raw) if block is None else _mime(raw, block, headers_only=True)
             ctype = head.get_content_type()
             if ctype not in ("multipart/encrypted", "text/plain") or (
-                    ctype == "text/plain" and not _may_be_inline(raw, head)):
+                    ctype == "text/plain" and not _may_be_inline(raw, head, block)):
                 # Cannot be OpenPGP encrypted: no need to parse (and copy) a big body. The gateway
                 # handles it on bytes only, so its depth cannot hurt either.
                 return EncryptionCheck(False, "none", "message is not OpenPGP encrypted")
-        msg = BytesParser(policy=_policy.compat32).parsebytes(raw)
+        msg = BytesParser(policy=_policy.compat32).parsebytes(raw) if block is None else _mime(raw, block)
         if _too_deep(msg):
             return EncryptionCheck(False, "none", "MIME structure nested too deeply", malformed=True)
         ctype = msg.get_content_type()
@@ -132,14 +141,36 @@ def _top(raw: bytes):
     return BytesHeaderParser(policy=_policy.compat32).parsebytes(head)
 
 
+# The top-level fields the email package reads to take a body apart (its type, boundary, protocol
+# and transfer encoding): all the check needs of the header block.
+MIME_FIELDS = frozenset({"content-type", "content-transfer-encoding"})
+_CHUNK = 8192  # as email.parser.Parser feeds its FeedParser
+
+
+def _mime(raw: bytes, block: HeaderBlock, headers_only: bool = False):
+    """``raw`` as the email package parses it, fed only the MIME fields of ``block`` (in their
+    order: the package reads the first of each) and then the body, decoded chunk by chunk as
+    BytesParser does (ASCII, surrogateescape) without copying the body whole first."""
+    parser = FeedParser(policy=_policy.compat32)
+    head = b"".join(f.raw + b"\r\n" for f in block.fields if f.name in MIME_FIELDS) + b"\r\n"
+    parser.feed(head.decode("ascii", "surrogateescape"))
+    body = b"" if headers_only else block.body(raw)
+    for i in range(0, len(body), _CHUNK):
+        parser.feed(str(body[i:i + _CHUNK], "ascii", "surrogateescape"))
+    return parser.close()
+
+
 _ARMOR_START = re.compile(rb"\A\s*-----BEGIN PGP MESSAGE-----")
 
 
-def _may_be_inline(raw: bytes, head) -> bool:
+def _may_be_inline(raw: bytes, head, block: HeaderBlock | None = None) -> bool:
     """Could this big text/plain body be an inline PGP message? Decided on its first 4 KiB,
     transfer-decoded: only then is the whole message parsed (a 25 MB parse holds ~8 copies)."""
-    end = raw.find(b"\r\n\r\n")
-    start = raw[end + 4:end + 4 + 4096] if end >= 0 else b""
+    if block is not None:
+        start = bytes(block.body(raw)[:4096])
+    else:
+        end = raw.find(b"\r\n\r\n")
+        start = raw[end + 4:end + 4 + 4096] if end >= 0 else b""
     cte = str(head.get("Content-Transfer-Encoding", "")).strip().lower()
     try:
         if cte == "base64":
