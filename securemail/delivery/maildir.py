@@ -76,7 +76,8 @@ def _directory(path: Path) -> None:
 
 
 def _unique(now: float, hostname: str) -> str:
-    """A Maildir file name: ``time.M<usec>P<pid>Q<n>R<random>.<host>`` (host without / or :)."""
+    """A Maildir file name: ``time.M<usec>P<pid>Q<n>R<random>.<host>`` (host without / or :); the
+    microseconds have six digits, so that names sort in delivery order (readers list by name)."""
     host = hostname.replace("/", "\\057").replace(":", "\\072")
     sec, usec = int(now), int((now % 1) * 1_000_000)
-    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{uuid.uuid4().hex[:12]}.{host}"
+    return f"{sec}.M{usec:06d}P{os.getpid()}Q{next(_counter)}R{uuid.uuid4().hex[:12]}.{host}"

@@ -135,3 +135,11 @@ def test_maildir_disk_failure_is_temporary_and_says_no_path(tmp_path):
     (root / "bob@x" / "tmp").write_text("a file where a directory should be")
     out = deliver_maildir(root, "bob@x", b"x")
     assert out.kind == "temporary" and "/" not in out.message
+
+
+def test_maildir_names_sort_in_delivery_order():
+    """Readers (and the tests) list a Maildir by name: within one second, 0.05 s comes before 0.5 s."""
+    from securemail.delivery.maildir import _unique
+    times = [1_700_000_000.05, 1_700_000_000.5, 1_700_000_000.999999, 1_700_000_001.000001]
+    names = [_unique(t, "gw.example") for t in times]
+    assert sorted(names) == names
