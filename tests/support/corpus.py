@@ -16,6 +16,7 @@ MDC under ``--rfc2440`` with an explicit cipher), so none is left out.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -29,7 +30,7 @@ from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
 from pathlib import Path
 
-from tests.interop.peers import fingerprint, make_peer
+from tests.interop.peers import dearmor, fingerprint, make_peer
 from tests.support.commands import REPO
 
 SHARED = REPO.parent / "shared" / "corpus"
@@ -170,7 +171,6 @@ def crc24(data: bytes) -> int:
 
 
 def armor(binary: bytes) -> bytes:
-    import base64
     b64 = base64.b64encode(binary).decode()
     lines = [b64[i:i + 64] for i in range(0, len(b64), 64)]
     crc = base64.b64encode(crc24(binary).to_bytes(3, "big")).decode()
@@ -179,7 +179,6 @@ def armor(binary: bytes) -> bytes:
 
 def tamper(armored: bytes) -> bytes:
     """One bit flipped early in the encrypted data packet's ciphertext, the packet framing intact."""
-    from tests.interop.peers import dearmor
     data, pos = bytearray(dearmor(armored)), 0
     while True:
         ctb = data[pos]
