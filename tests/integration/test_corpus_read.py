@@ -1,4 +1,4 @@
-"""Every message of the shared corpus read with `securemail read --json` gives what its manifest says."""
+"""Every message of the interop corpus (shared or regenerated) read with `securemail read --json` gives what its manifest says."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import run_cli
+from tests.support.corpus import case_files
 
 
 @pytest.fixture(scope="module")
@@ -20,16 +21,7 @@ def reader_home(corpus, tmp_path_factory):
     return home
 
 
-def _cases():
-    import json as _j
-    from tests.conftest import CORPUS
-    try:
-        return [m["file"] for m in _j.loads((CORPUS / "manifest.json").read_text())["mail"]]
-    except FileNotFoundError:
-        return []
-
-
-@pytest.mark.parametrize("name", _cases())
+@pytest.mark.parametrize("name", case_files())
 def test_corpus_message(corpus, reader_home, name):
     m = next(x for x in corpus["mail"] if x["file"] == name)
     res = run_cli(reader_home, "read", "--json", str(corpus["dir"] / name))

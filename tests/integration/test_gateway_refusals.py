@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from securemail.crypto.dkim import DkimSigner, generate_dkim_key
-from tests.conftest import CORPUS, run_cli
+from tests.conftest import run_cli
 
 from tests.support import Running, federation, ok
+from tests.support.corpus import case_files
 
 from .refusal_helpers import (GATEWAY_PEER, OFFICE, STRANGER, Enrolled, Reply, crlf, enrol, queued_messages, reply,
                               transact)
@@ -253,15 +254,8 @@ def test_manifest_older_serial_is_refused(fed):
     assert f"is older than the installed serial {_serial(fed)}" in res.stderr
 
 
-# --- 7. the shared corpus crossing from a member gateway ----------------------------------------
-def _corpus_files() -> list[str]:
-    try:
-        return [m["file"] for m in json.loads((CORPUS / "manifest.json").read_text())["mail"]]
-    except FileNotFoundError:
-        return ["(corpus missing)"]  # the corpus fixture then skips (or fails under CI)
-
-
-@pytest.mark.parametrize("file", _corpus_files())
+# --- 7. the interop corpus (shared or regenerated) crossing from a member gateway ----------------------------------------
+@pytest.mark.parametrize("file", case_files())
 def test_corpus_message_from_member_gateway(fed, corpus, file):
     entry = next(m for m in corpus["mail"] if m["file"] == file)
     sender = entry["sender"]

@@ -8,6 +8,8 @@ homes     ``GatewayHome`` (its relay, submission and key directory ports), ``fed
           ``person``, ``second_node``
 running   ``Running`` (in-process), ``Serve`` (``securemail serve``), ``office_send``,
           ``queue_rows``, ``audit_records``
+corpus    the interop corpus: ../shared/corpus, or one regenerated from gpg and sqop
+          (``python -m tests.support.corpus OUTDIR``); imported as a module, not re-exported
 
 Every name is re-exported here (``from tests.support import federation, Running``).
 Nothing imports pytest at import time: the benchmark uses these without it.
