@@ -10,7 +10,6 @@ children) every 50 ms, because a process that has exited can no longer be read.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.waits import terminate
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -324,15 +325,7 @@ class Proc:
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM and the exit status; SIGKILL (and None) if it does not stop in time."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None
+        return terminate(self.proc, timeout)
 
     def tail(self, n: int = 2000) -> str:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""

@@ -2,7 +2,7 @@
 
 commands  the CLI in-process (``run_cli``, ``ok``, ``cli``), ``REPO``
 ports     ``free_port``
-waits     ``wait_for``, ``wait_listening``
+waits     ``wait_for``, ``wait_listening``, ``terminate``
 pg        ``PG_URL``, ``pg_available``, ``require_pg``, fresh schemas (``pg_schemas``, ``pg_schema``)
 homes     ``GatewayHome`` (its relay, submission and key directory ports), ``federation``,
           ``person``, ``second_node``
@@ -20,9 +20,9 @@ from .homes import DOMAINS, FAST, OFFICE, GatewayHome, federation, init_home, in
 from .pg import PG_URL, fresh_schemas, pg_available, pg_schema, pg_schemas, require_pg, schema_url
 from .ports import free_port
 from .running import Running, Serve, audit_records, office_send, queue_rows
-from .waits import wait_for, wait_listening
+from .waits import terminate, wait_for, wait_listening
 
 __all__ = ["REPO", "cli", "ok", "run_cli", "DOMAINS", "FAST", "OFFICE", "GatewayHome", "federation",
            "init_home", "install_manifest", "person", "second_node", "PG_URL", "fresh_schemas",
            "pg_available", "pg_schema", "pg_schemas", "require_pg", "schema_url", "free_port", "Running",
-           "Serve", "audit_records", "office_send", "queue_rows", "wait_for", "wait_listening"]
+           "Serve", "audit_records", "office_send", "queue_rows", "terminate", "wait_for", "wait_listening"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import smtplib
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from .commands import REPO, ok, run_cli
 from .homes import OFFICE, GatewayHome
-from .waits import wait_listening
+from .waits import terminate, wait_listening
 
 
 def office_send(port: int, sender: str, rcpts: list[str], msg: bytes, *, source: str = OFFICE,
@@ -111,12 +110,4 @@ class Serve:
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM, then the exit status (SIGKILL and None if it does not stop within ``timeout``)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None
+        return terminate(self.proc, timeout)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import time
 
 
@@ -28,3 +30,16 @@ def wait_listening(port: int, timeout: float = 60.0, alive=lambda: True) -> None
         except OSError:
             return False
     wait_for(up, timeout, f"port {port} to listen")
+
+
+def terminate(proc: subprocess.Popen | None, timeout: float) -> int | None:
+    """SIGTERM and the exit status; SIGKILL (and None) if it does not stop within ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return None if proc is None else proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
