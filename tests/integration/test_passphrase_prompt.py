@@ -116,13 +116,18 @@ def protected_home(tmp_path, pw):
     return home
 
 
+def new_passphrase(term, typed: str, repeated: str) -> None:
+    """Answer ``keys generate``'s two prompts: the passphrase, then its repetition."""
+    term.expect(NEW)
+    term.type(typed)
+    term.expect(REPEAT)
+    term.type(repeated)
+
+
 def test_generate_asks_twice_without_echo_and_protects_the_key(tmp_path, pw, wrong):
     home = tmp_path / "h"
     term = Terminal(home, "keys", "generate", "--uid", "A <a@x.fr>")
-    term.expect(NEW)
-    term.type(PASS)
-    term.expect(REPEAT)
-    term.type(PASS)
+    new_passphrase(term, PASS, PASS)
     assert term.finish() == 0, term.out
     no_echo(term)
     k = generated(home)
@@ -136,15 +141,9 @@ def test_generate_asks_twice_without_echo_and_protects_the_key(tmp_path, pw, wro
 def test_generate_mismatch_is_said_and_asked_again(tmp_path):
     home = tmp_path / "h"
     term = Terminal(home, "keys", "generate", "--uid", "A <a@x.fr>")
-    term.expect(NEW)
-    term.type(PASS)
-    term.expect(REPEAT)
-    term.type(PASS + "x")
+    new_passphrase(term, PASS, PASS + "x")
     term.expect(b"do not match")
-    term.expect(NEW)
-    term.type(PASS)
-    term.expect(REPEAT)
-    term.type(PASS)
+    new_passphrase(term, PASS, PASS)
     assert term.finish() == 0, term.out
     no_echo(term)
     assert generated(home)["protected"]
@@ -154,10 +153,7 @@ def test_generate_gives_up_after_three_mismatches(tmp_path):
     home = tmp_path / "h"
     term = Terminal(home, "keys", "generate", "--uid", "A <a@x.fr>")
     for i in range(3):
-        term.expect(NEW)
-        term.type(PASS)
-        term.expect(REPEAT)
-        term.type(f"other-{i}")
+        new_passphrase(term, PASS, f"other-{i}")
     assert term.finish() == 2 and b"nothing was generated" in term.out
     no_echo(term)
     assert json.loads(run_cli(home, "keys", "list", "--json").stdout) == []

@@ -189,16 +189,21 @@ def test_gpg_mail_read_here(curve, origin, gpg, gpg_keys, ours, home, tmp_path):
     assert_read_as(obj, c, "valid", them.fpr)
 
 
-@pytest.mark.parametrize("curve,origin", OURS)
-def test_our_send_decrypted_by_gpg(curve, origin, gpg, gpg_keys, ours, home, tmp_path):
-    them, me = gpg_keys[curve, "them"], ours[curve, origin]
-    their_key_here(home, them)
-    c = content_for(me.address, them.address, f"{curve}-{origin}-to-gpg")
+def send_to_file(home, c, tmp_path) -> None:
+    """``securemail send`` of content ``c`` (body and one attachment) to ``tmp_path/out.eml``."""
     (tmp_path / "body.txt").write_text(c.body, encoding="utf-8")
     (tmp_path / c.attachment[0]).write_bytes(c.attachment[1])
     cli(home, "send", "--from", c.sender, "--to", c.to, "--subject", c.subject,
         "--body-file", str(tmp_path / "body.txt"), "--attach", str(tmp_path / c.attachment[0]),
         "--output", str(tmp_path / "out.eml"))
+
+
+@pytest.mark.parametrize("curve,origin", OURS)
+def test_our_send_decrypted_by_gpg(curve, origin, gpg, gpg_keys, ours, home, tmp_path):
+    them, me = gpg_keys[curve, "them"], ours[curve, origin]
+    their_key_here(home, them)
+    c = content_for(me.address, them.address, f"{curve}-{origin}-to-gpg")
+    send_to_file(home, c, tmp_path)
     _, armored = encrypted_part((tmp_path / "out.eml").read_bytes())
     out = gpg.decrypt(armored, [them.key], verify_certs=[me.cert])
     assert [v.split()[2] for v in out.verifications] == [me.fpr], out.verifications
@@ -281,11 +286,7 @@ def test_sop_tools_both_ways_on_p256(name, peer_pool, gpg_keys, ours, home, tmp_
     [obj] = json.loads(cli(home, "read", str(tmp_path / "in.eml"), "--json").stdout)
     assert_read_as(obj, c, "none", None)
     c = content_for(me.address, them.address, f"p256-to-{name}")
-    (tmp_path / "body.txt").write_text(c.body, encoding="utf-8")
-    (tmp_path / c.attachment[0]).write_bytes(c.attachment[1])
-    cli(home, "send", "--from", c.sender, "--to", c.to, "--subject", c.subject,
-        "--body-file", str(tmp_path / "body.txt"), "--attach", str(tmp_path / c.attachment[0]),
-        "--output", str(tmp_path / "out.eml"))
+    send_to_file(home, c, tmp_path)
     out = peer.decrypt(encrypted_part((tmp_path / "out.eml").read_bytes())[1], [them.key],
                        verify_certs=[me.cert])
     assert me.fpr in [v.split()[2] for v in out.verifications], out.verifications

@@ -81,14 +81,5 @@ class Shifted(Running):
     def clock(self) -> float:
         return time.time() + self.offset
 
-    def __enter__(self) -> "Shifted":
-        from securemail.gateway.service import build
-        from securemail.home import Home
-        self.thread.start()
-        for h in self.homes:
-            gw = build(Home.open(h.home), clock=self.clock)
-            if self.wrap:
-                self.wrap(gw)
-            self.call(gw.start())
-            self.gateways.append(gw)
-        return self
+    def build_options(self) -> dict:
+        return {"clock": self.clock}

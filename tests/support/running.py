@@ -61,12 +61,16 @@ class Running:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.gateways = []
 
+    def build_options(self) -> dict:
+        """What ``service.build`` is given for each home (a subclass may add a clock)."""
+        return {"cpu_workers": self.cpu_workers}
+
     def __enter__(self) -> "Running":
         from securemail.gateway.service import build
         from securemail.home import Home
         self.thread.start()
         for h in self.homes:
-            gw = build(Home.open(h.home), cpu_workers=self.cpu_workers)
+            gw = build(Home.open(h.home), **self.build_options())
             if self.wrap:
                 self.wrap(gw)
             self.call(gw.start())
