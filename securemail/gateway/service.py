@@ -26,7 +26,7 @@ from ..queue.retention import Retention
 from ..schema import create_schema
 from ..smtp.handler import GatewayHandler
 from ..smtp.peercert import request_client_certificates
-from ..smtp.authlimit import AuthGuard, AuthLimits
+from ..smtp.authlimit import AuthGuard
 from ..smtp.replies import AUTH_REVOKED
 from ..smtp.server import SMTPServer, make_server
 from .pipeline import Pipeline
@@ -134,7 +134,7 @@ def build(home: Home, *, clock=time.time, owner: str | None = None,
                         run_stage=pool.decide if pool else None)
     tls = server_tls_context(config)
     users = Users(config.passwords_file)
-    guard = AuthGuard(users.check, AuthLimits(**vars(config.auth_budget)),
+    guard = AuthGuard(users.check, config.auth_budget,
                       on_lock=lambda **fields: audit.append("auth-locked", **fields))
     servers = _smtp_servers(config, pipeline, tls, guard, MemberAddresses(manifest), clock, reuse_port,
                             users.known)

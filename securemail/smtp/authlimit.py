@@ -25,27 +25,17 @@ import collections
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Callable, Literal
 
+from ..config import AuthBudget
 from .slots import network_of
 
 log = logging.getLogger(__name__)
 
 Outcome = Literal["ok", "failed", "locked"]
+CHECK_THREADS = 2  # concurrent scrypt checks (each holds 16 MiB)
 MAX_KEYS = 100_000  # tracked sources and accounts; the oldest are forgotten beyond this
 _ACCOUNT_CHARS = 128  # an account name as counted and audited (attacker-chosen text)
-
-
-@dataclass(frozen=True)
-class AuthLimits:
-    """The failure budget (``[auth]`` in the config)."""
-
-    max_failures: int = 10        # failures per source or account within the window...
-    failure_window: float = 900.0
-    lock_seconds: float = 900.0   # ...lock it for this long
-    session_failures: int = 3     # failed AUTH per SMTP session; the next AUTH gets 421 and a close
-    check_threads: int = 2        # concurrent scrypt checks (each holds 16 MiB)
 
 
 def source_of(ip: str) -> str:
@@ -56,7 +46,7 @@ def source_of(ip: str) -> str:
 class FailureBudget:
     """Failures per key in a sliding window; a key over budget is locked for a while."""
 
-    def __init__(self, limits: AuthLimits, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, limits: AuthBudget, clock: Callable[[], float] = time.monotonic,
                  max_keys: int = MAX_KEYS) -> None:
         self.limits, self.clock, self.max_keys = limits, clock, max_keys
         self._failures: dict[str, collections.deque[float]] = {}
@@ -96,10 +86,11 @@ class FailureBudget:
 class AuthGuard:
     """``await verify(peer_ip, user, password)``: the budgeted, off-loop password check."""
 
-    def __init__(self, check: Callable[[str, bytes], bool], limits: AuthLimits = AuthLimits(), *,
+    def __init__(self, check: Callable[[str, bytes], bool], limits: AuthBudget = AuthBudget(), *,
                  on_lock: Callable[..., None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, check_threads: int = CHECK_THREADS) -> None:
         self.check, self.limits, self.on_lock = check, limits, on_lock
+        self.check_threads = check_threads
         self.budget = FailureBudget(limits, clock)
         self._pool: ThreadPoolExecutor | None = None
 
@@ -112,7 +103,7 @@ class AuthGuard:
         if self.budget.locked(source) or self.budget.locked(account):
             return "locked"
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.limits.check_threads, thread_name_prefix="auth-check")
+            self._pool = ThreadPoolExecutor(self.check_threads, thread_name_prefix="auth-check")
         loop = asyncio.get_running_loop()
         if await loop.run_in_executor(self._pool, self.check, user, password):
             return "ok"

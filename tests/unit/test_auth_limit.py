@@ -10,7 +10,8 @@ import time
 import pytest
 
 from securemail.gateway.users import Users, check_password, hash_password
-from securemail.smtp.authlimit import AuthGuard, AuthLimits, FailureBudget, source_of
+from securemail.config import AuthBudget
+from securemail.smtp.authlimit import AuthGuard, FailureBudget, source_of
 
 
 class Clock:
@@ -34,7 +35,7 @@ def test_sources_are_addresses_and_ipv6_64s(ip, source):
 
 def test_budget_locks_at_the_limit_for_the_lock_time():
     clock = Clock()
-    budget = FailureBudget(AuthLimits(max_failures=3, failure_window=60, lock_seconds=100), clock)
+    budget = FailureBudget(AuthBudget(max_failures=3, failure_window=60, lock_seconds=100), clock)
     assert budget.fail("k") is None and budget.fail("k") is None
     assert not budget.locked("k")
     assert budget.fail("k") == 1100.0
@@ -47,14 +48,14 @@ def test_budget_locks_at_the_limit_for_the_lock_time():
 
 def test_failures_outside_the_window_are_forgotten():
     clock = Clock()
-    budget = FailureBudget(AuthLimits(max_failures=3, failure_window=60, lock_seconds=100), clock)
+    budget = FailureBudget(AuthBudget(max_failures=3, failure_window=60, lock_seconds=100), clock)
     budget.fail("k"), budget.fail("k")
     clock.now += 61
     assert budget.fail("k") is None and not budget.locked("k")
 
 
 def test_the_budget_forgets_the_oldest_keys_beyond_its_size():
-    budget = FailureBudget(AuthLimits(max_failures=5), Clock(), max_keys=10)
+    budget = FailureBudget(AuthBudget(max_failures=5), Clock(), max_keys=10)
     for n in range(50):
         budget.fail(f"k{n}")
     assert len(budget._failures) == 10 and "k49" in budget._failures and "k0" not in budget._failures
@@ -62,7 +63,7 @@ def test_the_budget_forgets_the_oldest_keys_beyond_its_size():
 
 def _guard(check, **limits):
     locks = []
-    guard = AuthGuard(check, AuthLimits(**limits), on_lock=lambda **f: locks.append(f), clock=Clock())
+    guard = AuthGuard(check, AuthBudget(**limits), on_lock=lambda **f: locks.append(f), clock=Clock())
     return guard, locks
 
 
