@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from ..crypto import armor as A
 from ..crypto import message as M
 from ..crypto.keys import Key
 from ..errors import KeyUnusable, MalformedMessage, PolicyRefusal, SecureMailError, TemporaryFailure
@@ -301,7 +300,7 @@ class Transformer:
                 outer = rebuilt(raw, f.encryption, fields_of(raw, f))
             return add_headers(outer, self.status_headers(f, None)), {"decrypted": False}
         if mode == "relay":
-            sealed = pgp_mime(top_headers(outer, fields=kept), _armored(f.encryption.payload))
+            sealed = pgp_mime(top_headers(outer, fields=kept), rearmor(f.encryption.packets))
             ar = ST.auth_results(self.hostname, f.dkim_status, f.from_domain)
             return add_headers(sealed, [ar]), {"decrypted": False, "decrypt_at_delivery": True}
         user = self.user_key(rcpt)
@@ -356,8 +355,3 @@ class Transformer:
 def _one(values: tuple[str, ...]) -> str | None:
     """The From value when there is exactly one From field."""
     return values[0] if len(values) == 1 else None
-
-
-def _armored(payload: bytes) -> bytes:
-    """The OpenPGP message re-armored from its packets (nothing around the armor is kept)."""
-    return A.armor(A.unarmor_if_needed(payload))
