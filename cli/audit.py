@@ -11,8 +11,7 @@ from .context import iso_or_dash
 
 
 def _log(obj):
-    from securemail.audit import AuditLog
-    return AuditLog(obj.core.engine)  # [database] url: the same engine the queue writes it with
+    return obj.core.audit  # [database] url: the same engine the queue writes it with
 
 
 @click.group()

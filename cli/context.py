@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from securemail.app import Core, open_core
+from securemail.app import Core, open_home
 from securemail.errors import UsageError
 
 
@@ -19,7 +19,7 @@ class Context:
     @property
     def core(self) -> Core:
         if self._core is None:
-            self._core = open_core(self._home)
+            self._core = open_home(self._home)
         return self._core
 
     def close(self) -> None:

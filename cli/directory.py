@@ -10,17 +10,13 @@ from pathlib import Path
 
 import click
 
-from securemail.audit import AuditLog
-from securemail.config import GatewayConfig
 from securemail.errors import KeyNotFound, UsageError
 
 from .context import read_input
 
 
 def _directory(obj):
-    from securemail.keys.directory import Directory
-    config = GatewayConfig.load(obj.core.home)
-    return Directory(obj.core.engine, obj.core.keys, config.domains, audit=AuditLog(obj.core.engine))
+    return obj.core.directory()
 
 
 def _iso(ts: float) -> str:

@@ -24,7 +24,6 @@ from pathlib import Path
 import click
 
 from securemail import federation as F
-from securemail.audit import AuditLog
 from securemail.app import manifest_path
 from securemail.config import GatewayConfig, read_toml
 from securemail.crypto import openpgp
@@ -317,7 +316,7 @@ def install(obj, file, authority, authority_key) -> None:
                          "(its fingerprint, obtained out of band)")
     fpr, cert = _authority(obj, configured or authority, authority_key, store=True)
     result = F.install(read_input(file), manifest_path(home), fpr, cert,
-                       AuditLog(obj.core.engine))
+                       obj.core.audit)
     if not configured:
         record_authority(home.config_file, fpr)
         click.echo(f"federation authority {fpr} recorded in {home.config_file.name}")

@@ -35,7 +35,7 @@ gateway.add_command(user)
 @click.pass_obj
 def init(obj, domains, listen, submission, wkd, hostname, trusted, database_url, relay_to, tls_cert, tls_key):
     """Write a documented config, domain OpenPGP keys, DKIM keys and a TLS certificate."""
-    from securemail.gateway.setup import InitOptions, init_gateway
+    from securemail.admin.setup import InitOptions, init_gateway
     if bool(tls_cert) != bool(tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     ctx = click.get_current_context()
@@ -49,8 +49,8 @@ def init(obj, domains, listen, submission, wkd, hostname, trusted, database_url,
     if trusted:
         opts.trusted_networks = list(trusted)
     if database_url:  # the domain keys belong in the database serve will use
-        from securemail.app import open_core
-        core = open_core(obj.core.home.path, database_url=database_url)
+        from securemail.app import open_home
+        core = open_home(obj.core.home.path, database_url=database_url)
         try:
             out = init_gateway(core.home.path, core.keys, opts)
         finally:
@@ -72,7 +72,7 @@ def init(obj, domains, listen, submission, wkd, hostname, trusted, database_url,
 def check(obj):
     """Check the config's listeners: a port two listeners share, or that another process holds."""
     from securemail.config import GatewayConfig
-    from securemail.gateway.ports import collisions
+    from securemail.admin.ports import collisions
     config = GatewayConfig.load(obj.core.home)
     listeners = [(li.name, li.host, li.port) for li in config.listeners]
     problems = dict(collisions(listeners))

@@ -12,10 +12,7 @@ from .context import iso_or_dash
 
 
 def _queue(obj):
-    from securemail.audit import AuditLog
-    from securemail.queue import Queue
-    engine = obj.core.engine  # [database] url: the same for the key store, queue and audit log
-    return Queue(engine, audit_log=AuditLog(engine))
+    return obj.core.queue()  # [database] url: the same for the key store, queue and audit log
 
 
 @click.group()

@@ -21,12 +21,14 @@ def serve(obj, processes):
     With several processes (one per core), each runs listeners (SO_REUSEPORT)
     and delivery workers on the same database; SIGTERM stops them all.
     """
+    from securemail.app import open_gateway
     from securemail.config import GatewayConfig
-    from securemail.gateway.multi import serve_processes
-    from securemail.gateway.service import build
+    from securemail.procs.multi import serve_processes
     n = processes or GatewayConfig.load(obj.core.home).processes
     child = os.environ.get(CHILD_ENV) == "1"
     if n > 1 and not child:
-        sys.exit(serve_processes(obj.core.home.path, n, CHILD_ENV))
-    gw = build(obj.core.home, reuse_port=n > 1 or child)
+        command = [sys.executable, "-m", "cli.main", "--home", str(obj.core.home.path), "serve",
+                   "--processes", str(n)]
+        sys.exit(serve_processes(command, n, {CHILD_ENV: "1"}))
+    gw = open_gateway(obj.core.home, reuse_port=n > 1 or child)
     asyncio.run(gw.run_until_signal())

@@ -16,7 +16,7 @@ def user() -> None:
 
 def _users(obj):
     from securemail.config import GatewayConfig
-    from securemail.gateway.users import Users
+    from securemail.users import Users
     return Users(GatewayConfig.load(obj.core.home).passwords_file)
 
 

@@ -206,7 +206,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class AuthBudget:
-    """``[auth]``: password guessing (smtp/authlimit.py)."""
+    """``[auth]``: password guessing (authlimit.py)."""
     max_failures: int = 10          # failed logins per source (IPv4 address, IPv6 /64) or account...
     failure_window: float = 900.0   # ...within this many seconds...
     lock_seconds: float = 900.0     # ...lock it (454 4.7.0) for this long, audited as auth-locked

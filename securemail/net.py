@@ -3,6 +3,7 @@ connection settings shared by the commands that talk to a gateway (SMTP, HTTPS).
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 
 from .errors import UsageError
@@ -35,3 +36,16 @@ def server_and_context(server: str, cafile: str | None) -> tuple[str, int, ssl.S
     except (OSError, ssl.SSLError) as e:
         raise UsageError(f"cannot load CA file {cafile}: {e}") from None
     return (*hostport, ctx)
+
+
+def network_of(ip: str, v4_prefix: int = 24) -> str:
+    """The network a public client is counted in: the /24 (``v4_prefix``) of an IPv4 address, the
+    /64 of an IPv6 one (one subscriber's allocation); an IPv4-mapped IPv6 address counts as IPv4."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    prefix = v4_prefix if addr.version == 4 else 64
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))

@@ -1,7 +1,7 @@
 """The database schema of a home or a gateway: every table, created in one place.
 
 ``create_schema(engine)`` is called once by the composition roots that open a home
-or a gateway (``app.open_core``, ``gateway.service.build``); the stores' constructors
+or a gateway (``app.open_home``, ``app.open_gateway``); the stores' constructors
 only use their tables, and a child process of serve finds them made by its parent.
 It is idempotent: existing tables are left as they are. It also writes the audit
 chain's head row, and binds the keys of a home made before key bindings existed

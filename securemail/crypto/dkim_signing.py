@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 
-from securemail.errors import ConfigError, KeyRefused, MalformedMessage
+from securemail.errors import ConfigError, KeyRefused, KeyUnusable, MalformedMessage
 
 MIN_RSA_BITS = 2048
 SIGNED_HEADERS = (b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"mime-version",
@@ -258,3 +258,36 @@ class DkimSigner:
         fields[-1] = (b"b", base64.b64encode(key.sign_digest(digest)))
         value = b"; ".join(b"=".join(f) for f in fields) + linesep
         return _NAME + b": " + fold(value, len(_NAME), linesep)
+
+
+def dkim_signers(config) -> dict[str, DkimSigner]:
+    """Each served domain's DKIM signer; a domain without a usable key stops the start (never unsigned)."""
+    by_domain: dict[str, list] = {}
+    files: dict[str, list[str]] = {}
+    for d in config.dkim_keys:
+        try:
+            pem = d.private_key.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"cannot read DKIM key {d.private_key.name}: {e.strerror}") from None
+        by_domain.setdefault(d.domain, []).append((d.selector, pem, d.algorithm))
+        files.setdefault(d.domain, []).append(d.private_key.name)
+    missing = [dom for dom in config.domains if dom not in by_domain]
+    if missing:
+        raise ConfigError(f"no DKIM key configured for {', '.join(missing)} ([[keys.dkim]]); "
+                          "mail must not leave unsigned")
+    signers = {}
+    for dom, ks in by_domain.items():
+        try:
+            signers[dom] = DkimSigner(dom, ks)
+        except KeyRefused as e:
+            raise ConfigError(f"{e.message} ({', '.join(files[dom])})", detail=e.detail) from None
+    return signers
+
+
+def dkim_sign_fn(signers: dict[str, DkimSigner]):
+    def sign(body: bytes, domain: str) -> bytes:
+        signer = signers.get(domain)
+        if signer is None:
+            raise KeyUnusable(f"no DKIM key for {domain}; nothing is sent unsigned")
+        return signer.sign(body)
+    return sign

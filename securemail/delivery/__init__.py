@@ -1,27 +1,9 @@
-"""The delivery stage: next-hop SMTP, local Maildir, the office MTA; retries; DSN bounces.
+"""The delivery stage: claim due deliveries, send each to its next hop, settle; retries; DSNs.
 
-``DeliveryWorker`` claims due deliveries from the queue and hands each
-(message, next hop) group to ``deliver_smtp`` or ``deliver_maildir``; both
-return an ``Outcome`` that the worker settles (delivered, deferred by the
-retry schedule, or bounced with a DSN from ``build_dsn``).
-
-The names are loaded on first use: a crypto worker process needs the next-hop
-names (``delivery.hops``) but not the SMTP client, which costs each process
-about 12 MiB.
+``worker.DeliveryWorker`` claims from the queue, parses each row's next hop once
+(``transform.hops.parse_hop``) and hands the typed hop to ``smtp.deliver_smtp`` /
+``pool.SessionPool`` (member gateways, the office MTA) or ``maildir.deliver_maildir``;
+each returns an ``outcome.Outcome`` that the worker settles (delivered, deferred by the
+retry schedule, or bounced with a DSN from ``dsn.build_dsn``, queued by ``bounces.Bounces``).
+``keycheck.KeyCheck`` vetoes a send whose recipient key changed since it was queued.
 """
-
-import importlib
-
-_WHERE = {"build_dsn": "dsn", "header_block": "dsn",
-          "Hop": "hops", "MaildirHop": "hops", "RelayHop": "hops", "SmtpHop": "hops",
-          "maildir_hop": "hops", "parse_hop": "hops", "relay_hop": "hops", "smtp_hop": "hops",
-          "deliver_maildir": "maildir", "Outcome": "outcome",
-          "deliver_smtp": "smtp", "DeliveryWorker": "worker"}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -11,13 +11,13 @@ from ..config import GatewayConfig
 from ..federation import ManifestSource
 from ..policy.address import domain_of
 from ..queue import Queue
-from .hops import maildir_hop, relay_hop, smtp_hop
+from ..transform.hops import maildir_hop, relay_hop, smtp_hop
 
 log = logging.getLogger(__name__)
 
 
 class Outbound(Protocol):
-    """What a DSN to a member needs of the crypto stage (gateway/transform.py ``Transformer``)."""
+    """What a DSN to a member needs of the crypto stage (transform/routes.py ``Transformer``)."""
 
     def outbound(self, raw: bytes, domain: str, rcpts: list[str], *,
                  sender_domain: str | None) -> tuple[bytes, dict]: ...

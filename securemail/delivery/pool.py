@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import aiosmtplib
 
-from securemail.delivery.hops import Hop, parse_hop
+from securemail.transform.hops import Hop
 from securemail.delivery.outcome import Outcome
 from securemail.delivery.smtp import (TlsClientCert, check_args, failure_outcome, new_client,
                                       open_session, send_mail, _log)
@@ -30,46 +30,45 @@ class SessionPool:
                  clock=time.monotonic) -> None:
         self.idle_seconds, self.max_idle = idle_seconds, max_idle_per_hop
         self.clock = clock
-        self._idle: dict[str, list[tuple[float, aiosmtplib.SMTP]]] = {}
+        self._idle: dict[Hop, list[tuple[float, aiosmtplib.SMTP]]] = {}
         self.opened = 0   # sessions opened (for tests and the benchmark)
 
-    async def deliver(self, hop: str | Hop, mail_from: str, rcpt: str | Sequence[str], body: bytes,
+    async def deliver(self, hop: Hop, mail_from: str, rcpt: str | Sequence[str], body: bytes,
                       *, helo: str, timeout: float = 60.0,
                       tls_client_cert: TlsClientCert | None = None) -> Outcome:
-        h = parse_hop(hop) if isinstance(hop, str) else hop
         rcpts = [rcpt] if isinstance(rcpt, str) else list(rcpt)
-        bad = check_args(h, mail_from, rcpts)
+        bad = check_args(hop, mail_from, rcpts)
         if bad is not None:
             return bad
-        key = str(h)
+        key = hop
         client = self._take(key)
         if client is not None:
             progress: list[str] = []
             try:
                 outcome = await send_mail(client, mail_from, rcpts, body, progress)
                 self._give(key, client)
-                _log(h, rcpts, outcome)
+                _log(hop, rcpts, outcome)
                 return outcome
             except Exception as err:  # noqa: BLE001 - a stale session: retry fresh if nothing was sent
                 client.close()
                 if progress:
-                    outcome = failure_outcome(err, h, client)
-                    _log(h, rcpts, outcome)
+                    outcome = failure_outcome(err, hop, client)
+                    _log(hop, rcpts, outcome)
                     return outcome
                 log.debug("reused session to %s was dead (%r); opening a new one", key, err)
-        client = new_client(h, helo, timeout)
+        client = new_client(hop, helo, timeout)
         try:
-            await open_session(client, h, tls_client_cert)
+            await open_session(client, hop, tls_client_cert)
             self.opened += 1
             outcome = await send_mail(client, mail_from, rcpts, body)
             self._give(key, client)
         except Exception as err:  # noqa: BLE001 - mapped by failure_outcome (re-raises bugs)
             client.close()
-            outcome = failure_outcome(err, h, client)
-        _log(h, rcpts, outcome)
+            outcome = failure_outcome(err, hop, client)
+        _log(hop, rcpts, outcome)
         return outcome
 
-    def _take(self, key: str) -> aiosmtplib.SMTP | None:
+    def _take(self, key: Hop) -> aiosmtplib.SMTP | None:
         now = self.clock()
         idle = self._idle.get(key, [])
         while idle:
@@ -79,7 +78,7 @@ class SessionPool:
             client.close()
         return None
 
-    def _give(self, key: str, client: aiosmtplib.SMTP) -> None:
+    def _give(self, key: Hop, client: aiosmtplib.SMTP) -> None:
         idle = self._idle.setdefault(key, [])
         if client.is_connected and len(idle) < self.max_idle:
             idle.append((self.clock(), client))

@@ -30,12 +30,11 @@ import os
 import re
 import ssl
 from collections.abc import Sequence
-from pathlib import Path
 
 import aiosmtplib
 
 from securemail.crypto.tlspin import der_pin
-from securemail.delivery.hops import Hop, RelayHop, SmtpHop, parse_hop
+from securemail.transform.hops import Hop, RelayHop, SmtpHop
 from securemail.delivery.outcome import PERMANENT, TEMPORARY, Outcome, clean, from_reply, temporary
 from securemail.delivery.pipelining import (CLOSING, DATA, END, MAIL, RCPT, BadReply,
                                             all_refused, encode_body_parts, expect, send_pipelined)
@@ -68,7 +67,7 @@ class _Stop(Exception):
         self.outcome = outcome
 
 
-async def deliver_smtp(hop: str | Hop, mail_from: str, rcpt: str | Sequence[str], body: bytes,
+async def deliver_smtp(hop: Hop, mail_from: str, rcpt: str | Sequence[str], body: bytes,
                        *, helo: str, timeout: float = 60.0,
                        tls_client_cert: TlsClientCert | None = None) -> Outcome:
     """Send ``body`` from ``mail_from`` ("" = null sender) to ``rcpt`` (one or several) via ``hop``.
@@ -76,19 +75,18 @@ async def deliver_smtp(hop: str | Hop, mail_from: str, rcpt: str | Sequence[str]
     ``timeout`` bounds each network step (connect, each command, the handshake).
     ``tls_client_cert`` is ``(cert_file, key_file)`` presented on a member gateway's STARTTLS.
     """
-    h = parse_hop(hop) if isinstance(hop, str) else hop
     rcpts = [rcpt] if isinstance(rcpt, str) else list(rcpt)
-    bad = check_args(h, mail_from, rcpts)
+    bad = check_args(hop, mail_from, rcpts)
     if bad is not None:
         return bad
-    client = new_client(h, helo, timeout)
+    client = new_client(hop, helo, timeout)
     try:
-        outcome = await _transaction(client, h, mail_from, rcpts, body, tls_client_cert)
+        outcome = await _transaction(client, hop, mail_from, rcpts, body, tls_client_cert)
     except Exception as err:  # noqa: BLE001 - mapped below; anything unexpected is re-raised
-        outcome = failure_outcome(err, h, client)
+        outcome = failure_outcome(err, hop, client)
     finally:
         client.close()
-    _log(h, rcpts, outcome)
+    _log(hop, rcpts, outcome)
     return outcome
 
 

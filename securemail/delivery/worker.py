@@ -36,7 +36,7 @@ from pathlib import Path
 from securemail.audit import AuditLog
 from securemail.config import Retry
 from securemail.delivery.dsn import BounceSender, build_dsn, header_block
-from securemail.delivery.hops import Hop, MaildirHop, RelayHop, SmtpHop, parse_hop
+from securemail.transform.hops import Hop, MaildirHop, RelayHop, SmtpHop, parse_hop
 from securemail.delivery.maildir import deliver_maildir
 from securemail.delivery.outcome import DELIVERED, PERMANENT, Outcome, permanent, temporary
 from securemail.delivery.smtp import TlsClientCert, client_tls_context, deliver_smtp
@@ -248,7 +248,7 @@ class DeliveryWorker:
                 except SecureMailError as err:
                     log.warning("delivery %s: cannot decrypt for the office: %s", self.owner, err.message)
                     return temporary(OPEN_FAILED) if err.temporary else permanent(OPEN_FAILED)
-            return await self.deliver_smtp(str(hop), sender, rcpts[0] if len(rcpts) == 1 else rcpts,
+            return await self.deliver_smtp(hop, sender, rcpts[0] if len(rcpts) == 1 else rcpts,
                                            body, helo=self.helo, timeout=self.timeout,
                                            tls_client_cert=self.tls_client_cert)
         except Exception:  # noqa: BLE001 - a bug in one delivery defers it, never drops it

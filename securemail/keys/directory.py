@@ -4,7 +4,7 @@ Table ``directory``: ``address`` (primary key), ``fingerprint`` of the key in th
 key store, ``published_at``, ``source`` (``publish``: the user proved the key
 over HTTPS; ``operator``: ``securemail directory add``), plus ``domain`` and
 ``hu`` (the WKD hash of the local part) to answer WKD requests by hash. The WKD
-server (gateway/wkd_server.py) serves ``served(address)``: the published key
+server (keys/wkd_server.py) serves ``served(address)``: the published key
 cut down to the address's own user ID, and any revoked key of the address, so
 that revocations reach those who cached it. Publishing binds the key to that
 address alone (``publish`` for the owner's request, ``import`` for the operator).

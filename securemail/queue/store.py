@@ -69,9 +69,10 @@ def _settle_statement(columns: tuple[str, ...]):
 
 @dataclass(frozen=True)
 class NewMessage:
-    """One message for ``enqueue_many``: envelope, (recipient, next_hop) pairs, final bytes."""
+    """One message to queue, as the crypto stage makes it: envelope, (recipient, next hop) pairs,
+    final bytes. A next hop is a ``delivery.hops.Hop``, stored as its text (``str(hop)``)."""
     sender: str
-    recipients: Sequence[tuple[str, str]]
+    recipients: Sequence[tuple[str, Any]]
     body: bytes
     peer: str = ""
     meta: Mapping[str, Any] | None = None
@@ -119,7 +120,7 @@ class Queue:
         self._scrubbed = 0   # ... up to the last checkpoint that truncated the SQLite WAL
 
     # --- intake -------------------------------------------------------------
-    def enqueue(self, sender: str, recipients_with_hops: Sequence[tuple[str, str]],
+    def enqueue(self, sender: str, recipients_with_hops: Sequence[tuple[str, Any]],
                 body: bytes, peer: str = "", meta: Mapping[str, Any] | None = None,
                 audit: AuditSpec = None) -> str:
         """Store one message and its deliveries in one transaction; returns the id after commit."""
@@ -145,7 +146,7 @@ class Queue:
                 size=len(item.body), peer=item.peer,
                 meta=json.dumps(dict(item.meta or {}), sort_keys=True)))
             deliveries.extend(
-                dict(id=uuid.uuid4().hex, message_id=mid, recipient=rcpt, next_hop=hop,
+                dict(id=uuid.uuid4().hex, message_id=mid, recipient=rcpt, next_hop=str(hop),
                      state="queued", attempts=0, next_attempt_at=now, lease_owner=None,
                      lease_until=None, last_error="", created_at=now, updated_at=now)
                 for rcpt, hop in item.recipients)
@@ -395,5 +396,5 @@ def _check(item: NewMessage) -> None:
     if not isinstance(item.body, (bytes, bytearray, memoryview)):
         raise UsageError("message body must be bytes")
     for pair in item.recipients:
-        if len(pair) != 2 or not all(isinstance(x, str) and x for x in pair):
+        if len(pair) != 2 or not (isinstance(pair[0], str) and pair[0] and str(pair[1])):
             raise UsageError("recipients must be (address, next_hop) pairs")

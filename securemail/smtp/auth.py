@@ -59,3 +59,13 @@ class AuthSession:
         self._auth_failures += 1
         log.info("%r AUTH failed for %r (%s)", self.session.peer, user, outcome)
         await self.push(replies.AUTH_LOCKED if outcome == "locked" else replies.AUTH_INVALID)
+
+
+def still_a_user(decide, known):
+    """The RCPT decision, first refusing sessions authenticated as a user removed since (``known``:
+    Users.known). A removed user's session keeps only the transaction whose recipients it already has."""
+    def decide_rcpt(session, address: str):
+        if session.auth_user and not known(session.auth_user):
+            return replies.AUTH_REVOKED
+        return decide(session, address)
+    return decide_rcpt

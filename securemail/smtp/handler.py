@@ -40,7 +40,7 @@ class SessionInfo:
 DecideRcpt = Callable[[SessionInfo, str], Union[Reply, None, Awaitable[Union[Reply, None]]]]
 AcceptData = Callable[[Envelope], Union[Reply, Awaitable[Reply]]]
 Authenticator = Callable[[str, bytes], bool]
-"""``authenticator(username, password) -> bool``: blocking (scrypt), so smtp/authlimit.py's AuthGuard
+"""``authenticator(username, password) -> bool``: blocking (scrypt), so authlimit.py's AuthGuard
 calls it in a thread, with a failure budget; offered as LOGIN and PLAIN over TLS only (smtp/auth.py)."""
 
 

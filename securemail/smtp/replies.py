@@ -40,7 +40,7 @@ def queued(ids: list[str]) -> Reply:
 TEMP_FAILURE = Reply(451, "4.3.0", "Temporary local problem, try again later")
 TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections")
-# AUTH (smtp/auth.py, smtp/authlimit.py): the same answers whether the account exists or not
+# AUTH (smtp/auth.py, authlimit.py): the same answers whether the account exists or not
 AUTH_SESSION_FAILURES = Reply(421, "4.7.0", "Too many authentication failures, closing connection")
 AUTH_LOCKED = Reply(454, "4.7.0", "Too many authentication failures, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
@@ -72,7 +72,7 @@ NEED_TLS = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
 NEED_AUTH = Reply(530, "5.7.0", "Authentication required")
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 AUTH_INVALID = Reply(535, "5.7.8", "Authentication credentials invalid")
-# a session authenticated as a user removed since (gateway/users.py): reconnect and AUTH again
+# a session authenticated as a user removed since (users.py): reconnect and AUTH again
 AUTH_REVOKED = Reply(530, "5.7.0", "Authentication no longer valid")
 # mail from a member domain over a session without that member gateway's client certificate (policy member_cert)
 MEMBER_CERT_REQUIRED = Reply(550, "5.7.1", "Mail from a member domain requires its member gateway's TLS client certificate")
@@ -94,7 +94,7 @@ DKIM_NOT_ALIGNED = Reply(550, "5.7.20", "No valid DKIM signature aligned with th
 MEMBER_PLAINTEXT = Reply(550, "5.7.1", "Plaintext between member domains is refused: message is not properly OpenPGP encrypted")
 MALFORMED_MIME = Reply(550, "5.6.0", "Malformed MIME structure (unparseable or nested too deeply)")
 
-# --- permanent: routes and keys (gateway/stage.py, gateway/transform.py) -----
+# --- permanent: routes and keys (transform/stage.py, transform/routes.py) -----
 NO_NON_MEMBER_ROUTE = Reply(550, "5.7.1", "no route to non-member domains is configured")
 NO_SIGNING_KEY = Reply(550, "5.7.1", "sender domain has no signing key here")
 

@@ -28,7 +28,7 @@ from securemail.errors import ConfigError, SecureMailError
 from securemail.smtp import replies
 from securemail.smtp.fastaddr import fast_getaddr
 from securemail.smtp.auth import AuthSession
-from securemail.smtp.authlimit import AuthGuard
+from securemail.authlimit import AuthGuard
 from securemail.smtp.dataread import END_OF_DATA as _END_OF_DATA, MAX_DATA_LINE, MAX_LINE_TEXT  # noqa: F401
 from securemail.smtp.dataread import marker_begun as _marker_begun, text_length as _text_length
 from securemail.smtp.dataread import too_long as _too_long, unstuffed as _unstuffed

@@ -12,21 +12,9 @@ counted per network (an office's MTAs share one), only per address.
 from __future__ import annotations
 
 import collections
-import ipaddress
 from typing import Callable, Hashable
 
-
-def network_of(ip: str, v4_prefix: int = 24) -> str:
-    """The network a public client is counted in: the /24 (``v4_prefix``) of an IPv4 address, the
-    /64 of an IPv6 one (one subscriber's allocation); an IPv4-mapped IPv6 address counts as IPv4."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if addr.version == 6 and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    prefix = v4_prefix if addr.version == 4 else 64
-    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+from ..net import network_of
 
 
 class Slots:

@@ -55,8 +55,8 @@ def cert(home: Path, ident: str) -> Key:
 
 def secret_key(home: Path, fpr: str | None = None) -> Key:
     """A secret key of a home (its only one, or ``fpr``), unlocked: what its owner signs with."""
-    from securemail.app import open_core
-    core = open_core(home)
+    from securemail.app import open_home
+    core = open_home(home)
     try:
         keys = [k for k in core.keys.secret_keys() if fpr is None or k.fingerprint == fpr]
     finally:

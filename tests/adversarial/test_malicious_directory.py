@@ -31,7 +31,7 @@ def rogue_directory(tmp_path_factory):
     address and TLS key (the manifest's pin), answering for bruno a key whose user IDs also
     claim ceo@ and dg@culture.gouv.fr and alice@interieur.gouv.fr (a rogue member, or one
     user there able to publish such a key)."""
-    from securemail.gateway.wkd_server import WkdServer
+    from securemail.keys.wkd_server import WkdServer
     from securemail.keys.wkd import wkd_hash
     from tests.support import Running, ok, run_cli
     from tests.integration.test_key_directory import Fed, directory_federation

@@ -5,7 +5,7 @@ outside the OpenPGP packets must come from the gateway's own header list and
 MIME skeleton. ``checker.problems`` (independent of the production code) judges
 each body the gateways of the session hand to a member hop (``smtp:`` next hop):
 
-- in this process, the delivery workers that ``gateway.service.build`` makes
+- in this process, the delivery workers that ``app.open_gateway`` makes (``app.build_delivery``)
   (``build_delivery`` is wrapped, so their ``deliver_smtp`` is observed; test
   sinks driven by their own DeliveryWorker or SessionPool are not gateways and
   are not observed);
@@ -75,7 +75,7 @@ def observe(deliver, ledger: Ledger):
 
 
 def pytest_configure(config) -> None:
-    from securemail.gateway import service
+    from securemail import app as service
     out = Path(tempfile.mkdtemp(prefix="securemail-differential-"))
     ledger = Ledger(out)
     config.stash[_KEY] = ledger

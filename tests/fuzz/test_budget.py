@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from securemail.crypto.dkim import generate_dkim_key, manifest_dnsfunc, verify_dkim
 from securemail.crypto.dkim_signing import relaxed_body_hash
 from securemail.envelope import Envelope
-from securemail.gateway.stage import BEFORE_DKIM
+from securemail.transform.stage import BEFORE_DKIM
 from securemail.mail.headers import HeaderBlockError, parse_header_block
 from securemail.policy import encryption, rules
 from securemail.policy.facts import gather

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from securemail.crypto import armor as A
 from securemail.crypto import message as M
 from securemail.crypto import packets as P
-from securemail.gateway.transform import protected_inner
+from securemail.transform.routes import protected_inner
 from securemail.mail.read import read_message
 from securemail.policy import encryption
 

@@ -1,4 +1,4 @@
-"""The crypto stage in worker processes (gateway/cpu.py): same results as in-process, and a dead
+"""The crypto stage in worker processes (procs/cpu.py): same results as in-process, and a dead
 worker costs only its messages in flight, answered 451, never a lost or half-processed message."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import threading
 import pytest
 
 from securemail.errors import ConfigError
-from securemail.gateway.cpu import CpuPool
+from securemail.app import role_command
+from securemail.procs.cpu import CpuPool
 
 from tests.support import OFFICE, Running, federation, office_send, person, wait_for
 
@@ -99,7 +100,7 @@ def test_a_worker_killed_mid_message_answers_451_and_is_replaced(fed):
 
 
 def test_a_worker_that_cannot_build_its_stage_stops_the_start(tmp_path):
-    pool = CpuPool(tmp_path / "no-such-home", 1)
+    pool = CpuPool(role_command("crypto", tmp_path / "no-such-home"), 1)
     with pytest.raises(ConfigError, match="could not start"):
         asyncio.run(pool.start())
 

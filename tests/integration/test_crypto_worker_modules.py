@@ -1,7 +1,7 @@
 """A crypto worker loads neither the SMTP client (aiosmtplib) nor the HTTP client (aiohttp).
 
-The worker's real entry (``gateway/cpu.py`` ``serve_child``) runs in a fresh interpreter on a
-real gateway home: it builds its stage (``open_child`` + ``make_stage``), says it is ready, and
+The worker's real entry (``roles/crypto.py`` ``main``) runs in a fresh interpreter on a
+real gateway home: it builds its stage (``app.open_child(home, "crypto")``), says it is ready, and
 returns when the serve process's side of its socket is closed. Each of the two libraries costs
 a process several MiB; the worker needs neither to judge and transform a message (issue 11).
 """
@@ -20,10 +20,11 @@ pytestmark = pytest.mark.timeout(300)
 
 WORKER = """
 import json, pickle, socket, sys
-from securemail.gateway import cpu
+from securemail.procs import cpu
+from securemail.roles import crypto
 ours, parent = socket.socketpair()
 parent.shutdown(socket.SHUT_WR)          # the serve process sends nothing: EOF after ready
-code = cpu.serve_child(sys.argv[1], ours.detach(), 30)
+code = crypto.main(sys.argv[1], ours.detach(), 30)
 (size,) = cpu._HEAD.unpack(cpu._recv_exactly(parent, cpu._HEAD.size))
 ready = pickle.loads(cpu._recv_exactly(parent, size))
 loaded = {m: m in sys.modules for m in ("aiosmtplib", "aiohttp")}

@@ -16,7 +16,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
-from securemail.delivery import deliver_smtp, relay_hop, smtp_hop
+from securemail.delivery.smtp import deliver_smtp
+from securemail.transform.hops import relay_hop, smtp_hop
 from securemail.delivery.pipelining import encode_body
 from securemail.delivery.pool import SessionPool
 from securemail.delivery.smtp import BAD_REPLY, TIMED_OUT

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from securemail.delivery import smtp_hop
+from securemail.transform.hops import smtp_hop
 from securemail.delivery.pool import SessionPool
 
 from .test_delivery_smtp import BODY, RCPT, SENDER, server, tls  # noqa: F401 - fixtures

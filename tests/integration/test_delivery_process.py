@@ -1,4 +1,4 @@
-"""The delivery stage in a child process (gateway/delivery.py): it delivers, it is started again
+"""The delivery stage in a child process (procs/delivery.py, roles/delivery.py): it delivers, it is started again
 when it dies, it stops with its serve process, and it exits when that process is killed."""
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def test_the_children_exit_when_their_serve_process_is_killed(fed):
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 return f.read()
         kids = wait_for(lambda: (k := children_of(serve.proc.pid))
-                        and any(b"securemail.gateway.delivery" in cmd(p) for p in k) and k,
+                        and any(b"securemail.roles.delivery" in cmd(p) for p in k) and k,
                         what="the delivery child")  # and the crypto workers, on a machine with 2+ cores
         serve.proc.kill()
         serve.proc.wait()

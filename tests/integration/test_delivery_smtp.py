@@ -26,7 +26,9 @@ from securemail.audit import AuditLog
 from securemail.config import GatewayConfig, Retry
 from securemail.crypto.tlspin import spki_sha256
 from securemail.db import make_engine
-from securemail.delivery import DeliveryWorker, deliver_smtp, maildir_hop, relay_hop, smtp_hop
+from securemail.delivery.smtp import deliver_smtp
+from securemail.delivery.worker import DeliveryWorker
+from securemail.transform.hops import maildir_hop, relay_hop, smtp_hop
 from securemail.delivery.bounces import Bounces
 from securemail.schema import create_schema
 from securemail.queue import Queue
@@ -256,7 +258,7 @@ def test_550_bounces_with_dsn_of_headers_only(env, server, tls):
     [(to, raw)] = dsns(env.queue)
     assert to == SENDER
     dsn_row = next(r for r in env.queue.list() if r["sender"] == "")
-    assert dsn_row["next_hop"] == maildir_hop(SENDER)
+    assert dsn_row["next_hop"] == str(maildir_hop(SENDER))
     msg = email.message_from_bytes(raw, policy=default_policy)
     assert msg.get_content_type() == "multipart/report"
     assert msg.get_param("report-type") == "delivery-status"

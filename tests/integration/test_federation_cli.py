@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 from cli.main import cli
 from securemail import federation as F
 from securemail import membership as M
-from securemail.app import open_core
+from securemail.app import open_home
 from securemail.audit import AuditLog
 from securemail.config import GatewayConfig
 from securemail.crypto import openpgp
@@ -53,7 +53,7 @@ def write_cert(home: Path, host: str) -> None:
 
 def make_gateway(home: Path, domain: str, port: int, federation_table: bool) -> dict:
     """A minimal gateway home: config, TLS cert, domain key in the store, Ed25519 + RSA DKIM keys."""
-    core = open_core(home)
+    core = open_home(home)
     key = Key(openpgp.generate(f"Gateway <postmaster@{domain}>", "ed25519", None, None))
     core.keys.add(key, source="generated")
     core.close()
@@ -111,7 +111,7 @@ def test_entry_prints_this_gateways_entries(homes):
     assert e["tls_pin"] == M.tls_pin_of_cert((gw_a / "tls" / "cert.pem").read_bytes())
     assert e["openpgp_key"] == a["key"].public().armored().decode()
     assert e["dkim"] == [{"selector": s, "public_key": k.public_txt} for s, k in a["dkim"].items()]
-    core = open_core(gw_a)
+    core = open_home(gw_a)
     try:
         assert M.own_entries(GatewayConfig.load(Home(gw_a)), core.keys.get) == entries
     finally:
@@ -169,7 +169,7 @@ def test_full_flow_authority_and_gateways(homes, tmp_path):
     assert r.exit_code == 1 and "serial 1 is older than the installed serial 2" in r.stderr
     assert json.loads((gw_a / "federation.json").read_bytes())["manifest"]["serial"] == 2
 
-    core = open_core(gw_a)
+    core = open_home(gw_a)
     try:
         kinds = [(r.kind, r.fields["serial"]) for r in AuditLog(core.engine).records() if r.kind == "manifest-change"]
     finally:

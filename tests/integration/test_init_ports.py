@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from securemail.errors import UsageError
-from securemail.gateway.ports import choose
+from securemail.admin.ports import choose
 from tests.conftest import run_cli
 
 from tests.support import GatewayHome, Serve, ok, wait_listening

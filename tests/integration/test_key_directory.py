@@ -180,7 +180,7 @@ shift 2
 exec "$py" -c '
 import asyncio, ssl, subprocess, sys
 from securemail.db import make_engine
-from securemail.gateway.wkd_server import WkdServer
+from securemail.keys.wkd_server import WkdServer
 from securemail.keys.directory import Directory
 from securemail.keys.publish import Nonces
 from securemail.keys.store import KeyStore
@@ -209,7 +209,7 @@ def test_gnupg_locates_the_key_by_wkd(fed, tmp_path):
     """gpg --locate-external-keys, inside a user+mount+network namespace where the domain resolves to
     127.0.0.1 (its own /etc/hosts) and the directory's certificate is the only trusted CA."""
     import sys
-    from securemail.gateway.setup import self_signed_cert
+    from securemail.admin.setup import self_signed_cert
     bruno = "bruno@justice.gouv.fr"
     if not shutil.which("gpg") or not shutil.which("unshare"):
         pytest.skip("gpg or unshare not installed")
@@ -241,11 +241,11 @@ def test_unauthenticated_or_unproven_publication_is_refused(fed):
     wrong.write_text("not the password\n")
     res = fed.publish(home, carole, wrong)
     assert res.exit_code == 1 and "refused (401)" in res.stderr
-    from securemail.app import open_core
-    core = open_core(home)
+    from securemail.app import open_home
+    core = open_home(home)
     try:
         key = core.keys.find(carole)[0]
-        intruder = open_core(fed.people["denise@justice.gouv.fr"])
+        intruder = open_home(fed.people["denise@justice.gouv.fr"])
         other = intruder.keys.find("denise@justice.gouv.fr")[0]
         with key.pgp.unlocked(None), other.pgp.unlocked(None):
             good = PUB.build_request(key, carole)

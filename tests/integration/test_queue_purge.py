@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from securemail.app import open_core
+from securemail.app import open_home
 from securemail.queue import Queue
 from tests.conftest import run_cli
 
@@ -55,7 +55,7 @@ def _federation(tmp, urls):
 
 def snapshot(home, qid: str) -> dict | None:
     """The message's deliveries and its stored body, read in one database snapshot."""
-    core = open_core(home)
+    core = open_home(home)
     try:
         return Queue(core.engine).show(qid, with_body=True)
     finally:

@@ -90,7 +90,7 @@ def test_a_directory_key_that_did_not_sign_stays_unknown(fed):
 def test_the_gateway_status_finds_the_signer_key(fed):
     """Alice signs with her own key and encrypts to justice's domain key: the justice gateway decrypts,
     finds her key in interieur's directory and says valid in Securemail-Status."""
-    from securemail.app import open_core
+    from securemail.app import open_home
     from securemail.crypto import message as M
     from securemail.crypto.keys import load_key
     from securemail.mail.compose import Draft, inner_entity, pgp_mime
@@ -98,7 +98,7 @@ def test_the_gateway_status_finds_the_signer_key(fed):
     for who in (ALICE, BRUNO):
         ok(fed.publish(fed.people[who], who), f"publish {who}")
     domain_key = load_key(ok(run_cli(fed.homes[B].home, "keys", "export", f"gateway@{B}")).stdout_bytes)
-    core = open_core(fed.people[ALICE])
+    core = open_home(fed.people[ALICE])
     try:
         me = signing_key(core.keys, ALICE, time.time())
         draft = Draft(sender=ALICE, to=[BRUNO], subject="Par la passerelle", body=f"{MARKER}\n")

@@ -100,7 +100,7 @@ def test_users_added_changed_removed_count_without_restart(served):
 def test_two_writers_both_land_and_a_broken_file_keeps_the_last_list(tmp_path):
     """What the running gateway rereads: two `user add` at once both land (read, change and replace
     under a lock); a file broken by hand is logged and the last good list kept."""
-    from securemail.gateway.users import Users
+    from securemail.users import Users
     path, now = tmp_path / "passwords", [0.0]
     serving = Users(path, clock=lambda: now[0])
     first, second = Users(path), Users(path)          # two CLI processes, each read the empty file

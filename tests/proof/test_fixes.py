@@ -21,9 +21,10 @@ from securemail.crypto.dkim import generate_dkim_key
 from securemail.crypto.keys import Key
 from securemail.delivery.worker import SMTP_TIMEOUT, DeliveryWorker
 from securemail.errors import ConfigError, SecureMailError, TemporaryFailure
-from securemail.gateway.runtime import dkim_signers, server_tls_context
-from securemail.gateway.setup import self_signed_cert
-from securemail.gateway.transform import usable_signer
+from securemail.crypto.dkim_signing import dkim_signers
+from securemail.crypto.tls import server_tls_context
+from securemail.admin.setup import self_signed_cert
+from securemail.transform.routes import usable_signer
 from securemail.queue import Queue
 
 DOMAIN = "a.gov.test"

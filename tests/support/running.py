@@ -1,6 +1,6 @@
 """Running gateways: in this process (``Running``) or as ``securemail serve`` OS processes (``Serve``).
 
-``Running`` starts gateways (``service.build`` + ``start``) in an event loop on
+``Running`` starts gateways (``app.open_gateway`` + ``start``) in an event loop on
 a background thread, as ``securemail serve`` would. ``office_send`` hands mail
 to a gateway as the office MTA and returns its queue id; ``queue_rows`` and
 ``audit_records`` read a home's queue and audit log through the CLI.
@@ -62,11 +62,11 @@ class Running:
         self.gateways = []
 
     def build_options(self) -> dict:
-        """What ``service.build`` is given for each home (a subclass may add a clock)."""
+        """What ``app.open_gateway`` is given for each home (a subclass may add a clock)."""
         return {"cpu_workers": self.cpu_workers}
 
     def __enter__(self) -> "Running":
-        from securemail.gateway.service import build
+        from securemail.app import open_gateway as build
         from securemail.home import Home
         self.thread.start()
         for h in self.homes:

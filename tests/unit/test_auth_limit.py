@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from securemail.gateway.users import Users, check_password, hash_password
+from securemail.users import Users, check_password, hash_password
 from securemail.config import AuthBudget
-from securemail.smtp.authlimit import AuthGuard, FailureBudget, source_of
+from securemail.authlimit import AuthGuard, FailureBudget, source_of
 
 
 class Clock:

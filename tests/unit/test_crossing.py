@@ -12,7 +12,7 @@ import pytest
 
 from securemail.crypto import keys, openpgp
 from securemail.crypto import message as M
-from securemail.gateway.transform import Transformer, fields_of, strip_headers
+from securemail.transform.routes import Transformer, fields_of, strip_headers
 from securemail.mail.crossing import CLEAR_HEADERS, seal_reasons
 from securemail.mail.headers import parse_header_block
 from securemail.policy.encryption import check
@@ -162,7 +162,7 @@ def test_the_differential_plugin_judges_what_the_gateways_deliver_to_members(wor
     import subprocess
     import sys
 
-    from securemail.gateway import service
+    from securemail import app as service
     from tests.differential import Ledger, observe
     assert service.build_delivery.__qualname__.startswith("pytest_configure.")  # wrapped for the session
     sent = []

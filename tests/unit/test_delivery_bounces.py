@@ -13,9 +13,9 @@ from securemail.crypto import keys, openpgp
 from securemail.crypto import message as M
 from securemail.delivery.bounces import Bounces
 from securemail.delivery.dsn import build_dsn
-from securemail.delivery.hops import smtp_hop
+from securemail.transform.hops import smtp_hop
 from securemail.federation import Manifest, Member
-from securemail.gateway.transform import Transformer, protected_inner, top_headers
+from securemail.transform.routes import Transformer, protected_inner, top_headers
 from securemail.mail.compose import pgp_mime
 
 OWN, MEMBER = "interieur.gouv.fr", "justice.gouv.fr"

@@ -9,9 +9,10 @@ from email.policy import default as default_policy
 
 import pytest
 
-from securemail.delivery import (build_dsn, deliver_maildir, header_block, maildir_hop, parse_hop,
-                                 relay_hop, smtp_hop)
-from securemail.delivery.hops import MaildirHop, RelayHop, SmtpHop
+from securemail.delivery.dsn import build_dsn, header_block
+from securemail.delivery.maildir import deliver_maildir
+from securemail.transform.hops import maildir_hop, parse_hop, relay_hop, smtp_hop
+from securemail.transform.hops import MaildirHop, RelayHop, SmtpHop
 from securemail.delivery.maildir import mailbox_name
 from securemail.delivery.outcome import clean, from_reply
 from securemail.errors import UsageError
@@ -23,11 +24,11 @@ MESSAGE = HEADERS + b"\r\nTOP-SECRET BODY\r\n"
 
 # --- next hops -----------------------------------------------------------------------------
 def test_hops_round_trip():
-    assert parse_hop(smtp_hop("gw.b.gov.test", 25, PIN.upper())) == SmtpHop("gw.b.gov.test", 25, PIN)
-    assert parse_hop(smtp_hop("2001:db8::1", 2525, PIN)) == SmtpHop("2001:db8::1", 2525, PIN)
-    assert smtp_hop("2001:db8::1", 2525, PIN) == f"smtp:[2001:db8::1]:2525:{PIN}"
-    assert parse_hop(relay_hop("mx.office", 25)) == RelayHop("mx.office", 25)
-    assert parse_hop(maildir_hop("Bob@A.gov.test")) == MaildirHop("Bob@A.gov.test")
+    assert parse_hop(str(smtp_hop("gw.b.gov.test", 25, PIN.upper()))) == SmtpHop("gw.b.gov.test", 25, PIN)
+    assert parse_hop(str(smtp_hop("2001:db8::1", 2525, PIN))) == SmtpHop("2001:db8::1", 2525, PIN)
+    assert str(smtp_hop("2001:db8::1", 2525, PIN)) == f"smtp:[2001:db8::1]:2525:{PIN}"
+    assert parse_hop(str(relay_hop("mx.office", 25))) == RelayHop("mx.office", 25)
+    assert parse_hop(str(maildir_hop("Bob@A.gov.test"))) == MaildirHop("Bob@A.gov.test")
 
 
 @pytest.mark.parametrize("text", [

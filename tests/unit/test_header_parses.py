@@ -1,6 +1,6 @@
 """The received header block is parsed once per message, and only by ``parse_header_block`` (issue 11).
 
-The crypto stage of a real gateway home (``runtime.open_child(home).stage``, as a
+The crypto stage of a real gateway home (``app.open_child(home, "crypto").stage``, as a
 crypto worker builds it) decides three messages while every header-splitting
 primitive of the code base is counted: ``mail.headers.parse_header_block``, the
 email package's parsers (``BytesParser``/``BytesHeaderParser``/``Parser``), the
@@ -34,13 +34,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from securemail.envelope import Envelope
-from securemail.gateway.runtime import open_child
+from securemail.app import open_child
 from securemail.mail import headers as H
 from tests.support import OFFICE, federation, person
 
 pytestmark = pytest.mark.timeout(300)
 
-ONE_PARSE = "securemail.gateway.stage.parse_header_block"  # CryptoStage.decide's, within the limits
+ONE_PARSE = "securemail.transform.stage.parse_header_block"  # CryptoStage.decide's, within the limits
 HERE, THERE = "interieur.gouv.fr", "justice.gouv.fr"
 ALICE, ALBERT, BRUNO = f"alice@{HERE}", f"albert@{HERE}", f"bruno@{THERE}"
 
@@ -58,7 +58,7 @@ def gateways(tmp_path_factory):
     _, homes = federation(tmp, domains=(HERE, THERE), trusted=f"{OFFICE}/32")
     person(tmp, BRUNO, homes[THERE])
     person(tmp, ALBERT, homes[HERE])
-    here, there = open_child(homes[HERE].home), open_child(homes[THERE].home)
+    here, there = open_child(homes[HERE].home, "crypto"), open_child(homes[THERE].home, "crypto")
     yield homes, here.stage, there.stage
     here.engine.dispose()
     there.engine.dispose()
@@ -69,16 +69,16 @@ def _primitives() -> dict[str, tuple[object, str]]:
     import dkim
 
     from securemail.crypto import dkim_signing
-    from securemail.gateway import stage, status, transform
+    from securemail.transform import routes, stage, status
     from securemail.policy import encryption, facts
     out = {f"{m.__name__}.parse_header_block": (m, "parse_header_block")
            for m in (H, stage, facts) if getattr(m, "parse_header_block", None) is H.parse_header_block}
     out.update({
         "email BytesParser.parsebytes": (email.parser.BytesParser, "parsebytes"),
         "email Parser.parsestr": (email.parser.Parser, "parsestr"),
-        "transform.split_message": (transform, "split_message"),
-        "transform.header_fields": (transform, "header_fields"),
-        "transform._kept_head": (transform, "_kept_head"),
+        "routes.split_message": (routes, "split_message"),
+        "routes.header_fields": (routes, "header_fields"),
+        "routes._kept_head": (routes, "_kept_head"),
         "encryption._top": (encryption, "_top"),
         "dkim.rfc822_parse": (dkim, "rfc822_parse"),
         "dkim_signing.split_message": (dkim_signing, "split_message"),

@@ -115,3 +115,44 @@ def test_no_new_import_circle():
     assert not new, "import circles: " + "; ".join(" <-> ".join(sorted(c)) for c in sorted(new, key=sorted))
     gone = KNOWN - found
     assert not gone, "take these off KNOWN, they are gone: " + "; ".join(" ".join(sorted(c)) for c in gone)
+
+
+# The stages a message travels, in order, under the foundation; the composition root and the
+# processes' entry points on top (README "Architecture"). A module may import its own stage, an
+# earlier one or the foundation, never a later one. The longest matching prefix gives the rank.
+STAGES: dict[str, int] = {
+    # 0 the foundation: errors, settings, storage, the primitives every stage uses
+    "securemail.errors": 0, "securemail.net": 0, "securemail.home": 0, "securemail.config": 0,
+    "securemail.db": 0, "securemail.envelope": 0, "securemail.audit": 0, "securemail.crypto": 0,
+    "securemail.queue": 0, "securemail.smtp.replies": 0, "securemail.mail.headers": 0,
+    # 1 what the gateway knows: mail formats, policy, keys, the federation, its users
+    "securemail.mail": 1, "securemail.policy": 1, "securemail.keys": 1, "securemail.federation": 1,
+    "securemail.membership": 1, "securemail.users": 1, "securemail.authlimit": 1, "securemail.schema": 1,
+    "securemail": 1,
+    # 2 intake (listeners, SMTP sessions, AUTH) -> 3 transform (DATA glue, crypto stage, routes,
+    # next hops) -> 4 delivery
+    "securemail.smtp": 2, "securemail.transform": 3, "securemail.delivery": 4,
+    # 5 the processes (supervision, crypto workers, the serve process), 6 the composition root,
+    # 7 the roles' entry points and the admin's tools, which call the root
+    "securemail.procs": 5, "securemail.app": 6, "securemail.roles": 7, "securemail.admin": 7,
+}
+
+
+def stage_of(module: str) -> int:
+    parts = module.split(".")
+    for i in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:i])
+        if prefix in STAGES:
+            return STAGES[prefix]
+    raise AssertionError(f"{module} is in no stage: add it to STAGES")
+
+
+def test_every_import_runs_from_a_later_stage_to_an_earlier_one_or_the_foundation():
+    backwards = sorted(f"{m} ({stage_of(m)}) imports {t} ({stage_of(t)})"
+                       for m, targets in graph().items() for t in targets if stage_of(t) > stage_of(m))
+    assert not backwards, "imports against the pipeline:\n" + "\n".join(backwards)
+
+
+def test_the_stage_check_sees_a_backward_import():
+    assert stage_of("securemail.transform.stage") == 3 and stage_of("securemail.delivery.hops") == 4
+    assert stage_of("securemail.smtp.replies") == 0 and stage_of("securemail.smtp.server") == 2

@@ -82,7 +82,7 @@ def test_member_gateway_addresses_from_the_manifest():
     import asyncio
     from types import SimpleNamespace
 
-    from securemail.gateway.runtime import MemberAddresses
+    from securemail.smtp.members import MemberAddresses
 
     def member(host):
         return SimpleNamespace(gateway=(host, 25))

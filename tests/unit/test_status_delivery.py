@@ -16,7 +16,9 @@ from securemail.audit import AuditLog
 from securemail.config import Retry
 from securemail.db import make_engine
 from securemail.schema import create_schema
-from securemail.delivery import DeliveryWorker, Outcome, relay_hop
+from securemail.delivery.outcome import Outcome
+from securemail.delivery.worker import DeliveryWorker
+from securemail.transform.hops import relay_hop
 from securemail.errors import DecryptionFailed
 from securemail.queue import Queue
 

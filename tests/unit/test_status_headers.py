@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from securemail.delivery.hops import RelayHop, parse_hop, relay_hop
-from securemail.gateway.status import inner_from, securemail_status, without_status
+from securemail.transform.hops import RelayHop, parse_hop, relay_hop
+from securemail.transform.status import inner_from, securemail_status, without_status
 from securemail.mail.signer import SIGNER_MISMATCH, check_sender, from_address, uid_address
 
 ALICE_UIDS = ("Alice Martin <alice@interieur.gouv.fr>",)
@@ -88,9 +88,9 @@ def test_securemail_status_says_signer_mismatch_with_the_signers_addresses():
 
 def test_the_office_hop_that_decrypts_at_delivery_round_trips():
     hop = relay_hop("127.0.0.1", 2525, decrypt=True)
-    assert hop == "relay-decrypt:127.0.0.1:2525"
-    assert parse_hop(hop) == RelayHop("127.0.0.1", 2525, True)
-    assert parse_hop(relay_hop("127.0.0.1", 2525)) == RelayHop("127.0.0.1", 2525, False)
+    assert str(hop) == "relay-decrypt:127.0.0.1:2525"
+    assert parse_hop(str(hop)) == RelayHop("127.0.0.1", 2525, True)
+    assert parse_hop(str(relay_hop("127.0.0.1", 2525))) == RelayHop("127.0.0.1", 2525, False)
 
 
 @pytest.mark.parametrize("value", [

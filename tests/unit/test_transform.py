@@ -5,7 +5,7 @@ from __future__ import annotations
 import tracemalloc
 from email import message_from_bytes, policy
 
-from securemail.gateway.transform import protected_inner, strip_headers, top_headers
+from securemail.transform.routes import protected_inner, strip_headers, top_headers
 from securemail.mail.compose import _header, pgp_mime
 
 MULTIPART = (b"Received: from pc.office.lan (10.0.0.9)\r\n\tby mta.office.lan\r\n"

@@ -3,7 +3,7 @@
 ``CryptoStage.decide(envelope, listener_name)`` returns a ``Decision``: a
 refusal (``verdict``) or the bodies to queue (``items``). It touches no
 socket and writes no queue row, so it runs wherever there is a core: in a
-thread of the SMTP process, or in a crypto worker process (gateway/cpu.py),
+thread of the SMTP process, or in a crypto worker process (procs/cpu.py),
 each of which builds its own stage from the same home. What it returns, and
 any SecureMailError it raises, can cross a process boundary (pickle).
 """
@@ -16,7 +16,7 @@ from typing import Callable
 
 from ..config import GatewayConfig
 from ..crypto import dkim as D
-from ..delivery.hops import maildir_hop, relay_hop, smtp_hop
+from .hops import Hop, maildir_hop, relay_hop, smtp_hop
 from ..envelope import Envelope
 from ..errors import PolicyRefusal
 from ..mail.headers import HeaderBlock, HeaderBlockError, parse_header_block
@@ -25,7 +25,7 @@ from ..policy.address import MEMBER, OTHER, OWN, domain_of
 from ..policy.facts import OFFICE, Facts, gather
 from ..queue import NewMessage, replay
 from ..smtp import replies
-from .transform import Item, Transformer, fields_of
+from .routes import Transformer, fields_of
 
 # The policy chain in two phases (rules.CHAIN keeps its order within each): DKIM, the costly part,
 # runs only for a message every other rule has let through.
@@ -36,25 +36,11 @@ DKIM_CHAIN = [(name, rule) for name, rule in rules.CHAIN if name in DKIM_RULES]
 
 @dataclass(frozen=True)
 class Decision:
-    """What the stage concluded about one message: refused (verdict) or items to queue."""
+    """What the stage concluded about one message: refused (verdict) or the messages to queue."""
     verdict: Verdict | None
-    items: list[Item] = field(default_factory=list)
+    items: list[NewMessage] = field(default_factory=list)
     sender_domain: str = ""
     origin: str = ""
-    queued: list[str] | None = None   # ids, when the items were already committed where they were made
-    replay: tuple[str, float] | None = None  # a member's message: (replay.message_key, window) (queue/replay.py)
-
-
-def queue_entries(d: Decision, env: Envelope) -> list[NewMessage]:
-    """The queue rows of an accepted message, each with its "accepted" audit record."""
-    return [NewMessage(it.sender, it.recipients, it.body, peer=env.peer_ip, meta=it.meta,
-                       audit=("accepted", {"route": it.meta.get("route"),
-                                           "sender_domain": d.sender_domain,
-                                           "recipient_domains": sorted({domain_of(r) or "" for r, _ in it.recipients}),
-                                           "encrypted_to": it.meta.get("encrypted_to", []),
-                                           "origin": d.origin, "peer": env.peer_ip}),
-                       replay=replay.seen_for(d.replay, (r for r, _ in it.recipients)))
-            for it in d.items]
 
 
 class CryptoStage:
@@ -89,7 +75,7 @@ class CryptoStage:
         summary = dict(sender_domain=facts.sender_domain or "", origin=facts.origin)
         if verdict is not None:
             return Decision(verdict, [], **summary)
-        return Decision(None, self._items(env, facts), replay=self._replay(env, facts), **summary)
+        return Decision(None, self._items(env, facts), **summary)
 
     def _facts(self, env: Envelope, listener, block: HeaderBlock) -> Facts:
         return gather(env, listener=listener.name, trusted=listener.trusts(env.peer_ip),
@@ -120,11 +106,20 @@ class CryptoStage:
         res = D.verify_dkim(env.data, dnsfunc, block=f.block, domains=(f.from_domain,) if f.from_domain else ())
         return replace(f, dkim_status=res.status, dkim_domains=frozenset(res.passing_domains))
 
-    def _items(self, env: Envelope, f: Facts) -> list[Item]:
+    def _items(self, env: Envelope, f: Facts) -> list[NewMessage]:
         groups: dict[tuple[str, str], list[str]] = defaultdict(list)
         for rcpt, cls in f.recipients.items():
             groups[(cls, domain_of(rcpt) or "")].append(rcpt)
-        items: list[Item] = []
+        seen = self._replay(env, f)
+
+        def item(pairs: list[tuple[str, Hop]], body: bytes, meta: dict) -> NewMessage:
+            """One message to queue, with its "accepted" audit record (metadata only)."""
+            audit = {"route": meta.get("route"), "sender_domain": f.sender_domain or "",
+                     "recipient_domains": sorted({domain_of(r) or "" for r, _ in pairs}),
+                     "encrypted_to": meta.get("encrypted_to", []), "origin": f.origin, "peer": env.peer_ip}
+            return NewMessage(env.mail_from, pairs, body, peer=env.peer_ip, meta=meta, audit=("accepted", audit),
+                              replay=replay.seen_for(seen, (r for r, _ in pairs)))
+        items: list[NewMessage] = []
         mode = self.config.local_delivery
         for (cls, domain), rcpts in groups.items():
             if cls == MEMBER:
@@ -133,7 +128,7 @@ class CryptoStage:
                                                        encryption=f.encryption, fields=fields_of(env.data, f),
                                                        block=f.block)
                 hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pin)
-                items.append(Item(env.mail_from, [(r, hop) for r in rcpts], body, {**meta, "route": "member"}))
+                items.append(item([(r, hop) for r in rcpts], body, {**meta, "route": "member"}))
             elif cls == OWN:
                 for r in rcpts:
                     if f.origin == OFFICE:
@@ -141,15 +136,15 @@ class CryptoStage:
                     else:
                         body, meta = self.transformer.inbound(env.data, f, r, mode)
                     hop = self._local_hop(r, decrypt=bool(meta.get("decrypt_at_delivery")))
-                    items.append(Item(env.mail_from, [(r, hop)], body, {**meta, "route": "local"}))
+                    items.append(item([(r, hop)], body, {**meta, "route": "local"}))
             elif cls == OTHER:
                 if self.config.relay_to is None:
                     raise PolicyRefusal(reply=replies.NO_NON_MEMBER_ROUTE)
-                items.append(Item(env.mail_from, [(r, relay_hop(*self.config.relay_to)) for r in rcpts],
+                items.append(item([(r, relay_hop(*self.config.relay_to)) for r in rcpts],
                                   env.data, {"route": "non-member", "encrypted_to": []}))
         return items
 
-    def _local_hop(self, rcpt: str, decrypt: bool = False) -> str:
+    def _local_hop(self, rcpt: str, decrypt: bool = False) -> Hop:
         if self.config.local_delivery == "relay":  # decrypt: opened in memory at delivery
             return relay_hop(*self.config.relay_to, decrypt=decrypt)
         return maildir_hop(rcpt)

@@ -1,6 +1,9 @@
-"""Next-hop strings stored on each delivery row: parse them and build them.
+"""Next hops: a typed value from the crypto stage to the socket, a string only in the queue's column.
 
-Three kinds (one per way a message leaves the gateway), the office MTA in two forms:
+The stage builds a ``Hop`` (``smtp_hop``, ``relay_hop``, ``maildir_hop`` check what they are
+given); the queue stores ``str(hop)`` on each delivery row; the delivery worker parses the row's
+text once (``parse_hop``) when it claims it, and hands the ``Hop`` to the SMTP client or the
+Maildir writer. The stored forms, one per way a message leaves the gateway (the office MTA in two):
 
 ``smtp:HOST:PORT:PIN``
     a member gateway; STARTTLS is required and the server certificate's
@@ -10,7 +13,7 @@ Three kinds (one per way a message leaves the gateway), the office MTA in two fo
 ``relay-decrypt:HOST:PORT``
     the office MTA too, for member mail encrypted to one of our domain keys:
     the queue holds it encrypted, and the delivery step decrypts it in memory
-    just before handing it over (gateway.transform ``open_for_office``).
+    just before handing it over (transform/routes.py ``open_for_office``).
 ``maildir:ADDRESS``
     a local Maildir under ``<home>/Maildir/<address>/``.
 
@@ -68,19 +71,19 @@ class MaildirHop:
 Hop = SmtpHop | RelayHop | MaildirHop
 
 
-def smtp_hop(host: str, port: int, pin: str) -> str:
-    """The next-hop string for a member gateway (``pin`` is hex, any case)."""
-    return str(_smtp(host, port, pin.lower()))
+def smtp_hop(host: str, port: int, pin: str) -> SmtpHop:
+    """The next hop for a member gateway (``pin`` is hex, any case)."""
+    return _smtp(host, port, pin.lower())
 
 
-def relay_hop(host: str, port: int, decrypt: bool = False) -> str:
-    """The next-hop string for the office MTA (``decrypt``: the body is decrypted at delivery)."""
-    return str(RelayHop(_check_host(host), _check_port(port), decrypt))
+def relay_hop(host: str, port: int, decrypt: bool = False) -> RelayHop:
+    """The next hop for the office MTA (``decrypt``: the body is decrypted at delivery)."""
+    return RelayHop(_check_host(host), _check_port(port), decrypt)
 
 
-def maildir_hop(address: str) -> str:
-    """The next-hop string for local delivery to ``address``."""
-    return str(MaildirHop(_address(address)))
+def maildir_hop(address: str) -> MaildirHop:
+    """The next hop for local delivery to ``address``."""
+    return MaildirHop(_address(address))
 
 
 def parse_hop(text: str) -> Hop:

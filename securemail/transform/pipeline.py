@@ -4,8 +4,9 @@
 calls. The reply 250 is given only after every queue item of the message is
 committed (one transaction); any refusal is audited with its rule and reason,
 never with content. The CPU work (MIME parsing, DKIM, OpenPGP: ``CryptoStage``)
-runs off the event loop: in crypto worker processes (gateway/cpu.py), or in a
-thread when there are none.
+runs off the event loop: in crypto worker processes (procs/cpu.py), or in a
+thread when there are none. Whichever ran it, the messages it made are
+committed here, in the group commit.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..policy.recipient import decide_rcpt
 from ..queue import Queue
 from ..queue.batch import GroupCommit
 from ..smtp import replies
-from .stage import CryptoStage, Decision, queue_entries
+from .stage import CryptoStage, Decision
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class Pipeline:
             raise
         if d.verdict is not None:
             return self._refuse(d.verdict, env)
-        ids = d.queued if d.queued is not None else await self.commit.submit(queue_entries(d, env))
+        ids = await self.commit.submit(d.items)  # the one way a message is queued
         return replies.queued(ids)
 
     def _refuse(self, v: Verdict, env: Envelope) -> str:

@@ -11,7 +11,7 @@ Routes (draft-koch-openpgp-webkey-service):
   credentials, then the proven request of keys/publish.py. Refusals answer
   401/403/400 with a short reason, store nothing and are audited
   (``key-publish-refused``). A wrong user and a wrong password get the same 401
-  after the same scrypt; the failure budget of smtp/authlimit.py (shared with
+  after the same scrypt; the failure budget of authlimit.py (shared with
   SMTP AUTH) answers 429 while a source or an account is locked.
 
 The adapter is thin: the decisions are in keys/publish.py and keys/directory.py,
@@ -30,10 +30,10 @@ import aiohttp
 from aiohttp import web
 
 from ..errors import SecureMailError
-from ..keys.directory import Directory
-from ..keys.publish import MAX_BODY, PATH, Nonces, PublishRefused, check_request
-from ..keys.wkd import HASH_RE, PREFIX
-from ..smtp.authlimit import AuthGuard
+from .directory import Directory
+from .publish import MAX_BODY, PATH, Nonces, PublishRefused, check_request
+from .wkd import HASH_RE, PREFIX
+from ..authlimit import AuthGuard
 
 log = logging.getLogger(__name__)
 KEY_TYPE = "application/octet-stream"

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError, UsageError
-from ..home import write_atomic
+from .errors import ConfigError, UsageError
+from .home import write_atomic
 
 log = logging.getLogger(__name__)
 

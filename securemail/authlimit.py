@@ -27,8 +27,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Literal
 
-from ..config import AuthBudget
-from .slots import network_of
+from .config import AuthBudget
+from .net import network_of
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ signed with our domain key; a changed recipient key raises KeyChanged. Inbound
 mail encrypted to our domain key is decrypted here and re-encrypted to the local
 user's key (the sender's signature kept), or queued encrypted for the office MTA
 and decrypted at delivery (open_for_office); the gateway's status headers
-replace the sender's (gateway/status.py); a signer's key not known here is looked up
+replace the sender's (transform/status.py); a signer's key not known here is looked up
 by the From shown through the gateway's directory client (``locate``), and used
 only if it issued the signature (``signer_located``).
 Every body that leaves for another domain is DKIM-signed last.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Callable
 
 from ..crypto import message as M
@@ -40,15 +40,6 @@ from . import status as ST
 OWN_KEY_UNUSABLE = "the gateway's signing key is unusable; try again later"
 _ARMOR = re.compile(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", re.S)
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Item:
-    """One body to queue, with its recipients and their next hops."""
-    sender: str
-    recipients: list[tuple[str, str]]
-    body: bytes
-    meta: dict = field(default_factory=dict)
 
 
 def split_message(raw: bytes) -> tuple[bytes, int]:

@@ -1,1 +1,0 @@
-"""The gateway: policy, crypto stage and queueing behind the SMTP listeners (securemail serve)."""

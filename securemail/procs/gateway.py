@@ -1,0 +1,98 @@
+"""The serve process: its children, listeners and workers, started in order and stopped in reverse.
+
+``app.open_gateway`` builds a ``Gateway`` from the home; ``run_until_signal`` runs it until
+SIGTERM/SIGINT. The crypto workers and the delivery child start first: a listener is up only
+when mail can be processed and delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+from ..audit import AuditLog
+from ..authlimit import AuthGuard
+from ..config import GatewayConfig
+from ..delivery.pool import SessionPool
+from ..delivery.worker import DeliveryWorker
+from ..keys.store import KeyStore
+from ..keys.wkd_server import WkdServer
+from ..queue import Queue
+from ..queue.retention import Retention
+from ..smtp.server import SMTPServer
+from ..transform.pipeline import Pipeline
+from .cpu import CpuPool
+from .delivery import DeliveryProcess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    config: GatewayConfig
+    queue: Queue
+    audit: AuditLog
+    keys: KeyStore
+    pipeline: Pipeline
+    servers: list[SMTPServer]
+    workers: list[DeliveryWorker]
+    engine: object
+    wkd: WkdServer | None = None
+    sessions: SessionPool | None = None
+    cpu: CpuPool | None = None
+    delivery: DeliveryProcess | None = None   # when the workers run in a child process
+    retention: Retention | None = None        # the sweep of finished messages' metadata
+    guard: AuthGuard | None = None  # the password checks of every listener (authlimit.py)
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def start(self) -> None:
+        # the child processes first: a listener is up only when mail can be processed and delivered
+        await asyncio.gather(*(c.start() for c in (self.cpu, self.delivery) if c is not None))
+        for s in self.servers:
+            await s.start()
+        listeners = [f"{s.host}:{s.port}" for s in self.servers]
+        if self.wkd is not None:
+            try:
+                await self.wkd.start()
+                listeners.append(f"https://{self.wkd.host}:{self.wkd.port}")
+            except OSError as e:  # mail keeps flowing: lookups of our users fall back to the domain key
+                log.error("key directory cannot listen on %s:%d: %s", self.wkd.host, self.wkd.port,
+                          e.strerror or e)
+                self.audit.append("wkd-unavailable", listen=f"{self.wkd.host}:{self.wkd.port}",
+                                  reason=e.strerror or type(e).__name__)
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(w.run(self._stop)) for w in self.workers]
+        if self.retention is not None:
+            self._tasks.append(asyncio.create_task(self.retention.run(self._stop)))
+        self.audit.append("started", domains=list(self.config.domains), listeners=listeners)
+
+    async def stop(self) -> None:
+        if self.wkd is not None:
+            await self.wkd.stop()
+        for s in self.servers:
+            await s.stop()
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.delivery is not None:
+            await self.delivery.stop()
+        if self.cpu is not None:
+            await self.cpu.stop()
+        if self.sessions is not None:
+            await self.sessions.close()
+        if self.guard is not None:
+            self.guard.close()
+        self.audit.append("stopped")
+        self.engine.dispose()
+
+    async def run_until_signal(self) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("securemail gateway for %s running", ", ".join(self.config.domains))
+        await stop.wait()
+        log.info("stopping")
+        await self.stop()
