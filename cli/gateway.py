@@ -1,7 +1,8 @@
-"""securemail gateway: set up a gateway home (config, keys, certificate) and check its listeners."""
+"""securemail gateway: set up a gateway home (config, keys, certificate) and check it before serving."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -68,16 +69,21 @@ def init(obj, domains, listen, submission, wkd, hostname, trusted, database_url,
 
 
 @gateway.command()
-@click.pass_obj
-def check(obj):
-    """Check the config's listeners: a port two listeners share, or that another process holds."""
-    from securemail.config import GatewayConfig
-    from securemail.admin.ports import collisions
-    config = GatewayConfig.load(obj.core.home)
-    listeners = [(li.name, li.host, li.port) for li in config.listeners]
-    problems = dict(collisions(listeners))
-    for name, host, port in listeners:
-        click.echo(f"{'COLLISION' if name in problems else 'ok'} listener {name} {host}:{port}"
-                   + (f": {problems[name]}" if name in problems else ""))
-    if problems:
-        sys.exit(1)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: ok, and checks (name, ok, detail, fix).")
+@click.pass_context
+def check(ctx, as_json):
+    """Preflight of this gateway home, before serve and after every change: config, secret files'
+    modes, TLS certificate, listeners, database and schema, federation manifest and this gateway's
+    entry, relay_to and LMTP. Exit 0 when all is well, 1 with problems."""
+    from securemail.admin.check import gateway_home, preflight
+    from securemail.home import resolve
+    checks = preflight(gateway_home(resolve(ctx.find_root().params["home"])))
+    fine = all(c.ok for c in checks)
+    if as_json:
+        click.echo(json.dumps({"ok": fine, "checks": [c.to_dict() for c in checks]}, indent=2))
+    else:
+        for c in checks:
+            click.echo(f"{'ok' if c.ok else c.word} {c.name} {c.detail}")
+            if not c.ok:
+                click.echo(f"  fix: {c.fix}")
+    sys.exit(0 if fine else 1)

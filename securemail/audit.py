@@ -163,6 +163,14 @@ class AuditLog:
         return [AuditRecord(r.seq, r.at, r.kind, json.loads(r.fields), r.prev_hash, r.hash)
                 for r in rows]
 
+    def last(self, kind: str) -> AuditRecord | None:
+        """The latest record of ``kind`` (``gateway check`` compares the installed manifest with the
+        last ``manifest-change``), None when there is none."""
+        q = sa.select(audit).where(audit.c.kind == kind).order_by(audit.c.seq.desc()).limit(1)
+        with transaction(self.engine, write=False) as conn:
+            r = conn.execute(q).first()
+        return AuditRecord(r.seq, r.at, r.kind, json.loads(r.fields), r.prev_hash, r.hash) if r else None
+
     def verify(self) -> AuditReport:
         """Walk the chain from seq 1 and compare its end with the head row."""
         with transaction(self.engine, write=False, snapshot=True) as conn:
