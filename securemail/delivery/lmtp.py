@@ -103,7 +103,8 @@ async def _transaction(session: "_Session", helo: str, mail_from: str, rcpts: li
     options = [b"SMTPUTF8"] if utf8 else []
     if not body.isascii() and "8BITMIME" in extensions:
         options.append(b"BODY=8BITMIME")
-    code, text = await session.command(b" ".join([b"MAIL FROM:<" + mail_from.encode(encoding) + b">", *options]), MAIL)
+    sender = b"MAIL FROM:<" + mail_from.encode(encoding) + b">"
+    code, text = await session.command(b" ".join([sender, *options]), MAIL)
     if code // 100 != 2:
         raise _Stop(from_reply(code, text))
     accepted = []

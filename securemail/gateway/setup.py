@@ -76,6 +76,7 @@ def init_gateway(home: Path, keys: KeyStore, opts: InitOptions) -> dict:
         if not is_domain(d):
             raise UsageError(f"not a domain name: {d!r}")
     lmtp = f"lmtp = {_lmtp(opts.lmtp)}" if opts.lmtp else '# lmtp = "127.0.0.1:24"'
+    lmtp = f"{lmtp:<28} # Dovecot's LMTP, HOST:PORT or a socket path (plain, inside the office)"
     hostname = opts.hostname or f"gateway.{domains[0]}"
     listeners = {c.name: c for c in _listeners(opts)}
     at = {name: join_hostport(c.host, c.port) for name, c in listeners.items()}
@@ -162,7 +163,7 @@ session_failures = 3         # failed AUTH per SMTP session; the next one gets 4
 [delivery]
 local = "{local}"            # "maildir" (home/Maildir/<address>), "relay" (hand to the office MTA) or "lmtp"
 {relay_to}
-{lmtp}                       # "lmtp": Dovecot's LMTP, HOST:PORT or a unix socket path; plain, inside the office
+{lmtp}
 non_member_policy = "refuse" # or "allow-plain": hand non-member mail to relay_to
 workers = 4                  # concurrent deliveries per process
 lease_seconds = 300          # a crashed worker's deliveries are retried after this
