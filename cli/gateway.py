@@ -31,10 +31,12 @@ gateway.add_command(user)
 @click.option("--trusted-network", "trusted", multiple=True, help="Office network that may relay (repeatable).")
 @click.option("--database-url", help="SQLAlchemy URL (default: SQLite file in the home).")
 @click.option("--relay-to", help="Office MTA HOST:PORT for local delivery instead of Maildirs.")
+@click.option("--lmtp", help="Local delivery over LMTP (Dovecot) instead of Maildirs: HOST:PORT or a unix socket path.")
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="Real certificate (default: self-signed).")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="Its private key.")
 @click.pass_obj
-def init(obj, domains, listen, submission, wkd, hostname, trusted, database_url, relay_to, tls_cert, tls_key):
+def init(obj, domains, listen, submission, wkd, hostname, trusted, database_url, relay_to, lmtp, tls_cert,
+         tls_key):
     """Write a documented config, domain OpenPGP keys, DKIM keys and a TLS certificate."""
     from securemail.admin.setup import InitOptions, init_gateway
     if bool(tls_cert) != bool(tls_key):
@@ -45,7 +47,7 @@ def init(obj, domains, listen, submission, wkd, hostname, trusted, database_url,
     opts = InitOptions(domains=list(domains), listen=listen,
                        submission=None if submission == "none" else submission,
                        wkd=None if wkd == "none" else wkd, hostname=hostname,
-                       database_url=database_url, relay_to=relay_to, tls_cert=tls_cert, tls_key=tls_key,
+                       database_url=database_url, relay_to=relay_to, lmtp=lmtp, tls_cert=tls_cert, tls_key=tls_key,
                        movable=movable)
     if trusted:
         opts.trusted_networks = list(trusted)

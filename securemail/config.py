@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .home import Home
-from .net import split_hostport
+from .net import split_hostport, split_socket_address
 
 
 def read_toml(path: Path) -> dict:
@@ -93,6 +93,19 @@ def parse_hostport(text: str, where: str) -> tuple[str, int]:
     if hostport is None:
         raise ConfigError(f"{where} must be HOST:PORT, not {text!r}")
     return hostport
+
+
+def _lmtp(dl: dict, local: str) -> tuple[str, int] | str | None:
+    """delivery.lmtp, the office's LMTP server (needed when delivery.local = "lmtp")."""
+    value = dl.get("lmtp")
+    if value is None and local == "lmtp":
+        raise ConfigError('delivery.lmtp (HOST:PORT or the absolute path of a unix socket) is needed '
+                          'when delivery.local = "lmtp"')
+    target = None if value is None or not isinstance(value, str) else split_socket_address(value)
+    if value is not None and target is None:
+        raise ConfigError("delivery.lmtp must be HOST:PORT or the absolute path of a unix socket "
+                          f"(at most 107 bytes), not {value!r}")
+    return target
 
 
 def _listeners(table: dict) -> tuple["Listener", ...]:
@@ -280,7 +293,7 @@ class GatewayConfig:
     tls_cert: Path
     tls_key: Path
     passwords_file: Path
-    local_delivery: str            # "maildir" | "relay"
+    local_delivery: str            # "maildir" | "relay" | "lmtp"
     relay_to: tuple[str, int] | None
     non_member_policy: str         # "refuse" | "allow-plain"
     workers: int
@@ -314,6 +327,7 @@ class GatewayConfig:
             return 0
         return min(cores, AUTO_CPU_WORKERS)
     directory_refresh: float = 86400.0   # [directory] refresh_seconds
+    lmtp: tuple[str, int] | str | None = None  # delivery.lmtp: (host, port) or a unix socket's path
 
     def listener(self, name: str) -> Listener | None:
         return next((li for li in self.listeners if li.name == name), None)
@@ -337,8 +351,8 @@ class GatewayConfig:
         listeners = _listeners(_table(data, "listeners"))
         tls, dl, fed, keys = (_table(data, n) for n in ("tls", "delivery", "federation", "keys"))
         local = _get(dl, "local", str, "maildir", "delivery")
-        if local not in ("maildir", "relay"):
-            raise ConfigError("delivery.local must be 'maildir' or 'relay'")
+        if local not in ("maildir", "relay", "lmtp"):
+            raise ConfigError("delivery.local must be 'maildir', 'relay' or 'lmtp'")
         relay_to = dl.get("relay_to")
         if local == "relay" and not relay_to:
             raise ConfigError("delivery.relay_to (HOST:PORT) is needed when delivery.local = 'relay'")
@@ -359,6 +373,7 @@ class GatewayConfig:
             passwords_file=path(_get(_table(data, "auth"), "passwords_file", str, "passwords", "auth")),
             local_delivery=local,
             relay_to=parse_hostport(relay_to, "delivery.relay_to") if relay_to else None,
+            lmtp=_lmtp(dl, local),
             non_member_policy=policy,
             workers=_positive(_get(dl, "workers", int, 4, "delivery"), "delivery.workers"),
             lease_seconds=_positive(_get(dl, "lease_seconds", float, 300.0, "delivery"), "delivery.lease_seconds"),

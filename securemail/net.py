@@ -4,9 +4,14 @@ connection settings shared by the commands that talk to a gateway (SMTP, HTTPS).
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 import ssl
 
 from .errors import UsageError
+
+HOST = re.compile(r"^[A-Za-z0-9.\-_:]{1,253}$")  # what a next hop may name: names, IPv4, IPv6 (unbracketed)
+MAX_SOCKET_PATH = 107  # bytes of a unix socket address (sockaddr_un.sun_path less its NUL, Linux)
 
 
 def split_hostport(text: str) -> tuple[str, int] | None:
@@ -18,6 +23,20 @@ def split_hostport(text: str) -> tuple[str, int] | None:
     if not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         return None
     return host, int(port)
+
+
+def split_socket_address(text: str) -> tuple[str, int] | str | None:
+    """Where a service inside the office listens: ``(host, port)`` from HOST:PORT (port 1 to 65535,
+    a host a next hop may name), or ``text`` itself when it is the absolute path of a unix socket (at
+    most ``MAX_SOCKET_PATH`` bytes, no control characters); None when it is neither."""
+    text = str(text)
+    if text.startswith("/"):
+        fits = len(os.fsencode(text)) <= MAX_SOCKET_PATH
+        return text if fits and not any(ord(c) < 32 or c == "\x7f" for c in text) else None
+    hostport = split_hostport(text)
+    if hostport is None or hostport[1] == 0 or not HOST.match(hostport[0]):
+        return None
+    return hostport
 
 
 def join_hostport(host: str, port: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..crypto.keys import Key
 from ..errors import UsageError
 from ..home import write_atomic
 from ..keys.store import KeyStore
-from ..net import join_hostport
+from ..net import join_hostport, split_socket_address
 from ..policy.address import is_domain
 from .ports import Choice, choose
 
@@ -34,6 +35,7 @@ class InitOptions:
     trusted_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     database_url: str | None = None
     relay_to: str | None = None
+    lmtp: str | None = None                # Dovecot's LMTP, HOST:PORT or a socket path: delivery.local = "lmtp"
     tls_cert: str | None = None
     tls_key: str | None = None
     key_lifetime_days: int = 730
@@ -73,6 +75,8 @@ def init_gateway(home: Path, keys: KeyStore, opts: InitOptions) -> dict:
     for d in domains:
         if not is_domain(d):
             raise UsageError(f"not a domain name: {d!r}")
+    lmtp = f"lmtp = {_lmtp(opts.lmtp)}" if opts.lmtp else '# lmtp = "127.0.0.1:24"'
+    lmtp = f"{lmtp:<28} # Dovecot's LMTP, HOST:PORT or a socket path (plain, inside the office)"
     hostname = opts.hostname or f"gateway.{domains[0]}"
     listeners = {c.name: c for c in _listeners(opts)}
     at = {name: join_hostport(c.host, c.port) for name, c in listeners.items()}
@@ -94,8 +98,9 @@ def init_gateway(home: Path, keys: KeyStore, opts: InitOptions) -> dict:
     text = CONFIG_TEMPLATE.format(
         domains=_toml_list(domains), hostname=hostname, db=db, listen=at["relay"],
         trusted=_toml_list(opts.trusted_networks), cert=cert, tkey=tkey,
-        local="relay" if opts.relay_to else "maildir",
+        local="lmtp" if opts.lmtp else "relay" if opts.relay_to else "maildir",
         relay_to=f'relay_to = "{opts.relay_to}"' if opts.relay_to else '# relay_to = "127.0.0.1:25"',
+        lmtp=lmtp,
         submission=(f'[listeners.submission]\nlisten = "{at["submission"]}"\nrequire_starttls = true\n'
                     'auth_required = true\n' if opts.submission else ""),
         wkd=(f'[listeners.wkd]             # the key directory (WKD and key publication), HTTPS with [tls]\n'
@@ -107,6 +112,13 @@ def init_gateway(home: Path, keys: KeyStore, opts: InitOptions) -> dict:
     return {"config": str(cfg), "hostname": hostname, "openpgp": fprs,
             "dkim": [{"domain": d, "selector": s, "public_key": t} for d, s, _, _, t in dkim],
             "listeners": [{"name": c.name, "listen": at[c.name], "note": c.note} for c in listeners.values()]}
+
+
+def _lmtp(target: str) -> str:
+    """--lmtp as a TOML string, once it is HOST:PORT or the absolute path of a unix socket."""
+    if split_socket_address(target) is None:
+        raise UsageError(f"--lmtp must be HOST:PORT or the absolute path of a unix socket, not {target!r}")
+    return json.dumps(target)  # a JSON string is a TOML basic string
 
 
 def _listeners(opts: InitOptions) -> list[Choice]:
@@ -149,8 +161,9 @@ lock_seconds = 900           # ...for this long, even with the right password
 session_failures = 3         # failed AUTH per SMTP session; the next one gets 421 4.7.0 and a close
 
 [delivery]
-local = "{local}"            # "maildir" (home/Maildir/<address>) or "relay" (hand to the office MTA)
+local = "{local}"            # "maildir" (home/Maildir/<address>), "relay" (hand to the office MTA) or "lmtp"
 {relay_to}
+{lmtp}
 non_member_policy = "refuse" # or "allow-plain": hand non-member mail to relay_to
 workers = 4                  # concurrent deliveries per process
 lease_seconds = 300          # a crashed worker's deliveries are retried after this

@@ -1,6 +1,6 @@
-"""Where a DSN goes: queued with the null sender, locally, or encrypted and signed to a member
-domain, or to the office MTA for a non-member when the policy allows plain mail
-(``DeliveryWorker(bounce_sender=...)``)."""
+"""Where a DSN goes: queued with the null sender, locally (as delivery.local says), or encrypted
+and signed to a member domain, or to the office MTA for a non-member when the policy allows plain
+mail (``DeliveryWorker(bounce_sender=...)``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ..config import GatewayConfig
 from ..federation import ManifestSource
 from ..policy.address import domain_of
 from ..queue import Queue
-from ..transform.hops import maildir_hop, relay_hop, smtp_hop
+from ..transform.hops import local_hop, relay_hop, smtp_hop
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,7 @@ class Bounces:
         domain = domain_of(rcpt) or ""
         body = dsn
         if self.config.serves(domain):
-            hop = (relay_hop(*self.config.relay_to) if self.config.local_delivery == "relay"
-                   else maildir_hop(rcpt))
+            hop = local_hop(self.config, rcpt)  # delivery.local: relay, lmtp or maildir
         elif self.manifest() is not None and self.manifest().is_member(domain):
             member = self.manifest().member(domain)
             # written here, from MAILER-DAEMON@ our first domain: encrypted and signed by us

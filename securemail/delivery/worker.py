@@ -17,6 +17,9 @@ delivery is bounced with a DSN and nothing is sent, in clear or otherwise.
 A DSN is enqueued, after its bounce is committed, through ``bounce_sender``
 with the null envelope sender; none is made for a null-sender message.
 
+An ``lmtp`` hop (``delivery.local = "lmtp"``) is settled recipient by recipient:
+the LMTP server answers for each one after the body (``delivery/lmtp.py``).
+
 A ``relay-decrypt`` hop (member mail for the office, encrypted to our domain
 key) is opened by ``open_sealed`` in memory, just before the office MTA gets
 it: decrypted plaintext is never written to the queue. Its DSN, if any, is
@@ -36,7 +39,8 @@ from pathlib import Path
 from securemail.audit import AuditLog
 from securemail.config import Retry
 from securemail.delivery.dsn import BounceSender, build_dsn, header_block
-from securemail.transform.hops import Hop, MaildirHop, RelayHop, SmtpHop, parse_hop
+from securemail.delivery.lmtp import deliver_lmtp
+from securemail.transform.hops import Hop, LmtpHop, MaildirHop, RelayHop, SmtpHop, parse_hop
 from securemail.delivery.maildir import deliver_maildir
 from securemail.delivery.outcome import DELIVERED, PERMANENT, Outcome, permanent, temporary
 from securemail.delivery.smtp import TlsClientCert, client_tls_context, deliver_smtp
@@ -73,6 +77,7 @@ class DeliveryWorker:
                  clock: Callable[[], float] = time.time,
                  deliver_smtp: Callable[..., Awaitable[Outcome]] = deliver_smtp,
                  deliver_maildir: Callable[..., Outcome] = deliver_maildir,
+                 deliver_lmtp: Callable[..., Awaitable[Outcome]] = deliver_lmtp,
                  bounce_sender: BounceSender | None = None, pre_send: PreSend | None = None,
                  tls_client_cert: TlsClientCert | None = None,
                  reporting_mta: str | None = None, audit_log: AuditLog | None = None,
@@ -85,6 +90,7 @@ class DeliveryWorker:
         self.timeout, self.poll_interval, self.max_backoff = timeout, poll_interval, max_backoff
         self.clock = clock
         self.deliver_smtp, self.deliver_maildir = deliver_smtp, deliver_maildir
+        self.deliver_lmtp = deliver_lmtp
         self.bounce_sender, self.pre_send = bounce_sender, pre_send
         self.tls_client_cert = tls_client_cert
         self.open_sealed = open_sealed  # queued ciphertext -> the office's message, in memory
@@ -242,6 +248,8 @@ class DeliveryWorker:
             if isinstance(hop, MaildirHop):
                 return await asyncio.to_thread(self.deliver_maildir, self.maildir_root, hop.address,
                                                body, clock=self.clock, hostname=self.helo)
+            if isinstance(hop, LmtpHop):
+                return await self.deliver_lmtp(hop, sender, rcpts, body, helo=self.helo, timeout=self.timeout)
             if isinstance(hop, RelayHop) and hop.decrypt:
                 try:  # the plaintext lives in this frame only; the settle keeps the queued bytes
                     body = await asyncio.to_thread(self.open_sealed, body)
@@ -349,7 +357,10 @@ class DeliveryWorker:
 
 
 def _label(hop: Hop | None) -> str:
-    """The hop for logs and the audit: kind, host and port; a mailbox is just "maildir"."""
+    """The hop for logs and the audit: kind, host and port; a mailbox is just "maildir", an LMTP
+    unix socket "lmtp:unix"."""
     if hop is None:
         return ""
+    if isinstance(hop, LmtpHop) and hop.path:
+        return "lmtp:unix"
     return "maildir" if isinstance(hop, MaildirHop) else f"{hop.kind}:{hop.host}:{hop.port}"

@@ -70,7 +70,7 @@ def _settle_statement(columns: tuple[str, ...]):
 @dataclass(frozen=True)
 class NewMessage:
     """One message to queue, as the crypto stage makes it: envelope, (recipient, next hop) pairs,
-    final bytes. A next hop is a ``delivery.hops.Hop``, stored as its text (``str(hop)``)."""
+    final bytes. A next hop is a ``transform.hops.Hop``, stored as its text (``str(hop)``)."""
     sender: str
     recipients: Sequence[tuple[str, Any]]
     body: bytes

@@ -16,6 +16,9 @@ Maildir writer. The stored forms, one per way a message leaves the gateway (the 
     just before handing it over (transform/routes.py ``open_for_office``).
 ``maildir:ADDRESS``
     a local Maildir under ``<home>/Maildir/<address>/``.
+``lmtp:HOST:PORT`` or ``lmtp:/PATH``
+    the office's mailbox server (Dovecot) over LMTP, inside the office: TCP, or
+    the unix socket at the absolute PATH; a status for each recipient.
 
 An IPv6 host is written in brackets (``smtp:[::1]:25:PIN``). ``parse_hop``
 raises ``UsageError`` for anything else; the worker holds such a delivery
@@ -28,10 +31,10 @@ import re
 from dataclasses import dataclass
 
 from securemail.errors import UsageError
-from securemail.net import join_hostport, split_hostport
+from securemail.net import HOST as _HOST
+from securemail.net import join_hostport, split_hostport, split_socket_address
 
 _PIN = re.compile(r"^[0-9a-f]{64}$")
-_HOST = re.compile(r"^[A-Za-z0-9.\-_:]{1,253}$")  # names, IPv4, IPv6 (unbracketed)
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,19 @@ class MaildirHop:
         return f"maildir:{self.address}"
 
 
-Hop = SmtpHop | RelayHop | MaildirHop
+@dataclass(frozen=True)
+class LmtpHop:
+    """The office's mailbox server over LMTP: ``host`` and ``port``, or the unix socket ``path``."""
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    kind = "lmtp"
+
+    def __str__(self) -> str:
+        return f"lmtp:{self.path or join_hostport(self.host, self.port)}"
+
+
+Hop = SmtpHop | RelayHop | MaildirHop | LmtpHop
 
 
 def smtp_hop(host: str, port: int, pin: str) -> SmtpHop:
@@ -86,8 +101,25 @@ def maildir_hop(address: str) -> MaildirHop:
     return MaildirHop(_address(address))
 
 
+def lmtp_hop(target: tuple[str, int] | str) -> LmtpHop:
+    """The next hop for LMTP to ``(host, port)`` or to the unix socket at an absolute path."""
+    if isinstance(target, str):
+        return LmtpHop(path=_socket_path(target))
+    return LmtpHop(_check_host(target[0]), _check_port(target[1]))
+
+
+def local_hop(config, rcpt: str, decrypt: bool = False) -> Hop:
+    """Where mail for the local ``rcpt`` goes, by the gateway's ``delivery.local`` (``GatewayConfig``):
+    the office MTA (``decrypt``: opened in memory at delivery), the LMTP server, or its Maildir."""
+    if config.local_delivery == "relay":
+        return relay_hop(*config.relay_to, decrypt=decrypt)
+    if config.local_delivery == "lmtp":
+        return lmtp_hop(config.lmtp)
+    return maildir_hop(rcpt)
+
+
 def parse_hop(text: str) -> Hop:
-    """The hop a next-hop string names; ``UsageError`` if it is not one of the three forms."""
+    """The hop a next-hop string names; ``UsageError`` if it is not one of the four forms."""
     kind, sep, rest = str(text).partition(":")
     if not sep:
         raise UsageError(f"invalid next hop {text!r}")
@@ -100,6 +132,10 @@ def parse_hop(text: str) -> Hop:
     if kind in ("relay", "relay-decrypt"):
         host, port = _split(rest, text)
         return RelayHop(host, port, kind == "relay-decrypt")
+    if kind == "lmtp":
+        if rest.startswith("/"):
+            return LmtpHop(path=_socket_path(rest))
+        return LmtpHop(*_split(rest, text))
     raise UsageError(f"unknown next-hop kind {kind!r}")
 
 
@@ -113,6 +149,13 @@ def _address(address: str) -> str:
     if not address or any(c.isspace() or ord(c) < 32 or c == "\x7f" for c in address):
         raise UsageError(f"invalid maildir address {address!r}")
     return address
+
+
+def _socket_path(path: str) -> str:
+    """An absolute path that fits a unix socket address and has no control characters."""
+    if not path.startswith("/") or split_socket_address(path) is None:
+        raise UsageError(f"invalid unix socket path {path!r}")
+    return path
 
 
 def _split(hostport: str, text: str) -> tuple[str, int]:

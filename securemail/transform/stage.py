@@ -16,7 +16,7 @@ from typing import Callable
 
 from ..config import GatewayConfig
 from ..crypto import dkim as D
-from .hops import Hop, maildir_hop, relay_hop, smtp_hop
+from .hops import Hop, local_hop, relay_hop, smtp_hop
 from ..envelope import Envelope
 from ..errors import PolicyRefusal
 from ..mail.headers import HeaderBlock, HeaderBlockError, parse_header_block
@@ -145,6 +145,4 @@ class CryptoStage:
         return items
 
     def _local_hop(self, rcpt: str, decrypt: bool = False) -> Hop:
-        if self.config.local_delivery == "relay":  # decrypt: opened in memory at delivery
-            return relay_hop(*self.config.relay_to, decrypt=decrypt)
-        return maildir_hop(rcpt)
+        return local_hop(self.config, rcpt, decrypt)  # delivery.local: relay, lmtp or maildir

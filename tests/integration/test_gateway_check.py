@@ -16,7 +16,7 @@ import shutil
 import socket
 import sqlite3
 import time
-from dataclasses import dataclass, fields
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -374,15 +374,11 @@ def test_the_lmtp_probe_speaks_lhlo_over_tcp_and_a_unix_socket(tmp_path):
     assert lmtp_target("lmtp") is None and lmtp_target(24) is None
 
 
-def test_delivery_lmtp_is_checked_once_the_config_has_it(gw, tmp_path):
-    """``delivery.lmtp`` is being added to GatewayConfig; a config with that field is checked."""
-    @dataclass(frozen=True)
-    class WithLmtp(GatewayConfig):
-        lmtp: object = None
+def test_delivery_lmtp_is_checked_when_the_config_has_it(gw, tmp_path):
+    """``delivery.local = "lmtp"``: the LMTP server named by ``delivery.lmtp`` must answer."""
     config = GatewayConfig.load(Home(gw.home))
     assert [c.name for c in delivery_checks(config)] == []
-    with_lmtp = WithLmtp(**{f.name: getattr(config, f.name) for f in fields(config)},
-                         lmtp=str(tmp_path / "no.sock"))
+    with_lmtp = replace(config, local_delivery="lmtp", lmtp=str(tmp_path / "no.sock"))
     (check,) = delivery_checks(with_lmtp, timeout=1)
     assert check.name == "lmtp" and not check.ok and "start the LMTP server" in check.fix
 

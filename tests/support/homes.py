@@ -33,7 +33,7 @@ class GatewayHome:
     wkd: int | None = None      # the key directory's HTTPS port
 
     # settings ``tune`` may add when ``gateway init`` does not write them: key -> table
-    ADDABLE = {"cpu_workers": "gateway"}
+    ADDABLE = {"cpu_workers": "gateway", "lmtp": "delivery"}
 
     @property
     def config(self) -> Path:

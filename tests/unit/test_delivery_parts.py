@@ -34,7 +34,7 @@ def test_hops_round_trip():
 @pytest.mark.parametrize("text", [
     "smtp:gw:25", "smtp:gw:25:" + "ab" * 31, "smtp:gw:25:" + "zz" * 32, "smtp:gw:0:" + PIN,
     "smtp:gw:99999:" + PIN, "smtp:2001:db8::1:25:" + PIN, "relay:mx", "relay::25",
-    "relay:mx:port", "maildir:", "maildir:a b@x", "maildir:a\n@x", "lmtp:x:1", "nohop", "",
+    "relay:mx:port", "maildir:", "maildir:a b@x", "maildir:a\n@x", "pop3:x:1", "nohop", "",
     "relay:bad host:25",
 ])
 def test_bad_hops_refused(text):

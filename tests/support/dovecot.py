@@ -1,0 +1,268 @@
+"""A private Dovecot (LMTP and IMAP) for one test: its own config, ports, users and mail store.
+
+``Dovecot(directory, users)`` writes a minimal ``dovecot.conf`` in ``directory``
+(``run/`` as base_dir, ``state/``, ``dovecot.log``, a ``passwd`` file, the mail
+store ``mail/DOMAIN/LOCAL`` in Maildir format) and ``start()`` runs
+``dovecot -F -c CONF`` in the foreground as a child of the test, listening on
+free loopback ports only: LMTP on ``lmtp_port`` and on the unix socket
+``lmtp_socket``, IMAP (plain, LOGIN allowed: loopback only) on ``imap_port``.
+``stop()`` ends it (SIGTERM to the master, which stops its children). Nothing
+system-wide is touched: no /etc/dovecot, no /var/run/dovecot.
+
+Users are addresses with plaintext passwords (``{PLAIN}``) in a passwd-file,
+all mapped to one unprivileged system user (``mail`` by default: Dovecot never
+stores mail as root). That user must reach the mail store, so ``start`` adds
+the search bit for others (o+x, not read) to ``directory`` and the directories
+above it that lack it (pytest's tmp directories are 0700). ``add_user`` works
+while Dovecot runs: it rereads the passwd-file when it changes.
+
+Attributes for other helpers: ``users`` (address -> password), ``lmtp_port``,
+``lmtp`` ("127.0.0.1:PORT", a ``delivery.lmtp`` value), ``lmtp_socket``,
+``imap_port``, ``maildir`` (the mail store), ``mailbox(address)``, ``conf``,
+``log_path``. ``messages(address)`` reads a mailbox back over IMAP;
+``wait_messages`` polls until it holds a number of them.
+
+``require_dovecot()`` skips a test with the reason when the Debian packages
+(dovecot-core, dovecot-lmtpd, dovecot-imapd) are missing, and fails it under CI.
+Nothing here imports pytest at import time.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+from .ports import free_port
+from .waits import terminate, wait_for, wait_listening
+
+PASSWORD = "secret"                  # users' password unless given
+LIBEXEC = Path("/usr/lib/dovecot")   # where Debian puts the lmtp and imap programs
+MAX_SOCKET = 107                     # a unix socket path, in bytes
+LONGEST_SOCKET = "replication-notify-fifo"  # the longest name Dovecot creates in base_dir
+
+
+def dovecot_binary() -> str | None:
+    return shutil.which("dovecot") or next((p for p in ("/usr/sbin/dovecot",) if os.path.exists(p)), None)
+
+
+def dovecot_missing(mail_user: str = "mail") -> str | None:
+    """None when a private Dovecot can run here, else why not."""
+    if dovecot_binary() is None:
+        return "dovecot is not installed (Debian: dovecot-core)"
+    for program, package in (("lmtp", "dovecot-lmtpd"), ("imap", "dovecot-imapd")):
+        if not (LIBEXEC / program).exists():
+            return f"{LIBEXEC / program} is missing (Debian: {package})"
+    try:
+        pwd.getpwnam(mail_user)
+    except KeyError:
+        return f"no system user {mail_user!r} to own the test mailboxes"
+    return None
+
+
+def require_dovecot(mail_user: str = "mail") -> None:
+    """Skip when Dovecot cannot run, visibly; fail instead when $CI is set."""
+    why = dovecot_missing(mail_user)
+    if why:
+        import pytest
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+class Dovecot:
+    def __init__(self, directory: Path, users=(), *, mail_user: str = "mail",
+                 hostname: str = "mail.office.test", detail_mailbox: bool = False) -> None:
+        self.directory = Path(directory)
+        self.conf = self.directory / "dovecot.conf"
+        self.base_dir = self.directory / "run"
+        self.state_dir = self.directory / "state"
+        self.log_path = self.directory / "dovecot.log"
+        self.passwd_file = self.directory / "passwd"
+        self.maildir = self.directory / "mail"
+        self.lmtp_socket = self.base_dir / "lmtp"
+        if len(os.fsencode(self.base_dir / LONGEST_SOCKET)) > MAX_SOCKET:
+            raise ValueError(f"{self.base_dir} is too long for Dovecot's unix sockets; use a shorter directory")
+        self.hostname, self.detail_mailbox = hostname, detail_mailbox
+        entry = pwd.getpwnam(mail_user)
+        self.mail_user, self.uid, self.gid = mail_user, entry.pw_uid, entry.pw_gid
+        self.users: dict[str, str] = {}
+        for u in (users.items() if isinstance(users, dict) else ((a, PASSWORD) for a in users)):
+            self.users[u[0].lower()] = u[1]
+        self.lmtp_port, self.imap_port = free_port(), free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def lmtp(self) -> str:
+        """LMTP over TCP as ``delivery.lmtp`` names it."""
+        return f"127.0.0.1:{self.lmtp_port}"
+
+    def mailbox(self, address: str) -> Path:
+        """The Maildir of ``address`` (``mail/DOMAIN/LOCAL``)."""
+        local, _, domain = address.lower().rpartition("@")
+        return self.maildir / domain / local
+
+    def add_user(self, address: str, password: str = PASSWORD, timeout: float = 30.0) -> None:
+        """Add (or change) a user; a running Dovecot rereads the passwd-file (it checks its time
+        stamp, in seconds): this returns once ``doveadm user`` finds the address."""
+        self.users[address.lower()] = password
+        self._write_passwd()
+        if self.proc is not None:
+            wait_for(lambda: self.doveadm("user", address).returncode == 0, timeout, f"Dovecot to know {address}")
+
+    def doveadm(self, *args: str) -> subprocess.CompletedProcess:
+        """``doveadm -c CONF ARGS`` on this instance (output captured)."""
+        return subprocess.run([shutil.which("doveadm") or "/usr/bin/doveadm", "-c", str(self.conf), *args],
+                              capture_output=True, text=True, timeout=30)
+
+    # --- start and stop -------------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> "Dovecot":
+        for d in (self.directory, self.state_dir):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.maildir.mkdir(mode=0o700, exist_ok=True)
+        os.chown(self.maildir, self.uid, self.gid)
+        _searchable(self.directory)
+        self._write_passwd()
+        self.conf.write_text(self.config_text())
+        with open(self.directory / "dovecot.out", "ab") as out:
+            self.proc = subprocess.Popen([dovecot_binary(), "-F", "-c", str(self.conf)],
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        try:
+            for port in (self.lmtp_port, self.imap_port):
+                wait_listening(port, timeout, alive=self._alive)
+            wait_for(lambda: self._alive() and self.lmtp_socket.exists(), timeout, "the LMTP socket")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM to the master (it stops its children); its exit status, None if it had to be killed."""
+        status = terminate(self.proc, timeout)
+        self.proc = None
+        return status
+
+    def __enter__(self) -> "Dovecot":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _alive(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"dovecot exited with {self.proc.returncode}:\n{self.log()}")
+        return True
+
+    def log(self) -> str:
+        """The end of Dovecot's log and of its own output (for assertion messages)."""
+        parts = [p.read_text(errors="replace")[-3000:] for p in (self.directory / "dovecot.out", self.log_path)
+                 if p.exists()]
+        return "\n".join(parts)
+
+    # --- reading mail back over IMAP ---------------------------------------------------
+    def imap(self, address: str) -> imaplib.IMAP4:
+        """An IMAP session logged in as ``address`` (the caller logs out)."""
+        session = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=30)
+        session.login(address, self.users[address.lower()])
+        return session
+
+    def messages(self, address: str, mailbox: str = "INBOX") -> list[bytes]:
+        """Every message of ``address``'s ``mailbox``, as IMAP gives it, in order (not marked seen)."""
+        session = self.imap(address)
+        try:
+            typ, _ = session.select(mailbox, readonly=True)
+            if typ != "OK":
+                return []
+            typ, data = session.search(None, "ALL")
+            out = []
+            for num in data[0].split():
+                typ, parts = session.fetch(num, "(BODY.PEEK[])")
+                out.append(next(p[1] for p in parts if isinstance(p, tuple)))
+            return out
+        finally:
+            session.logout()
+
+    def wait_messages(self, address: str, count: int, timeout: float = 60.0) -> list[bytes]:
+        """``messages(address)`` once there are at least ``count``."""
+        def enough():
+            found = self.messages(address)
+            return found if len(found) >= count else None
+        return wait_for(enough, timeout, f"{count} message(s) for {address} in Dovecot")
+
+    # --- files ----------------------------------------------------------------------
+    def _write_passwd(self) -> None:
+        lines = "".join(f"{a}:{{PLAIN}}{p}::::::\n" for a, p in self.users.items())
+        tmp = self.passwd_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(lines)
+        os.replace(tmp, self.passwd_file)
+
+    def config_text(self) -> str:
+        store = f"{self.maildir}/%d/%n"
+        return f"""\
+# a private Dovecot for one test (tests/support/dovecot.py); nothing system-wide
+instance_name = securemail-test-{self.lmtp_port}
+base_dir = {self.base_dir}
+state_dir = {self.state_dir}
+log_path = {self.log_path}
+protocols = lmtp imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_verbose = yes
+default_internal_user = dovecot
+default_login_user = dovenull
+first_valid_uid = {self.uid}
+last_valid_uid = {self.uid}
+first_valid_gid = {self.gid}
+last_valid_gid = {self.gid}
+mail_location = maildir:{store}
+hostname = {self.hostname}
+postmaster_address = postmaster@{self.hostname}
+recipient_delimiter = +
+lmtp_save_to_detail_mailbox = {"yes" if self.detail_mailbox else "no"}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%Lu {self.passwd_file}
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%Lu {self.passwd_file}
+  default_fields = uid={self.uid} gid={self.gid} home={store}
+}}
+service auth {{
+  user = root
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.lmtp_port}
+  }}
+  unix_listener lmtp {{
+    mode = 0600
+  }}
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+"""
+
+
+def _searchable(path: Path) -> None:
+    """Give others the search bit (never read) on ``path`` and every directory above it."""
+    for p in (path, *path.parents):
+        mode = p.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            os.chmod(p, stat.S_IMODE(mode) | stat.S_IXOTH)
