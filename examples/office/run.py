@@ -13,6 +13,7 @@ time each path took; exits 0 only when every path worked. Run: `make office`
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 import time
@@ -52,7 +53,7 @@ def scenario(work: Path) -> int:
         w.close()
     print("\n== summary")
     for title, ok, seconds, _ in results:
-        print(f"   {'ok    ' if ok else 'FAILED'} {seconds:5.1f} s  {title.split(':')[0]}")
+        print(f"   {'ok    ' if ok else 'FAILED'} {seconds:5.1f} s  {re.split('[:;]', title)[0]}")
     ok = all(r[1] for r in results)
     if not ok:
         logs(w)
