@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-quick bench proof clean
+.PHONY: demo office test test-quick bench proof clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python examples/two-ministries/run.py
+
+office: $(STAMP)  # two ministries with real Postfix and Dovecot (root; Debian packages: see examples/office/run.py)
+	$(BIN)/python examples/office/run.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

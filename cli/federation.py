@@ -5,7 +5,8 @@ Authority home: ``init`` makes the authority key and ``federation-draft.json``;
 ``federation.json``. Gateway home: ``entry`` prints this gateway's entries for the
 authority; ``install`` checks and installs a signed manifest. A person's home
 installs it too (as ``federation.json``), so that ``send`` and ``keys locate``
-find keys in the members' directories. When the home has no ``[federation]
+find keys in the members' directories. ``postfix-transport`` (gateway home)
+prints the office Postfix's transport map from the installed manifest. When the home has no ``[federation]
 authority`` yet, ``install --authority FPR`` records it in
 securemail.toml (a line under ``[federation]``, or that table appended); an
 authority already configured is changed only by editing the file.
@@ -30,8 +31,9 @@ from securemail.crypto import openpgp
 from securemail.crypto.keys import Key, load_key
 from securemail.errors import ConfigError, KeyNotFound, KeyRefused, SecureMailError, UsageError
 from securemail.home import write_atomic
-from securemail.net import join_hostport
+from securemail.net import join_hostport, split_hostport
 from securemail.membership import own_entries
+from securemail.transport_map import postfix_transport as transport_map_text, relay_next_hop
 
 from .context import read_input, read_secret_file
 from .keys import parse_lifetime
@@ -326,3 +328,21 @@ def install(obj, file, authority, authority_key) -> None:
         return
     click.echo(f"installed manifest serial {m.serial} ({len(m.members)} members)"
                + (f", replacing serial {old.serial}" if old else ""))
+
+
+@federation.command("postfix-transport")
+@click.option("--next-hop", help="HOST:PORT where the office MTA reaches this gateway "
+              "(default: the relay listener; its hostname when it listens on a wildcard address).")
+@click.pass_obj
+def postfix_transport(obj, next_hop) -> None:
+    """(gateway home) Print a Postfix transport map: each other member domain to this gateway."""
+    config = _gateway(obj)
+    if config is None:
+        raise UsageError("not a gateway home: the transport map routes the office's mail to its gateway")
+    manifest = F.load_installed(manifest_path(obj.core.home))
+    if manifest is None:
+        raise UsageError("no manifest installed here ('securemail federation install F')")
+    hop = split_hostport(next_hop) if next_hop else relay_next_hop(config)
+    if hop is None:
+        raise UsageError(f"--next-hop must be HOST:PORT, not {next_hop!r}")
+    click.echo(transport_map_text(manifest, config.domains, hop), nl=False)

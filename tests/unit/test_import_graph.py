@@ -128,6 +128,7 @@ STAGES: dict[str, int] = {
     # 1 what the gateway knows: mail formats, policy, keys, the federation, its users
     "securemail.mail": 1, "securemail.policy": 1, "securemail.keys": 1, "securemail.federation": 1,
     "securemail.membership": 1, "securemail.users": 1, "securemail.authlimit": 1, "securemail.schema": 1,
+    "securemail.transport_map": 1,
     "securemail": 1,
     # 2 intake (listeners, SMTP sessions, AUTH) -> 3 transform (DATA glue, crypto stage, routes,
     # next hops) -> 4 delivery

@@ -1,0 +1,276 @@
+"""The office scenario: two ministries on loopback, each with a real Postfix, a real Dovecot and a gateway.
+
+interieur.gouv.fr and justice.gouv.fr each get a private Postfix (submission with
+Dovecot SASL; member domains to the gateway through a transport map made by
+``securemail federation postfix-transport``), a private Dovecot (LMTP, IMAP)
+and a securemail gateway (``securemail serve``, ``delivery.local = "relay"`` to
+its Postfix). A federation authority signs the manifest; the manifest lists a
+recording proxy (tap.py) as justice's gateway, so that what crosses between the
+gateways can be read in path 5. ``World`` is set up by ``build`` and torn down
+by ``close``; paths.py holds the five paths. examples/office/run.py and
+tests/office/test_office.py both run this one scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .clients import Gpg, Person
+from .instances import Dovecot, InstanceError, Office, Postfix, reachable
+from .tap import Tap
+
+ROOT = Path(__file__).resolve().parents[2]
+A, B = "interieur.gouv.fr", "justice.gouv.fr"
+OFFICE_SOURCE = {A: "127.0.0.3", B: "127.0.0.4"}  # where each Postfix reaches its gateway from
+GATEWAY_SIZE_LIMIT = 256 << 10                      # interieur's gateway: [limits] message_size (path 3)
+PEOPLE = {  # address: (name, has an OpenPGP client)
+    "paul@" + A: ("Paul Durand", False), "alice@" + A: ("Alice Martin", True),
+    "bruno@" + B: ("Bruno Petit", False), "claire@" + B: ("Claire Moreau", True),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sm(home: Path, *args: str, stdin: bytes | None = None) -> str:
+    """The securemail command (the CLI, run in this process); its output, or InstanceError."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    res = CliRunner().invoke(cli, ["--home", str(home), *args], input=stdin, catch_exceptions=False)
+    if res.exit_code != 0:
+        raise InstanceError(f"securemail {' '.join(args[:3])} exited {res.exit_code}:\n{res.output}")
+    return res.stdout
+
+
+def tune(config: Path, **values: object) -> None:
+    """Set ``key = value`` lines of a securemail.toml (each key there once)."""
+    text = config.read_text()
+    for key, value in values.items():
+        text, n = re.subn(rf"(?m)^{key} = [^#\n]*", f"{key} = {value}  ", text)
+        if n != 1:
+            raise InstanceError(f"{key} is in {config} {n} times")
+    config.write_text(text)
+
+
+@dataclass
+class Gateway:
+    domain: str
+    home: Path
+    relay: int
+    wkd: int
+    proc: subprocess.Popen | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.home / "serve.log"
+
+    @property
+    def tls(self) -> tuple[Path, Path]:
+        return self.home / "tls" / "cert.pem", self.home / "tls" / "key.pem"
+
+    def start(self, timeout: float = 60) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--home", str(self.home), "serve"],
+                                         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        end = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise InstanceError(f"securemail serve of {self.domain} exited {self.proc.returncode}:\n"
+                                    + self.log.read_text(errors="replace")[-3000:])
+            try:
+                socket.create_connection(("127.0.0.1", self.relay), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > end:
+                    raise InstanceError(f"the gateway of {self.domain} is not listening") from None
+                time.sleep(0.1)
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+@dataclass
+class Ministry:
+    office: Office
+    postfix: Postfix
+    dovecot: Dovecot
+    gateway: Gateway
+
+
+@dataclass
+class World:
+    work: Path
+    say: Callable[[str], None]
+    run_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    ministries: dict[str, Ministry] = field(default_factory=dict)
+    people: dict[str, Person] = field(default_factory=dict)
+    gpg: dict[str, Gpg] = field(default_factory=dict)
+    fpr: dict[str, str] = field(default_factory=dict)
+    tap: Tap | None = None
+    markers: list[str] = field(default_factory=list)   # every plaintext marker sent (path 5 looks for them)
+    started: list[list[Callable[[], object]]] = field(default_factory=list)  # stops, batches in start order
+
+    def marker(self, path: int) -> str:
+        m = f"MARQUEUR-{self.run_id}-CHEMIN-{path}-{len(self.markers)}"
+        self.markers.append(m)
+        return m
+
+    def person(self, address: str) -> Person:
+        return self.people[address]
+
+    def close(self) -> None:
+        """Stop everything that was started, the last batch first, each batch's stops side by side;
+        every stop is tried."""
+        def attempt(stop) -> None:
+            try:
+                stop()
+            except Exception as e:  # noqa: BLE001 - report and go on stopping the others
+                self.say(f"   (while stopping: {e})")
+        for batch in reversed(self.started):
+            together(attempt, batch)
+        self.started.clear()
+
+
+def together(fn: Callable, items) -> list:
+    """``fn(item)`` for every item at once, in threads (servers start and stop in parallel); the
+    results in order; the first exception raised again once all are done."""
+    with ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
+        futures = [pool.submit(fn, i) for i in items]
+    return [f.result() for f in futures]
+
+
+def build(work: Path, say: Callable[[str], None] = print) -> World:
+    """Everything of both ministries set up and running; ``World.close`` stops it (also on failure)."""
+    work.mkdir(parents=True, exist_ok=True)
+    reachable(work)
+    w = World(work, say)
+    try:
+        for stage in (_gateways, _federation, _offices, _keys, _start):
+            t0 = time.monotonic()
+            stage(w)
+            say(f"   ({time.monotonic() - t0:.1f} s)")
+    except BaseException:
+        w.close()
+        raise
+    return w
+
+
+def _gateways(w: World) -> None:
+    say = w.say
+    say("setup: a securemail gateway per ministry (delivery.local = relay to its office Postfix)")
+    for d in (A, B):
+        office = Office(d, w.work / d.split(".")[0], free_port(), free_port(), free_port(), free_port(),
+                        OFFICE_SOURCE[d],
+                        passwords={a: f"mot de passe de {a} {secrets.token_hex(6)}" for a in PEOPLE if a.endswith(d)})
+        g = Gateway(d, w.work / f"gw-{d.split('.')[0]}", free_port(), free_port())
+        sm(g.home, "gateway", "init", "--domain", d, "--listen", f"127.0.0.1:{g.relay}", "--submission", "none",
+           "--wkd", f"127.0.0.1:{g.wkd}", "--hostname", f"gw.{d}", "--trusted-network", f"{OFFICE_SOURCE[d]}/32",
+           "--relay-to", f"{office.host}:{office.smtp_port}")
+        tune(g.home / "securemail.toml", poll_interval=0.2, first=2, cap=10,
+             **({"message_size": GATEWAY_SIZE_LIMIT} if d == A else {}))
+        postfix = Postfix(office)
+        w.ministries[d] = Ministry(office, postfix, Dovecot(office, postfix), g)
+        say(f"   {d}: gateway relay 127.0.0.1:{g.relay} -> office Postfix {office.host}:{office.smtp_port}")
+
+
+def _federation(w: World) -> None:
+    w.say("setup: the federation authority signs the manifest (justice's gateway listed behind the tap)")
+    authority, tmp = w.work / "authority", w.work
+    sm(authority, "federation", "init", "--no-passphrase")
+    tap_port = free_port()
+    for d, m in w.ministries.items():
+        entry = json.loads(sm(m.gateway.home, "federation", "entry"))
+        if d == B:
+            for e in entry:
+                e["gateway"] = f"127.0.0.1:{tap_port}"
+        (tmp / f"{d}.json").write_text(json.dumps(entry))
+        sm(authority, "federation", "add", "--entry", str(tmp / f"{d}.json"))
+    sm(authority, "federation", "sign", "--output", str(tmp / "federation.json"))
+    fpr = json.loads(sm(authority, "keys", "list", "--json"))[0]["fingerprint"]
+    (tmp / "authority.asc").write_text(sm(authority, "keys", "export", fpr))
+    for m in w.ministries.values():
+        sm(m.gateway.home, "federation", "install", str(tmp / "federation.json"), "--authority", fpr,
+           "--authority-key", str(tmp / "authority.asc"))
+    a, b = w.ministries[A].gateway, w.ministries[B].gateway
+    w.tap = Tap(("127.0.0.1", tap_port), ("127.0.0.1", b.relay), server_cert=b.tls, client_cert=a.tls)
+    w.say(f"   manifest signed by {fpr[:16]}..., installed on both; tap 127.0.0.1:{tap_port} -> "
+          f"justice's relay 127.0.0.1:{b.relay}")
+
+
+def _offices(w: World) -> None:
+    w.say("setup: a private Postfix and Dovecot per ministry (own config, queue, state, logs, ports)")
+    maps = [(sm(m.gateway.home, "federation", "postfix-transport"),
+             json.loads(sm(m.gateway.home, "federation", "entry"))[0]["tls_pin"]) for m in w.ministries.values()]
+    together(lambda pair: _office(pair[0], *pair[1]), list(zip(w.ministries.values(), maps)))  # CLI: this thread
+    for d, m in w.ministries.items():
+        o = m.office
+        for line in (m.postfix.conf / "transport").read_text().splitlines()[1:]:
+            w.say(f"   {d} transport: {line}")
+        w.say(f"   {d}: Postfix smtp {o.smtp_port}, submission {o.submission_port}; Dovecot LMTP {o.lmtp_port}, "
+              f"IMAP {o.imap_port}; config {m.postfix.conf}")
+        for address, (name, _) in PEOPLE.items():
+            if address.endswith("@" + d):
+                w.people[address] = Person(address, name, o.passwords[address], o,
+                                           w.work / "people" / address.split("@")[0])
+                w.people[address].prepare()
+
+
+def _office(m: Ministry, transport: str, pin: str) -> None:
+    """Certificate, Postfix config (``transport``: the map from the gateway's manifest; ``pin``: the
+    gateway's certificate, pinned), Dovecot config."""
+    m.office.prepare()
+    m.postfix.configure(transport, pin)
+    m.dovecot.configure()
+
+
+def _keys(w: World) -> None:
+    """alice and claire use GnuPG; claire's key is registered at her gateway (its directory serves it)."""
+    w.say("setup: alice and claire make their keys with GnuPG; claire's is registered at justice's gateway")
+    for address, (_, openpgp) in PEOPLE.items():
+        if openpgp:
+            g = w.gpg[address] = Gpg(w.people[address])
+            w.started.append([g.close])
+            w.fpr[address] = g.generate()
+    alice, claire = "alice@" + A, "claire@" + B
+    sm(w.ministries[B].gateway.home, "keys", "import", "-", stdin=w.gpg[claire].export(w.fpr[claire]))
+    w.gpg[alice]("--import", stdin=w.gpg[claire].export(w.fpr[claire]))
+    w.gpg[claire]("--import", stdin=w.gpg[alice].export(w.fpr[alice]))
+    # claire's securemail home (for `securemail read`): her secret key and alice's certificate
+    home = w.people[claire].home / "securemail"
+    sm(home, "keys", "import", "-", stdin=w.gpg[claire].export(w.fpr[claire], secret=True))
+    sm(home, "keys", "import", "-", stdin=w.gpg[alice].export(w.fpr[alice]))
+
+
+def _start(w: World) -> None:
+    w.say("setup: start Dovecot, Postfix, the tap and both gateways")
+    ministries = list(w.ministries.values())
+    w.started.append([m.dovecot.stop for m in ministries])
+    together(lambda m: m.dovecot.start(), ministries)  # first: it makes the SASL socket in Postfix's queue
+    w.started.append([m.postfix.stop for m in ministries])
+    together(lambda m: m.postfix.start(), ministries)
+    w.tap.__enter__()
+    w.started.append([lambda: w.tap.__exit__(None, None, None)])
+    w.started.append([m.gateway.stop for m in ministries])
+    together(lambda m: m.gateway.start(), ministries)
