@@ -51,7 +51,7 @@ def _require_neomutt() -> str:
     path = shutil.which("neomutt")
     if path is None:
         why = "neomutt is not installed (Debian package neomutt)"
-        if os.environ.get("CI") == "true":
+        if os.environ.get("CI"):  # under CI a missing client is a failure, as tests/support does
             pytest.fail(why)
         pytest.skip(why)
     return path
