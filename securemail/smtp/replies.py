@@ -113,6 +113,44 @@ def no_local_key(rcpt: str) -> Reply:
     """Inbound mail for a local user who has no valid key here."""
     return Reply(550, "5.1.1", f"no valid key for local recipient {rcpt}")
 
+
+# --- the bridge's submission listener (bridge/submission.py) -------------------
+# read by a person in their mail client: each says what happened to the message
+BRIDGE_SENT = Reply(250, "2.0.0", "OK: signed, encrypted and submitted")
+BRIDGE_UPSTREAM_UNREACHABLE = Reply(451, "4.4.1", "The submission server cannot be reached; nothing was sent")
+BRIDGE_UPSTREAM_INSECURE = Reply(
+    451, "4.7.0", "The submission server offers no STARTTLS with a trusted certificate; nothing was sent")
+BRIDGE_UPSTREAM_AUTH = Reply(451, "4.7.0", "The submission server refused the bridge's login; nothing was sent")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+
+
+def _line(text: str, limit: int = 400) -> str:
+    """``text`` as one printable ASCII line of at most ``limit`` characters (a reply line is 512 octets)."""
+    one = " ".join(_UNPRINTABLE.sub("?", text).split())
+    return one if len(one) <= limit else one[:limit - 3] + "..."
+
+
+def bridge_not_identity(identity: str) -> Reply:
+    """A MAIL FROM or a From that is not the address the bridge was set up with."""
+    return Reply(550, "5.7.1", _line(f"This bridge sends only as {identity}"))
+
+
+def bridge_no_key(address: str, why: str, temporary: bool = False) -> Reply:
+    """A recipient without a usable key (``why``: the key lookup's words): never sent in clear."""
+    text = why if address.lower() in why.lower() else f"{address}: {why}"
+    return Reply(451, "4.7.1", _line(text)) if temporary else Reply(550, "5.7.1", _line(text))
+
+
+def bridge_upstream_refused(code: int | None, status: str | None, text: str, sent: list[str]) -> Reply:
+    """The submission server did not take a copy: its code and words (``text``), and the recipients
+    whose copies it took before (``sent``), so that the person knows who already has it."""
+    code = code if code is not None and 400 <= code < 600 else 451
+    enhanced = status if status and status[0] == str(code)[0] else f"{str(code)[0]}.0.0"
+    if status and text.startswith(status):
+        text = text[len(status):].strip()
+    note = f"; already sent to {', '.join(sent)}" if sent else "; nothing was sent"
+    return Reply(code, enhanced, _line(f"The submission server refused: {text}{note}"))
+
 # aiosmtpd's own reply lines (1.4.6) that lack an enhanced code or say too much,
 # mapped to ours. The server rewrites them as they are pushed.
 AIOSMTPD_REWRITES: dict[str, Reply] = {
