@@ -1,11 +1,16 @@
 """The pre-send key check: a message queued for a member is not sent if the key it was
-encrypted to was revoked or expired while it waited (``DeliveryWorker(pre_send=...)``)."""
+encrypted to was revoked or expired while it waited (``DeliveryWorker(pre_send=...)``), nor while
+the installed federation manifest is past its ``expires`` (deferred until a fresh one arrives)."""
 
 from __future__ import annotations
 
 from ..federation import ManifestSource
+from .outcome import Outcome, temporary
 from ..keys.store import KeyStore
 from ..policy.address import domain_of
+
+
+MANIFEST_EXPIRED = temporary("federation manifest expired; waiting for a fresh one")
 
 
 class KeyCheck:
@@ -15,9 +20,12 @@ class KeyCheck:
         self.keys, self.manifest, self.clock = keys, manifest, clock
         self._known: dict[str, tuple[tuple, list]] = {}  # address -> (store generation, keys)
 
-    def veto(self, claim) -> str | None:
+    def veto(self, claim) -> str | Outcome | None:
+        """None: send; a reason: bounce (the key is gone for good); an Outcome: settle as it says."""
         if not claim.next_hop.startswith("smtp:"):
             return None
+        if self.manifest.expired():  # its keys and pins are no longer vouched for: fail closed, retry
+            return MANIFEST_EXPIRED
         now = self.clock()
         gen = self.keys.generation()
         hit = self._known.get(claim.recipient)
