@@ -26,7 +26,7 @@ from securemail.delivery.keycheck import KeyCheck
 from securemail.delivery.worker import DeliveryWorker
 from securemail.errors import ConfigError
 from securemail.keys.store import KeyStore
-from securemail.policy import encryption, rules
+from securemail.policy import rules
 from securemail.policy.facts import gather
 from securemail.queue import Queue
 from securemail.schema import create_schema
