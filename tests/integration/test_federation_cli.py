@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from cli.main import cli
-from securemail import federation as F
 from securemail import membership as M
 from securemail.app import open_home
 from securemail.audit import AuditLog
@@ -138,7 +137,7 @@ def test_full_flow_authority_and_gateways(homes, tmp_path):
     one = tmp_path / "federation-1.json"
     assert "serial 1 with 2 members" in ok(auth, "federation", "sign", "--output", str(one))
     out = ok(auth, "federation", "verify", str(one))
-    assert f"valid manifest serial 1" in out and fpr in out and "a.gouv.fr" in out and "b.gouv.fr" in out
+    assert "valid manifest serial 1" in out and fpr in out and "a.gouv.fr" in out and "b.gouv.fr" in out
     ok(auth, "keys", "export", fpr, "--output", str(tmp_path / "authority.asc"))
 
     # the gateway needs the authority named once, out of band; then it is in its config
