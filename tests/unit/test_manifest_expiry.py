@@ -22,7 +22,7 @@ from securemail.crypto import openpgp
 from securemail.crypto.dkim import generate_dkim_key
 from securemail.crypto.keys import Key
 from securemail.db import make_engine
-from securemail.delivery.keycheck import KeyCheck
+from securemail.delivery.keycheck import MANIFEST_EXPIRED, KeyCheck
 from securemail.delivery.worker import DeliveryWorker
 from securemail.errors import ConfigError
 from securemail.keys.store import KeyStore
@@ -173,6 +173,22 @@ def test_queued_member_mail_is_deferred_while_the_manifest_is_expired(entry, aut
     asyncio.run(worker.run_once())
     assert [c[2] for c in net.calls] == ["x@y.test", f"bruno@{MEMBER}"]
     assert {r["state"] for r in queue.list()} == {"delivered"}
+
+
+def test_a_key_gone_for_good_bounces_even_when_the_manifest_expired(entry, authority, tmp_path, db):
+    """The body is already encrypted to that key: a fresh manifest would not make it deliverable."""
+    clock = Clock()
+    clock.t = T0 + 200
+    path = tmp_path / "federation.json"
+    path.write_bytes(signed(entry, authority, expires=T0 + 100))
+    check = KeyCheck(KeyStore(db, clock), F.ManifestSource(path, clock), clock)
+
+    class Claim:
+        next_hop = str(smtp_hop("gw.gone.gouv.fr", 25, entry["tls_pin"]))
+        recipient = "x@gone.gouv.fr"  # a domain the manifest does not list: no key to send to
+    assert check.veto(Claim()) == "the recipient domain's key was revoked or expired while the message waited"
+    Claim.recipient = f"bruno@{MEMBER}"
+    assert check.veto(Claim()) is MANIFEST_EXPIRED
 
 
 # --- gateway check -----------------------------------------------------------------------------
