@@ -2,7 +2,7 @@
 
 Authority home: ``init`` makes the authority key and ``federation-draft.json``;
 ``add``/``remove`` edit the draft; ``sign`` bumps the serial and writes a signed
-``federation.json``. Gateway home: ``entry`` prints this gateway's entries for the
+``federation.json`` that expires ``--valid-for`` after it is made (30 days by default). Gateway home: ``entry`` prints this gateway's entries for the
 authority; ``install`` checks and installs a signed manifest. A person's home
 installs it too (as ``federation.json``), so that ``send`` and ``keys locate``
 find keys in the members' directories. ``postfix-transport`` (gateway home)
@@ -26,7 +26,7 @@ import click
 
 from securemail import federation as F
 from securemail.app import manifest_path
-from securemail.config import GatewayConfig, read_toml
+from securemail.config import GatewayConfig, parse_duration, read_toml
 from securemail.crypto import openpgp
 from securemail.crypto.keys import Key, load_key
 from securemail.errors import ConfigError, KeyNotFound, KeyRefused, SecureMailError, UsageError
@@ -50,10 +50,15 @@ class Draft:
     members: dict[str, dict] = field(default_factory=dict)
 
 
-def new_manifest(serial: int, members, now: float | None = None) -> dict:
-    created = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
-    return {"serial": serial, "created": created.isoformat(timespec="seconds"),
-            "members": sorted(members, key=lambda e: e["domain"])}
+def new_manifest(serial: int, members, now: float | None = None, valid_for: float | None = None) -> dict:
+    """The manifest to sign; it expires ``valid_for`` seconds after it is made (None: no expiry)."""
+    now = time.time() if now is None else now
+    created = datetime.fromtimestamp(now, timezone.utc)
+    out = {"serial": serial, "created": created.isoformat(timespec="seconds"),
+           "members": sorted(members, key=lambda e: e["domain"])}
+    if valid_for is not None:
+        out["expires"] = datetime.fromtimestamp(now + valid_for, timezone.utc).isoformat(timespec="seconds")
+    return out
 
 
 def pretty_json(doc) -> bytes:
@@ -139,6 +144,12 @@ def _echo_members(members) -> None:
         click.echo(f"  {m.domain}  gateway {join_hostport(*m.gateway)}  tls_pin {m.tls_pin}")
         click.echo(f"      openpgp {load_key(m.openpgp_key).fingerprint}"
                    f"  dkim {', '.join(sel for sel, _ in m.dkim)}")
+
+
+def _expiry(m: F.Manifest) -> str:
+    if m.expires_at is None:
+        return " (no expiry)"
+    return f" expires {m.expires}" + (" (EXPIRED)" if m.expires_at <= time.time() else "")
 
 
 def _txt(data: bytes) -> str:
@@ -252,20 +263,29 @@ def entry(obj) -> None:
 @federation.command()
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="federation.json to write.")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Unlocks the authority key.")
+@click.option("--valid-for", default="30d", show_default=True,
+              help="How long gateways trust it (30d, 12h, ...); then member mail waits for a newer one.")
 @click.pass_obj
-def sign(obj, output, passphrase_file) -> None:
+def sign(obj, output, passphrase_file, valid_for) -> None:
     """Sign the draft as the next serial and write the manifest to --output."""
     draft = _draft(obj)
     if not draft.members:
         raise UsageError("the draft has no members; add some with 'securemail federation add'")
+    try:
+        lifetime = parse_duration(valid_for, "--valid-for")
+    except ConfigError as e:
+        raise UsageError(e.message) from None
+    if lifetime <= 0:
+        raise UsageError("--valid-for must be above zero")
     key = obj.core.keys.get(draft.authority)
-    manifest = new_manifest(draft.serial + 1, draft.members.values())
+    manifest = new_manifest(draft.serial + 1, draft.members.values(), valid_for=lifetime)
     with key.pgp.unlocked(read_secret_file(passphrase_file)):
         data = F.sign_manifest(manifest, key)
     draft.serial += 1  # saved first: a crash skips a serial, never signs two contents under one
     save_draft(obj.core.home.path, draft)
     write_atomic(output, data)
-    click.echo(f"signed manifest serial {draft.serial} with {len(draft.members)} members: {output}")
+    click.echo(f"signed manifest serial {draft.serial} with {len(draft.members)} members, "
+               f"expires {manifest['expires']}: {output}")
 
 
 @federation.command()
@@ -277,7 +297,7 @@ def verify(obj, file, authority, authority_key) -> None:
     """Check a signed manifest FILE and print its members."""
     fpr, cert = _authority(obj, authority, authority_key, store=False)
     m = F.verify_manifest(read_input(file), fpr, cert)
-    click.echo(f"valid manifest serial {m.serial} created {m.created}, signed by {fpr}")
+    click.echo(f"valid manifest serial {m.serial} created {m.created}{_expiry(m)}, signed by {fpr}")
     _echo_members(m.members.values())
 
 
@@ -291,8 +311,8 @@ def show(obj) -> None:
         raise UsageError("no manifest installed here ('securemail federation install F') "
                          "and no draft ('securemail federation init')")
     if installed is not None:
-        click.echo(f"installed manifest serial {installed.serial} created {installed.created}, "
-                   f"authority {_configured_authority(obj)}")
+        click.echo(f"installed manifest serial {installed.serial} created {installed.created}"
+                   f"{_expiry(installed)}, authority {_configured_authority(obj)}")
         _echo_members(installed.members.values())
     if draft is not None:
         click.echo(f"draft of authority {draft.authority}, last signed serial {draft.serial}")

@@ -85,7 +85,7 @@ def check(ctx, as_json):
         click.echo(json.dumps({"ok": fine, "checks": [c.to_dict() for c in checks]}, indent=2))
     else:
         for c in checks:
-            click.echo(f"{'ok' if c.ok else c.word} {c.name} {c.detail}")
-            if not c.ok:
+            click.echo(f"{c.label} {c.name} {c.detail}")
+            if c.label != "ok":
                 click.echo(f"  fix: {c.fix}")
     sys.exit(0 if fine else 1)

@@ -8,6 +8,7 @@ were handed; nothing built here imports this module back.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sys
@@ -24,8 +25,8 @@ from .config import CoreConfig, GatewayConfig, read_toml
 from .crypto.dkim_signing import dkim_sign_fn, dkim_signers
 from .crypto.keys import Key
 from .db import make_engine
-from .errors import ConfigError
-from .federation import ManifestSource
+from .errors import ConfigError, KeyNotFound
+from .federation import ManifestSource, normalize_fpr
 from .home import Home
 from .keys.locate import Locator
 from .keys.store import KeyStore
@@ -35,6 +36,7 @@ from .transform.routes import Transformer
 from .transform.stage import CryptoStage
 
 if TYPE_CHECKING:
+    from .checkpoint import Checkpointer
     from .delivery.pool import SessionPool
     from .delivery.worker import DeliveryWorker
     from .procs.gateway import Gateway
@@ -149,7 +151,7 @@ def open_gateway(home: Home, *, clock=time.time, owner: str | None = None,
     audit = AuditLog(engine, clock)
     keys = KeyStore(engine, clock, audit=audit)
     queue = Queue(engine, clock, audit_log=audit)
-    manifest = ManifestSource(config.federation_manifest)
+    manifest = ManifestSource(config.federation_manifest, clock)
     manifest()
     stage = make_stage(config, keys, manifest, clock)
     workers = config.crypto_workers(reuse_port) if cpu_workers is None else cpu_workers
@@ -176,8 +178,66 @@ def open_gateway(home: Home, *, clock=time.time, owner: str | None = None,
         wkd = WkdServer(li.host, li.port, tls, Directory(engine, keys, config.domains, clock=clock, audit=audit),
                         Nonces(engine), users.check, audit=audit, clock=clock, reuse_port=reuse_port,
                         guard=guard)
+    jobs = _upkeep(config, audit, keys, queue, manifest, stage.transformer, clock)
     return Gateway(config, queue, audit, keys, pipeline, servers, delivery, engine, wkd, sessions, pool,
-                   child, Retention(queue, config.queue.retention, config.queue.purge_interval), guard=guard)
+                   child, Retention(queue, config.queue.retention, config.queue.purge_interval), guard=guard,
+                   jobs=jobs)
+
+
+def _upkeep(config: GatewayConfig, audit: AuditLog, keys: KeyStore, queue: Queue, manifest: ManifestSource,
+            transformer: Transformer, clock) -> list:
+    """The serve process's periodic jobs, each run by one process of the home (a lock file in it): the
+    manifest fetch ([federation] url) and the audit checkpoints ([audit] checkpoint_interval)."""
+    from .checkpoint import Checkpointer
+    from .manifestfetch import ManifestFetcher
+    jobs, fetch, anchor = [], config.federation_fetch, config.audit_anchoring
+    if fetch is not None:
+        fetcher = ManifestFetcher(fetch, config.federation_manifest, config.federation_authority, keys.get,
+                                  audit, clock=clock)
+        jobs.append(functools.partial(fetcher.run, lock=config.home / ".manifest-fetch.lock"))
+    if anchor is not None and anchor.interval:
+        domain = config.domains[0]
+        checkpointer = Checkpointer(audit, domain, transformer.domain_keys[domain], directory=anchor.directory,
+                                    clock=clock, **_checkpoint_route(config, keys, queue, manifest, transformer,
+                                                                     domain, anchor.send, anchor.to))
+        jobs.append(functools.partial(checkpointer.run, interval=anchor.interval,
+                                      lock=config.home / ".audit-checkpoint.lock"))
+    return jobs
+
+
+def _checkpoint_route(config: GatewayConfig, keys: KeyStore, queue: Queue, manifest: ManifestSource,
+                      transformer: Transformer, domain: str, send: bool, to: str | None) -> dict:
+    """``send`` and ``to`` for a Checkpointer: queued like a DSN (Bounces) to ``to``, else to the
+    address of the federation authority's key."""
+    if not send:
+        return {}
+    from .checkpoint import authority_address
+    from .delivery.bounces import Bounces
+    if to is None and config.federation_authority:
+        try:
+            to = authority_address(keys.get(normalize_fpr(config.federation_authority)))
+        except KeyNotFound:
+            to = None
+    if to is None:
+        raise ConfigError("checkpoints are to be sent, but there is no address: set [audit] checkpoint_to, "
+                          "or install the manifest with the authority's key (its user ID names its address)")
+    bounces = Bounces(config, queue, transformer, manifest)
+    return {"to": to, "send": lambda msg, rcpt: bounces.send(msg, rcpt, route="checkpoint", from_domain=domain)}
+
+
+def open_checkpointer(core: Core, domain: str | None = None, *, send: bool = False,
+                      to: str | None = None) -> Checkpointer:
+    """``securemail audit checkpoint``: a Checkpointer of a gateway home's ``domain`` (default: its
+    first), with its domain key unlocked; with ``send``, queued to ``to`` or the authority's address."""
+    from .checkpoint import Checkpointer
+    config = GatewayConfig.load(core.home)
+    domain = (domain or config.domains[0]).lower()
+    if not config.serves(domain):
+        raise ConfigError(f"this gateway does not serve {domain} (it serves {', '.join(config.domains)})")
+    manifest = ManifestSource(config.federation_manifest)
+    transformer = make_stage(config, core.keys, manifest, time.time).transformer
+    route = _checkpoint_route(config, core.keys, core.queue(), manifest, transformer, domain, send, to)
+    return Checkpointer(core.audit, domain, transformer.domain_keys[domain], **route)
 
 
 def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard, members,

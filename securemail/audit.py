@@ -7,7 +7,8 @@ Each record is ``(seq, at, kind, fields, prev_hash, hash)`` with
 transaction as each append, so ``verify()`` detects edits, deletions, reordering
 *and* truncation of the tail. An attacker who rewrites the whole chain and the
 head consistently is not detected by the database alone: publish ``head()``
-elsewhere (a log line, a signed manifest) to anchor it.
+elsewhere to anchor it (``securemail audit checkpoint``, checkpoint.py), then
+``verify(at=...)`` gives the hashes of the anchored records to compare.
 
 Concurrency: ``append`` locks the head row (``SELECT ... FOR UPDATE`` on
 PostgreSQL; ``BEGIN IMMEDIATE`` on SQLite), so appenders are serialized and seq
@@ -23,7 +24,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -68,9 +69,11 @@ class AuditRecord:
 @dataclass(frozen=True)
 class AuditReport:
     ok: bool
-    count: int
+    count: int                        # records walked before the first bad one (all, when ok)
     first_bad_seq: int | None = None
     reason: str = ""
+    hashes: dict[int, str] = field(default_factory=dict)  # seq -> hash of the walked records asked for
+    read_all: bool = True             # every record was walked (a failure, if any, is at the head)
 
 
 def _json(value: Any) -> str:
@@ -171,39 +174,43 @@ class AuditLog:
             r = conn.execute(q).first()
         return AuditRecord(r.seq, r.at, r.kind, json.loads(r.fields), r.prev_hash, r.hash) if r else None
 
-    def verify(self) -> AuditReport:
-        """Walk the chain from seq 1 and compare its end with the head row."""
+    def verify(self, at=()) -> AuditReport:
+        """Walk the chain from seq 1 and compare its end with the head row; ``at``: the seqs whose
+        hashes the report keeps (checkpointed heads), among the records walked."""
         with transaction(self.engine, write=False, snapshot=True) as conn:
             head = conn.execute(sa.select(audit_head.c.seq, audit_head.c.hash)).first()
             rows = conn.execute(sa.select(audit).order_by(audit.c.seq),
                                 execution_options={"yield_per": 1000})
-            report = _walk(rows, head)
+            report = _walk(rows, head, frozenset(at))
             rows.close()
         return report
 
 
-def _walk(rows, head) -> AuditReport:
-    expected, prev, count = 1, GENESIS, 0
+def _walk(rows, head, at: frozenset[int] = frozenset()) -> AuditReport:
+    expected, prev, count, hashes = 1, GENESIS, 0, {}
+
+    def bad(seq: int | None, reason: str, read_all: bool = False) -> AuditReport:
+        return AuditReport(False, count, seq, reason, hashes, read_all)
     for r in rows:
         if r.seq != expected:
             if r.seq > expected:
-                return AuditReport(False, count, expected, f"record {expected} is missing")
-            return AuditReport(False, count, r.seq, "sequence out of order")
+                return bad(expected, f"record {expected} is missing")
+            return bad(r.seq, "sequence out of order")
         if r.prev_hash != prev:
-            return AuditReport(False, count, r.seq, "chain broken: prev_hash does not match")
+            return bad(r.seq, "chain broken: prev_hash does not match")
         try:
             fields = json.loads(r.fields)
         except ValueError:
-            return AuditReport(False, count, r.seq, "fields are not valid JSON")
+            return bad(r.seq, "fields are not valid JSON")
         if chain_hash(prev, r.seq, r.at, r.kind, fields) != r.hash:
-            return AuditReport(False, count, r.seq, "record hash mismatch: record was altered")
+            return bad(r.seq, "record hash mismatch: record was altered")
         prev, expected, count = r.hash, expected + 1, count + 1
+        if r.seq in at:
+            hashes[r.seq] = r.hash
     if head is None:
-        return AuditReport(False, count, None, "audit head is missing")
+        return bad(None, "audit head is missing", True)
     if head.seq > count:
-        return AuditReport(False, count, count + 1,
-                           f"truncated: head is at {head.seq}, log ends at {count}")
+        return bad(count + 1, f"truncated: head is at {head.seq}, log ends at {count}", True)
     if head.seq < count or head.hash != prev:
-        return AuditReport(False, count, head.seq + 1 if head.seq < count else count,
-                           "head does not match the last record")
-    return AuditReport(True, count)
+        return bad(head.seq + 1 if head.seq < count else count, "head does not match the last record", True)
+    return AuditReport(True, count, hashes=hashes)

@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config_ops import Anchoring, ManifestFetch, anchoring, manifest_fetch, parse_duration
 from .errors import ConfigError
 from .home import Home
 from .net import split_hostport, split_socket_address
@@ -248,27 +249,6 @@ class Retry:
     give_up_after: float = 5 * 86400.0
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(value, where: str) -> float:
-    """Seconds from a number of seconds or a string like "30d", "12h", "15m", "45s" (or "0")."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and value.strip():
-        text = value.strip().lower()
-        number, unit = (text[:-1], _UNITS[text[-1]]) if text[-1] in _UNITS else (text, 1)
-        try:
-            seconds = float(number) * unit
-        except ValueError:
-            seconds = -1.0
-    else:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise ConfigError(f'{where} must be a duration: seconds, or a number with s, m, h or d ("30d")')
-    return seconds
-
-
 @dataclass(frozen=True)
 class QueueSettings:
     """``[queue]``: how long finished messages' metadata is kept (bodies go when delivered)."""
@@ -327,6 +307,8 @@ class GatewayConfig:
             return 0
         return min(cores, AUTO_CPU_WORKERS)
     directory_refresh: float = 86400.0   # [directory] refresh_seconds
+    federation_fetch: ManifestFetch | None = None  # [federation] url: fetched by the running gateway
+    audit_anchoring: Anchoring | None = None       # [audit] checkpoints (config_ops.py)
     lmtp: tuple[str, int] | str | None = None  # delivery.lmtp: (host, port) or a unix socket's path
 
     def listener(self, name: str) -> Listener | None:
@@ -380,6 +362,7 @@ class GatewayConfig:
             poll_interval=_positive(_get(dl, "poll_interval", float, 1.0, "delivery"), "delivery.poll_interval"),
             federation_authority=fed.get("authority"),
             federation_manifest=path(_get(fed, "manifest", str, "federation.json", "federation")),
+            federation_fetch=manifest_fetch(fed), audit_anchoring=anchoring(_table(data, "audit"), home),
             openpgp_keys={k.lower(): str(v).upper() for k, v in _table(keys, "openpgp").items()},
             dkim_keys=_dkim_keys(keys, path),
             limits=_limits(lim),

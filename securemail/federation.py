@@ -1,12 +1,13 @@
 """Federation: the signed list of member domains, their gateways, TLS pins and keys.
 
-``federation.json`` is ``{"manifest": {"serial", "created", "members": [{"domain",
+``federation.json`` is ``{"manifest": {"serial", "created", "expires", "members": [{"domain",
 "gateway": "host:port", "tls_pin": sha256(cert SPKI DER) hex, "openpgp_key": armored,
 "dkim": [{"selector", "public_key": "v=DKIM1; k=...; p=..."}], optional "wkd": "host:port"
 of its key directory (HTTPS, same certificate as ``tls_pin``)}]}, "signature": armored}``;
 the signature is a detached OpenPGP signature over ``canonical(manifest)``. A gateway
 installs a manifest only if the signature is valid by the configured authority's
-primary fingerprint and the serial moves forward. Entries are checked when signing,
+primary fingerprint, the serial moves forward and it has not expired (``expires``; past it, member
+mail is deferred; a manifest made before expiry existed has none). Entries are checked when signing,
 verifying and installing; every error names the domain.
 """
 
@@ -22,6 +23,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,6 +89,11 @@ class Manifest:
     created: str
     members: dict[str, Member]
     digest: str = ""                        # SHA-256 of canonical(manifest), hex
+    expires: str | None = None              # ISO 8601; None: signed before manifests expired
+
+    @property
+    def expires_at(self) -> float | None:
+        return None if self.expires is None else datetime.fromisoformat(self.expires).timestamp()
 
     def is_member(self, domain: str) -> bool:
         return domain.lower().rstrip(".") in self.members
@@ -208,6 +215,13 @@ def _hostport(text, what: str) -> tuple[str, int]:
     return host, port
 
 
+def _iso(text) -> datetime | None:
+    try:  # an ISO 8601 time with its zone, else None
+        return datetime.fromisoformat(text) if isinstance(text, str) and _ISO.fullmatch(text) else None
+    except ValueError:
+        return None
+
+
 def parse_manifest(m, *, now: float | None = None, check_keys: bool = True) -> Manifest:
     """A checked Manifest from the ``manifest`` object (signature not checked here)."""
     get = m.get if isinstance(m, dict) else {}.get
@@ -215,13 +229,16 @@ def parse_manifest(m, *, now: float | None = None, check_keys: bool = True) -> M
     _ensure(type(serial) is int and serial > 0, "manifest serial must be a positive integer")
     _ensure(isinstance(created, str) and _ISO.fullmatch(created),
             f"manifest created must be an ISO 8601 time with zone, not {created!r}")
+    expires, start = get("expires"), _iso(created)
+    _ensure(expires is None or (start is not None and (_iso(expires) or start) > start),
+            f"manifest expires must be an ISO 8601 time with zone after created, not {expires!r}")
     _ensure(isinstance(members, list), "manifest members must be a list")
     out: dict[str, Member] = {}
     for entry in members:
         member = parse_member(entry, now=now, check_keys=check_keys)
         if out.setdefault(member.domain, member) is not member:
             raise ManifestInvalid(f"{member.domain}: listed twice")
-    return Manifest(serial, created, out, hashlib.sha256(canonical(m)).hexdigest())
+    return Manifest(serial, created, out, hashlib.sha256(canonical(m)).hexdigest(), expires)
 
 
 # --- signing and verifying ------------------------------------------------------------------
@@ -288,9 +305,12 @@ def load_installed(path, authority_fpr: str | None = None,
 
 
 def install(data: bytes, path, authority_fpr: str, authority_cert: Key,
-            audit: AuditLog | None = None, *, now: float | None = None) -> Installed:
-    """Verify ``data``; make it the installed manifest if its serial moves forward; audit it."""
+            audit: AuditLog | None = None, *, now: float | None = None, source: str = "file") -> Installed:
+    """Verify ``data``; make it the installed manifest if its serial moves forward and it has not
+    expired; audit it (``source``: "file" for ``federation install``, else the URL it came from)."""
     new = verify_manifest(data, authority_fpr, authority_cert, now=now)
+    if new.expires_at is not None and new.expires_at <= (time.time() if now is None else now):
+        raise ManifestRefused(f"manifest serial {new.serial} expired at {new.expires}")
     path = Path(path)
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time: serial check and rename together
@@ -312,8 +332,8 @@ def install(data: bytes, path, authority_fpr: str, authority_cert: Key,
         def record() -> None:  # before the rename: it may name a change a crash prevented, never the reverse
             if audit is not None:
                 audit.append("manifest-change", serial=new.serial, digest=new.digest,
-                             previous_serial=old.serial if old else None,
-                             authority=normalize_fpr(authority_fpr),
+                             previous_serial=old.serial if old else None, expires=new.expires,
+                             source=source, authority=normalize_fpr(authority_fpr),
                              added=sorted(new.members.keys() - before.keys()),
                              removed=sorted(before.keys() - new.members.keys()),
                              changed=sorted(d for d in new.members.keys() & before.keys()
@@ -326,8 +346,8 @@ def install(data: bytes, path, authority_fpr: str, authority_cert: Key,
 class ManifestSource:
     """The installed federation manifest; re-read when its file changes (cheap stat per call)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, clock=time.time) -> None:
+        self.path, self.clock = path, clock  # clock: for seconds_to_expiry
         self._stamp: tuple[float, int] | None = None
         self._manifest = None
         self._keys: dict[str, Key | None] = {}
@@ -344,6 +364,15 @@ class ManifestSource:
             self._stamp = stamp
             log.info("federation manifest %s", f"serial {self._manifest.serial}" if self._manifest else "absent")
         return self._manifest
+
+    def seconds_to_expiry(self) -> float | None:
+        """Seconds until the installed manifest expires (<= 0: expired); None: no manifest, no expiry."""
+        m = self()
+        return None if m is None or m.expires_at is None else m.expires_at - self.clock()
+
+    def expired(self) -> bool:
+        left = self.seconds_to_expiry()
+        return left is not None and left <= 0
 
     def member_key(self, domain: str) -> Key | None:
         """The member domain's gateway key, parsed once per manifest; None if unusable."""

@@ -1,4 +1,4 @@
-"""gateway check: the installed federation manifest (signature, serial, age) and this gateway's own
+"""gateway check: the installed federation manifest (signature, serial, age, expiry) and this gateway's own
 entries in it: the address, TLS pin, OpenPGP key and DKIM keys other members use to reach it and
 trust its mail.
 
@@ -22,9 +22,10 @@ from ..federation import Manifest, Member, parse_member, verify_manifest
 from ..keys.store import KeyStore
 from ..membership import own_entries
 from ..net import join_hostport
-from .result import Check, command, passed, problem, shown
+from .result import Check, command, passed, problem, shown, warning
 
 MAX_AGE_DAYS = 180     # an older manifest is a problem: ask the authority for its latest
+WARN_EXPIRY_DAYS = 7   # fewer days before the manifest expires is a warning; expired, a problem
 CLOCK_SKEW = 300       # seconds a manifest may seem to come from the future (A.CLOCK)
 
 
@@ -44,7 +45,7 @@ def federation_checks(config: GatewayConfig, keys: KeyStore | None, audit: Audit
     if manifest is None or keys is None or audit is None:
         return [signature]
     return [signature, serial_check(manifest, audit, home), age_check(manifest, now, max_age_days),
-            *entry_checks(config, manifest, keys)]
+            expiry_check(config, manifest, now), *entry_checks(config, manifest, keys)]
 
 
 def verified(path: Path, fpr: str | None, keys: KeyStore | None, home: Path,
@@ -117,6 +118,29 @@ def age_check(manifest: Manifest, now: float, max_age_days: int = MAX_AGE_DAYS) 
         return problem("federation age", f"created {manifest.created}: {days} days old (over {max_age_days})",
                        "ask the federation authority for its latest manifest and install it")
     return passed("federation age", f"created {manifest.created}: {days} days old")
+
+
+def expiry_check(config: GatewayConfig, manifest: Manifest, now: float,
+                 warn_days: int = WARN_EXPIRY_DAYS) -> Check:
+    """Time left before ``expires``: past it member mail is deferred (a problem); fewer than
+    ``warn_days`` days, or no expiry at all (a manifest signed before manifests expired), a warning."""
+    fetch = config.federation_fetch
+    renew = (f"the gateway fetches {fetch.url} every {fetch.interval:.0f} s: check that the authority "
+             "publishes a fresh manifest there (audit: manifest-fetch-refused, manifest-fetch-failed)"
+             if fetch else "install the authority's latest manifest: "
+             f"`{command(config.home, 'federation install FILE')}` (or set [federation] url to fetch it)")
+    if manifest.expires_at is None:
+        return warning("federation expiry", f"serial {manifest.serial} has no expiry (signed before "
+                       "manifests expired): a stale copy would be trusted for ever",
+                       "ask the authority to sign with `federation sign --valid-for 30d`, then " + renew)
+    left = manifest.expires_at - now
+    if left <= 0:
+        return problem("federation expiry", f"serial {manifest.serial} expired {manifest.expires}: mail to "
+                       "and from members is deferred (451) until a fresh manifest is installed", renew)
+    detail = f"serial {manifest.serial} expires {manifest.expires}: {left / 86400:.1f} days left"
+    if left < warn_days * 86400:
+        return warning("federation expiry", detail + f" (fewer than {warn_days})", renew)
+    return passed("federation expiry", detail)
 
 
 def entry_checks(config: GatewayConfig, manifest: Manifest, keys: KeyStore) -> list[Check]:

@@ -16,7 +16,13 @@ class Check:
     ok: bool
     detail: str              # what was found (days left, the address that answered, why it is wrong)
     fix: str = ""            # for a problem: what the admin does about it
-    word: str = "PROBLEM"    # the human output's word for a problem (listeners keep "COLLISION")
+    word: str = "PROBLEM"    # the human output's word for a problem (listeners keep "COLLISION"),
+    #                          or for a warning: an ok check that still has a fix ("WARNING")
+
+    @property
+    def label(self) -> str:
+        """The human output's first word: "ok", or the word of a problem or a warning."""
+        return self.word if not self.ok or self.fix else "ok"
 
     def to_dict(self) -> dict:
         """The JSON object of ``gateway check --json``: name, ok, detail, fix."""
@@ -29,6 +35,11 @@ def passed(name: str, detail: str) -> Check:
 
 def problem(name: str, detail: str, fix: str, word: str = "PROBLEM") -> Check:
     return Check(name, False, detail, fix, word)
+
+
+def warning(name: str, detail: str, fix: str) -> Check:
+    """Fine for now, but soon a problem (a manifest near its expiry): ok, with a fix to apply."""
+    return Check(name, True, detail, fix, "WARNING")
 
 
 def command(home, args: str) -> str:

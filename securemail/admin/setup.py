@@ -196,6 +196,14 @@ refresh_seconds = 86400      # keys found in members' directories are fetched ag
 [federation]
 manifest = "federation.json"
 # authority = "FINGERPRINT"  # set by: securemail federation install F --authority FPR
+# url = "https://HOST/federation.json"  # the running gateway fetches the manifest there (HTTPS)...
+# url_pin = "SHA256 hex"     # ...from a server whose certificate's SubjectPublicKeyInfo has this SHA-256
+fetch_interval = "1h"        # how often; past its expires, mail to and from members waits (451)
+
+[audit]
+# checkpoint_interval = "1d" # sign the audit chain's head this often (securemail audit checkpoint)
+checkpoint_dir = "checkpoints"
+checkpoint_send = false      # also queue each to the federation authority's address
 
 [keys.openpgp]               # domain -> fingerprint of the domain key in the key store
 {openpgp}

@@ -1,11 +1,16 @@
 """The pre-send key check: a message queued for a member is not sent if the key it was
-encrypted to was revoked or expired while it waited (``DeliveryWorker(pre_send=...)``)."""
+encrypted to was revoked or expired while it waited (``DeliveryWorker(pre_send=...)``), nor while
+the installed federation manifest is past its ``expires`` (deferred until a fresh one arrives)."""
 
 from __future__ import annotations
 
 from ..federation import ManifestSource
+from .outcome import Outcome, temporary
 from ..keys.store import KeyStore
 from ..policy.address import domain_of
+
+
+MANIFEST_EXPIRED = temporary("federation manifest expired; waiting for a fresh one")
 
 
 class KeyCheck:
@@ -15,22 +20,29 @@ class KeyCheck:
         self.keys, self.manifest, self.clock = keys, manifest, clock
         self._known: dict[str, tuple[tuple, list]] = {}  # address -> (store generation, keys)
 
-    def veto(self, claim) -> str | None:
+    def veto(self, claim) -> str | Outcome | None:
+        """None: send; a reason: bounce (the key it was encrypted to is gone for good: a fresh
+        manifest would not change that); an Outcome: deferred (the manifest expired)."""
         if not claim.next_hop.startswith("smtp:"):
             return None
-        now = self.clock()
+        why = self._key_problem(claim.recipient, self.clock())
+        if why is None and self.manifest.expired():  # keys and pins no longer vouched for: retry later
+            return MANIFEST_EXPIRED
+        return why
+
+    def _key_problem(self, recipient: str, now: float) -> str | None:
         gen = self.keys.generation()
-        hit = self._known.get(claim.recipient)
+        hit = self._known.get(recipient)
         if hit is None or hit[0] != gen:
             if len(self._known) > 10_000:
                 self._known.clear()
-            hit = self._known[claim.recipient] = (gen, self.keys.find(claim.recipient))
+            hit = self._known[recipient] = (gen, self.keys.find(recipient))
         known = hit[1]
         if known:
             if any(k.status.encryption_keys(now) for k in known):
                 return None
             return "the recipient's key was revoked or expired while the message waited"
-        key = self.manifest.member_key(domain_of(claim.recipient) or "")
+        key = self.manifest.member_key(domain_of(recipient) or "")
         if key is None or not key.status.encryption_keys(now):
             return "the recipient domain's key was revoked or expired while the message waited"
         return None

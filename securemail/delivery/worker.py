@@ -14,6 +14,8 @@ message that goes to the same gateway), delivers the groups concurrently
 Before a member gateway is contacted, ``pre_send(claim)`` may veto a
 recipient (its key expired or was revoked while the mail waited): the
 delivery is bounced with a DSN and nothing is sent, in clear or otherwise.
+It may also answer with an ``Outcome`` (the federation manifest expired):
+the delivery is settled with it, deferred, and nothing is sent.
 A DSN is enqueued, after its bounce is committed, through ``bounce_sender``
 with the null envelope sender; none is made for a null-sender message.
 
@@ -50,7 +52,7 @@ from securemail.queue.batch import GroupCommit
 
 log = logging.getLogger(__name__)
 
-PreSend = Callable[[Claim], "str | None | Awaitable[str | None]"]
+PreSend = Callable[[Claim], "str | Outcome | None | Awaitable[str | Outcome | None]"]
 
 EXPIRED_STATUS = "4.4.7"      # RFC 3463: delivery time expired
 PERMANENT_STATUS = "5.0.0"
@@ -234,7 +236,9 @@ class DeliveryWorker:
                 log.exception("delivery %s: pre_send failed for %s", self.owner, c.delivery_id)
                 await self._settle(hop, [c], temporary(PRE_SEND_FAILED), body)
                 continue
-            if reason:
+            if isinstance(reason, Outcome):  # deferred, not bounced: nothing sent
+                await self._settle(hop, [c], reason, body)
+            elif reason:
                 log.info("delivery %s: %s vetoed before sending: %s", self.owner, c.delivery_id, reason)
                 vetoed.setdefault(str(reason), []).append((c, permanent(str(reason))))
             else:

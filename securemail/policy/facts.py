@@ -54,6 +54,7 @@ class Facts:
     # the member domains whose manifest tls_pin is the session's TLS client certificate's
     # (empty: a certificate of no member); None: the session showed no client certificate
     cert_domains: frozenset[str] | None = None
+    manifest_expired: bool = False    # the installed federation manifest is past its ``expires``
 
     @property
     def from_domain(self) -> str | None:
@@ -71,7 +72,8 @@ class Facts:
 def gather(env: Envelope, *, listener: str, trusted: bool, own_domains, members,
            encryption: EncryptionCheck, dkim_status: str = "none",
            dkim_domains: frozenset[str] = frozenset(), non_member_policy: str = "refuse",
-           block: HeaderBlock | None = None, cert_domains: frozenset[str] | None = None) -> Facts:
+           block: HeaderBlock | None = None, cert_domains: frozenset[str] | None = None,
+           manifest_expired: bool = False) -> Facts:
     """The facts of ``env``; ``block`` is its header block, parsed here with the default limits if not
     given (HeaderBlockError when refused)."""
     sender_domain = domain_of(env.mail_from) if env.mail_from else None
@@ -92,7 +94,7 @@ def gather(env: Envelope, *, listener: str, trusted: bool, own_domains, members,
         dkim_status=dkim_status, dkim_domains=frozenset(d.lower() for d in dkim_domains),
         non_member_policy=non_member_policy,
         from_class=classify(from_domain, own_domains, members) if from_domain else None, block=block,
-        cert_domains=cert_domains)
+        cert_domains=cert_domains, manifest_expired=manifest_expired)
 
 
 __all__ = ["Facts", "Headers", "gather", "OFFICE", "REMOTE", "OWN", "MEMBER", "OTHER"]

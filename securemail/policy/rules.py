@@ -82,6 +82,14 @@ def member_domain(f: Facts) -> str | None:
     return f.sender_domain if f.mail_from else f.from_domain
 
 
+def manifest_current(f: Facts) -> Verdict | None:
+    """Past the manifest's ``expires``, its members, keys and pins are no longer vouched for: mail to
+    or from a member is deferred (451; the sender keeps it) until a fresh manifest is installed."""
+    if f.manifest_expired and (f.recipients_of(MEMBER) or _from_member(f)):
+        return Verdict("manifest_current", replies.MANIFEST_EXPIRED, "federation manifest expired")
+    return None
+
+
 def member_tls(f: Facts) -> Verdict | None:
     if _from_member(f) and not f.tls:
         return Verdict("member_tls", replies.MEMBER_TLS_REQUIRED, "no TLS")
@@ -138,6 +146,7 @@ CHAIN: list[tuple[str, Rule]] = [
     ("sender_alignment", sender_alignment),
     ("office_sender", office_sender),
     ("remote_sender", remote_sender),
+    ("manifest_current", manifest_current),
     ("member_tls", member_tls),
     ("member_cert", member_cert),
     ("member_dkim", member_dkim),

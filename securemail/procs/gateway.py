@@ -2,7 +2,8 @@
 
 ``app.open_gateway`` builds a ``Gateway`` from the home; ``run_until_signal`` runs it until
 SIGTERM/SIGINT. The crypto workers and the delivery child start first: a listener is up only
-when mail can be processed and delivered.
+when mail can be processed and delivered. ``jobs`` are the periodic upkeep the root chose (the
+manifest fetch, the audit checkpoints), each a ``job(stop)`` coroutine run until the stop.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..audit import AuditLog
@@ -45,6 +47,7 @@ class Gateway:
     delivery: DeliveryProcess | None = None   # when the workers run in a child process
     retention: Retention | None = None        # the sweep of finished messages' metadata
     guard: AuthGuard | None = None  # the password checks of every listener (authlimit.py)
+    jobs: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -66,6 +69,7 @@ class Gateway:
         self._tasks = [asyncio.create_task(w.run(self._stop)) for w in self.workers]
         if self.retention is not None:
             self._tasks.append(asyncio.create_task(self.retention.run(self._stop)))
+        self._tasks += [asyncio.create_task(job(self._stop)) for job in self.jobs]
         self.audit.append("started", domains=list(self.config.domains), listeners=listeners)
 
     async def stop(self) -> None:

@@ -46,6 +46,8 @@ AUTH_LOCKED = Reply(454, "4.7.0", "Too many authentication failures, try again l
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
 TOO_MANY_RCPT = Reply(452, "4.5.3", "Too many recipients")
 KEY_CHANGED_HELD = Reply(451, "4.7.1", "recipient key changed; held for operator review")
+# the installed federation manifest expired (policy manifest_current): member mail waits for a fresh one
+MANIFEST_EXPIRED = Reply(451, "4.7.0", "federation manifest expired; member mail deferred, try again later")
 
 # --- permanent: protocol ------------------------------------------------------
 BARE_NEWLINE = Reply(521, "5.5.2", "Bare <CR> or <LF> received, lines must end with <CR><LF>")

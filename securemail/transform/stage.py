@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 from ..config import GatewayConfig
 from ..crypto import dkim as D
 from .hops import Hop, local_hop, relay_hop, smtp_hop
 from ..envelope import Envelope
 from ..errors import PolicyRefusal
+from ..federation import ManifestSource
 from ..mail.headers import HeaderBlock, HeaderBlockError, parse_header_block
 from ..policy import Verdict, encryption, rules
 from ..policy.address import MEMBER, OTHER, OWN, domain_of
@@ -44,10 +44,10 @@ class Decision:
 
 
 class CryptoStage:
-    def __init__(self, *, config: GatewayConfig, manifest: Callable[[], object],
+    def __init__(self, *, config: GatewayConfig, manifest: ManifestSource,
                  transformer: Transformer) -> None:
         self.config = config
-        self.manifest = manifest            # () -> Manifest | None, the installed one
+        self.manifest = manifest            # () -> Manifest | None, the installed one; .expired()
         self.transformer = transformer
         self._members: tuple[object, frozenset[str]] = (object(), frozenset())
 
@@ -81,7 +81,8 @@ class CryptoStage:
         return gather(env, listener=listener.name, trusted=listener.trusts(env.peer_ip),
                       own_domains=self.config.domains, members=self.members(),
                       encryption=encryption.check(env.data, block), non_member_policy=self.config.non_member_policy,
-                      block=block, cert_domains=self._cert_domains(env))
+                      block=block, cert_domains=self._cert_domains(env),
+                      manifest_expired=self.manifest.expired())
 
     def _replay(self, env: Envelope, f: Facts) -> tuple[str, float] | None:
         """What makes a copy of this message from a member a replay, for the sender's retry lifetime."""

@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from cli.main import cli
-from securemail import federation as F
 from securemail import membership as M
 from securemail.app import open_home
 from securemail.audit import AuditLog
@@ -138,7 +137,7 @@ def test_full_flow_authority_and_gateways(homes, tmp_path):
     one = tmp_path / "federation-1.json"
     assert "serial 1 with 2 members" in ok(auth, "federation", "sign", "--output", str(one))
     out = ok(auth, "federation", "verify", str(one))
-    assert f"valid manifest serial 1" in out and fpr in out and "a.gouv.fr" in out and "b.gouv.fr" in out
+    assert "valid manifest serial 1" in out and fpr in out and "a.gouv.fr" in out and "b.gouv.fr" in out
     ok(auth, "keys", "export", fpr, "--output", str(tmp_path / "authority.asc"))
 
     # the gateway needs the authority named once, out of band; then it is in its config
@@ -163,7 +162,15 @@ def test_full_flow_authority_and_gateways(homes, tmp_path):
     # the next serial replaces it; the old one can no longer come back
     assert ok(auth, "federation", "remove", "b.gouv.fr") == "removed b.gouv.fr\n"
     two = tmp_path / "federation-2.json"
-    assert "serial 2 with 1 members" in ok(auth, "federation", "sign", "--output", str(two))
+    for bad in ("0", "soon", "-3d"):
+        r = run(auth, "federation", "sign", "--output", str(two), "--valid-for", bad)
+        assert r.exit_code == 2 and "--valid-for" in r.stderr and not two.exists(), r.output
+    assert "serial 2 with 1 members" in ok(auth, "federation", "sign", "--output", str(two), "--valid-for", "12h")
+    m2 = json.loads(two.read_bytes())["manifest"]
+    assert datetime.fromisoformat(m2["expires"]) - datetime.fromisoformat(m2["created"]) == timedelta(hours=12)
+    assert f"expires {m2['expires']}, signed by" in ok(gw_a, "federation", "verify", str(two))
+    m1 = json.loads(one.read_bytes())["manifest"]  # signed with the default lifetime
+    assert datetime.fromisoformat(m1["expires"]) - datetime.fromisoformat(m1["created"]) == timedelta(days=30)
     assert "serial 2 (1 members), replacing serial 1" in ok(gw_a, "federation", "install", str(two))
     r = run(gw_a, "federation", "install", str(one))
     assert r.exit_code == 1 and "serial 1 is older than the installed serial 2" in r.stderr

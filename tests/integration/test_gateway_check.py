@@ -91,8 +91,9 @@ def test_a_good_home_passes_every_check_and_prints_no_secret(gw):
         "permissions tls/key.pem", f"permissions dkim/{A}.sm-ed25519.pem", f"permissions dkim/{A}.sm-rsa.pem",
         "tls certificate", "tls name", "tls key", "listener relay", "listener submission", "listener wkd",
         "database", "database schema", "federation signature", "federation serial", "federation age",
-        f"federation entry {A}"]
+        "federation expiry", f"federation entry {A}"]
     detail = {c["name"]: c["detail"] for c in checks}
+    assert re.fullmatch(r"serial 1 expires \S+: (30\.0|29\.9) days left", detail["federation expiry"])
     assert re.fullmatch(r"valid until \d{4}-\d\d-\d\d \d\d:\d\d UTC: 82[45] days left", detail["tls certificate"])
     assert detail["listener relay"] == f"127.0.0.1:{gw.relay}"
     assert re.fullmatch(r"serial 1 signed by the authority [0-9A-F]{40}", detail["federation signature"])

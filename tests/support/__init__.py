@@ -9,6 +9,7 @@ homes     ``GatewayHome`` (its relay, submission and key directory ports), ``fed
           ``person``, ``second_node``
 running   ``Running`` (in-process), ``Serve`` (``securemail serve``), ``office_send``,
           ``queue_rows``, ``audit_records``
+https     ``StaticHTTPS`` (a real HTTPS server with its own certificate and pin, serving set bytes)
 corpus    the interop corpus: ../shared/corpus, or one regenerated from gpg and sqop
           (``python -m tests.support.corpus OUTDIR``); imported as a module, not re-exported
 
@@ -18,6 +19,7 @@ Nothing imports pytest at import time: the benchmark uses these without it.
 
 from .commands import REPO, cli, ok, run_cli
 from .dovecot import Dovecot, dovecot_missing, require_dovecot
+from .https import StaticHTTPS
 from .homes import DOMAINS, FAST, OFFICE, GatewayHome, federation, init_home, install_manifest, person, second_node
 from .pg import PG_URL, fresh_schemas, pg_available, pg_schema, pg_schemas, require_pg, schema_url
 from .ports import free_port
@@ -28,4 +30,4 @@ __all__ = ["REPO", "cli", "ok", "run_cli", "DOMAINS", "FAST", "OFFICE", "Gateway
            "init_home", "install_manifest", "person", "second_node", "PG_URL", "fresh_schemas",
            "pg_available", "pg_schema", "pg_schemas", "require_pg", "schema_url", "free_port", "Running",
            "Serve", "audit_records", "office_send", "queue_rows", "terminate", "wait_for", "wait_listening",
-           "Dovecot", "dovecot_missing", "require_dovecot"]
+           "Dovecot", "dovecot_missing", "require_dovecot", "StaticHTTPS"]

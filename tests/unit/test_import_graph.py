@@ -123,12 +123,14 @@ def test_no_new_import_circle():
 STAGES: dict[str, int] = {
     # 0 the foundation: errors, settings, storage, the primitives every stage uses
     "securemail.errors": 0, "securemail.net": 0, "securemail.home": 0, "securemail.config": 0,
+    "securemail.config_ops": 0, "securemail.periodic": 0,
     "securemail.db": 0, "securemail.envelope": 0, "securemail.audit": 0, "securemail.crypto": 0,
     "securemail.queue": 0, "securemail.smtp.replies": 0, "securemail.mail.headers": 0,
     # 1 what the gateway knows: mail formats, policy, keys, the federation, its users
     "securemail.mail": 1, "securemail.policy": 1, "securemail.keys": 1, "securemail.federation": 1,
     "securemail.membership": 1, "securemail.users": 1, "securemail.authlimit": 1, "securemail.schema": 1,
     "securemail.transport_map": 1,
+    "securemail.manifestfetch": 1, "securemail.checkpoint": 1,
     "securemail": 1,
     # 2 intake (listeners, SMTP sessions, AUTH) -> 3 transform (DATA glue, crypto stage, routes,
     # next hops) -> 4 delivery
