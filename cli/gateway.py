@@ -71,6 +71,21 @@ def init(obj, domains, listen, submission, wkd, hostname, trusted, database_url,
 
 
 @gateway.command()
+@click.pass_context
+def migrate(ctx):
+    """Upgrade the database schema to this version's (Alembic revisions, under a lock).
+
+    Stop the gateway and back it up first (`securemail gateway backup DIR`). Safe to run again:
+    a schema already current is left as it is."""
+    from securemail.app import migrate_database
+    before, after = migrate_database(ctx.find_root().params["home"])
+    if before.up_to_date:
+        click.echo(f"schema already at revision {after.current}: nothing to do")
+    else:
+        click.echo(f"schema migrated: {before.describe()} -> revision {after.current}")
+
+
+@gateway.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: ok, and checks (name, ok, detail, fix).")
 @click.pass_context
 def check(ctx, as_json):
