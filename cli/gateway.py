@@ -93,8 +93,8 @@ def backup(ctx, directory):
     """Copy this home into DIRECTORY (new or empty) while the gateway runs: the database (SQLite
     backup API, or pg_dump), the configuration, the keys and certificates (0600)."""
     from securemail.admin.backup import backup as take
-    from securemail.home import Home
-    done = take(Home.open(ctx.find_root().params["home"]), directory)
+    from securemail.home import Home, resolve
+    done = take(Home(resolve(ctx.find_root().params["home"])), directory)
     db = done.manifest["database"]
     click.echo(f"backed up {len(done.files) + len(done.manifest['outside'])} files and the {db['kind']} "
                f"database (schema revision {db['revision'] or '0.1.0'}) into {directory}")

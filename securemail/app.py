@@ -26,7 +26,7 @@ from .crypto.keys import Key
 from .db import make_engine, transaction
 from .errors import ConfigError
 from .federation import ManifestSource
-from .home import Home
+from .home import Home, resolve
 from .keys.locate import Locator
 from .keys.store import KeyStore
 from .queue import Queue
@@ -108,7 +108,9 @@ def prepare_schema(engine: sa.Engine, home: Home, clock=time.time, *, migrate: b
 def migrate_database(home_dir=None) -> tuple[SchemaState, SchemaState]:
     """``securemail gateway migrate``: the home's database upgraded to this version's schema,
     under the migration lock; its state before and after."""
-    home = Home.open(home_dir)
+    home = Home(resolve(home_dir))
+    if not home.path.is_dir():
+        raise ConfigError(f"no home at {home.path}: nothing to migrate")
     url = CoreConfig.load(home).database_url
     u = sa.engine.make_url(url)
     if u.get_backend_name() == "sqlite" and u.database and not Path(u.database).exists():

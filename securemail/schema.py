@@ -11,7 +11,7 @@ parent. Under the migration lock (``migrations.lock``), in one transaction:
   revisions of ``securemail/migrations`` when ``migrate`` is true, and refused otherwise
   (``migrations.SchemaOutdated``, nothing changed); one made by a newer securemail is refused.
 
-It also writes the audit chain's head row, and binds the keys of a home made before key bindings
+It also writes the audit chain's head row, audits an upgrade (``schema-migrated``), and binds the keys of a home made before key bindings
 existed (``keys.binding.migrate``, once: in the transaction that creates ``key_bindings``).
 """
 
@@ -51,8 +51,12 @@ def create_schema(engine: Engine, clock: Callable[[], float] = time.time, *, mig
         if before.empty:
             migrations.stamp_head(conn)
         audit.init_head(conn)
+        log = audit.AuditLog(engine, clock)
+        if not before.empty and not before.up_to_date:
+            log.append_in(conn, "schema-migrated", before=before.current or f"{migrations.BASELINE} (0.1.0)",
+                          after=migrations.HEAD)
         if missing_bindings:
-            _bind_older_keys(conn, audit.AuditLog(engine, clock), clock())
+            _bind_older_keys(conn, log, clock())
     return before
 
 

@@ -109,7 +109,11 @@ def backup(home: Home, directory: Path, clock=time.time, engine_for=make_engine)
     directory = Path(directory)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise UsageError(f"{directory} exists and is not an empty directory: back up into a new one")
+    if not home.path.is_dir():
+        raise UsageError(f"no home at {home.path}: nothing to back up")
     database = Database.of(CoreConfig.load(home).database_url)
+    if database.path is not None and not database.path.is_file():
+        raise UsageError(f"no database at {database.path}: nothing to back up (check database.url)")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     files = [_store(p, directory / "home" / p.relative_to(home.path), f"home/{p.relative_to(home.path)}")

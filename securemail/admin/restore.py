@@ -17,6 +17,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from .. import migrations
+from ..audit import AuditLog
 from ..db import make_engine, transaction
 from ..errors import UsageError
 from ..home import Home, write_atomic
@@ -80,6 +81,9 @@ def restore(directory: Path, home: Home, *, database_url: str | None = None, eng
         with transaction(engine) as conn:
             revision = migrations.state(conn).current
             released, pending = release_leases(conn)
+            if conn.dialect.has_table(conn, "audit_head"):  # the chain goes on: say where it came from
+                AuditLog(engine).append_in(conn, "restored", backup_created=found.manifest["created"],
+                                           backup_home=found.manifest["home"], released=released)
     finally:
         if engine is not None:
             engine.dispose()

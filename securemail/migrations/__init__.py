@@ -11,7 +11,11 @@ before migrations existed: it is at the baseline, whose upgrade only creates the
 it lacks (a home older than key bindings lacks ``key_bindings``).
 
 Every schema change comes with a revision here; ``tests/unit/test_migrations.py`` fails when the
-tables the revisions make differ from the models (``schema.METADATA``).
+tables the revisions make differ from the models (``schema.METADATA``). To add one: change the
+model, write ``versions/NNNN_what.py`` like ``0002_messages_created.py`` (``revision = "NNNN"``,
+``down_revision`` the previous head; ``op`` calls, which on SQLite run in batch mode), and append
+``"NNNN"`` to ``REVISIONS``. ``alembic.autogenerate.compare_metadata`` (as that test calls it)
+lists what the revision must do.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 
-from tests.support import (OFFICE, PG_URL, REPO, Serve, federation, free_port, fresh_schemas, ok, office_send,
-                           require_pg, run_cli, wait_for)
+from tests.support import (OFFICE, PG_URL, REPO, Serve, audit_records, federation, free_port, fresh_schemas, ok,
+                           office_send, require_pg, run_cli, wait_for)
 from tests.support.dumps import message_id, pending
 
 D = "interieur.gouv.fr"
@@ -162,6 +162,9 @@ def test_a_backup_under_load_restored_delivers_what_was_queued(tmp_path, kind):
         finally:
             assert node.stop() == 0, node.output()
         assert Counter(office.arrived[mark:]) == Counter((p["message_id"], p["recipient"]) for p in owed)
+        restored_at = audit_records(restored, "restored")
+        assert len(restored_at) == 1 and restored_at[0]["fields"]["backup_home"] == str(g.home)
+        ok(run_cli(restored, "audit", "verify"))
 
 
 def test_backup_and_restore_refuse_what_they_must_and_keep_outside_files(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from securemail.migrations import HEAD
-from tests.support import OFFICE, Serve, federation, fresh_schemas, ok, require_pg, run_cli, schema_url, wait_for
+from tests.support import OFFICE, Serve, audit_records, federation, fresh_schemas, ok, require_pg, run_cli, schema_url, wait_for
 from tests.support.dumps import DOMAIN, domain_key, load_release, message_id, pending
 
 
@@ -102,6 +102,9 @@ def test_release_mail_is_delivered_once_after_gateway_migrate(release_home):
     assert ok(run_cli(g.home, "gateway", "migrate")).stdout.strip() == \
         f"schema already at revision {HEAD}: nothing to do"
     assert pending(url) == owed
+    assert [(r["fields"]["before"], r["fields"]["after"]) for r in audit_records(g.home, "schema-migrated")] == \
+        [("0001 (0.1.0)", HEAD)]
+    ok(run_cli(g.home, "audit", "verify"))                         # the release's chain goes on intact
     deliver_everything(g, url, owed)
 
 
