@@ -40,7 +40,7 @@ from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import gateway_report as report
+from bench import charts, gateway_report as report
 from bench.crypto import parse_size
 from bench.gateway_profile import profile
 from bench.gateway_setup import (RCPT, SENDER, Scenario, default_count, setup_baseline, setup_securemail,
@@ -119,6 +119,7 @@ def summarize(sc: Scenario, res: LoadResult, got: dict[str, list[float]], *, tre
            "acked_per_s": r(len(ok) / (last_ack - res.t_begin) if ok else 0.0, 1),
            "t250_p50_ms": r(percentile(t250, 50), 2), "t250_p99_ms": r(percentile(t250, 99), 2),
            "t250_max_ms": r(max(t250, default=None), 2),
+           "t250_quantiles_ms": charts.quantiles(t250),   # the distribution bench/charts.py draws
            "server_cpu_ms_per_msg": r(cpu * 1e3 / len(ok) if ok else None, 2),
            "server_cpu_ms_per_msg_by_server": [r(c * 1e3 / len(ok) if ok else None, 2) for c in by_server],
            "server_processes_seen": [tree.processes(i) for i in range(len(by_server))],
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="securemail [gateway] cpu_workers for the run: crypto worker processes per serve "
                          "process, 0 = threads, or auto (default: not set, the gateway's default)")
     ap.add_argument("--json", default="bench/results-gateway.json", help="'-' for none")
+    ap.add_argument("--charts", default="docs", help="where the PNG charts go (bench/charts.py); '-' for none")
     ap.add_argument("--keep", action="store_true", help="keep the temporary homes and logs")
     ap.add_argument("--profile", action="store_true",
                     help="instead: profile securemail serve under load with py-spy (4 KiB unless --sizes)")
@@ -271,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         Path(a.json).write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios,
                                             "targets": targets}, indent=1))
         print(f"wrote {a.json}")
+    if a.charts != "-":
+        if not charts.available():
+            print("no charts: matplotlib is missing (pip install -e '.[bench]')")
+        for path in charts.draw(results, None, Path(a.charts)) if charts.available() else ():
+            print(f"wrote {path}")
     return 0
 
 

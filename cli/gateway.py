@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -68,6 +69,51 @@ def init(obj, domains, listen, submission, wkd, hostname, trusted, database_url,
     for k in out["dkim"]:
         click.echo(f"{k['domain']}: DKIM {k['selector']}._domainkey TXT \"{k['public_key'][:40]}...\"")
     click.echo("next: securemail federation entry  (send it to the federation authority)")
+
+
+@gateway.command()
+@click.pass_context
+def migrate(ctx):
+    """Upgrade the database schema to this version's (Alembic revisions, under a lock).
+
+    Stop the gateway and back it up first (`securemail gateway backup DIR`). Safe to run again:
+    a schema already current is left as it is."""
+    from securemail.app import migrate_database
+    before, after = migrate_database(ctx.find_root().params["home"])
+    if before.up_to_date:
+        click.echo(f"schema already at revision {after.current}: nothing to do")
+    else:
+        click.echo(f"schema migrated: {before.describe()} -> revision {after.current}")
+
+
+@gateway.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.pass_context
+def backup(ctx, directory):
+    """Copy this home into DIRECTORY (new or empty) while the gateway runs: the database (SQLite
+    backup API, or pg_dump), the configuration, the keys and certificates (0600)."""
+    from securemail.admin.backup import backup as take
+    from securemail.home import Home, resolve
+    done = take(Home(resolve(ctx.find_root().params["home"])), directory)
+    db = done.manifest["database"]
+    click.echo(f"backed up {len(done.files) + len(done.manifest['outside'])} files and the {db['kind']} "
+               f"database (schema revision {db['revision'] or '0.1.0'}) into {directory}")
+
+
+@gateway.command()
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option("--database-url", help="Restore the database there (empty) instead of where the backup's config says.")
+@click.pass_context
+def restore(ctx, directory, database_url):
+    """Make this (fresh) home from the backup in DIRECTORY: files, keys, configuration, database."""
+    from securemail.admin.restore import restore as put_back
+    from securemail.home import Home
+    done = put_back(Path(directory), Home.open(ctx.find_root().params["home"]), database_url=database_url)
+    click.echo(f"restored into {done.home}: database {done.database}, schema revision "
+               f"{done.revision or '0.1.0'}, {done.pending} deliveries to make")
+    for note in done.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"next: securemail --home {done.home} gateway check  (listeners, paths), then serve")
 
 
 @gateway.command()

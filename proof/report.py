@@ -19,6 +19,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.charts import FAULTS  # the chart of the fault table, drawn beside the note by proof/run.py
+
 REPO = Path(__file__).resolve().parent.parent
 COUNTS = ("runs", "acked", "delivered", "duplicated", "lost", "leaks")
 
@@ -193,7 +195,7 @@ def _faults(figs: list[dict]) -> list[str]:
         cells = [str(e.get(k, "—")) if k != "leaks" or "leaks" in e else "—" for k in COUNTS]
         rows.append(f"| {e['group']} | {e['name']} | {e.get('backend', '—')} | " + " | ".join(cells)
                     + f" | {nxt} | {_replies(e).replace('|', '/')} |")
-    return rows + [""]
+    return rows + ["", f"![Acknowledged, delivered and duplicated messages by fault]({FAULTS})", ""]
 
 
 def _details(figs: list[dict]) -> list[str]:

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import charts
 from proof.report import Run, render, verdict
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(render(run))
     problems = verdict(run)
     print(f"proof: wrote {args.output} (raw figures in {work})")
+    if charts.available() and run.figures:
+        for path in charts.draw(None, run.figures, args.output.parent):
+            print(f"proof: wrote {path}")
+    elif not charts.available():
+        print("proof: no chart: matplotlib is missing (pip install -e '.[bench]')")
     for p in problems:
         print(f"proof: FAILED: {p}", file=sys.stderr)
     if not problems:

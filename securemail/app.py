@@ -24,13 +24,14 @@ from .audit import AuditLog
 from .config import CoreConfig, GatewayConfig, read_toml
 from .crypto.dkim_signing import dkim_sign_fn, dkim_signers
 from .crypto.keys import Key
-from .db import make_engine
+from .db import make_engine, transaction
 from .errors import ConfigError, KeyNotFound
 from .federation import ManifestSource, normalize_fpr
-from .home import Home
+from .home import Home, resolve
 from .keys.locate import Locator
 from .keys.store import KeyStore
 from .queue import Queue
+from .migrations import SchemaState, state as migration_state
 from .schema import create_schema
 from .transform.routes import Transformer
 from .transform.stage import CryptoStage
@@ -82,11 +83,47 @@ def open_home(home_dir=None, clock: Callable[[], float] = time.time, *,
     if config.database_url == home.default_database_url and not home.database_file.exists():
         os.close(os.open(home.database_file, os.O_CREAT | os.O_WRONLY, 0o600))
     engine = make_engine(config.database_url)
-    create_schema(engine, clock)  # every table, once: key changes are audited in every home
+    prepare_schema(engine, home, clock, migrate=config.auto_migrate)  # every table, once
     audit = AuditLog(engine, clock)
     keys = KeyStore(engine, clock, audit=audit)
     _private(home.database_file)
     return Core(home, config, engine, keys, audit)
+
+
+SCHEMA_WAIT = 600.0  # seconds a migrator waits for another's SQLite write lock (PostgreSQL: no limit)
+
+
+def prepare_schema(engine: sa.Engine, home: Home, clock=time.time, *, migrate: bool) -> SchemaState:
+    """The schema step of a root (``schema.create_schema``): an older schema is upgraded when
+    ``migrate`` (on an engine of its own, which waits for another migrator), else refused with
+    the command that upgrades it."""
+    fix = f"securemail --home {home.path} gateway migrate"
+    if not migrate:
+        return create_schema(engine, clock, fix=fix)
+    patient = make_engine(engine.url.render_as_string(hide_password=False), busy_timeout=SCHEMA_WAIT)
+    try:
+        return create_schema(patient, clock, migrate=True, fix=fix)
+    finally:
+        patient.dispose()
+
+
+def migrate_database(home_dir=None) -> tuple[SchemaState, SchemaState]:
+    """``securemail gateway migrate``: the home's database upgraded to this version's schema,
+    under the migration lock; its state before and after."""
+    home = Home(resolve(home_dir))
+    if not home.path.is_dir():
+        raise ConfigError(f"no home at {home.path}: nothing to migrate")
+    url = CoreConfig.load(home).database_url
+    u = sa.engine.make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and not Path(u.database).exists():
+        raise ConfigError(f"no database at {u.database}: nothing to migrate (check database.url)")
+    engine = make_engine(url)
+    try:
+        before = prepare_schema(engine, home, migrate=True)
+        with transaction(engine, write=False) as conn:
+            return before, migration_state(conn)
+    finally:
+        engine.dispose()
 
 
 def _private(path) -> None:
@@ -147,7 +184,7 @@ def open_gateway(home: Home, *, clock=time.time, owner: str | None = None,
     config = GatewayConfig.load(home)
     # intake commits never pay for a SQLite checkpoint: the delivery workers run them (worker.py)
     engine = make_engine(config.database_url, wal_autocheckpoint=False)
-    create_schema(engine, clock)  # every table, once; the crypto workers and delivery child use them
+    prepare_schema(engine, home, clock, migrate=config.auto_migrate)  # the children use its tables
     audit = AuditLog(engine, clock)
     keys = KeyStore(engine, clock, audit=audit)
     queue = Queue(engine, clock, audit_log=audit)

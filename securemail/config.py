@@ -160,12 +160,14 @@ class CoreConfig:
     database_url: str
     directory_refresh: float = 86400.0
     federation_authority: str | None = None
+    auto_migrate: bool = False  # database.auto_migrate; true by default in a person's home (no [gateway])
 
     @classmethod
     def load(cls, home: Home) -> "CoreConfig":
         data = read_toml(home.config_file)
         db = _table(data, "database")
         return cls(database_url=_get(db, "url", str, home.default_database_url, "database"),
+                   auto_migrate=_get(db, "auto_migrate", bool, "gateway" not in data, "database"),
                    directory_refresh=_refresh(data),
                    federation_authority=_table(data, "federation").get("authority"))
 
@@ -291,6 +293,7 @@ class GatewayConfig:
     cpu_workers: int | None = None  # crypto worker processes per serve process; 0 = threads; None = auto
 
     delivery_process: bool | None = None  # delivery in a child process; None = auto
+    auto_migrate: bool = False     # database.auto_migrate: serve upgrades an older schema itself
 
     def separate_delivery(self, crypto_workers: int) -> bool:
         """delivery.process, with "auto" resolved: a process of its own when there are crypto workers
@@ -349,6 +352,7 @@ class GatewayConfig:
             cpu_workers=_cpu_workers(gw),
             delivery_process=_delivery_process(dl),
             database_url=_get(_table(data, "database"), "url", str, f"sqlite:///{home / 'securemail.db'}", "database"),
+            auto_migrate=_get(_table(data, "database"), "auto_migrate", bool, False, "database"),
             listeners=listeners,
             tls_cert=path(_get(tls, "cert", str, "tls/cert.pem", "tls")),
             tls_key=path(_get(tls, "key", str, "tls/key.pem", "tls")),

@@ -1,11 +1,18 @@
-"""The database schema of a home or a gateway: every table, created in one place.
+"""The database schema of a home or a gateway: every table, created or upgraded in one place.
 
-``create_schema(engine)`` is called once by the composition roots that open a home
-or a gateway (``app.open_home``, ``app.open_gateway``); the stores' constructors
-only use their tables, and a child process of serve finds them made by its parent.
-It is idempotent: existing tables are left as they are. It also writes the audit
-chain's head row, and binds the keys of a home made before key bindings existed
-(``keys.binding.migrate``, once: in the transaction that creates ``key_bindings``).
+``create_schema(engine)`` is called once by the composition roots that open a home or a
+gateway (``app.open_home``, ``app.open_gateway``) and by ``securemail gateway migrate``; the
+stores' constructors only use their tables, and a child process of serve finds them made by its
+parent. Under the migration lock (``migrations.lock``), in one transaction:
+
+- a fresh database gets every table of the models and is stamped at the head revision;
+- a database at the head gets any table it lacks (nothing else changes);
+- an older one (a revision before the head, or 0.1.0's, with no revision) is upgraded with the
+  revisions of ``securemail/migrations`` when ``migrate`` is true, and refused otherwise
+  (``migrations.SchemaOutdated``, nothing changed); one made by a newer securemail is refused.
+
+It also writes the audit chain's head row, audits an upgrade (``schema-migrated``), and binds the keys of a home made before key bindings
+existed (``keys.binding.migrate``, once: in the transaction that creates ``key_bindings``).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from . import audit
+from . import audit, migrations
 from .db import transaction
 from .keys import binding, directory, publish, sources, store
 from .queue import models, replay
@@ -25,17 +32,32 @@ METADATA = (models.metadata, replay.metadata, audit.metadata, store.metadata, bi
             directory.metadata, sources.metadata, publish.metadata)
 
 
-def create_schema(engine: Engine, clock: Callable[[], float] = time.time) -> None:
-    """Create every missing table, the audit head, and bind the keys of a home older than bindings."""
+def create_schema(engine: Engine, clock: Callable[[], float] = time.time, *, migrate: bool = False,
+                  fix: str = "securemail gateway migrate") -> migrations.SchemaState:
+    """Create or upgrade the schema (see the module's text); the state it was in before.
+
+    ``migrate``: upgrade an older schema; otherwise raise ``migrations.SchemaOutdated``, whose
+    message tells the operator to run ``fix``."""
     with transaction(engine) as conn:
-        if conn.dialect.name == "postgresql":  # DDL is transactional; serialize creators
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('securemail.schema'))"))
-        fresh = not sa.inspect(conn).has_table(binding.bindings_table.name)
+        migrations.lock(conn)
+        before = migrations.state(conn)
+        if not before.known or not (before.empty or before.up_to_date or migrate):
+            raise migrations.SchemaOutdated(before, fix)
+        missing_bindings = not sa.inspect(conn).has_table(binding.bindings_table.name)
+        if not before.empty and not before.up_to_date:
+            migrations.upgrade(conn)
         for metadata in METADATA:
             metadata.create_all(conn)
+        if before.empty:
+            migrations.stamp_head(conn)
         audit.init_head(conn)
-        if fresh:
-            _bind_older_keys(conn, audit.AuditLog(engine, clock), clock())
+        log = audit.AuditLog(engine, clock)
+        if not before.empty and not before.up_to_date:
+            log.append_in(conn, "schema-migrated", before=before.current or f"{migrations.BASELINE} (0.1.0)",
+                          after=migrations.HEAD)
+        if missing_bindings:
+            _bind_older_keys(conn, log, clock())
+    return before
 
 
 def _bind_older_keys(conn: Connection, log: audit.AuditLog, now: float) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from .. import migrations
 from ..db import make_engine, transaction
 from ..errors import ConfigError, TemporaryFailure
 from ..schema import METADATA
@@ -73,12 +74,21 @@ def schema_gaps(inspector) -> tuple[list[str], list[str]]:
 
 
 def schema_check(engine: Engine, home: Path) -> Check:
-    """"database schema": every table and column of ``schema.METADATA`` is there."""
+    """"database schema": at this version's revision, with every table and column of
+    ``schema.METADATA``."""
     try:
         with transaction(engine, write=False) as conn:
+            found = migrations.state(conn)
             tables, columns = schema_gaps(sa.inspect(conn))
     except TemporaryFailure as e:
         return problem("database schema", f"cannot be read: {e.detail}", "see the database check")
+    if not found.known:
+        return problem("database schema", f"at {found.describe()}: made by a newer securemail",
+                       "run the securemail version that made it, or restore a backup made by this one")
+    if not found.empty and not found.up_to_date:
+        return problem("database schema", f"at {found.describe()}, this version needs revision {found.head}",
+                       f"stop the gateway, back it up (`{command(home, 'gateway backup DIR')}`), then "
+                       f"`{command(home, 'gateway migrate')}`")
     if columns:
         return problem("database schema", f"columns missing: {', '.join(columns)}"
                        + (f"; tables missing: {', '.join(tables)}" if tables else ""),
@@ -90,4 +100,4 @@ def schema_check(engine: Engine, home: Path) -> Check:
                        f"`{command(home, 'serve')}` creates the missing tables as it starts (so does "
                        f"`{command(home, 'audit verify')}`)")
     count = sum(len(m.sorted_tables) for m in METADATA)
-    return passed("database schema", f"the {count} tables of this version, every column")
+    return passed("database schema", f"revision {found.current}: the {count} tables of this version, every column")

@@ -139,6 +139,7 @@ processes = 1                # serve processes (one per core) sharing ports and 
 
 [database]
 url = "{db}"                 # or postgresql+psycopg://user@host/db to run several nodes
+auto_migrate = false         # true: serve upgrades an older schema itself; else `securemail gateway migrate`
 
 [listeners.relay]            # office MTAs (trusted networks may relay out) and member gateways
 listen = "{listen}"

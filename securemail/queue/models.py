@@ -18,6 +18,7 @@ messages = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("peer", sa.Text, nullable=False, default=""),
     sa.Column("meta", sa.Text, nullable=False, default="{}"),  # JSON, sorted keys
+    sa.Index("messages_created", "created_at"),  # the retention sweep (migration 0002)
 )
 
 deliveries = sa.Table(
