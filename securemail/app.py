@@ -35,6 +35,7 @@ from .transform.routes import Transformer
 from .transform.stage import CryptoStage
 
 if TYPE_CHECKING:
+    from .bridge.service import Bridge
     from .delivery.pool import SessionPool
     from .delivery.worker import DeliveryWorker
     from .procs.gateway import Gateway
@@ -293,3 +294,72 @@ def open_child(home: Path, role: str, *, owner: str = "") -> ChildParts:
             config, queue=queue, keys=keys, manifest=manifest, transformer=parts.stage.transformer,
             clock=time.time, owner=owner)
     return parts
+
+
+# --- the bridge (a person's machine) ---------------------------------------------------
+def open_bridge(home_dir=None, *, passphrase: str | None = None, allow_remote: bool = False,
+                clock: Callable[[], float] = time.time) -> Bridge:
+    """The bridge of a person's home (``bridge init``): its listeners checked (loopback unless
+    ``allow_remote``), the owner's secret keys unlocked once, for the life of the bridge."""
+    import asyncio
+    import contextlib
+    import ssl
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pymap.concurrent import Event
+
+    from .authlimit import AuthGuard
+    from .bridge.cache import ViewCache
+    from .bridge.folders import Folders
+    from .bridge.imap import BridgeIMAPConfig, Login
+    from .bridge.mailbox import Parts
+    from .bridge.seal import sealer
+    from .bridge.service import Bridge
+    from .bridge.settings import BridgeSettings, check_listeners
+    from .bridge.upstream import Endpoint, Upstream
+    from .bridge.view import Viewer
+    from .config import AuthBudget
+    from .crypto.tls import load_server_context
+    from .mail.outgoing import signing_key
+    core = open_home(home_dir, clock)
+    settings = BridgeSettings.load(core.home.path)
+    check_listeners(settings, allow_remote)
+    secrets = contextlib.ExitStack()
+    owner = signing_key(core.keys, settings.address, clock())
+    secrets.enter_context(owner.pgp.unlocked(passphrase))
+    unlocked = [owner] + _unlock_others(secrets, core.keys.secret_keys(), owner, passphrase)
+    try:
+        upstream_tls = ssl.create_default_context(cafile=str(settings.cafile) if settings.cafile else None)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"cannot load the upstream CA file {settings.cafile}: {e}") from None
+    upstream = Upstream(Endpoint(*settings.imap, settings.implicit_tls("imap"), upstream_tls, settings.username,
+                                 settings.read_secret(settings.upstream_password_file)))
+    crypto = ThreadPoolExecutor(1, thread_name_prefix="bridge-crypto")
+
+    def run_cpu(fn, *args):
+        return asyncio.get_running_loop().run_in_executor(crypto, fn, *args)
+    parts = Parts(upstream, Viewer(unlocked, core.keys.lookup).show, sealer(owner, settings.address, clock),
+                  ViewCache(settings.cache_bytes), ViewCache(settings.cache_bytes // 4), run_cpu)
+    folders = Folders(parts, Event.for_asyncio)
+    imap_config = BridgeIMAPConfig(*settings.imap_listen, load_server_context(settings.cert, settings.key))
+    login = Login(settings.local_username, settings.read_secret(settings.local_password_file),
+                  lambda check: AuthGuard(check, AuthBudget(), on_lock=lambda **f: core.audit.append(
+                      "auth-locked", **f)), imap_config, folders)
+    submission = None  # LEAD: the SMTP side: submission = Submission(...) once securemail/bridge/submission.py lands
+    return Bridge(address=settings.address, login=login, imap_config=imap_config, folders=folders,
+                  upstream=upstream, crypto=crypto, secrets=secrets, submission=submission, close=core.close)
+
+
+def _unlock_others(stack, keys: list[Key], owner: Key, passphrase: str | None) -> list[Key]:
+    """The home's other secret keys that open with the same passphrase (older keys still decrypt)."""
+    from .errors import PassphraseError
+    out = []
+    for k in keys:
+        if k.fingerprint == owner.fingerprint:
+            continue
+        try:
+            stack.enter_context(k.pgp.unlocked(passphrase))
+        except PassphraseError:
+            continue
+        out.append(k)
+    return out

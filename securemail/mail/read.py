@@ -64,6 +64,10 @@ class ReadResult:
     _outer_from: str = field(default="", repr=False)
     _inner_from: str | None = field(default=None, repr=False)
     _reverify: Callable[[Key], tuple] | None = field(default=None, repr=False)  # key -> signature results
+    # the MIME entity shown (decrypted, or the signed part; inline: the decrypted text), for a client
+    # that displays it (the bridge); None for plain mail and whenever the message was refused
+    _content: bytes | None = field(default=None, repr=False)
+    _check: S.SenderCheck | None = field(default=None, repr=False)  # the signature bound to the From shown
 
     def to_json(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -185,9 +189,10 @@ def _from_inner(res: ReadResult, inner_raw: bytes, lookup) -> None:
         _sender_status(res, inner)
         data, sig = _signed_parts(inner_raw, inner)
         _verify(res, data, sig, lookup)
-        inner = next(iter(inner.iter_parts()))
+        inner, inner_raw = next(iter(inner.iter_parts())), data
     _protected_headers(res, inner)
     _fill_content(res, inner)
+    res._content = inner_raw
 
 
 def _protected_headers(res: ReadResult, inner: EmailMessage) -> None:
@@ -214,6 +219,7 @@ def _bind_sender(res: ReadResult) -> None:
     shown = res._inner_from if res._inner_from is not None else res._outer_from
     check = S.check_sender(res.signature, uids, shown, res._outer_from,
                            S.gateway_uid_vouches(filter(None, map(S.uid_address, uids))))
+    res._check = check
     if check.signature != res.signature:
         res.signature = check.signature
         res.warn(f"signed by {res.signer} ({', '.join(check.signer_addresses) or 'no address'}), "
@@ -250,6 +256,7 @@ def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
             signed = _parse(data)
             _protected_headers(res, signed)
             _fill_content(res, signed)
+            res._content = data
         elif ctype == "text/plain" and _PGP_BLOCK.search(msg.get_payload(decode=True) or b""):
             res.format = "inline"
             block = _PGP_BLOCK.search(msg.get_payload(decode=True) or b"").group(0)
@@ -271,7 +278,7 @@ def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
 
 def _refuse(res: ReadResult, reason: str) -> None:
     res.error = reason
-    res.body, res.attachments, res.decrypted = "", [], False
+    res.body, res.attachments, res.decrypted, res._content = "", [], False, None
     if res.encrypted:
         res.subject = ""
 
@@ -293,6 +300,7 @@ def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool) -> None
         _from_inner(res, out.data, lookup)
     else:
         res.body = out.data.decode("utf-8", "replace").replace("\r\n", "\n")
+        res._content = out.data
 
 
 def _show_disguised(res: ReadResult, data: bytes, limits: M.Limits) -> None:

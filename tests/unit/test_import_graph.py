@@ -132,9 +132,10 @@ STAGES: dict[str, int] = {
     # 2 intake (listeners, SMTP sessions, AUTH) -> 3 transform (DATA glue, crypto stage, routes,
     # next hops) -> 4 delivery
     "securemail.smtp": 2, "securemail.transform": 3, "securemail.delivery": 4,
-    # 5 the processes (supervision, crypto workers, the serve process), 6 the composition root,
-    # 7 the roles' entry points and the admin's tools, which call the root
-    "securemail.procs": 5, "securemail.app": 6, "securemail.roles": 7, "securemail.admin": 7,
+    # 5 the processes (supervision, crypto workers, the serve process) and, beside them, the bridge
+    # on a person's machine (it reads like `read` and sends like `send`; app.open_bridge builds it),
+    # 6 the composition root, 7 the roles' entry points and the admin's tools, which call the root
+    "securemail.procs": 5, "securemail.bridge": 5, "securemail.app": 6, "securemail.roles": 7, "securemail.admin": 7,
 }
 
 
