@@ -32,6 +32,8 @@ from ..errors import SecureMailError
 from .cache import ViewCache
 from .upstream import Upstream, new_uid
 
+CACHE_LARGEST = 1 << 20   # bytes: a message shown larger than this is not kept in the cache
+PARSED_COST = 2           # memory of a message parsed for IMAP, per byte of it
 FETCH_BATCH = 5000   # UIDs named in one upstream FETCH
 WATCH_GRACE = 30.0   # seconds an upstream IDLE outlives the last client idling on the folder
 
@@ -278,8 +280,9 @@ class Mailbox:
         shown = await self.parts.run_cpu(_show_parsed, self.parts.show, raw)
         del raw
         content, size, head = shown
-        self.parts.cache.put(key, content, size)
-        self.parts.headers.put(key, head, len(head.header))
+        if size <= CACHE_LARGEST:  # a big one is read once (a client keeps its own copy): not held
+            self.parts.cache.put(key, content, size * PARSED_COST)
+        self.parts.headers.put(key, head, len(head.header) * PARSED_COST)
         return content
 
     # --- an upstream IDLE while a client idles on this folder -----------------------------

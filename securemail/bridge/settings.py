@@ -16,7 +16,7 @@ from ..errors import ConfigError, UsageError
 
 CONFIG = "bridge.toml"
 DIRECTORY = "bridge"
-DEFAULT_CACHE = 64 << 20        # bytes of decrypted messages kept in memory
+DEFAULT_CACHE = 32 << 20        # bytes of decrypted messages kept in memory
 IMPLICIT_TLS = {"imap": 993, "smtp": 465}
 
 

@@ -94,7 +94,7 @@ class Mbsync:
     """mbsync (isync) syncing every folder of the bridge (or any IMAP server) into ``dir/Maildir``."""
 
     def __init__(self, directory: Path, host: str, port: int, user: str, password: str, cert: str | None,
-                 starttls: bool = True) -> None:
+                 starttls: bool = True, fsync: bool = True) -> None:
         self.directory = directory
         self.maildir = directory / "Maildir"
         self.conf = directory / "mbsyncrc"
@@ -104,6 +104,8 @@ class Mbsync:
         os.chmod(directory / "pass", 0o600)
         ssl_lines = f"SSLType STARTTLS\nCertificateFile {cert}\n" if starttls else "SSLType None\n"
         self.conf.write_text(f"""\
+FSync {"yes" if fsync else "no"}
+
 IMAPAccount far
 Host 127.0.0.1
 Port {port}

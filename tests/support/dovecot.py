@@ -22,6 +22,7 @@ Attributes for other helpers: ``users`` (address -> password), ``lmtp_port``,
 ``log_path``. ``messages(address)`` reads a mailbox back over IMAP;
 ``wait_messages`` polls until it holds a number of them.
 
+``fsync=False`` (the benchmark) lets Dovecot store mail without fsync (``mail_fsync = never``).
 ``Dovecot(..., tls=True)`` serves IMAP with STARTTLS (and only after it: no plaintext login)
 with a self-signed certificate for 127.0.0.1 made at ``start``: ``cert`` is the file a client
 trusts (the bridge's ``--cafile``).
@@ -80,7 +81,8 @@ def require_dovecot(mail_user: str = "mail") -> None:
 
 class Dovecot:
     def __init__(self, directory: Path, users=(), *, mail_user: str = "mail",
-                 hostname: str = "mail.office.test", detail_mailbox: bool = False, tls: bool = False) -> None:
+                 hostname: str = "mail.office.test", detail_mailbox: bool = False, tls: bool = False,
+                 fsync: bool = True) -> None:
         self.directory = Path(directory)
         self.conf = self.directory / "dovecot.conf"
         self.base_dir = self.directory / "run"
@@ -91,7 +93,7 @@ class Dovecot:
         self.lmtp_socket = self.base_dir / "lmtp"
         if len(os.fsencode(self.base_dir / LONGEST_SOCKET)) > MAX_SOCKET:
             raise ValueError(f"{self.base_dir} is too long for Dovecot's unix sockets; use a shorter directory")
-        self.hostname, self.detail_mailbox, self.tls = hostname, detail_mailbox, tls
+        self.hostname, self.detail_mailbox, self.tls, self.fsync = hostname, detail_mailbox, tls, fsync
         self.cert, self.key = self.directory / "tls-cert.pem", self.directory / "tls-key.pem"
         entry = pwd.getpwnam(mail_user)
         self.mail_user, self.uid, self.gid = mail_user, entry.pw_uid, entry.pw_gid
@@ -233,6 +235,7 @@ last_valid_uid = {self.uid}
 first_valid_gid = {self.gid}
 last_valid_gid = {self.gid}
 mail_location = maildir:{store}
+mail_fsync = {"optimized" if self.fsync else "never"}
 hostname = {self.hostname}
 postmaster_address = postmaster@{self.hostname}
 recipient_delimiter = +
