@@ -345,9 +345,23 @@ def open_bridge(home_dir=None, *, passphrase: str | None = None, allow_remote: b
     login = Login(settings.local_username, settings.read_secret(settings.local_password_file),
                   lambda check: AuthGuard(check, AuthBudget(), on_lock=lambda **f: core.audit.append(
                       "auth-locked", **f)), imap_config, folders)
-    submission = None  # LEAD: the SMTP side: submission = Submission(...) once securemail/bridge/submission.py lands
+    # LEAD: wire the SMTP side once bridge/submission.py is merged, this one line:
+    submission = None  # = _bridge_submission(core, settings, owner, imap_config.ssl_context, allow_remote, clock)
     return Bridge(address=settings.address, login=login, imap_config=imap_config, folders=folders,
                   upstream=upstream, crypto=crypto, secrets=secrets, submission=submission, close=core.close)
+
+
+def _bridge_submission(core: Core, settings, owner: Key, tls, allow_remote: bool, clock):
+    """The bridge's SMTP side (bridge/submission.py, merged separately), from the same settings."""
+    from .bridge.submission import Submission, key_lookup
+    from .bridge.submission_upstream import Upstream as Submit
+    submit = Submit(*settings.smtp, settings.username, settings.read_secret(settings.upstream_password_file),
+                    str(settings.cafile) if settings.cafile else None)
+    return Submission(keys=core.keys, identity=settings.address, signing_key=owner, upstream=submit,
+                      tls_context=tls, local_username=settings.local_username,
+                      local_password=settings.read_secret(settings.local_password_file),
+                      lookup=key_lookup(core.keys, open_locator(core), clock), listen_host=settings.smtp_listen[0],
+                      listen_port=settings.smtp_listen[1], allow_remote=allow_remote, clock=clock)
 
 
 def _unlock_others(stack, keys: list[Key], owner: Key, passphrase: str | None) -> list[Key]:

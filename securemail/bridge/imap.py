@@ -141,7 +141,56 @@ class Login:
         return authenticated
 
 
+class _Coalesced:
+    """A connection's StreamWriter whose small writes go out together at ``drain``.
+
+    pymap writes each piece of each response on its own (a FETCH of 1,000 messages' flags is
+    thousands of writes, each a TLS record); joined until the response is drained, they are a
+    few. A piece of 64 KiB or more (a message body) goes out as it is, never copied.
+    """
+
+    LARGE = 64 << 10
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer, self._pending, self._size = writer, [], 0
+
+    def write(self, data) -> None:
+        if len(data) >= self.LARGE:
+            self._flush()
+            self._writer.write(data)
+            return
+        self._pending.append(bytes(data))
+        self._size += len(data)
+        if self._size >= self.LARGE:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write(b"".join(self._pending))
+            self._pending, self._size = [], 0
+
+    async def drain(self) -> None:
+        self._flush()
+        await self._writer.drain()
+
+    async def start_tls(self, context, **kw) -> None:
+        self._flush()
+        await self._writer.start_tls(context, **kw)
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._writer, name)
+
+
+class _Server(IMAPServer):
+    async def __call__(self, reader, writer, sock_info) -> None:
+        await super().__call__(reader, _Coalesced(writer), sock_info)
+
+
 async def start_imap(login: Login, config: BridgeIMAPConfig) -> asyncio.AbstractServer:
     """Listen on ``config.host:config.port``; pymap serves each connection."""
-    callback = ProxyProtocolReader(config.proxy_protocol).get_callback(IMAPServer(login, config))
+    callback = ProxyProtocolReader(config.proxy_protocol).get_callback(_Server(login, config))
     return await asyncio.start_server(callback, host=config.host, port=config.port)

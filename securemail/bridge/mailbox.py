@@ -274,12 +274,11 @@ class Mailbox:
     async def _load(self, key) -> MessageContent | None:
         uid = key[2]
         got = await self.parts.upstream.run(self.name, lambda c: c.fetch([uid], ["BODY.PEEK[]"]))
-        raw = got.get(uid, {}).get(b"BODY[]")
+        raw = got.pop(uid, {}).pop(b"BODY[]", None)
         if raw is None:
             return None
-        shown = await self.parts.run_cpu(_show_parsed, self.parts.show, raw)
-        del raw
-        content, size, head = shown
+        content, size, head = await self.parts.run_cpu(_show_parsed, self.parts.show, raw)
+        del raw  # held once, and only until it is shown
         if size <= CACHE_LARGEST:  # a big one is read once (a client keeps its own copy): not held
             self.parts.cache.put(key, content, size * PARSED_COST)
         self.parts.headers.put(key, head, len(head.header) * PARSED_COST)

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 from email import policy
 from email.message import EmailMessage
+from email.headerregistry import HeaderRegistry
 from email.parser import BytesParser
 
 from ..crypto import armor as A
@@ -41,6 +42,26 @@ _BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]+)', re.I)
 STATUS_FIELDS = ("securemail-status", "authentication-results")
 # From address -> (the key to trust for it, or None; why there is none)
 SignerKey = Callable[[str], "tuple[Key | None, str]"]
+
+
+class _EachOnce(HeaderRegistry):
+    """The default header registry, parsing each header field once per message read.
+
+    ``policy.default`` parses a field again each time it is asked for (``get_content_type``,
+    ``get_filename``, ``get_param``... ask many times): most of a small message's reading time.
+    The parsed fields are immutable; they are kept for one ``read_message`` only.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parsed: dict[tuple[str, str], object] = {}
+
+    def __call__(self, name: str, value: str):
+        key = (name.lower(), value)
+        found = self._parsed.get(key)
+        if found is None:
+            found = self._parsed[key] = super().__call__(name, value)
+        return found
 
 
 @dataclass
@@ -68,6 +89,8 @@ class ReadResult:
     # that displays it (the bridge); None for plain mail and whenever the message was refused
     _content: bytes | None = field(default=None, repr=False)
     _check: S.SenderCheck | None = field(default=None, repr=False)  # the signature bound to the From shown
+    _policy: policy.EmailPolicy = field(default_factory=lambda: policy.default.clone(header_factory=_EachOnce()),
+                                        repr=False)
 
     def to_json(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -78,11 +101,11 @@ class ReadResult:
         self.warning = f"{self.warning}; {text}" if self.warning else text
 
 
-def _parse(raw: bytes) -> EmailMessage:
+def _parse(raw: bytes, how: policy.EmailPolicy = policy.default) -> EmailMessage:
     if raw.lower().count(b"boundary") > MAX_MIME_PARTS or _delimiters(raw) > 2 * MAX_MIME_PARTS:
         raise LimitExceeded("too many MIME parts")
     try:
-        msg = BytesParser(policy=policy.default).parsebytes(raw)
+        msg = BytesParser(policy=how).parsebytes(raw)
         _check_depth(msg, 0)
         return msg
     except SecureMailError:
@@ -184,7 +207,7 @@ def _locate_signer(res: ReadResult, signer_key: SignerKey) -> None:
 
 
 def _from_inner(res: ReadResult, inner_raw: bytes, lookup) -> None:
-    inner = _parse(inner_raw)
+    inner = _parse(inner_raw, res._policy)
     if inner.get_content_type() == "multipart/signed":  # RFC 3156 §6.1: signed, then encrypted
         _sender_status(res, inner)
         data, sig = _signed_parts(inner_raw, inner)
@@ -238,7 +261,7 @@ def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
     try:
         if len(raw) > MAX_MESSAGE:
             raise LimitExceeded("message too large")
-        msg = _parse(raw)
+        msg = _parse(raw, res._policy)
         res.sender, res.subject = _text(msg.get("From")), _text(msg.get("Subject"))
         res._outer_from = res.sender
         ctype = msg.get_content_type()
@@ -253,7 +276,7 @@ def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
             res.format = "signed"
             data, sig = _signed_parts(raw, msg)
             _verify(res, data, sig, lookup)
-            signed = _parse(data)
+            signed = _parse(data, res._policy)
             _protected_headers(res, signed)
             _fill_content(res, signed)
             res._content = data
