@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 
 import click
 
 from .context import read_secret_file
 from .passphrase import Prompter
+
+SWITCH_INTERVAL = 0.0005  # seconds
 
 
 @click.group()
@@ -63,6 +66,9 @@ def serve(obj, passphrase_file, allow_remote) -> None:
     bridge_ = open_bridge(home, passphrase=passphrase, allow_remote=allow_remote)
     click.echo(f"securemail bridge for {bridge_.address}: IMAP {bridge_.imap_config.host}:"
                f"{bridge_.imap_config.port}; stop with SIGTERM or Ctrl-C", err=True)
+    # the event loop hands each message to the upstream and crypto threads and back: with CPython's
+    # default switch interval (5 ms) each handoff may wait that long for the GIL
+    sys.setswitchinterval(SWITCH_INTERVAL)
     asyncio.run(bridge_.run_until_signal())
 
 
