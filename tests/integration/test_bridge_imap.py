@@ -240,6 +240,11 @@ def test_flags_search_move_and_append(world):
         typ, data = c.uid("FETCH", got[0], "(FLAGS BODY.PEEK[])")
         assert b"\\Answered" in data[0][0]
         assert str(parse(data[0][1])["Subject"]) == "Reunion gpg 0"
+        assert c.uid("COPY", got[0], "INBOX")[0] == "OK"            # COPY back, then EXPUNGE here
+        c.uid("STORE", got[0], "+FLAGS", "(\\Deleted)")
+        assert c.expunge()[0] == "OK" and c.uid("SEARCH", "ALL")[1][0].split() == []
+        assert c.create("Tmp")[0] == "OK" and c.rename("Tmp", "Tmp2")[0] == "OK"
+        assert c.delete("Tmp2")[0] == "OK"
         draft = (f"From: {ALICE}\r\nTo: {GASTON}\r\nSubject: Brouillon\r\n\r\nBrouillon {MARKER}\r\n").encode()
         c.create("Drafts")
         assert c.append("Drafts", "(\\Draft)", None, draft)[0] == "OK"
@@ -251,7 +256,11 @@ def test_flags_search_move_and_append(world):
         c.logout()
     stored = world.dovecot.messages(ALICE, "Drafts")
     assert len(stored) == 1 and MARKER.encode() not in stored[0] and b"multipart/encrypted" in stored[0]
-    assert len(world.dovecot.messages(ALICE, "Archive")) == 1
+    assert world.dovecot.messages(ALICE, "Archive") == []                  # expunged upstream
+    up = world.upstream()
+    folders = b" ".join(line for line in up.list()[1])
+    up.logout()
+    assert b"Archive" in folders and b"Drafts" in folders and b"Tmp" not in folders
 
 
 def test_idle_announces_new_mail_within_two_seconds(world):
