@@ -24,6 +24,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.crypto
 	$(BIN)/python -m bench.gateway
+	$(BIN)/python -m bench.bridge
 
 proof: $(STAMP)
 	$(BIN)/python -m proof.run

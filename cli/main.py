@@ -41,9 +41,9 @@ def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from . import audit, directory, federation, gateway, keys, queue, read, send, serve
+    from . import audit, bridge, directory, federation, gateway, keys, queue, read, send, serve
     for command in (keys.keys, send.send, read.read, federation.federation, directory.directory,
-                    gateway.gateway, serve.serve, queue.queue, audit.audit):
+                    gateway.gateway, serve.serve, queue.queue, audit.audit, bridge.bridge):
         cli.add_command(command)
 
 

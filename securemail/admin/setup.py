@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from ..config import parse_hostport
 from ..crypto import openpgp
 from ..crypto.dkim import generate_dkim_key
 from ..crypto.keys import Key
+from ..crypto.tls import self_signed_cert
 from ..errors import UsageError
 from ..home import write_atomic
 from ..keys.store import KeyStore
@@ -45,21 +40,6 @@ class InitOptions:
 def _write(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_atomic(path, data, mode)
-
-
-def self_signed_cert(hostname: str, cert_path: Path, key_path: Path, days: int = 825) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = dt.datetime.now(dt.timezone.utc)
-    sans = [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .sign(key, hashes.SHA256()))
-    _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()), 0o600)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def _toml_list(items) -> str:

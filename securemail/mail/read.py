@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 from email import policy
 from email.message import EmailMessage
+from email.headerregistry import HeaderRegistry
 from email.parser import BytesParser
 
 from ..crypto import armor as A
@@ -41,6 +42,26 @@ _BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]+)', re.I)
 STATUS_FIELDS = ("securemail-status", "authentication-results")
 # From address -> (the key to trust for it, or None; why there is none)
 SignerKey = Callable[[str], "tuple[Key | None, str]"]
+
+
+class _EachOnce(HeaderRegistry):
+    """The default header registry, parsing each header field once per message read.
+
+    ``policy.default`` parses a field again each time it is asked for (``get_content_type``,
+    ``get_filename``, ``get_param``... ask many times): most of a small message's reading time.
+    The parsed fields are immutable; they are kept for one ``read_message`` only.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parsed: dict[tuple[str, str], object] = {}
+
+    def __call__(self, name: str, value: str):
+        key = (name.lower(), value)
+        found = self._parsed.get(key)
+        if found is None:
+            found = self._parsed[key] = super().__call__(name, value)
+        return found
 
 
 @dataclass
@@ -64,6 +85,12 @@ class ReadResult:
     _outer_from: str = field(default="", repr=False)
     _inner_from: str | None = field(default=None, repr=False)
     _reverify: Callable[[Key], tuple] | None = field(default=None, repr=False)  # key -> signature results
+    # the MIME entity shown (decrypted, or the signed part; inline: the decrypted text), for a client
+    # that displays it (the bridge); None for plain mail and whenever the message was refused
+    _content: bytes | None = field(default=None, repr=False)
+    _check: S.SenderCheck | None = field(default=None, repr=False)  # the signature bound to the From shown
+    _policy: policy.EmailPolicy = field(default_factory=lambda: policy.default.clone(header_factory=_EachOnce()),
+                                        repr=False)
 
     def to_json(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -74,11 +101,11 @@ class ReadResult:
         self.warning = f"{self.warning}; {text}" if self.warning else text
 
 
-def _parse(raw: bytes) -> EmailMessage:
+def _parse(raw: bytes, how: policy.EmailPolicy = policy.default) -> EmailMessage:
     if raw.lower().count(b"boundary") > MAX_MIME_PARTS or _delimiters(raw) > 2 * MAX_MIME_PARTS:
         raise LimitExceeded("too many MIME parts")
     try:
-        msg = BytesParser(policy=policy.default).parsebytes(raw)
+        msg = BytesParser(policy=how).parsebytes(raw)
         _check_depth(msg, 0)
         return msg
     except SecureMailError:
@@ -180,14 +207,15 @@ def _locate_signer(res: ReadResult, signer_key: SignerKey) -> None:
 
 
 def _from_inner(res: ReadResult, inner_raw: bytes, lookup) -> None:
-    inner = _parse(inner_raw)
+    inner = _parse(inner_raw, res._policy)
     if inner.get_content_type() == "multipart/signed":  # RFC 3156 §6.1: signed, then encrypted
         _sender_status(res, inner)
         data, sig = _signed_parts(inner_raw, inner)
         _verify(res, data, sig, lookup)
-        inner = next(iter(inner.iter_parts()))
+        inner, inner_raw = next(iter(inner.iter_parts())), data
     _protected_headers(res, inner)
     _fill_content(res, inner)
+    res._content = inner_raw
 
 
 def _protected_headers(res: ReadResult, inner: EmailMessage) -> None:
@@ -214,6 +242,7 @@ def _bind_sender(res: ReadResult) -> None:
     shown = res._inner_from if res._inner_from is not None else res._outer_from
     check = S.check_sender(res.signature, uids, shown, res._outer_from,
                            S.gateway_uid_vouches(filter(None, map(S.uid_address, uids))))
+    res._check = check
     if check.signature != res.signature:
         res.signature = check.signature
         res.warn(f"signed by {res.signer} ({', '.join(check.signer_addresses) or 'no address'}), "
@@ -232,7 +261,7 @@ def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
     try:
         if len(raw) > MAX_MESSAGE:
             raise LimitExceeded("message too large")
-        msg = _parse(raw)
+        msg = _parse(raw, res._policy)
         res.sender, res.subject = _text(msg.get("From")), _text(msg.get("Subject"))
         res._outer_from = res.sender
         ctype = msg.get_content_type()
@@ -247,9 +276,10 @@ def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
             res.format = "signed"
             data, sig = _signed_parts(raw, msg)
             _verify(res, data, sig, lookup)
-            signed = _parse(data)
+            signed = _parse(data, res._policy)
             _protected_headers(res, signed)
             _fill_content(res, signed)
+            res._content = data
         elif ctype == "text/plain" and _PGP_BLOCK.search(msg.get_payload(decode=True) or b""):
             res.format = "inline"
             block = _PGP_BLOCK.search(msg.get_payload(decode=True) or b"").group(0)
@@ -271,7 +301,7 @@ def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
 
 def _refuse(res: ReadResult, reason: str) -> None:
     res.error = reason
-    res.body, res.attachments, res.decrypted = "", [], False
+    res.body, res.attachments, res.decrypted, res._content = "", [], False, None
     if res.encrypted:
         res.subject = ""
 
@@ -293,6 +323,7 @@ def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool) -> None
         _from_inner(res, out.data, lookup)
     else:
         res.body = out.data.decode("utf-8", "replace").replace("\r\n", "\n")
+        res._content = out.data
 
 
 def _show_disguised(res: ReadResult, data: bytes, limits: M.Limits) -> None:

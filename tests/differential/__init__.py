@@ -75,7 +75,7 @@ def observe(deliver, ledger: Ledger):
 
 
 def pytest_configure(config) -> None:
-    from securemail import app as service
+    from securemail.app import gateway as service
     out = Path(tempfile.mkdtemp(prefix="securemail-differential-"))
     ledger = Ledger(out)
     config.stash[_KEY] = ledger

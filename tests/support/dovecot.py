@@ -22,6 +22,11 @@ Attributes for other helpers: ``users`` (address -> password), ``lmtp_port``,
 ``log_path``. ``messages(address)`` reads a mailbox back over IMAP;
 ``wait_messages`` polls until it holds a number of them.
 
+``fsync=False`` (the benchmark) lets Dovecot store mail without fsync (``mail_fsync = never``).
+``Dovecot(..., tls=True)`` serves IMAP with STARTTLS (and only after it: no plaintext login)
+with a self-signed certificate for 127.0.0.1 made at ``start``: ``cert`` is the file a client
+trusts (the bridge's ``--cafile``).
+
 ``require_dovecot()`` skips a test with the reason when the Debian packages
 (dovecot-core, dovecot-lmtpd, dovecot-imapd) are missing, and fails it under CI.
 Nothing here imports pytest at import time.
@@ -76,7 +81,8 @@ def require_dovecot(mail_user: str = "mail") -> None:
 
 class Dovecot:
     def __init__(self, directory: Path, users=(), *, mail_user: str = "mail",
-                 hostname: str = "mail.office.test", detail_mailbox: bool = False) -> None:
+                 hostname: str = "mail.office.test", detail_mailbox: bool = False, tls: bool = False,
+                 fsync: bool = True) -> None:
         self.directory = Path(directory)
         self.conf = self.directory / "dovecot.conf"
         self.base_dir = self.directory / "run"
@@ -87,7 +93,8 @@ class Dovecot:
         self.lmtp_socket = self.base_dir / "lmtp"
         if len(os.fsencode(self.base_dir / LONGEST_SOCKET)) > MAX_SOCKET:
             raise ValueError(f"{self.base_dir} is too long for Dovecot's unix sockets; use a shorter directory")
-        self.hostname, self.detail_mailbox = hostname, detail_mailbox
+        self.hostname, self.detail_mailbox, self.tls, self.fsync = hostname, detail_mailbox, tls, fsync
+        self.cert, self.key = self.directory / "tls-cert.pem", self.directory / "tls-key.pem"
         entry = pwd.getpwnam(mail_user)
         self.mail_user, self.uid, self.gid = mail_user, entry.pw_uid, entry.pw_gid
         self.users: dict[str, str] = {}
@@ -127,6 +134,9 @@ class Dovecot:
         os.chown(self.maildir, self.uid, self.gid)
         _searchable(self.directory)
         self._write_passwd()
+        if self.tls and not self.cert.exists():
+            from securemail.crypto.tls import self_signed_cert
+            self_signed_cert("127.0.0.1", self.cert, self.key, ips=("127.0.0.1",))
         self.conf.write_text(self.config_text())
         with open(self.directory / "dovecot.out", "ab") as out:
             self.proc = subprocess.Popen([dovecot_binary(), "-F", "-c", str(self.conf)],
@@ -167,6 +177,9 @@ class Dovecot:
     def imap(self, address: str) -> imaplib.IMAP4:
         """An IMAP session logged in as ``address`` (the caller logs out)."""
         session = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=30)
+        if self.tls:
+            import ssl
+            session.starttls(ssl.create_default_context(cafile=str(self.cert)))
         session.login(address, self.users[address.lower()])
         return session
 
@@ -212,8 +225,7 @@ state_dir = {self.state_dir}
 log_path = {self.log_path}
 protocols = lmtp imap
 listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
+{self._ssl_settings()}
 auth_mechanisms = plain login
 auth_verbose = yes
 default_internal_user = dovecot
@@ -223,6 +235,7 @@ last_valid_uid = {self.uid}
 first_valid_gid = {self.gid}
 last_valid_gid = {self.gid}
 mail_location = maildir:{store}
+mail_fsync = {"optimized" if self.fsync else "never"}
 hostname = {self.hostname}
 postmaster_address = postmaster@{self.hostname}
 recipient_delimiter = +
@@ -258,6 +271,12 @@ service imap-login {{
   }}
 }}
 """
+
+
+    def _ssl_settings(self) -> str:
+        if not self.tls:
+            return "ssl = no\ndisable_plaintext_auth = no"
+        return f"ssl = required\nssl_cert = <{self.cert}\nssl_key = <{self.key}\ndisable_plaintext_auth = yes"
 
 
 def _searchable(path: Path) -> None:

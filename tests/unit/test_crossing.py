@@ -162,7 +162,7 @@ def test_the_differential_plugin_judges_what_the_gateways_deliver_to_members(wor
     import subprocess
     import sys
 
-    from securemail import app as service
+    from securemail.app import gateway as service
     from tests.differential import Ledger, observe
     assert service.build_delivery.__qualname__.startswith("pytest_configure.")  # wrapped for the session
     sent = []

@@ -1,160 +1,47 @@
-"""The composition root: settings → objects. Nothing else builds engines, stores or stages.
+"""The serve process's objects (``open_gateway``), its crypto stage (``make_stage``) and delivery
+workers (``build_delivery``).
 
-``open_home`` (a person's home: keys, audit), ``open_gateway`` (the serve process: every object of
-the gateway, handed down), ``open_child(home, role)`` (a crypto worker's or the delivery child's
-own objects). The processes' entry points (securemail/roles/, cli/) call these and run what they
-were handed; nothing built here imports this module back.
+open_gateway and build_delivery import the serve process's parts where they build them: the
+listeners (aiosmtpd), the key directory (aiohttp) and the delivery client (aiosmtplib) cost a
+process about 15 MiB, and a crypto worker (open_child("crypto")) needs none of them. These are
+imports for load cost, not around a circle: tests/unit/test_import_graph.py counts them too.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import socket
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
+from ..audit import AuditLog
+from ..config import GatewayConfig
+from ..crypto.dkim_signing import dkim_sign_fn, dkim_signers
+from ..crypto.keys import Key
+from ..db import make_engine
+from ..errors import ConfigError, KeyNotFound
+from ..federation import ManifestSource, normalize_fpr
+from ..home import Home
+from ..keys.locate import Locator
+from ..keys.store import KeyStore
+from ..queue import Queue
+from ..transform.routes import Transformer
+from ..transform.stage import CryptoStage
 
-from .audit import AuditLog
-from .config import CoreConfig, GatewayConfig, read_toml
-from .crypto.dkim_signing import dkim_sign_fn, dkim_signers
-from .crypto.keys import Key
-from .db import make_engine, transaction
-from .errors import ConfigError, KeyNotFound
-from .federation import ManifestSource, normalize_fpr
-from .home import Home, resolve
-from .keys.locate import Locator
-from .keys.store import KeyStore
-from .queue import Queue
-from .migrations import SchemaState, state as migration_state
-from .schema import create_schema
-from .transform.routes import Transformer
-from .transform.stage import CryptoStage
+from .home import Core, prepare_schema
 
 if TYPE_CHECKING:
-    from .checkpoint import Checkpointer
-    from .delivery.pool import SessionPool
-    from .delivery.worker import DeliveryWorker
-    from .procs.gateway import Gateway
-    from .smtp.server import SMTPServer
-    from .transform.pipeline import Pipeline
-
-# open_gateway and build_delivery import the serve process's parts where they build them: the
-# listeners (aiosmtpd), the key directory (aiohttp) and the delivery client (aiosmtplib) cost a
-# process about 15 MiB, and a crypto worker (open_child("crypto")) needs none of them. These are
-# imports for load cost, not around a circle: tests/unit/test_import_graph.py counts them too.
+    from ..checkpoint import Checkpointer
+    from ..delivery.pool import SessionPool
+    from ..delivery.worker import DeliveryWorker
+    from ..procs.gateway import Gateway
+    from ..smtp.server import SMTPServer
+    from ..transform.pipeline import Pipeline
 
 
-@dataclass
-class Core:
-    """A home's objects for the commands: keys and audit log on the home's database, and the
-    gateway's queue and key directory on the same one (``[database] url``)."""
-    home: Home
-    config: CoreConfig
-    engine: sa.Engine
-    keys: KeyStore
-    audit: AuditLog
-
-    def queue(self) -> Queue:
-        return Queue(self.engine, self.keys.clock, audit_log=self.audit)
-
-    def directory(self):
-        """The key directory of this gateway home (its served domains from the config)."""
-        from .keys.directory import Directory
-        config = GatewayConfig.load(self.home)
-        return Directory(self.engine, self.keys, config.domains, audit=self.audit)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-def open_home(home_dir=None, clock: Callable[[], float] = time.time, *,
-              database_url: str | None = None) -> Core:
-    """The person-facing objects of a home; ``database_url`` overrides the config (gateway init)."""
-    home = Home.open(home_dir)
-    config = CoreConfig.load(home)
-    if database_url:
-        config = CoreConfig(database_url=database_url)
-    if config.database_url == home.default_database_url and not home.database_file.exists():
-        os.close(os.open(home.database_file, os.O_CREAT | os.O_WRONLY, 0o600))
-    engine = make_engine(config.database_url)
-    prepare_schema(engine, home, clock, migrate=config.auto_migrate)  # every table, once
-    audit = AuditLog(engine, clock)
-    keys = KeyStore(engine, clock, audit=audit)
-    _private(home.database_file)
-    return Core(home, config, engine, keys, audit)
-
-
-SCHEMA_WAIT = 600.0  # seconds a migrator waits for another's SQLite write lock (PostgreSQL: no limit)
-
-
-def prepare_schema(engine: sa.Engine, home: Home, clock=time.time, *, migrate: bool) -> SchemaState:
-    """The schema step of a root (``schema.create_schema``): an older schema is upgraded when
-    ``migrate`` (on an engine of its own, which waits for another migrator), else refused with
-    the command that upgrades it."""
-    fix = f"securemail --home {home.path} gateway migrate"
-    if not migrate:
-        return create_schema(engine, clock, fix=fix)
-    patient = make_engine(engine.url.render_as_string(hide_password=False), busy_timeout=SCHEMA_WAIT)
-    try:
-        return create_schema(patient, clock, migrate=True, fix=fix)
-    finally:
-        patient.dispose()
-
-
-def migrate_database(home_dir=None) -> tuple[SchemaState, SchemaState]:
-    """``securemail gateway migrate``: the home's database upgraded to this version's schema,
-    under the migration lock; its state before and after."""
-    home = Home(resolve(home_dir))
-    if not home.path.is_dir():
-        raise ConfigError(f"no home at {home.path}: nothing to migrate")
-    url = CoreConfig.load(home).database_url
-    u = sa.engine.make_url(url)
-    if u.get_backend_name() == "sqlite" and u.database and not Path(u.database).exists():
-        raise ConfigError(f"no database at {u.database}: nothing to migrate (check database.url)")
-    engine = make_engine(url)
-    try:
-        before = prepare_schema(engine, home, migrate=True)
-        with transaction(engine, write=False) as conn:
-            return before, migration_state(conn)
-    finally:
-        engine.dispose()
-
-
-def _private(path) -> None:
-    """The database holds secret keys: owner-only, with its WAL files."""
-    for p in (path, f"{path}-wal", f"{path}-shm"):
-        if os.path.exists(p):
-            os.chmod(p, 0o600)
-
-
-def manifest_path(home: Home) -> Path:
-    """Where the home's installed federation manifest is: the gateway's ``[federation] manifest``,
-    else ``federation.json`` in a person's home."""
-    data = read_toml(home.config_file)
-    if "gateway" in data:
-        return GatewayConfig.from_dict(data, home.path).federation_manifest
-    return home.path / "federation.json"
-
-
-def open_locator(core: Core, *, timeout: float = 10.0) -> Locator | None:
-    """The key locator of a home with an installed federation manifest; None without one.
-    ``timeout``: seconds for one directory request (``read`` asks with a short one)."""
-    path = manifest_path(core.home)
-    if not path.exists():
-        return None
-    return Locator(core.keys, ManifestSource(path), refresh_seconds=core.config.directory_refresh,
-                   timeout=timeout)
-
-
-
-
-# --- the gateway -----------------------------------------------------------------
 def role_command(role: str, home: Path) -> list[str]:
     """How a child process of ``role`` is started: its entry point in securemail/roles/."""
     return [sys.executable, "-m", f"securemail.roles.{role}", str(home)]
@@ -169,18 +56,18 @@ def open_gateway(home: Home, *, clock=time.time, owner: str | None = None,
     ``cpu_workers``: crypto worker processes (default: ``gateway.cpu_workers``);
     with an injected ``clock`` the stage always runs in-process.
     """
-    from .authlimit import AuthGuard
-    from .crypto.tls import server_tls_context
-    from .keys.directory import Directory
-    from .keys.publish import Nonces
-    from .keys.wkd_server import WkdServer
-    from .procs.cpu import CpuPool
-    from .procs.delivery import DeliveryProcess
-    from .procs.gateway import Gateway
-    from .queue.retention import Retention
-    from .smtp.members import MemberAddresses
-    from .transform.pipeline import Pipeline
-    from .users import Users
+    from ..authlimit import AuthGuard
+    from ..crypto.tls import server_tls_context
+    from ..keys.directory import Directory
+    from ..keys.publish import Nonces
+    from ..keys.wkd_server import WkdServer
+    from ..procs.cpu import CpuPool
+    from ..procs.delivery import DeliveryProcess
+    from ..procs.gateway import Gateway
+    from ..queue.retention import Retention
+    from ..smtp.members import MemberAddresses
+    from ..transform.pipeline import Pipeline
+    from ..users import Users
     config = GatewayConfig.load(home)
     # intake commits never pay for a SQLite checkpoint: the delivery workers run them (worker.py)
     engine = make_engine(config.database_url, wal_autocheckpoint=False)
@@ -225,8 +112,8 @@ def _upkeep(config: GatewayConfig, audit: AuditLog, keys: KeyStore, queue: Queue
             transformer: Transformer, clock) -> list:
     """The serve process's periodic jobs, each run by one process of the home (a lock file in it): the
     manifest fetch ([federation] url) and the audit checkpoints ([audit] checkpoint_interval)."""
-    from .checkpoint import Checkpointer
-    from .manifestfetch import ManifestFetcher
+    from ..checkpoint import Checkpointer
+    from ..manifestfetch import ManifestFetcher
     jobs, fetch, anchor = [], config.federation_fetch, config.audit_anchoring
     if fetch is not None:
         fetcher = ManifestFetcher(fetch, config.federation_manifest, config.federation_authority, keys.get,
@@ -248,8 +135,8 @@ def _checkpoint_route(config: GatewayConfig, keys: KeyStore, queue: Queue, manif
     address of the federation authority's key."""
     if not send:
         return {}
-    from .checkpoint import authority_address
-    from .delivery.bounces import Bounces
+    from ..checkpoint import authority_address
+    from ..delivery.bounces import Bounces
     if to is None and config.federation_authority:
         try:
             to = authority_address(keys.get(normalize_fpr(config.federation_authority)))
@@ -266,7 +153,7 @@ def open_checkpointer(core: Core, domain: str | None = None, *, send: bool = Fal
                       to: str | None = None) -> Checkpointer:
     """``securemail audit checkpoint``: a Checkpointer of a gateway home's ``domain`` (default: its
     first), with its domain key unlocked; with ``send``, queued to ``to`` or the authority's address."""
-    from .checkpoint import Checkpointer
+    from ..checkpoint import Checkpointer
     config = GatewayConfig.load(core.home)
     domain = (domain or config.domains[0]).lower()
     if not config.serves(domain):
@@ -281,11 +168,11 @@ def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard, members
                   clock, reuse_port: bool, known=lambda user: True) -> list[SMTPServer]:
     """One SMTP server per listener: AUTH where the listener offers it ([listeners.*] auth); the
     reserved slots for its trusted networks and the manifest's member gateways."""
-    from .crypto.tls import server_tls_context
-    from .smtp.auth import still_a_user
-    from .smtp.handler import GatewayHandler
-    from .smtp.peercert import request_client_certificates
-    from .smtp.server import make_server
+    from ..crypto.tls import server_tls_context
+    from ..smtp.auth import still_a_user
+    from ..smtp.handler import GatewayHandler
+    from ..smtp.peercert import request_client_certificates
+    from ..smtp.server import make_server
     # member gateways deliver to the relay listener and show their certificate there (smtp/peercert.py)
     relay_tls = request_client_certificates(server_tls_context(config))
     servers = []
@@ -305,10 +192,10 @@ def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard, members
 
 def build_delivery(config: GatewayConfig, *, queue: Queue, keys: KeyStore, manifest: ManifestSource,
                    transformer: Transformer, clock, owner: str) -> tuple[list[DeliveryWorker], SessionPool]:
-    from .delivery.bounces import Bounces
-    from .delivery.keycheck import KeyCheck
-    from .delivery.pool import SessionPool
-    from .delivery.worker import DeliveryWorker
+    from ..delivery.bounces import Bounces
+    from ..delivery.keycheck import KeyCheck
+    from ..delivery.pool import SessionPool
+    from ..delivery.worker import DeliveryWorker
     bounces = Bounces(config, queue, transformer, manifest)
     sessions = SessionPool()  # next-hop SMTP sessions reused across messages and workers
     workers = [DeliveryWorker.from_config(
@@ -352,41 +239,3 @@ def make_stage(config, keys: KeyStore, manifest: ManifestSource, clock) -> Crypt
         member_key=manifest.member_key, lookup=combined_lookup(keys.lookup, manifest.lookup),
         dkim_sign=dkim_sign_fn(dkim_signers(config)), clock=clock, locate=locator.key_for)
     return CryptoStage(config=config, manifest=manifest, transformer=transformer)
-
-
-# --- a child process of serve ------------------------------------------------------
-@dataclass
-class ChildParts:
-    """What a child process of serve builds from the home: a crypto worker uses the stage, the
-    delivery child its workers and session pool."""
-    config: GatewayConfig
-    engine: sa.Engine
-    keys: KeyStore
-    queue: Queue
-    manifest: ManifestSource
-    stage: CryptoStage
-    workers: list[DeliveryWorker] | None = None
-    sessions: SessionPool | None = None
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-def open_child(home: Path, role: str, *, owner: str = "") -> ChildParts:
-    """A child process's objects: the serve process's home, an engine of its own.
-    ``role``: "crypto" (the stage) or "delivery" (the stage's transformer and the delivery workers)."""
-    if role not in ("crypto", "delivery"):
-        raise ConfigError(f"unknown child role {role!r}")
-    config = GatewayConfig.load(Home(Path(home)))
-    # the delivery workers run the SQLite checkpoints themselves (delivery/worker.py)
-    engine = make_engine(config.database_url, wal_autocheckpoint=role != "delivery")
-    audit = AuditLog(engine)
-    keys = KeyStore(engine, time.time, audit=audit)
-    manifest = ManifestSource(config.federation_manifest)
-    queue = Queue(engine, time.time, audit_log=audit)
-    parts = ChildParts(config, engine, keys, queue, manifest, make_stage(config, keys, manifest, time.time))
-    if role == "delivery":
-        parts.workers, parts.sessions = build_delivery(
-            config, queue=queue, keys=keys, manifest=manifest, transformer=parts.stage.transformer,
-            clock=time.time, owner=owner)
-    return parts

@@ -1,0 +1,150 @@
+"""The bridge against Dovecot direct: mbsync full sync, incremental sync, the bridge's memory.
+
+Run from the repository root::
+
+    python -m bench.bridge                 # 1,000 x 4 KiB + 20 x 1 MiB (issue 13), ~2 min on 2 cores
+    python -m bench.bridge --small 200 --large 5 --big-mib 5     # a quick look
+
+One private Dovecot (STARTTLS) holds alice's INBOX: ``--small`` messages of 4 KiB and ``--large``
+of 1 MiB, made as ``securemail send`` makes them (PGP/MIME, signed by a correspondent, encrypted
+to alice). In the same run, the same mbsync configuration (tests/support/bridge.py) does:
+
+direct       a full sync straight from Dovecot: the ciphertext, as stored
+bridge       a full sync through ``securemail bridge serve``: every message decrypted and checked
+incremental  through the bridge again, after ``--new`` new messages were delivered
+big          one message with a ``--big-mib`` MiB attachment delivered, synced through the bridge
+
+and prints the times, the ratio bridge/direct (issue 13's target: at most 3x), the incremental
+time (target: under 1 s) and the bridge process's peak RSS (VmHWM; target: under 200 MB with
+the 25 MB attachment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import smtplib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support import Dovecot, cli, dovecot_missing
+from tests.support.bridge import BridgeServe, Mbsync, bridge_home
+
+ALICE, SENDER = "alice@interieur.gouv.fr", "bruno@justice.gouv.fr"
+
+
+def make_homes(tmp: Path) -> tuple[Path, Path]:
+    """The sender's home (its key, alice's certificate) and alice's keys exported for the bridge."""
+    sender, alice = tmp / "sender", tmp / "alice-keys"
+    cli(sender, "keys", "generate", "--uid", SENDER, "--no-passphrase")
+    cli(alice, "keys", "generate", "--uid", ALICE, "--no-passphrase")
+    (tmp / "alice.asc").write_bytes(cli(alice, "keys", "export", ALICE, "--secret").encode())
+    (tmp / "sender.asc").write_bytes(cli(sender, "keys", "export", SENDER).encode())
+    cli(sender, "keys", "import", str(tmp / "alice.asc"))
+    return sender, tmp
+
+
+def messages(sender_home: Path, count: int, size: int, tag: str):
+    """``count`` PGP/MIME messages of about ``size`` bytes of body, as `securemail send` makes them."""
+    from securemail.app import open_home
+    from securemail.mail.compose import Draft
+    from securemail.mail.outgoing import build_encrypted
+    core = open_home(sender_home)
+    try:
+        for i in range(count):
+            body = (secrets.token_hex(size // 2)[:size] + "\n")
+            attach = [("data.bin", os.urandom(size))] if size > 64 << 10 else []
+            draft = Draft(sender=SENDER, to=[ALICE], subject=f"{tag} {i}", body=body[:4096], attachments=attach)
+            yield build_encrypted(core.keys, draft, None)[0]
+    finally:
+        core.close()
+
+
+def fill(dovecot: Dovecot, raws) -> int:
+    up, n = dovecot.imap(ALICE), 0
+    try:
+        for raw in raws:
+            up.append("INBOX", None, None, raw)
+            n += 1
+    finally:
+        up.logout()
+    return n
+
+
+def deliver(dovecot: Dovecot, raws) -> None:
+    with smtplib.LMTP("127.0.0.1", dovecot.lmtp_port) as lmtp:
+        for raw in raws:
+            lmtp.sendmail(SENDER, [ALICE], raw)
+
+
+def peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+
+
+def run(args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="smbr-") as d:
+        tmp = Path(d)
+        os.chmod(tmp, 0o755)
+        sender, keys = make_homes(tmp)
+        dv = Dovecot(tmp / "dv", [ALICE], tls=True, fsync=False).start()
+        try:
+            return measure(args, tmp, sender, keys, dv)
+        finally:
+            dv.stop()
+
+
+def measure(args, tmp: Path, sender: Path, keys: Path, dv: Dovecot) -> dict:
+    t = time.monotonic()
+    n = fill(dv, messages(sender, args.small, 4096, "small")) + fill(dv, messages(sender, args.large, 1 << 20, "large"))
+    print(f"{n} messages in Dovecot ({time.monotonic() - t:.1f} s to make and store)", flush=True)
+    home, creds = bridge_home(tmp, dv, ALICE, [keys / "alice.asc", keys / "sender.asc"])
+    direct = Mbsync(tmp / "direct", "127.0.0.1", dv.imap_port, ALICE, dv.users[ALICE], str(dv.cert), fsync=False)
+    out = {"messages": n, "direct_s": direct.run()}
+    print(f"direct       {out['direct_s']:.2f} s", flush=True)
+    bridge = BridgeServe(home, creds).start()
+    try:
+        through = Mbsync(tmp / "bridge", "127.0.0.1", bridge.port, creds["username"], creds["password"],
+                         creds["certificate"], fsync=False)
+        out["bridge_s"] = through.run()
+        assert len(through.files()) == n, f"{len(through.files())} of {n} synced"
+        print(f"bridge       {out['bridge_s']:.2f} s  ({out['bridge_s'] / out['direct_s']:.1f}x direct)", flush=True)
+        deliver(dv, messages(sender, args.new, 4096, "new"))
+        out["incremental_s"] = through.run()
+        print(f"incremental  {out['incremental_s']:.2f} s  ({args.new} new)", flush=True)
+        out["rss_after_sync_mb"] = peak_rss_mb(bridge.proc.pid)
+        deliver(dv, messages(sender, 1, args.big_mib << 20, "big"))
+        out["big_s"] = through.run()
+        out["rss_peak_mb"] = peak_rss_mb(bridge.proc.pid)
+        print(f"big          {out['big_s']:.2f} s  ({args.big_mib} MiB attachment)", flush=True)
+    finally:
+        bridge.stop()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.bridge", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--small", type=int, default=1000, help="messages of 4 KiB")
+    ap.add_argument("--large", type=int, default=20, help="messages of 1 MiB")
+    ap.add_argument("--new", type=int, default=10, help="messages delivered before the incremental sync")
+    ap.add_argument("--big-mib", type=int, default=25, help="MiB of the big attachment")
+    args = ap.parse_args(argv)
+    why = dovecot_missing()
+    if why or not __import__("shutil").which("mbsync"):
+        print(f"bench.bridge skipped: {why or 'mbsync is not installed (isync)'}", file=sys.stderr)
+        return 0
+    r = run(args)
+    ratio = r["bridge_s"] / r["direct_s"]
+    print(f"\nbridge scenario: {r['messages']} messages; full sync direct {r['direct_s']:.2f} s, through the "
+          f"bridge {r['bridge_s']:.2f} s = {ratio:.1f}x (target <= 3x); incremental after {args.new} new "
+          f"{r['incremental_s']:.2f} s (target < 1 s); bridge peak RSS {r['rss_peak_mb']:.0f} MB with a "
+          f"{args.big_mib} MiB attachment (target < 200 MB; {r['rss_after_sync_mb']:.0f} MB before it)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""``bridge serve``: the local IMAP listener and the SMTP submission side, until SIGTERM.
+
+``app.open_bridge`` builds a ``Bridge`` from the home; ``run_until_signal`` starts it, waits
+for SIGTERM or SIGINT and stops it in reverse order. An upstream that cannot be reached at start
+is said in the log, not fatal: a laptop starts offline, and each client command tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from .folders import Folders
+from .imap import BridgeIMAPConfig, Login, start_imap
+from .upstream import Upstream, UpstreamError
+
+log = logging.getLogger(__name__)
+
+
+class Bridge:
+    def __init__(self, *, address: str, login: Login, imap_config: BridgeIMAPConfig, folders: Folders,
+                 upstream: Upstream, crypto: ThreadPoolExecutor, secrets: contextlib.ExitStack,
+                 submission=None, close=lambda: None) -> None:
+        self.address, self.login, self.imap_config, self.folders = address, login, imap_config, folders
+        self.upstream, self.crypto, self.secrets, self.submission = upstream, crypto, secrets, submission
+        self._close = close
+        self.server: asyncio.AbstractServer | None = None
+
+    @property
+    def imap_port(self) -> int:
+        return self.server.sockets[0].getsockname()[1] if self.server else self.imap_config.port
+
+    async def start(self) -> None:
+        try:
+            await self.folders.load()
+        except UpstreamError as e:
+            log.warning("the upstream IMAP server cannot be reached now (%s); every client command "
+                        "tries again", e.message)
+        self.server = await start_imap(self.login, self.imap_config)
+        if self.submission is not None:
+            await self.submission.start()
+        log.info("securemail bridge for %s: IMAP on %s:%s", self.address, self.imap_config.host, self.imap_port)
+
+    async def stop(self) -> None:
+        if self.submission is not None:
+            await self.submission.stop()
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+        self.folders.stop()
+        await self.upstream.close()
+        self.login.guard.close()
+        self.crypto.shutdown(wait=False, cancel_futures=True)
+        self.secrets.close()  # the secret keys locked again
+        self._close()
+
+    async def run_until_signal(self) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            log.info("stopping")
+            await self.stop()
