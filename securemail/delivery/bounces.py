@@ -39,7 +39,7 @@ class Bounces:
             member = self.manifest().member(domain)
             # written here, from MAILER-DAEMON@ our first domain: encrypted and signed by us
             body, _ = self.transformer.outbound(dsn, domain, [rcpt], sender_domain=self.config.domains[0])
-            hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pin)
+            hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pins)
         elif self.config.relay_to is not None and self.config.non_member_policy == "allow-plain":
             hop = relay_hop(*self.config.relay_to)
         else:

@@ -127,7 +127,7 @@ class CryptoStage:
                 body, meta = self.transformer.outbound(env.data, domain, rcpts, sender_domain=f.from_domain,
                                                        encryption=f.encryption, fields=fields_of(env.data, f),
                                                        block=f.block)
-                hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pin)
+                hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pins)
                 items.append(item([(r, hop) for r in rcpts], body, {**meta, "route": "member"}))
             elif cls == OWN:
                 for r in rcpts:
