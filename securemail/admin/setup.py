@@ -197,6 +197,9 @@ refresh_seconds = 86400      # keys found in members' directories are fetched ag
 manifest = "federation.json"
 # authority = "FINGERPRINT"  # set by: securemail federation install F --authority FPR
 
+[keys]                       # securemail gateway rotate openpgp|dkim|tls, then retire (README)
+switch_after = "1d"          # new key in use this long after the manifest listing it was made
+
 [keys.openpgp]               # domain -> fingerprint of the domain key in the key store
 {openpgp}
 
