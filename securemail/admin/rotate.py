@@ -77,9 +77,11 @@ def rotate(core: Core, kind: str, *, cert: str | None = None, key: str | None = 
     new, fields, lines = make(core, config, text, stamp, cert, key, clock)
     _save(core, new)
     core.audit.append("key-rotated", kind=kind, **fields)
-    return lines + [f"next: send `securemail --home {core.home.path} federation entry` to the federation "
-                    "authority; install the manifest it signs (the gateway switches to the new key "
-                    f"keys.switch_after after it was made); then again; then 'gateway retire {kind}'"]
+    entry = f"securemail --home {core.home.path} federation entry"
+    return lines + [f"next: send `{entry}` to the federation authority and install the manifest it signs "
+                    "(the new key is in use keys.switch_after after the authority made it); once every "
+                    f"member has it, send `{entry}` again (the new key alone), install that manifest, "
+                    f"then run 'securemail gateway retire {kind}'"]
 
 
 def _rotate_openpgp(core, config, text, stamp, cert, key, clock):
