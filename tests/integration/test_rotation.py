@@ -270,3 +270,35 @@ def test_rotate_and_retire_refuse_saying_what_is_missing(tmp_path):
     assert _listed("openpgp", entry) == [fpr, _current("openpgp", g)]
     audit = [r for r in audit_records(g.home) if r["kind"] == "key-rotated"]
     assert [r["fields"]["kind"] for r in audit] == ["tls", "openpgp"], audit
+
+
+def test_retire_openpgp_waits_for_office_mail_still_encrypted_to_the_old_key(tmp_path):
+    """relay mode queues member mail encrypted to the domain key and opens it at delivery: while such
+    mail waits, the old key it needs is not removed; once it is gone, retire goes through."""
+    from securemail.app import open_home
+    from securemail.crypto import message as M
+    from securemail.mail.compose import pgp_mime
+    from securemail.transform.hops import relay_hop
+    authority, homes = federation(tmp_path, (A, B))
+    fpr = json.loads(ok(run_cli(authority, "keys", "list", "--json")).stdout)[0]["fingerprint"]
+    g = homes[A]
+    old = _current("openpgp", g)
+    ok(run_cli(g.home, "gateway", "rotate", "openpgp"), "rotate openpgp")
+    resign(tmp_path, authority, homes, fpr)                 # the overlap
+    resign(tmp_path, authority, homes, fpr)                 # the closing manifest: the new key alone
+    core = open_home(g.home)
+    try:
+        armored = M.encrypt(b"Subject: x\r\n\r\nwaiting\r\n", [(core.keys.get(old), ALICE)])
+        body = pgp_mime({"From": BRUNO, "To": ALICE, "Subject": "..."}, armored)
+        mid = core.queue().enqueue(BRUNO, [(ALICE, relay_hop("127.0.0.1", 9, decrypt=True))], body)
+    finally:
+        core.close()
+    res = run_cli(g.home, "gateway", "retire", "openpgp")
+    assert res.exit_code == 1 and "1 message(s) queued for the office" in res.output, res.output
+    assert _next("openpgp", g) is not None and _current("openpgp", g) == old   # nothing changed
+    ok(run_cli(g.home, "queue", "delete", mid), "queue delete")
+    out = ok(run_cli(g.home, "gateway", "retire", "openpgp"), "retire openpgp").stdout
+    assert f"removed the old OpenPGP key {old}" in out and _next("openpgp", g) is None
+    assert old not in {k["fingerprint"] for k in json.loads(ok(run_cli(g.home, "keys", "list", "--json")).stdout)}
+    retired = audit_records(g.home, "key-retired")
+    assert retired and retired[-1]["fields"]["old"] == {A: old}
