@@ -20,7 +20,7 @@ from pathlib import Path
 from ..app import Core
 from ..config import GatewayConfig
 from ..crypto import openpgp
-from ..crypto.dkim import generate_dkim_key
+from ..crypto.dkim import MAX_SIGNATURES, generate_dkim_key
 from ..crypto.keys import Key, load_key
 from ..errors import ConfigError, UsageError
 from ..federation import Manifest, load_installed
@@ -98,6 +98,10 @@ def _rotate_openpgp(core, config, text, stamp, cert, key, clock):
 
 def _rotate_dkim(core, config, text, stamp, cert, key, clock):
     taken = {(d.domain, d.selector) for d in config.dkim_keys}
+    for domain in config.domains:  # the overlap signs with old and new: members verify MAX_SIGNATURES
+        if 2 * sum(d.domain == domain for d in config.dkim_keys) > MAX_SIGNATURES:
+            raise UsageError(f"{domain} has more than {MAX_SIGNATURES // 2} DKIM keys: members check "
+                             f"{MAX_SIGNATURES} signatures of a message, old and new would not fit")
     entries, lines = [], []
     for d in config.dkim_keys:
         base = re.sub(r"-\d{8}(?:-\d{6})?$", "", d.selector)  # sm-ed25519-20261203: sm-ed25519
