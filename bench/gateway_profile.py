@@ -57,7 +57,7 @@ STAGES = [
     ("policy facts (Pipeline._facts)", r"^Pipeline\._facts "),
     ("recipient key lookup (Transformer.outbound -> Locator/KeyStore)", r"^(Locator|KeyStore)\.\w+ "),
     ("OpenPGP encrypt+sign (crypto.message.encrypt)", r"^encrypt \(securemail/crypto/message"),
-    ("DKIM signing", r"^dkim_sign_fn"),
+    ("DKIM signing", r"^(dkim_sign_fn|DkimSigning\.__call__)"),
     ("PGP/MIME building (pgp_mime, protected_inner, top_headers)",
      r"^(pgp_mime|protected_inner|top_headers|strip_headers) "),
     ("enqueue: Queue.enqueue_many (+ audit record)", r"^Queue\.enqueue_many "),

@@ -144,6 +144,9 @@ def _echo_members(members) -> None:
         click.echo(f"  {m.domain}  gateway {join_hostport(*m.gateway)}  tls_pin {m.tls_pin}")
         click.echo(f"      openpgp {load_key(m.openpgp_key).fingerprint}"
                    f"  dkim {', '.join(sel for sel, _ in m.dkim)}")
+        if m.retiring_pin or m.retiring_key:
+            click.echo(f"      retiring: tls_pin {m.retiring_pin or '-'}  openpgp "
+                       f"{load_key(m.retiring_key).fingerprint if m.retiring_key else '-'}")
 
 
 def _expiry(m: F.Manifest) -> str:
@@ -256,8 +259,9 @@ def remove(obj, domain) -> None:
 @click.pass_obj
 def entry(obj) -> None:
     """Print this gateway's entries (JSON) for the authority's 'federation add --entry'."""
-    config = GatewayConfig.load(obj.core.home)
-    click.echo(json.dumps(own_entries(config, obj.core.keys.get), indent=2))
+    config = GatewayConfig.load(obj.core.home)  # during a rotation, what to list depends on the installed manifest
+    click.echo(json.dumps(own_entries(config, obj.core.keys.get, F.load_installed(config.federation_manifest)),
+                          indent=2))
 
 
 @federation.command()

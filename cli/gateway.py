@@ -135,3 +135,28 @@ def check(ctx, as_json):
             if c.label != "ok":
                 click.echo(f"  fix: {c.fix}")
     sys.exit(0 if fine else 1)
+
+
+@gateway.command()
+@click.argument("kind", type=click.Choice(["openpgp", "dkim", "tls"]))
+@click.option("--cert", type=click.Path(dir_okay=False, exists=True),
+              help="tls: a certificate to use (from a CA) instead of a new self-signed one.")
+@click.option("--key", type=click.Path(dir_okay=False, exists=True), help="tls: its private key.")
+@click.pass_obj
+def rotate(obj, kind, cert, key):
+    """Make a new OpenPGP key, DKIM keys or TLS certificate beside the current ones. 'federation
+    entry' then lists both; the gateway keeps using and accepting both until 'gateway retire'."""
+    from securemail.admin.rotate import rotate as make
+    for line in make(obj.core, kind, cert=cert, key=key):
+        click.echo(line)
+
+
+@gateway.command()
+@click.argument("kind", type=click.Choice(["openpgp", "dkim", "tls"]))
+@click.pass_obj
+def retire(obj, kind):
+    """Make the new key current and remove the old one, once the installed federation manifest
+    lists the new one and no longer the old one (refused otherwise, saying what is missing)."""
+    from securemail.admin.rotate import retire as finish
+    for line in finish(obj.core, kind):
+        click.echo(line)

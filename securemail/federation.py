@@ -3,7 +3,9 @@
 ``federation.json`` is ``{"manifest": {"serial", "created", "expires", "members": [{"domain",
 "gateway": "host:port", "tls_pin": sha256(cert SPKI DER) hex, "openpgp_key": armored,
 "dkim": [{"selector", "public_key": "v=DKIM1; k=...; p=..."}], optional "wkd": "host:port"
-of its key directory (HTTPS, same certificate as ``tls_pin``)}]}, "signature": armored}``;
+of its key directory (HTTPS, same certificate as ``tls_pin``), optional "retiring": {"tls_pin",
+"openpgp_key"} (either or both: the member's previous certificate and key during a rotation, still
+accepted, see rotation.py)}]}, "signature": armored}``;
 the signature is a detached OpenPGP signature over ``canonical(manifest)``. A gateway
 installs a manifest only if the signature is valid by the configured authority's
 primary fingerprint, the serial moves forward and it has not expired (``expires``; past it, member
@@ -13,13 +15,10 @@ verifying and installing; every error names the domain.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import fcntl
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -27,10 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-
 from .crypto.armor import unarmor_if_needed
+from .crypto.dkim_signing import dkim_txt_problem
 from .crypto.keys import Key, load_key
 from .crypto.message import sign_detached, verify_signatures
 from .crypto.packets import SIG, read_packets
@@ -45,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_MANIFEST = 16 << 20
-MIN_RSA_BITS = 2048
 FIELDS = ("domain", "gateway", "tls_pin", "openpgp_key", "dkim")
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _HOST = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*|[0-9a-f:.]+")  # a name or an IP
@@ -73,6 +69,13 @@ class Member:
     openpgp_key: bytes                      # armored certificate
     dkim: tuple[tuple[str, str], ...]       # (selector, TXT record value)
     wkd: tuple[str, int] | None = None      # the key directory's HTTPS listener, if any
+    retiring_pin: str | None = None         # during a rotation: the previous certificate's pin...
+    retiring_key: bytes | None = None       # ...and the previous OpenPGP certificate, still accepted
+
+    @property
+    def tls_pins(self) -> tuple[str, ...]:
+        """Every pin accepted for its gateway: ``tls_pin``, and the retiring one during a rotation."""
+        return (self.tls_pin, self.retiring_pin) if self.retiring_pin else (self.tls_pin,)
 
     def to_dict(self) -> dict:
         out = {"domain": self.domain, "gateway": join_hostport(*self.gateway), "tls_pin": self.tls_pin,
@@ -80,6 +83,9 @@ class Member:
                "dkim": [{"selector": s, "public_key": t} for s, t in self.dkim]}
         if self.wkd is not None:
             out["wkd"] = join_hostport(*self.wkd)
+        retiring = {"tls_pin": self.retiring_pin, "openpgp_key": (self.retiring_key or b"").decode("ascii")}
+        if any(retiring.values()):
+            out["retiring"] = {k: v for k, v in retiring.items() if v}
         return out
 
 
@@ -104,7 +110,7 @@ class Manifest:
 
     def pinned_domains(self, pin: str | None) -> frozenset[str]:
         """The member domains whose gateway's ``tls_pin`` is ``pin`` (one gateway may serve several)."""
-        return frozenset(d for d, m in self.members.items() if pin and m.tls_pin == pin)
+        return frozenset(d for d, m in self.members.items() if pin and pin in m.tls_pins)
 
     def dkim_records(self) -> dict[str, str]:
         """``selector._domainkey.domain.`` -> TXT value, for crypto.dkim.manifest_dnsfunc."""
@@ -132,29 +138,6 @@ def normalize_fpr(fpr: str) -> str:
 
 
 # --- entries ---------------------------------------------------------------------------
-def dkim_txt_problem(txt: str) -> str | None:
-    """Why ``txt`` is not a usable DKIM key record (Ed25519, or RSA >= 2048); None if it is."""
-    parts = [p.strip().partition("=") for p in txt.split(";") if p.strip()]
-    tags = {n.strip(): "".join(v.split()) for n, _, v in parts}
-    if len(tags) != len(parts) or not all(eq for _, eq, _ in parts):
-        return "malformed or repeated tag"
-    if tags.get("v", "DKIM1") != "DKIM1" or not tags.get("p"):
-        return "needs v=DKIM1 and a public key in p="
-    try:
-        raw, kind = base64.b64decode(tags["p"], validate=True), tags.get("k", "rsa")
-        if kind == "ed25519":
-            ed25519.Ed25519PublicKey.from_public_bytes(raw)
-        elif kind == "rsa":
-            key = serialization.load_der_public_key(raw)
-            if not isinstance(key, rsa.RSAPublicKey) or key.key_size < MIN_RSA_BITS:
-                return f"RSA key must be at least {MIN_RSA_BITS} bits"
-        else:
-            return f"unknown key type k={kind}"
-    except (binascii.Error, ValueError):
-        return "p= is not a valid public key"
-    return None
-
-
 def _ensure(ok, message: str) -> None:
     if not ok:
         raise ManifestInvalid(message)
@@ -176,17 +159,8 @@ def parse_member(entry, *, now: float | None = None, check_keys: bool = True) ->
     wkd = _wkd(entry, domain)
     _ensure(isinstance(pin, str) and _PIN.fullmatch(pin), f"{domain}: tls_pin must be the SHA-256 "
             "of the TLS certificate's SubjectPublicKeyInfo, 64 lower-case hex digits")
-    try:
-        key = load_key(armored.encode("ascii") if isinstance(armored, str) else b"")
-    except Exception as e:  # noqa: BLE001 - PGPy raises many types on hostile input
-        why = e.message if isinstance(e, SecureMailError) else "not a readable certificate"
-        raise ManifestInvalid(f"{domain}: openpgp_key refused: {why}") from None
     t = time.time() if now is None else now
-    _ensure(not key.is_secret, f"{domain}: openpgp_key holds secret key material; give the certificate")
-    if check_keys:
-        _ensure(key.state_at(t) == "valid", f"{domain}: openpgp_key {key.fingerprint} is {key.state_at(t)}")
-        _ensure(key.status.encryption_keys(t),
-                f"{domain}: openpgp_key {key.fingerprint} has no valid encryption subkey")
+    _certificate(armored, f"{domain}: openpgp_key", t, check_keys)
     _ensure(isinstance(dkim, list) and dkim, f"{domain}: dkim must be a non-empty list of "
             "{selector, public_key}")
     records: dict[str, str] = {}
@@ -197,7 +171,37 @@ def parse_member(entry, *, now: float | None = None, check_keys: bool = True) ->
         why = dkim_txt_problem(txt) if isinstance(txt, str) else "public_key must be a string"
         _ensure(not why, f"{domain}: DKIM selector {sel}: {why}")
         records[sel] = txt
-    return Member(domain, (host, port), pin, armored.encode("ascii"), tuple(records.items()), wkd)
+    retiring_pin, retiring_key = _retiring(entry, domain, t, check_keys)
+    return Member(domain, (host, port), pin, armored.encode("ascii"), tuple(records.items()), wkd,
+                  retiring_pin, retiring_key)
+
+
+def _certificate(armored, what: str, t: float, check_keys: bool) -> None:
+    """An armored OpenPGP certificate, valid at ``t`` with an encryption subkey when ``check_keys``."""
+    try:
+        key = load_key(armored.encode("ascii") if isinstance(armored, str) else b"")
+    except Exception as e:  # noqa: BLE001 - PGPy raises many types on hostile input
+        why = e.message if isinstance(e, SecureMailError) else "not a readable certificate"
+        raise ManifestInvalid(f"{what} refused: {why}") from None
+    _ensure(not key.is_secret, f"{what} holds secret key material; give the certificate")
+    if check_keys:
+        _ensure(key.state_at(t) == "valid", f"{what} {key.fingerprint} is {key.state_at(t)}")
+        _ensure(key.status.encryption_keys(t), f"{what} {key.fingerprint} has no valid encryption subkey")
+
+
+def _retiring(entry: dict, domain: str, t: float, check_keys: bool) -> tuple[str | None, bytes | None]:
+    """The optional ``retiring`` field: the pin and the OpenPGP certificate a rotation is retiring."""
+    if "retiring" not in entry:
+        return None, None
+    r = entry["retiring"]
+    _ensure(isinstance(r, dict) and r and set(r) <= {"tls_pin", "openpgp_key"},
+            f"{domain}: retiring must be an object with tls_pin, openpgp_key or both")
+    pin, armored = r.get("tls_pin"), r.get("openpgp_key")
+    _ensure(pin is None or (isinstance(pin, str) and _PIN.fullmatch(pin) and pin != entry["tls_pin"]),
+            f"{domain}: retiring tls_pin must be another SHA-256 pin, 64 lower-case hex digits")
+    if armored is not None:
+        _certificate(armored, f"{domain}: retiring openpgp_key", t, check_keys)
+    return pin, armored.encode("ascii") if armored is not None else None
 
 
 def _wkd(entry: dict, domain: str) -> tuple[str, int] | None:
@@ -340,57 +344,3 @@ def install(data: bytes, path, authority_fpr: str, authority_cert: Key,
                                             if new.members[d] != before[d]))
         write_atomic(path, data, before_rename=record)
     return Installed(new, old, True)
-
-
-# --- the installed manifest, while the gateway runs ---------------------------------------
-class ManifestSource:
-    """The installed federation manifest; re-read when its file changes (cheap stat per call)."""
-
-    def __init__(self, path: Path, clock=time.time) -> None:
-        self.path, self.clock = path, clock  # clock: for seconds_to_expiry
-        self._stamp: tuple[float, int] | None = None
-        self._manifest = None
-        self._keys: dict[str, Key | None] = {}
-
-    def __call__(self):
-        try:
-            st = os.stat(self.path)
-            stamp = (st.st_mtime, st.st_size)
-        except FileNotFoundError:
-            stamp = None
-        if stamp != self._stamp:
-            self._manifest = load_installed(self.path) if stamp else None
-            self._keys = {}
-            self._stamp = stamp
-            log.info("federation manifest %s", f"serial {self._manifest.serial}" if self._manifest else "absent")
-        return self._manifest
-
-    def seconds_to_expiry(self) -> float | None:
-        """Seconds until the installed manifest expires (<= 0: expired); None: no manifest, no expiry."""
-        m = self()
-        return None if m is None or m.expires_at is None else m.expires_at - self.clock()
-
-    def expired(self) -> bool:
-        left = self.seconds_to_expiry()
-        return left is not None and left <= 0
-
-    def member_key(self, domain: str) -> Key | None:
-        """The member domain's gateway key, parsed once per manifest; None if unusable."""
-        m = self()
-        if m is None or not m.is_member(domain):
-            return None
-        if domain not in self._keys:
-            try:
-                self._keys[domain] = load_key(m.member(domain).openpgp_key)
-            except Exception:  # noqa: BLE001 - a broken entry must not break other domains
-                log.warning("member %s has an unusable OpenPGP key in the manifest", domain)
-                self._keys[domain] = None
-        return self._keys[domain]
-
-    def lookup(self, keyid: str, fpr: str | None) -> Key | None:
-        m = self()
-        for domain in (m.members if m else {}):
-            key = self.member_key(domain)
-            if key and ((fpr and fpr == key.fingerprint) or keyid in key.keyids):
-                return key
-        return None

@@ -13,11 +13,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from .config import GatewayConfig
-from .crypto.keys import Key
+from .crypto.keys import Key, load_key
 from .crypto.tlspin import spki_sha256
 from .errors import ConfigError
-from .federation import parse_member
+from .federation import Manifest, Member, parse_member
 from .net import join_hostport
+from .rotation import RotationConfig, announce, announce_dkim, load_rotation
 
 
 def tls_pin_of_cert(pem_or_der: bytes | str) -> str:
@@ -44,30 +45,51 @@ def dkim_public_txt(private_pem: bytes) -> str:
     return f"v=DKIM1; k={k}; p={base64.b64encode(key.public_key().public_bytes(enc, fmt)).decode()}"
 
 
-def own_entries(config: GatewayConfig, certificate: Callable[[str], Key]) -> list[dict]:
+def own_entries(config: GatewayConfig, certificate: Callable[[str], Key],
+                manifest: Manifest | None = None) -> list[dict]:
     """This gateway's entries, one per served domain, checked as the authority will check them.
 
-    ``certificate(fingerprint)``: a domain's OpenPGP key (``KeyStore.get``)."""
+    ``certificate(fingerprint)``: a domain's OpenPGP key (``KeyStore.get``). During a rotation
+    (rotation.py) the next key is listed, with the current one ``retiring``, until ``manifest`` (the
+    installed one) lists the next one; then the next one alone."""
     relay = config.listener("relay")
     if relay is None:
         raise ConfigError("no [listeners.relay]: member gateways reach this one through it")
     host = config.hostname if relay.host in ("", "0.0.0.0", "::") else relay.host  # not a wildcard
     wkd = config.listener("wkd")
     wkd_host = (config.hostname if wkd.host in ("", "0.0.0.0", "::") else wkd.host) if wkd else None
+    rot = load_rotation(config)
     entries = []
     try:
-        pin = tls_pin_of_cert(config.tls_cert.read_bytes())
+        pins = (tls_pin_of_cert(config.tls_cert.read_bytes()),
+                tls_pin_of_cert(rot.tls_next[0].read_bytes()) if rot.tls_next else None)
         for domain in config.domains:
-            dkim = [{"selector": d.selector, "public_key": dkim_public_txt(d.private_key.read_bytes())}
-                    for d in config.dkim_keys if d.domain == domain]
-            if domain not in config.openpgp_keys or not dkim:
-                raise ConfigError(f"{domain} needs a key in [keys.openpgp] and a [[keys.dkim]] entry")
-            entries.append({"domain": domain, "gateway": join_hostport(host, relay.port), "tls_pin": pin,
-                            "openpgp_key": certificate(config.openpgp_keys[domain]).public()
-                            .armored().decode("ascii"), "dkim": dkim})
+            listed = manifest.member(domain) if manifest is not None else None
+            entries.append({"domain": domain, "gateway": join_hostport(host, relay.port),
+                            **_keys(config, rot, domain, listed, pins, certificate)})
             if wkd is not None:
                 entries[-1]["wkd"] = join_hostport(wkd_host, wkd.port)
             parse_member(entries[-1])
     except OSError as e:
         raise ConfigError(f"cannot read {e.filename}: {e.strerror}") from None
     return entries
+
+
+def _keys(config: GatewayConfig, rot: RotationConfig, domain: str, listed: Member | None,
+          pins: tuple[str, str | None], certificate: Callable[[str], Key]) -> dict:
+    """The entry's tls_pin, openpgp_key, dkim and (during a rotation) retiring fields."""
+    if domain not in config.openpgp_keys:
+        raise ConfigError(f"{domain} needs a key in [keys.openpgp] and a [[keys.dkim]] entry")
+    pin, retiring_pin = announce(*pins, listed.tls_pins if listed else ())
+    fprs = [load_key(k).fingerprint for k in (listed.openpgp_key, listed.retiring_key) if k] if listed else []
+    fpr, retiring_fpr = announce(config.openpgp_keys[domain], rot.openpgp_next.get(domain), fprs)
+    dkim = announce_dkim(*rot.dkim(config, domain), {sel for sel, _ in listed.dkim} if listed else (),
+                         lambda k: k.selector)
+    if not dkim:
+        raise ConfigError(f"{domain} needs a key in [keys.openpgp] and a [[keys.dkim]] entry")
+    armored = lambda f: certificate(f).public().armored().decode("ascii")  # noqa: E731
+    retiring = {"tls_pin": retiring_pin, "openpgp_key": armored(retiring_fpr) if retiring_fpr else None}
+    return {"tls_pin": pin, "openpgp_key": armored(fpr),
+            "dkim": [{"selector": d.selector, "public_key": dkim_public_txt(d.private_key.read_bytes())}
+                     for d in dkim],
+            **({"retiring": {k: v for k, v in retiring.items() if v}} if any(retiring.values()) else {})}

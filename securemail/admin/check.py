@@ -20,6 +20,7 @@ from ..config import GatewayConfig, read_toml
 from ..errors import ConfigError, UsageError
 from ..home import Home
 from ..keys.store import KeyStore
+from ..rotation import load_rotation
 from .check_database import open_database, schema_check, sqlite_file
 from .check_federation import federation_checks
 from .check_files import permission_checks, secret_files, tls_checks
@@ -54,6 +55,7 @@ def preflight(home: Home, *, now: Callable[[], float] = time.time,
     """Every check of the gateway ``home``; ``timeout`` bounds each network operation (seconds)."""
     try:
         config = GatewayConfig.load(home)
+        load_rotation(config)  # [tls] next_cert and next_key, [keys.openpgp_next], keys.switch_after
     except ConfigError as e:  # nothing else can be found without the config
         return [problem("config", e.message, f"edit {home.config_file} (every setting is described in the "
                         'README, "Gateway configuration"), then check again')]

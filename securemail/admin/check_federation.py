@@ -149,7 +149,7 @@ def entry_checks(config: GatewayConfig, manifest: Manifest, keys: KeyStore) -> l
     send = (f"send `{command(home, 'federation entry')}` to the federation authority, then install the "
             "manifest it signs")
     try:
-        entries = own_entries(config, keys.get)
+        entries = own_entries(config, keys.get, manifest)
     except SecureMailError as e:
         return [problem("federation entry", f"this gateway's entry cannot be made: {e.detail or e.message}",
                         "correct the keys and [tls] files this names, then check again")]
@@ -174,18 +174,27 @@ def differences(ours: Member, theirs: Member) -> list[str]:
     out = []
     if ours.gateway != theirs.gateway:
         out.append(f"gateway {join_hostport(*ours.gateway)} here, {join_hostport(*theirs.gateway)} listed")
-    if ours.tls_pin != theirs.tls_pin:
-        out.append(f"tls_pin {ours.tls_pin[:16]}... here, {theirs.tls_pin[:16]}... listed")
-    mine, listed = load_key(ours.openpgp_key).fingerprint, load_key(theirs.openpgp_key).fingerprint
+    if ours.tls_pins != theirs.tls_pins:  # with the retiring pin during a rotation
+        out.append(f"tls_pin {_short(ours.tls_pins)} here, {_short(theirs.tls_pins)} listed")
+    mine, listed = _fprs(ours), _fprs(theirs)
     if mine != listed:
-        out.append(f"openpgp_key {mine} here, {listed} listed")
+        out.append(f"openpgp_key {' retiring '.join(mine)} here, {' retiring '.join(listed)} listed")
     records = dict(theirs.dkim)
     for selector, txt in ours.dkim:
         if selector not in records:
             out.append(f"DKIM selector {selector} is not listed")
         elif "".join(records[selector].split()) != "".join(txt.split()):
             out.append(f"DKIM selector {selector} lists another key")
+    out += [f"DKIM selector {sel} is listed, not used here" for sel in records if sel not in dict(ours.dkim)]
     if ours.wkd != theirs.wkd:
         out.append(f"wkd {join_hostport(*ours.wkd) if ours.wkd else 'none'} here, "
                    f"{join_hostport(*theirs.wkd) if theirs.wkd else 'none'} listed")
     return out
+
+
+def _short(pins: tuple[str, ...]) -> str:
+    return " retiring ".join(f"{p[:16]}..." for p in pins)
+
+
+def _fprs(member: Member) -> tuple[str, ...]:
+    return tuple(load_key(k).fingerprint for k in (member.openpgp_key, member.retiring_key) if k)

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from ..config import GatewayConfig
+from ..rotation import load_rotation
 from .result import Check, command, passed, problem, shown
 
 EXPIRY_WARNING_DAYS = 14   # a certificate closer than this to its end is a problem already
@@ -33,6 +34,8 @@ def secret_files(config: GatewayConfig, database_file: Path | None) -> list[tupl
         files += [(Path(f"{database_file}{end}"), False, "the domains' OpenPGP secret keys")
                   for end in ("", "-wal", "-shm")]
     files.append((config.tls_key, False, "the TLS private key"))
+    if (nxt := load_rotation(config).tls_next) is not None:
+        files.append((nxt[1], True, "the next TLS private key (gateway rotate tls)"))
     files += [(d.private_key, True, "a DKIM private key") for d in config.dkim_keys]
     files.append((config.passwords_file, False, "the submission password hashes"))
     return files

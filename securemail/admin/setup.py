@@ -186,6 +186,9 @@ fetch_interval = "1h"        # how often; past its expires, mail to and from mem
 checkpoint_dir = "checkpoints"
 checkpoint_send = false      # also queue each to the federation authority's address
 
+[keys]                       # securemail gateway rotate openpgp|dkim|tls, then retire (README)
+switch_after = "1d"          # new key in use this long after the manifest listing it was made
+
 [keys.openpgp]               # domain -> fingerprint of the domain key in the key store
 {openpgp}
 

@@ -13,10 +13,11 @@ from ..audit import AuditLog
 from ..config import GatewayConfig
 from ..db import make_engine
 from ..errors import ConfigError
-from ..federation import ManifestSource
+from ..manifest_source import ManifestSource
 from ..home import Home
 from ..keys.store import KeyStore
 from ..queue import Queue
+from ..rotation import OwnKeys, Rotation
 from ..transform.stage import CryptoStage
 
 from .gateway import build_delivery, make_stage
@@ -55,9 +56,11 @@ def open_child(home: Path, role: str, *, owner: str = "") -> ChildParts:
     keys = KeyStore(engine, time.time, audit=audit)
     manifest = ManifestSource(config.federation_manifest)
     queue = Queue(engine, time.time, audit_log=audit)
-    parts = ChildParts(config, engine, keys, queue, manifest, make_stage(config, keys, manifest, time.time))
+    rotation = Rotation(OwnKeys(config), manifest)
+    parts = ChildParts(config, engine, keys, queue, manifest,
+                       make_stage(config, keys, manifest, time.time, rotation))
     if role == "delivery":
         parts.workers, parts.sessions = build_delivery(
             config, queue=queue, keys=keys, manifest=manifest, transformer=parts.stage.transformer,
-            clock=time.time, owner=owner)
+            clock=time.time, owner=owner, rotation=rotation)
     return parts

@@ -19,15 +19,16 @@ from typing import TYPE_CHECKING
 
 from ..audit import AuditLog
 from ..config import GatewayConfig
-from ..crypto.dkim_signing import dkim_sign_fn, dkim_signers
-from ..crypto.keys import Key
+from ..crypto.dkim_signing import dkim_signers
 from ..db import make_engine
 from ..errors import ConfigError, KeyNotFound
-from ..federation import ManifestSource, normalize_fpr
+from ..federation import normalize_fpr
+from ..manifest_source import ManifestSource
 from ..home import Home
 from ..keys.locate import Locator
 from ..keys.store import KeyStore
 from ..queue import Queue
+from ..rotation import DkimSigning, DomainKeys, OwnKeys, Rotation
 from ..transform.routes import Transformer
 from ..transform.stage import CryptoStage
 
@@ -49,15 +50,11 @@ def role_command(role: str, home: Path) -> list[str]:
 
 def open_gateway(home: Home, *, clock=time.time, owner: str | None = None,
           reuse_port: bool = False, cpu_workers: int | None = None) -> Gateway:
-    """The composition root of the gateway: config → every object, nothing global.
-
-    ``reuse_port``: this is one of several serve processes sharing the listening
-    ports (SO_REUSEPORT; the kernel spreads connections) and the queue.
-    ``cpu_workers``: crypto worker processes (default: ``gateway.cpu_workers``);
-    with an injected ``clock`` the stage always runs in-process.
-    """
+    """The gateway: config → every object, nothing global. ``reuse_port``: one of several serve
+    processes sharing the ports (SO_REUSEPORT) and the queue. ``cpu_workers``: crypto worker
+    processes (default ``gateway.cpu_workers``); with an injected ``clock``, the stage runs in-process."""
     from ..authlimit import AuthGuard
-    from ..crypto.tls import server_tls_context
+    from ..crypto.tls import switching_context
     from ..keys.directory import Directory
     from ..keys.publish import Nonces
     from ..keys.wkd_server import WkdServer
@@ -77,26 +74,28 @@ def open_gateway(home: Home, *, clock=time.time, owner: str | None = None,
     queue = Queue(engine, clock, audit_log=audit)
     manifest = ManifestSource(config.federation_manifest, clock)
     manifest()
-    stage = make_stage(config, keys, manifest, clock)
+    rotation = Rotation(OwnKeys(config), manifest, clock)  # which of our keys and certificates in use
+    stage = make_stage(config, keys, manifest, clock, rotation)
     workers = config.crypto_workers(reuse_port) if cpu_workers is None else cpu_workers
     if clock is not time.time:  # a worker process cannot follow an injected clock (tests, proof)
         workers = 0
     pool = CpuPool(role_command("crypto", home.path), workers) if workers > 0 else None
     pipeline = Pipeline(config=config, stage=stage, queue=queue, audit=audit,
                         run_stage=pool.decide if pool else None)
-    tls = server_tls_context(config)
+    tls = switching_context(rotation.tls_pair)
     users = Users(config.passwords_file)
     guard = AuthGuard(users.check, config.auth_budget,
                       on_lock=lambda **fields: audit.append("auth-locked", **fields))
     servers = _smtp_servers(config, pipeline, tls, guard, MemberAddresses(manifest), clock, reuse_port,
-                            users.known)
+                            users.known, rotation)
     owner = owner or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     delivery, sessions, child = [], None, None
     if clock is time.time and config.separate_delivery(workers):
         child = DeliveryProcess(role_command("delivery", home.path), owner)
     else:
         delivery, sessions = build_delivery(config, queue=queue, keys=keys, manifest=manifest,
-                                            transformer=stage.transformer, clock=clock, owner=owner)
+                                            transformer=stage.transformer, clock=clock, owner=owner,
+                                            rotation=rotation)
     wkd, li = None, config.listener("wkd")
     if li is not None:
         wkd = WkdServer(li.host, li.port, tls, Directory(engine, keys, config.domains, clock=clock, audit=audit),
@@ -121,7 +120,7 @@ def _upkeep(config: GatewayConfig, audit: AuditLog, keys: KeyStore, queue: Queue
         jobs.append(functools.partial(fetcher.run, lock=config.home / ".manifest-fetch.lock"))
     if anchor is not None and anchor.interval:
         domain = config.domains[0]
-        checkpointer = Checkpointer(audit, domain, transformer.domain_keys[domain], directory=anchor.directory,
+        checkpointer = Checkpointer(audit, domain, transformer.domain_keys.get(domain), directory=anchor.directory,
                                     clock=clock, **_checkpoint_route(config, keys, queue, manifest, transformer,
                                                                      domain, anchor.send, anchor.to))
         jobs.append(functools.partial(checkpointer.run, interval=anchor.interval,
@@ -161,20 +160,20 @@ def open_checkpointer(core: Core, domain: str | None = None, *, send: bool = Fal
     manifest = ManifestSource(config.federation_manifest)
     transformer = make_stage(config, core.keys, manifest, time.time).transformer
     route = _checkpoint_route(config, core.keys, core.queue(), manifest, transformer, domain, send, to)
-    return Checkpointer(core.audit, domain, transformer.domain_keys[domain], **route)
+    return Checkpointer(core.audit, domain, transformer.domain_keys.get(domain), **route)
 
 
 def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard, members,
-                  clock, reuse_port: bool, known=lambda user: True) -> list[SMTPServer]:
+                  clock, reuse_port: bool, known, rotation: Rotation) -> list[SMTPServer]:
     """One SMTP server per listener: AUTH where the listener offers it ([listeners.*] auth); the
     reserved slots for its trusted networks and the manifest's member gateways."""
-    from ..crypto.tls import server_tls_context
+    from ..crypto.tls import switching_context
     from ..smtp.auth import still_a_user
     from ..smtp.handler import GatewayHandler
     from ..smtp.peercert import request_client_certificates
     from ..smtp.server import make_server
     # member gateways deliver to the relay listener and show their certificate there (smtp/peercert.py)
-    relay_tls = request_client_certificates(server_tls_context(config))
+    relay_tls = switching_context(rotation.tls_pair, request_client_certificates)
     servers = []
     for li in config.listeners:
         if li.name == "wkd":
@@ -191,33 +190,22 @@ def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard, members
 
 
 def build_delivery(config: GatewayConfig, *, queue: Queue, keys: KeyStore, manifest: ManifestSource,
-                   transformer: Transformer, clock, owner: str) -> tuple[list[DeliveryWorker], SessionPool]:
+                   transformer: Transformer, clock, owner: str,
+                   rotation: Rotation) -> tuple[list[DeliveryWorker], SessionPool]:
     from ..delivery.bounces import Bounces
-    from ..delivery.keycheck import KeyCheck
+    from ..delivery.keycheck import KeyCheck, listed_pins
     from ..delivery.pool import SessionPool
+    from ..delivery.smtp import client_tls_context
     from ..delivery.worker import DeliveryWorker
     bounces = Bounces(config, queue, transformer, manifest)
     sessions = SessionPool()  # next-hop SMTP sessions reused across messages and workers
     workers = [DeliveryWorker.from_config(
         config, queue, owner=owner, clock=clock, audit_log=queue.audit_log, concurrency=config.workers,
         reporting_mta=config.domains[0], bounce_sender=bounces.send, deliver_smtp=sessions.deliver,
-        pre_send=KeyCheck(keys, manifest, clock).veto, open_sealed=transformer.open_for_office)]
+        pre_send=KeyCheck(keys, manifest, clock).veto, open_sealed=transformer.open_for_office,
+        tls_client_cert=lambda: client_tls_context(*rotation.tls_pair()),  # members pin it
+        member_pins=listed_pins(manifest))]
     return workers, sessions
-
-
-def domain_keys(config, keys: KeyStore) -> dict[str, Key]:
-    """Each served domain's secret key, unlocked for the life of the process."""
-    out = {}
-    for domain in config.domains:
-        fpr = config.openpgp_keys.get(domain)
-        if not fpr:
-            raise ConfigError(f"no OpenPGP key configured for {domain} ([keys.openpgp])")
-        key = keys.get(fpr)
-        if not key.is_secret:
-            raise ConfigError(f"the key for {domain} has no secret part in the key store")
-        key.pgp.unlocked(None).__enter__()  # gateway keys are unprotected, in a 0600 database
-        out[domain] = key
-    return out
 
 
 def combined_lookup(*lookups):
@@ -230,12 +218,16 @@ def combined_lookup(*lookups):
     return lookup
 
 
-def make_stage(config, keys: KeyStore, manifest: ManifestSource, clock) -> CryptoStage:
+def make_stage(config, keys: KeyStore, manifest: ManifestSource, clock,
+               rotation: Rotation | None = None) -> CryptoStage:
     """The crypto stage of one process (the SMTP process, or a crypto worker) from the same config."""
+    rotation = rotation or Rotation(OwnKeys(config), manifest, clock)
+    dkim_signers(config)  # every domain can sign, with keys that load: else the start stops here
     locator = Locator(keys, manifest, clock=clock, refresh_seconds=config.directory_refresh,
                       own_domains=config.domains)
     transformer = Transformer(
-        hostname=config.hostname, domain_keys=domain_keys(config, keys), user_key=keys.usable_for,
-        member_key=manifest.member_key, lookup=combined_lookup(keys.lookup, manifest.lookup),
-        dkim_sign=dkim_sign_fn(dkim_signers(config)), clock=clock, locate=locator.key_for)
+        hostname=config.hostname, domain_keys=DomainKeys(rotation, keys).check(config.domains),
+        user_key=keys.usable_for, member_key=manifest.member_key, member_keys=manifest.member_keys,
+        lookup=combined_lookup(keys.lookup, manifest.lookup), dkim_sign=DkimSigning(rotation), clock=clock,
+        locate=locator.key_for)
     return CryptoStage(config=config, manifest=manifest, transformer=transformer)

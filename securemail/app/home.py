@@ -15,7 +15,7 @@ from ..audit import AuditLog
 from ..config import CoreConfig, GatewayConfig, read_toml
 from ..db import make_engine, transaction
 from ..errors import ConfigError
-from ..federation import ManifestSource
+from ..manifest_source import ManifestSource
 from ..home import Home, resolve
 from ..keys.locate import Locator
 from ..keys.store import KeyStore

@@ -18,6 +18,7 @@ imports it, and re-exports DkimSigner.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import re
 import time
@@ -258,6 +259,29 @@ class DkimSigner:
         fields[-1] = (b"b", base64.b64encode(key.sign_digest(digest)))
         value = b"; ".join(b"=".join(f) for f in fields) + linesep
         return _NAME + b": " + fold(value, len(_NAME), linesep)
+
+
+def dkim_txt_problem(txt: str) -> str | None:
+    """Why ``txt`` is not a usable DKIM key record (Ed25519, or RSA >= 2048); None if it is."""
+    parts = [p.strip().partition("=") for p in txt.split(";") if p.strip()]
+    tags = {n.strip(): "".join(v.split()) for n, _, v in parts}
+    if len(tags) != len(parts) or not all(eq for _, eq, _ in parts):
+        return "malformed or repeated tag"
+    if tags.get("v", "DKIM1") != "DKIM1" or not tags.get("p"):
+        return "needs v=DKIM1 and a public key in p="
+    try:
+        raw, kind = base64.b64decode(tags["p"], validate=True), tags.get("k", "rsa")
+        if kind == "ed25519":
+            ed25519.Ed25519PublicKey.from_public_bytes(raw)
+        elif kind == "rsa":
+            key = serialization.load_der_public_key(raw)
+            if not isinstance(key, rsa.RSAPublicKey) or key.key_size < MIN_RSA_BITS:
+                return f"RSA key must be at least {MIN_RSA_BITS} bits"
+        else:
+            return f"unknown key type k={kind}"
+    except (binascii.Error, ValueError):
+        return "p= is not a valid public key"
+    return None
 
 
 def dkim_signers(config) -> dict[str, DkimSigner]:

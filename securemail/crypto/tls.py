@@ -1,11 +1,19 @@
-"""TLS material: the gateway's server-side context (every listener) and self-signed certificates
-(a gateway's at init, the bridge's local one)."""
+"""TLS material: the gateway's server-side context (every listener), self-signed certificates (a
+gateway's at init, the bridge's local one), and the listener context that switches certificate.
+
+During a certificate rotation (rotation.py) a listener shows the certificate ``pair()`` names at
+each handshake: the context it was made with picks, in OpenSSL's servername callback (called for
+every ClientHello, with or without SNI), the context of that certificate, made once per pair by the
+same ``prepare`` (the relay's asks for client certificates).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import logging
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -15,6 +23,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..errors import TemporaryFailure
 from ..home import write_atomic
+
+log = logging.getLogger(__name__)
 
 
 def server_tls_context(config) -> ssl.SSLContext:
@@ -58,3 +68,27 @@ def self_signed_cert(hostname: str, cert_path: Path, key_path: Path, days: int =
             (cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)):
         Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomic(path, data, mode)
+
+
+def switching_context(pair: Callable[[], tuple[Path, Path]],
+                      prepare: Callable[[ssl.SSLContext], ssl.SSLContext] = lambda ctx: ctx) -> ssl.SSLContext:
+    """A listener's context that shows, at each handshake, the certificate ``pair()`` names now."""
+    contexts: dict[tuple[Path, Path], ssl.SSLContext] = {}
+
+    def context_of(p: tuple[Path, Path]) -> ssl.SSLContext:
+        if p not in contexts:
+            contexts[p] = prepare(load_server_context(*p))
+        return contexts[p]
+
+    def pick(sslobj, server_name, ctx) -> None:
+        try:
+            chosen = context_of(pair())
+        except Exception:  # noqa: BLE001 - an unreadable next certificate: keep showing this one
+            log.exception("TLS: the certificate to show cannot be loaded; showing the one in use")
+            return None
+        if chosen is not sslobj.context:
+            sslobj.context = chosen
+        return None
+    first = context_of(pair())
+    first.sni_callback = pick
+    return first

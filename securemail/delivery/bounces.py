@@ -9,7 +9,7 @@ import logging
 from typing import Protocol
 
 from ..config import GatewayConfig
-from ..federation import ManifestSource
+from ..manifest_source import ManifestSource
 from ..policy.address import domain_of
 from ..queue import Queue
 from ..transform.hops import local_hop, relay_hop, smtp_hop
@@ -43,7 +43,7 @@ class Bounces:
             # written here, from MAILER-DAEMON@ our first domain: encrypted and signed by us
             body, _ = self.transformer.outbound(dsn, domain, [rcpt],
                                                 sender_domain=from_domain or self.config.domains[0])
-            hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pin)
+            hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pins)
         elif self.config.relay_to is not None and self.config.non_member_policy == "allow-plain":
             hop = relay_hop(*self.config.relay_to)
         else:

@@ -1,13 +1,17 @@
-"""The pre-send key check: a message queued for a member is not sent if the key it was
+"""The pre-send key checks: a message queued for a member is not sent if the key it was
 encrypted to was revoked or expired while it waited (``DeliveryWorker(pre_send=...)``), nor while
-the installed federation manifest is past its ``expires`` (deferred until a fresh one arrives)."""
+the installed federation manifest is past its ``expires`` (deferred until a fresh one arrives), and
+it is sent to the certificate pins the manifest lists now (``DeliveryWorker(member_pins=...)``)."""
 
 from __future__ import annotations
 
-from ..federation import ManifestSource
+from collections.abc import Callable
+
+from ..manifest_source import ManifestSource
 from .outcome import Outcome, temporary
 from ..keys.store import KeyStore
 from ..policy.address import domain_of
+from ..transform.hops import SmtpHop, smtp_hop
 
 
 MANIFEST_EXPIRED = temporary("federation manifest expired; waiting for a fresh one")
@@ -46,3 +50,15 @@ class KeyCheck:
         if key is None or not key.status.encryption_keys(now):
             return "the recipient domain's key was revoked or expired while the message waited"
         return None
+
+
+def listed_pins(manifest: ManifestSource) -> Callable[[SmtpHop], SmtpHop]:
+    """A member hop with the pins the installed manifest lists now for its gateway's address: a
+    member that rotated its certificate while the message waited is reached with today's pins, and
+    a pin the manifest dropped is no longer taken. The queued pins when no member has that address."""
+    def refresh(hop: SmtpHop) -> SmtpHop:
+        m = manifest()
+        pins = [p for x in (m.members.values() if m else ()) if x.gateway == (hop.host, hop.port)
+                for p in x.tls_pins]
+        return smtp_hop(hop.host, hop.port, tuple(dict.fromkeys(pins))) if pins else hop
+    return refresh

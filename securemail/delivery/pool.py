@@ -30,7 +30,7 @@ class SessionPool:
                  clock=time.monotonic) -> None:
         self.idle_seconds, self.max_idle = idle_seconds, max_idle_per_hop
         self.clock = clock
-        self._idle: dict[Hop, list[tuple[float, aiosmtplib.SMTP]]] = {}
+        self._idle: dict[tuple, list[tuple[float, aiosmtplib.SMTP]]] = {}
         self.opened = 0   # sessions opened (for tests and the benchmark)
 
     async def deliver(self, hop: Hop, mail_from: str, rcpt: str | Sequence[str], body: bytes,
@@ -40,7 +40,7 @@ class SessionPool:
         bad = check_args(hop, mail_from, rcpts)
         if bad is not None:
             return bad
-        key = hop
+        key = (hop, tls_client_cert)  # a certificate rotated: new sessions show the new one
         client = self._take(key)
         if client is not None:
             progress: list[str] = []
@@ -68,7 +68,7 @@ class SessionPool:
         _log(hop, rcpts, outcome)
         return outcome
 
-    def _take(self, key: Hop) -> aiosmtplib.SMTP | None:
+    def _take(self, key: tuple) -> aiosmtplib.SMTP | None:
         now = self.clock()
         idle = self._idle.get(key, [])
         while idle:
@@ -78,7 +78,7 @@ class SessionPool:
             client.close()
         return None
 
-    def _give(self, key: Hop, client: aiosmtplib.SMTP) -> None:
+    def _give(self, key: tuple, client: aiosmtplib.SMTP) -> None:
         idle = self._idle.setdefault(key, [])
         if client.is_connected and len(idle) < self.max_idle:
             idle.append((self.clock(), client))

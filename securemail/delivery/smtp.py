@@ -1,7 +1,8 @@
 """Next-hop SMTP client: one transaction to a member gateway (STARTTLS, pinned key) or the office MTA.
 
 A member gateway (``smtp:HOST:PORT:PIN``) must offer STARTTLS, and the
-SubjectPublicKeyInfo SHA-256 of the certificate it presents must equal PIN.
+SubjectPublicKeyInfo SHA-256 of the certificate it presents must equal PIN (or one of
+the pins of a member rotating its certificate: ``smtp:HOST:PORT:PIN,PIN``).
 The CA chain is not checked (self-signed certificates are normal in the
 federation); the pin is the authentication. No STARTTLS, a failed handshake or
 a wrong key is a *temporary* failure: the message stays queued and is never
@@ -267,9 +268,9 @@ async def _secure(client: aiosmtplib.SMTP, h: SmtpHop,
     ssl_object = client.get_transport_info("ssl_object")
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     got = der_pin(der) if der else None
-    if got is None or not hmac.compare_digest(got, h.pin):
+    if got is None or not any([hmac.compare_digest(got, pin) for pin in h.pins]):
         log.warning("smtp %s:%d: certificate key %s does not match pin %s; closing",
-                    h.host, h.port, got, h.pin)
+                    h.host, h.port, got, ",".join(h.pins))
         raise _Stop(temporary(PIN_MISMATCH))
 
 

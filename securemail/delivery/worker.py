@@ -81,7 +81,8 @@ class DeliveryWorker:
                  deliver_maildir: Callable[..., Outcome] = deliver_maildir,
                  deliver_lmtp: Callable[..., Awaitable[Outcome]] = deliver_lmtp,
                  bounce_sender: BounceSender | None = None, pre_send: PreSend | None = None,
-                 tls_client_cert: TlsClientCert | None = None,
+                 tls_client_cert: TlsClientCert | Callable[[], TlsClientCert] | None = None,
+                 member_pins: Callable[[SmtpHop], SmtpHop] | None = None,
                  reporting_mta: str | None = None, audit_log: AuditLog | None = None,
                  open_sealed: Callable[[bytes], bytes] | None = None) -> None:
         if lease_seconds <= timeout:
@@ -94,7 +95,8 @@ class DeliveryWorker:
         self.deliver_smtp, self.deliver_maildir = deliver_smtp, deliver_maildir
         self.deliver_lmtp = deliver_lmtp
         self.bounce_sender, self.pre_send = bounce_sender, pre_send
-        self.tls_client_cert = tls_client_cert
+        self.tls_client_cert = tls_client_cert  # or a function: the certificate to show now (rotation.py)
+        self.member_pins = member_pins          # a member hop with the pins the manifest lists now
         self.open_sealed = open_sealed  # queued ciphertext -> the office's message, in memory
         self.reporting_mta = reporting_mta or helo
         self.audit_log = audit_log if audit_log is not None else queue.audit_log
@@ -197,6 +199,8 @@ class DeliveryWorker:
             return await self._hold(claims, NO_MAILDIR)
         if isinstance(hop, RelayHop) and hop.decrypt and self.open_sealed is None:
             return await self._hold(claims, NO_DOMAIN_KEY)
+        if isinstance(hop, SmtpHop) and self.member_pins is not None:  # rotated while it waited
+            hop = self.member_pins(hop)
         body = first.body
         if body is None:
             body = await asyncio.to_thread(self.queue.body, first.message_id)
@@ -262,7 +266,7 @@ class DeliveryWorker:
                     return temporary(OPEN_FAILED) if err.temporary else permanent(OPEN_FAILED)
             return await self.deliver_smtp(hop, sender, rcpts[0] if len(rcpts) == 1 else rcpts,
                                            body, helo=self.helo, timeout=self.timeout,
-                                           tls_client_cert=self.tls_client_cert)
+                                           tls_client_cert=cert() if callable(cert := self.tls_client_cert) else cert)
         except Exception:  # noqa: BLE001 - a bug in one delivery defers it, never drops it
             log.exception("delivery %s: delivering via %s failed", self.owner, _label(hop))
             return temporary(INTERNAL)

@@ -118,7 +118,7 @@ class Locator:
             return self._judge(address, "failed", f"{domain}'s key directory failed recently")
         url = advanced_url(join_hostport(*member.wkd), address)
         try:
-            data = self.fetch(url, member.tls_pin)
+            data = self.fetch(url, ",".join(member.tls_pins))  # both while it rotates its certificate
         except LocateError as e:
             log.warning("locate %s: %s", address, e.message)
             self._down[domain] = now

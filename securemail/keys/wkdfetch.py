@@ -20,19 +20,21 @@ from .wkd import MAX_KEY_BYTES
 
 
 class SpkiPin(aiohttp.Fingerprint):
-    """aiohttp's certificate check, comparing the SubjectPublicKeyInfo SHA-256 (the federation's pin)."""
+    """aiohttp's certificate check, comparing the SubjectPublicKeyInfo SHA-256 (the federation's pin;
+    several, comma-separated, while the member rotates its certificate)."""
 
     def __init__(self, pin: str) -> None:
-        super().__init__(bytes.fromhex(pin))
+        self.pins = pin.split(",")
+        super().__init__(bytes.fromhex(self.pins[0]))
         self.pin = pin
 
     def check(self, transport: asyncio.Transport) -> None:
         sslobj = transport.get_extra_info("ssl_object")
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
         got = der_pin(der) if der else None
-        if got is None or not hmac.compare_digest(got, self.pin):
+        if got is None or not any([hmac.compare_digest(got, p) for p in self.pins]):
             host, port, *_ = transport.get_extra_info("peername") or ("?", 0)
-            raise aiohttp.ServerFingerprintMismatch(bytes.fromhex(self.pin),
+            raise aiohttp.ServerFingerprintMismatch(bytes.fromhex(self.pins[0]),
                                                     bytes.fromhex(got or ""), host, port)
 
 

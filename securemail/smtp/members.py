@@ -8,7 +8,7 @@ import logging
 import socket
 import time
 
-from ..federation import ManifestSource
+from ..manifest_source import ManifestSource
 
 log = logging.getLogger(__name__)
 

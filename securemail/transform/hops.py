@@ -5,9 +5,10 @@ given); the queue stores ``str(hop)`` on each delivery row; the delivery worker 
 text once (``parse_hop``) when it claims it, and hands the ``Hop`` to the SMTP client or the
 Maildir writer. The stored forms, one per way a message leaves the gateway (the office MTA in two):
 
-``smtp:HOST:PORT:PIN``
+``smtp:HOST:PORT:PIN`` or ``smtp:HOST:PORT:PIN,PIN``
     a member gateway; STARTTLS is required and the server certificate's
-    SubjectPublicKeyInfo SHA-256 must equal PIN (64 lowercase hex digits).
+    SubjectPublicKeyInfo SHA-256 must equal PIN (64 lowercase hex digits), or
+    one of the PINs (a member rotating its certificate is pinned twice).
 ``relay:HOST:PORT``
     the office MTA, inside the office; plain SMTP.
 ``relay-decrypt:HOST:PORT``
@@ -43,10 +44,15 @@ class SmtpHop:
     host: str
     port: int
     pin: str
+    also: tuple[str, ...] = ()   # other pins accepted: the member's retiring certificate
     kind = "smtp"
 
+    @property
+    def pins(self) -> tuple[str, ...]:
+        return (self.pin, *self.also)
+
     def __str__(self) -> str:
-        return f"smtp:{join_hostport(self.host, self.port)}:{self.pin}"
+        return f"smtp:{join_hostport(self.host, self.port)}:{','.join(self.pins)}"
 
 
 @dataclass(frozen=True)
@@ -86,9 +92,9 @@ class LmtpHop:
 Hop = SmtpHop | RelayHop | MaildirHop | LmtpHop
 
 
-def smtp_hop(host: str, port: int, pin: str) -> SmtpHop:
-    """The next hop for a member gateway (``pin`` is hex, any case)."""
-    return _smtp(host, port, pin.lower())
+def smtp_hop(host: str, port: int, pin: str | tuple[str, ...]) -> SmtpHop:
+    """The next hop for a member gateway (``pin`` is hex, any case; or several: ``Member.tls_pins``)."""
+    return _smtp(host, port, ",".join((pin,) if isinstance(pin, str) else pin).lower())
 
 
 def relay_hop(host: str, port: int, decrypt: bool = False) -> RelayHop:
@@ -139,10 +145,11 @@ def parse_hop(text: str) -> Hop:
     raise UsageError(f"unknown next-hop kind {kind!r}")
 
 
-def _smtp(host: str, port: int, pin: str) -> SmtpHop:
-    if not _PIN.match(pin):
+def _smtp(host: str, port: int, pins: str) -> SmtpHop:
+    first, *also = pins.split(",")
+    if not all(_PIN.match(p) for p in (first, *also)):
         raise UsageError("a member gateway pin is 64 lowercase hex digits (SPKI SHA-256)")
-    return SmtpHop(_check_host(host), _check_port(port), pin)
+    return SmtpHop(_check_host(host), _check_port(port), first, tuple(p for p in dict.fromkeys(also) if p != first))
 
 
 def _address(address: str) -> str:

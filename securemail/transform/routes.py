@@ -166,11 +166,14 @@ class Transformer:
                  user_key: Callable[[str], Key | None], member_key: Callable[[str], Key | None],
                  lookup: M.CertLookup, dkim_sign: Callable[[bytes, str], bytes],
                  clock: Callable[[], float] = time.time,
-                 locate: Callable[[str], Key | None] | None = None) -> None:
+                 locate: Callable[[str], Key | None] | None = None,
+                 member_keys: Callable[[str], list[Key]] | None = None) -> None:
         self.hostname = hostname
-        self.domain_keys = domain_keys          # domain -> unlocked secret Key
+        self.domain_keys = domain_keys          # domain -> unlocked secret Key (rotation.DomainKeys:
+        #                                         get() the one that signs now, values() all of ours)
         self.user_key = user_key                # address -> valid Key or None (key store)
         self.member_key = member_key            # member domain -> Key from the manifest
+        self.member_keys = member_keys or (lambda d: [k for k in [member_key(d)] if k])  # + retiring
         self.locate = locate                    # address -> pinned Key found in the federation's
         #                                         directory (or the store); raises KeyChanged
         self.lookup = lookup
@@ -229,8 +232,9 @@ class Transformer:
     def _domain_signer(self, fpr: str | None) -> Callable[[str], bool]:
         """domain -> is ``fpr`` that domain's gateway key (ours, or the member's in the manifest)?"""
         def vouches(domain: str) -> bool:
-            key = self.domain_keys.get(domain) or self.member_key(domain)
-            return fpr is not None and key is not None and key.fingerprint == fpr
+            ours = self.domain_keys.get(domain)
+            keys = [ours] if ours is not None else self.member_keys(domain)  # a member's, retiring too
+            return fpr is not None and any(k.fingerprint == fpr for k in keys)
         return vouches
 
     def signer_located(self, decrypted: M.Decrypted, outer_from: str | None) -> tuple[M.Decrypted, str]:

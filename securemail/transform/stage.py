@@ -18,7 +18,7 @@ from ..crypto import dkim as D
 from .hops import Hop, local_hop, relay_hop, smtp_hop
 from ..envelope import Envelope
 from ..errors import PolicyRefusal
-from ..federation import ManifestSource
+from ..manifest_source import ManifestSource
 from ..mail.headers import HeaderBlock, HeaderBlockError, parse_header_block
 from ..policy import Verdict, encryption, rules
 from ..policy.address import MEMBER, OTHER, OWN, domain_of
@@ -128,7 +128,7 @@ class CryptoStage:
                 body, meta = self.transformer.outbound(env.data, domain, rcpts, sender_domain=f.from_domain,
                                                        encryption=f.encryption, fields=fields_of(env.data, f),
                                                        block=f.block)
-                hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pin)
+                hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pins)
                 items.append(item([(r, hop) for r in rcpts], body, {**meta, "route": "member"}))
             elif cls == OWN:
                 for r in rcpts:

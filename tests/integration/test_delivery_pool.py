@@ -63,7 +63,7 @@ def test_dead_session_is_replaced_before_any_data(server, tls):
 
     async def main():
         first = await pool.deliver(hop, SENDER, RCPT, BODY, helo="gw", timeout=10)
-        for _, client in pool._idle[hop]:  # the server side goes away while the session idles
+        for _, client in pool._idle[(hop, None)]:  # the server side goes away while the session idles
             client.transport.abort()
         second = await pool.deliver(hop, SENDER, RCPT, BODY, helo="gw", timeout=10)
         await pool.close()

@@ -101,7 +101,7 @@ def test_an_update_binds_only_what_its_source_could(store):
 
 def test_a_located_key_is_cut_to_the_address_asked_for(store):
     key = multi(BRUNO, CEO, ALICE, "carole@justice.gouv.fr")
-    member = SimpleNamespace(wkd=("127.0.0.1", 9), tls_pin="cd" * 32)
+    member = SimpleNamespace(wkd=("127.0.0.1", 9), tls_pin="cd" * 32, tls_pins=("cd" * 32,))
     manifest = SimpleNamespace(member=lambda d: member if d in ("justice.gouv.fr", "culture.gouv.fr") else None)
     loc = Locator(store, lambda: manifest, fetch=lambda url, pin: key.public().binary())
     assert loc.locate(BRUNO).key.fingerprint == key.fingerprint

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from securemail.manifest_source import ManifestSource
+
 from securemail import federation as F
 from securemail.admin.check_federation import expiry_check
 from securemail.audit import AuditLog
@@ -106,7 +108,7 @@ def test_install_refuses_an_expired_manifest_and_audits_expiry(entry, authority,
 
 def test_manifest_source_counts_down_to_expiry(entry, authority, tmp_path):
     path, clock = tmp_path / "federation.json", Clock()
-    source = F.ManifestSource(path, clock)
+    source = ManifestSource(path, clock)
     assert source.seconds_to_expiry() is None and not source.expired()  # nothing installed
     path.write_bytes(signed(entry, authority, expires=T0 + 100))
     clock.t = T0 + 40
@@ -152,7 +154,7 @@ def test_queued_member_mail_is_deferred_while_the_manifest_is_expired(entry, aut
     path = tmp_path / "federation.json"
     path.write_bytes(signed(entry, authority, expires=T0 + 100))
     queue = Queue(db, clock, audit_log=AuditLog(db, clock))
-    check = KeyCheck(KeyStore(db, clock), F.ManifestSource(path, clock), clock)
+    check = KeyCheck(KeyStore(db, clock), ManifestSource(path, clock), clock)
     hop = smtp_hop(f"gw.{MEMBER}", 25, entry["tls_pin"])
     queue.enqueue("a@interieur.gouv.fr", [(f"bruno@{MEMBER}", hop), ("x@y.test", relay_hop("mx", 25))],
                   b"Subject: s\r\n\r\nsealed\r\n")
@@ -181,7 +183,7 @@ def test_a_key_gone_for_good_bounces_even_when_the_manifest_expired(entry, autho
     clock.t = T0 + 200
     path = tmp_path / "federation.json"
     path.write_bytes(signed(entry, authority, expires=T0 + 100))
-    check = KeyCheck(KeyStore(db, clock), F.ManifestSource(path, clock), clock)
+    check = KeyCheck(KeyStore(db, clock), ManifestSource(path, clock), clock)
 
     class Claim:
         next_hop = str(smtp_hop("gw.gone.gouv.fr", 25, entry["tls_pin"]))

@@ -188,7 +188,7 @@ def located(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'db'}")
     create_schema(engine)
     store = KeyStore(engine, clock=lambda: now[0])
-    member = SimpleNamespace(wkd=("127.0.0.1", 9), tls_pin="cd" * 32)
+    member = SimpleNamespace(wkd=("127.0.0.1", 9), tls_pin="cd" * 32, tls_pins=("cd" * 32,))
     manifest = SimpleNamespace(member=lambda d: member if d == "justice.gouv.fr" else None)
     remote = Directory()
     loc = Locator(store, lambda: manifest, clock=lambda: now[0], fetch=remote.fetch,
