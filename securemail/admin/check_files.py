@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from ..config import GatewayConfig
+from ..logs import KEY_FILE
 from .result import Check, command, passed, problem, shown
 
 EXPIRY_WARNING_DAYS = 14   # a certificate closer than this to its end is a problem already
@@ -35,6 +36,7 @@ def secret_files(config: GatewayConfig, database_file: Path | None) -> list[tupl
     files.append((config.tls_key, False, "the TLS private key"))
     files += [(d.private_key, True, "a DKIM private key") for d in config.dkim_keys]
     files.append((config.passwords_file, False, "the submission password hashes"))
+    files.append((config.home / KEY_FILE, False, "the key that hashes addresses in the logs"))
     return files
 
 
