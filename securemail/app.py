@@ -3,7 +3,8 @@
 ``open_home`` (a person's home: keys, audit), ``open_gateway`` (the serve process: every object of
 the gateway, handed down), ``open_child(home, role)`` (a crypto worker's or the delivery child's
 own objects). The processes' entry points (securemail/roles/, cli/) call these and run what they
-were handed; nothing built here imports this module back.
+were handed; nothing built here imports this module back. Each process's logging
+(``setup_logging``) and metrics (``share_metrics``, ``open_metrics``) are set up here too.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .config import CoreConfig, GatewayConfig, read_toml
 from .crypto.dkim_signing import dkim_sign_fn, dkim_signers
 from .crypto.keys import Key
 from .db import make_engine
-from .errors import ConfigError
+from .errors import ConfigError, SecureMailError
 from .federation import ManifestSource
 from .home import Home
 from .keys.locate import Locator
@@ -37,7 +38,9 @@ from .transform.stage import CryptoStage
 if TYPE_CHECKING:
     from .delivery.pool import SessionPool
     from .delivery.worker import DeliveryWorker
+    from .metrics import Metrics
     from .procs.gateway import Gateway
+    from .procs.monitor import MonitorServer
     from .smtp.server import SMTPServer
     from .transform.pipeline import Pipeline
 
@@ -115,6 +118,65 @@ def open_locator(core: Core, *, timeout: float = 10.0) -> Locator | None:
 
 
 
+# --- logs and metrics of a serve tree's processes -------------------------------------
+METRICS_DIR = "metrics"   # in the home: each process's metric files (prometheus-client multiprocess)
+
+
+def setup_logging(home: Path, role: str, *, level: int | None = None) -> None:
+    """This process's log lines as the home's ``[log]`` says (logs.py), tagged with ``role``; the
+    defaults when the config cannot be read. ``level`` overrides ``log.level``."""
+    from .logs import LogSettings, configure
+    try:
+        settings = GatewayConfig.load(Home(Path(home))).log
+    except SecureMailError:
+        settings = LogSettings()
+    configure(settings, role, home=Path(home), level=level)
+
+
+def share_metrics(home: Home, *, fresh: bool) -> bool:
+    """For ``securemail serve``, before anything is counted: when ``[listeners.metrics]`` is on, this
+    process and every process it starts count in ``home/metrics`` (metrics.py), which the top serve
+    process (``fresh``) empties first. Whether they do."""
+    if GatewayConfig.load(home).listener("metrics") is None:
+        return False
+    from .metrics import share_between_processes
+    share_between_processes(home.path / METRICS_DIR, fresh=fresh)
+    return True
+
+
+def open_metrics(role: str, known_domains=frozenset, *, shared_only: bool = False) -> Metrics | None:
+    """This process's metrics (metrics.py). ``shared_only`` (a child of serve): None unless they are
+    counted with the other processes' (``share_metrics`` ran in the serve process), since nobody
+    would read them."""
+    if shared_only and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    from .metrics import Metrics
+    return Metrics(role, known_domains)
+
+
+def _known_domains(config: GatewayConfig, manifest: ManifestSource):
+    """Ours and the members': the domain labels of delivery metrics (any other is "other")."""
+    def known() -> set[str]:
+        m = manifest()
+        return {*config.domains, *(m.members if m else ())}
+    return known
+
+
+def _monitor(config: GatewayConfig, gateway: Gateway, metrics: Metrics, manifest: ManifestSource,
+             stage: CryptoStage, clock, reuse_port: bool) -> MonitorServer:
+    """The metrics listener of a serve process: its counters, the state read at each scrape, readiness."""
+    from .procs.health import Readiness
+    from .procs.monitor import MonitorServer
+    from .procs.scrape import StateGauges
+    li = config.listener("metrics")
+    keys = stage.transformer.domain_keys
+    ready = Readiness(engine=gateway.engine, manifest=manifest, domains=config.domains, domain_keys=keys,
+                      processes=gateway.process_probes, clock=clock)
+    state = StateGauges(engine=gateway.engine, manifest=manifest, certificate=config.tls_cert,
+                        domain_keys=keys, clock=clock)
+    return MonitorServer(li.host, li.port, metrics, ready, state, reuse_port=reuse_port)
+
+
 # --- the gateway -----------------------------------------------------------------
 def role_command(role: str, home: Path) -> list[str]:
     """How a child process of ``role`` is started: its entry point in securemail/roles/."""
@@ -132,9 +194,6 @@ def open_gateway(home: Home, *, clock=time.time, owner: str | None = None,
     """
     from .authlimit import AuthGuard
     from .crypto.tls import server_tls_context
-    from .keys.directory import Directory
-    from .keys.publish import Nonces
-    from .keys.wkd_server import WkdServer
     from .procs.cpu import CpuPool
     from .procs.delivery import DeliveryProcess
     from .procs.gateway import Gateway
@@ -151,13 +210,14 @@ def open_gateway(home: Home, *, clock=time.time, owner: str | None = None,
     queue = Queue(engine, clock, audit_log=audit)
     manifest = ManifestSource(config.federation_manifest)
     manifest()
-    stage = make_stage(config, keys, manifest, clock)
+    metrics = open_metrics("serve", _known_domains(config, manifest)) if config.listener("metrics") else None
+    stage = make_stage(config, keys, manifest, clock, metrics)
     workers = config.crypto_workers(reuse_port) if cpu_workers is None else cpu_workers
     if clock is not time.time:  # a worker process cannot follow an injected clock (tests, proof)
         workers = 0
-    pool = CpuPool(role_command("crypto", home.path), workers) if workers > 0 else None
+    pool = CpuPool(role_command("crypto", home.path), workers, metrics=metrics) if workers > 0 else None
     pipeline = Pipeline(config=config, stage=stage, queue=queue, audit=audit,
-                        run_stage=pool.decide if pool else None)
+                        run_stage=pool.decide if pool else None, metrics=metrics, clock=clock)
     tls = server_tls_context(config)
     users = Users(config.passwords_file)
     guard = AuthGuard(users.check, config.auth_budget,
@@ -167,17 +227,30 @@ def open_gateway(home: Home, *, clock=time.time, owner: str | None = None,
     owner = owner or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     delivery, sessions, child = [], None, None
     if clock is time.time and config.separate_delivery(workers):
-        child = DeliveryProcess(role_command("delivery", home.path), owner)
+        child = DeliveryProcess(role_command("delivery", home.path), owner, metrics=metrics)
     else:
         delivery, sessions = build_delivery(config, queue=queue, keys=keys, manifest=manifest,
-                                            transformer=stage.transformer, clock=clock, owner=owner)
-    wkd, li = None, config.listener("wkd")
-    if li is not None:
-        wkd = WkdServer(li.host, li.port, tls, Directory(engine, keys, config.domains, clock=clock, audit=audit),
-                        Nonces(engine), users.check, audit=audit, clock=clock, reuse_port=reuse_port,
-                        guard=guard)
-    return Gateway(config, queue, audit, keys, pipeline, servers, delivery, engine, wkd, sessions, pool,
-                   child, Retention(queue, config.queue.retention, config.queue.purge_interval), guard=guard)
+                                            transformer=stage.transformer, clock=clock, owner=owner,
+                                            metrics=metrics)
+    wkd = _key_directory(config, engine, keys, tls, users, audit, guard, clock, reuse_port)
+    gateway = Gateway(config, queue, audit, keys, pipeline, servers, delivery, engine, wkd, sessions, pool,
+                      child, Retention(queue, config.queue.retention, config.queue.purge_interval), guard=guard)
+    if metrics is not None:
+        gateway.monitor = _monitor(config, gateway, metrics, manifest, stage, clock, reuse_port)
+    return gateway
+
+
+def _key_directory(config: GatewayConfig, engine, keys: KeyStore, tls, users, audit: AuditLog, guard, clock,
+                   reuse_port: bool):
+    """The key directory's HTTPS listener ([listeners.wkd]), or None."""
+    from .keys.directory import Directory
+    from .keys.publish import Nonces
+    from .keys.wkd_server import WkdServer
+    li = config.listener("wkd")
+    if li is None:
+        return None
+    return WkdServer(li.host, li.port, tls, Directory(engine, keys, config.domains, clock=clock, audit=audit),
+                     Nonces(engine), users.check, audit=audit, clock=clock, reuse_port=reuse_port, guard=guard)
 
 
 def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard, members,
@@ -193,7 +266,7 @@ def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard, members
     relay_tls = request_client_certificates(server_tls_context(config))
     servers = []
     for li in config.listeners:
-        if li.name == "wkd":
+        if li.name in ("wkd", "metrics"):  # the HTTPS key directory, the HTTP monitor
             continue
         handler = GatewayHandler(still_a_user(pipeline.rcpt_decider(li), known), pipeline.data_acceptor(li),
                                  clock=clock)
@@ -207,17 +280,21 @@ def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard, members
 
 
 def build_delivery(config: GatewayConfig, *, queue: Queue, keys: KeyStore, manifest: ManifestSource,
-                   transformer: Transformer, clock, owner: str) -> tuple[list[DeliveryWorker], SessionPool]:
+                   transformer: Transformer, clock, owner: str,
+                   metrics: Metrics | None = None) -> tuple[list[DeliveryWorker], SessionPool]:
     from .delivery.bounces import Bounces
     from .delivery.keycheck import KeyCheck
     from .delivery.pool import SessionPool
     from .delivery.worker import DeliveryWorker
     bounces = Bounces(config, queue, transformer, manifest)
     sessions = SessionPool()  # next-hop SMTP sessions reused across messages and workers
+    open_sealed = transformer.open_for_office
+    if metrics is not None:
+        open_sealed = metrics.timed("crypto", "open", open_sealed)
     workers = [DeliveryWorker.from_config(
         config, queue, owner=owner, clock=clock, audit_log=queue.audit_log, concurrency=config.workers,
         reporting_mta=config.domains[0], bounce_sender=bounces.send, deliver_smtp=sessions.deliver,
-        pre_send=KeyCheck(keys, manifest, clock).veto, open_sealed=transformer.open_for_office)]
+        pre_send=KeyCheck(keys, manifest, clock).veto, open_sealed=open_sealed, metrics=metrics)]
     return workers, sessions
 
 
@@ -246,15 +323,19 @@ def combined_lookup(*lookups):
     return lookup
 
 
-def make_stage(config, keys: KeyStore, manifest: ManifestSource, clock) -> CryptoStage:
+def make_stage(config, keys: KeyStore, manifest: ManifestSource, clock,
+               metrics: Metrics | None = None) -> CryptoStage:
     """The crypto stage of one process (the SMTP process, or a crypto worker) from the same config."""
     locator = Locator(keys, manifest, clock=clock, refresh_seconds=config.directory_refresh,
                       own_domains=config.domains)
+    sign = dkim_sign_fn(dkim_signers(config))
+    if metrics is not None:
+        sign = metrics.timed("dkim", "sign", sign)
     transformer = Transformer(
         hostname=config.hostname, domain_keys=domain_keys(config, keys), user_key=keys.usable_for,
         member_key=manifest.member_key, lookup=combined_lookup(keys.lookup, manifest.lookup),
-        dkim_sign=dkim_sign_fn(dkim_signers(config)), clock=clock, locate=locator.key_for)
-    return CryptoStage(config=config, manifest=manifest, transformer=transformer)
+        dkim_sign=sign, clock=clock, locate=locator.key_for)
+    return CryptoStage(config=config, manifest=manifest, transformer=transformer, metrics=metrics)
 
 
 # --- a child process of serve ------------------------------------------------------
@@ -270,8 +351,11 @@ class ChildParts:
     stage: CryptoStage
     workers: list[DeliveryWorker] | None = None
     sessions: SessionPool | None = None
+    metrics: Metrics | None = None
 
     def close(self) -> None:
+        if self.metrics is not None:  # this process's live gauges go with it (its counts stay)
+            self.metrics.process_ended(os.getpid())
         self.engine.dispose()
 
 
@@ -287,9 +371,11 @@ def open_child(home: Path, role: str, *, owner: str = "") -> ChildParts:
     keys = KeyStore(engine, time.time, audit=audit)
     manifest = ManifestSource(config.federation_manifest)
     queue = Queue(engine, time.time, audit_log=audit)
-    parts = ChildParts(config, engine, keys, queue, manifest, make_stage(config, keys, manifest, time.time))
+    metrics = open_metrics(role, _known_domains(config, manifest), shared_only=True)
+    parts = ChildParts(config, engine, keys, queue, manifest, make_stage(config, keys, manifest, time.time, metrics),
+                       metrics=metrics)
     if role == "delivery":
         parts.workers, parts.sessions = build_delivery(
             config, queue=queue, keys=keys, manifest=manifest, transformer=parts.stage.transformer,
-            clock=time.time, owner=owner)
+            clock=time.time, owner=owner, metrics=metrics)
     return parts

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .home import Home
+from .logs import LogSettings
 from .net import split_hostport, split_socket_address
 
 
@@ -108,12 +109,17 @@ def _lmtp(dl: dict, local: str) -> tuple[str, int] | str | None:
     return target
 
 
+METRICS_LISTEN = "127.0.0.1:9464"  # [listeners.metrics] when the config has none; "none": no listener
+
+
 def _listeners(table: dict) -> tuple["Listener", ...]:
-    """[listeners.relay|submission|wkd]: where each listens, whom it trusts, STARTTLS and AUTH."""
+    """[listeners.relay|submission|wkd|metrics]: where each listens, whom it trusts, STARTTLS and AUTH."""
     listeners = []
-    for name, t in table.items():
-        if name not in ("relay", "submission", "wkd") or not isinstance(t, dict):
-            raise ConfigError(f"unknown listener [listeners.{name}] (relay, submission or wkd)")
+    for name, t in {**table, **({} if "metrics" in table else {"metrics": {"listen": METRICS_LISTEN}})}.items():
+        if name not in ("relay", "submission", "wkd", "metrics") or not isinstance(t, dict):
+            raise ConfigError(f"unknown listener [listeners.{name}] (relay, submission, wkd or metrics)")
+        if name == "metrics" and t.get("listen") == "none":
+            continue
         host, port = parse_hostport(_get(t, "listen", str, "", f"listeners.{name}"), f"listeners.{name}.listen")
         try:
             nets = tuple(ipaddress.ip_network(n, strict=False) for n in t.get("trusted_networks", []))
@@ -171,7 +177,7 @@ class CoreConfig:
 
 @dataclass(frozen=True)
 class Listener:
-    name: str                 # "relay" | "submission" (SMTP) | "wkd" (HTTPS key directory)
+    name: str                 # "relay" | "submission" (SMTP) | "wkd" (HTTPS key directory) | "metrics"
     host: str
     port: int
     trusted_networks: tuple[ipaddress._BaseNetwork, ...] = ()
@@ -328,6 +334,7 @@ class GatewayConfig:
         return min(cores, AUTO_CPU_WORKERS)
     directory_refresh: float = 86400.0   # [directory] refresh_seconds
     lmtp: tuple[str, int] | str | None = None  # delivery.lmtp: (host, port) or a unix socket's path
+    log: LogSettings = field(default_factory=LogSettings)  # [log] format, addresses, level (logs.py)
 
     def listener(self, name: str) -> Listener | None:
         return next((li for li in self.listeners if li.name == name), None)
@@ -387,5 +394,5 @@ class GatewayConfig:
                                      for k, v in vars(AuthBudget()).items())),
             retry=Retry(*(_positive(_get(rt, k, float, v, "retry"), f"retry.{k}") for k, v in vars(Retry()).items())),
             queue=_queue_settings(data),
-            directory_refresh=_refresh(data),
+            directory_refresh=_refresh(data), log=LogSettings.from_table(_table(data, "log")),
         )
