@@ -151,9 +151,9 @@ auth = false                 # offer AUTH here too (over TLS); users submit on [
 
 {submission}
 {wkd}
-[listeners.metrics]          # /metrics (Prometheus), /healthz, /readyz: plain HTTP, so loopback or a
+[listeners.metrics]          # /metrics (Prometheus), /healthz, /readyz over plain HTTP: keep it on
+                             # loopback or a management network; listen = "none": no listener
 listen = "{metrics}"
-                             # management network only; listen = "none": no listener
 
 [log]                        # to stderr (journald under systemd), one line per record
 format = "text"              # or "json": one object per line, the schema in the README ("Logs")

@@ -9,6 +9,12 @@ import textwrap
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from pathlib import Path
+
+import pytest
+
+from securemail.config import GatewayConfig
+from securemail.errors import ConfigError
 from securemail.metrics import OTHER, REASON_CLASS, Metrics, reason_class
 from securemail.policy import recipient, rules
 from tests.support import REPO
@@ -20,6 +26,18 @@ def samples(text: bytes) -> dict[tuple, float]:
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
+
+
+def test_the_metrics_listener_is_on_by_default_and_none_turns_it_off():
+    def metrics(**listeners):
+        data = {"gateway": {"domains": ["office.test"]}, "listeners": listeners}
+        li = GatewayConfig.from_dict(data, Path("/nonexistent")).listener("metrics")
+        return li and (li.host, li.port)
+    assert metrics() == ("127.0.0.1", 9464)
+    assert metrics(metrics={"listen": "10.0.0.5:9100"}) == ("10.0.0.5", 9100)
+    assert metrics(metrics={"listen": "none"}) is None
+    with pytest.raises(ConfigError, match="listeners.metrics.listen must be HOST:PORT"):
+        metrics(metrics={"listen": "9464"})
 
 
 def test_every_rule_has_a_reason_class():
