@@ -28,6 +28,8 @@ gateway.add_command(user)
               help="Submission listener HOST:PORT (AUTH after STARTTLS); 'none' for no submission.")
 @click.option("--wkd", default="127.0.0.1:8443", show_default=True,
               help="Key directory (WKD, key publication) HTTPS listener HOST:PORT; 'none' for no directory.")
+@click.option("--metrics", default="127.0.0.1:9464", show_default=True,
+              help="Metrics and health HTTP listener HOST:PORT (/metrics, /healthz, /readyz); 'none' for none.")
 @click.option("--hostname", help="EHLO name and TLS certificate name (default gateway.<first domain>).")
 @click.option("--trusted-network", "trusted", multiple=True, help="Office network that may relay (repeatable).")
 @click.option("--database-url", help="SQLAlchemy URL (default: SQLite file in the home).")
@@ -36,18 +38,20 @@ gateway.add_command(user)
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="Real certificate (default: self-signed).")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="Its private key.")
 @click.pass_obj
-def init(obj, domains, listen, submission, wkd, hostname, trusted, database_url, relay_to, lmtp, tls_cert,
-         tls_key):
+def init(obj, domains, listen, submission, wkd, metrics, hostname, trusted, database_url, relay_to, lmtp,
+         tls_cert, tls_key):
     """Write a documented config, domain OpenPGP keys, DKIM keys and a TLS certificate."""
     from securemail.admin.setup import InitOptions, init_gateway
     if bool(tls_cert) != bool(tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     ctx = click.get_current_context()
-    movable = frozenset(name for name, param in (("relay", "listen"), ("submission", "submission"), ("wkd", "wkd"))
+    movable = frozenset(name for name, param in (("relay", "listen"), ("submission", "submission"), ("wkd", "wkd"),
+                                                 ("metrics", "metrics"))
                         if ctx.get_parameter_source(param) is click.core.ParameterSource.DEFAULT)
     opts = InitOptions(domains=list(domains), listen=listen,
                        submission=None if submission == "none" else submission,
-                       wkd=None if wkd == "none" else wkd, hostname=hostname,
+                       wkd=None if wkd == "none" else wkd, metrics=None if metrics == "none" else metrics,
+                       hostname=hostname,
                        database_url=database_url, relay_to=relay_to, lmtp=lmtp, tls_cert=tls_cert, tls_key=tls_key,
                        movable=movable)
     if trusted:

@@ -17,6 +17,7 @@ from pathlib import Path
 from .config_ops import Anchoring, ManifestFetch, anchoring, manifest_fetch, parse_duration
 from .errors import ConfigError
 from .home import Home
+from .logs import LogSettings
 from .net import split_hostport, split_socket_address
 
 
@@ -109,12 +110,17 @@ def _lmtp(dl: dict, local: str) -> tuple[str, int] | str | None:
     return target
 
 
+METRICS_LISTEN = "127.0.0.1:9464"  # [listeners.metrics] when the config has none; "none": no listener
+
+
 def _listeners(table: dict) -> tuple["Listener", ...]:
-    """[listeners.relay|submission|wkd]: where each listens, whom it trusts, STARTTLS and AUTH."""
+    """[listeners.relay|submission|wkd|metrics]: where each listens, whom it trusts, STARTTLS and AUTH."""
     listeners = []
-    for name, t in table.items():
-        if name not in ("relay", "submission", "wkd") or not isinstance(t, dict):
-            raise ConfigError(f"unknown listener [listeners.{name}] (relay, submission or wkd)")
+    for name, t in {**table, **({} if "metrics" in table else {"metrics": {"listen": METRICS_LISTEN}})}.items():
+        if name not in ("relay", "submission", "wkd", "metrics") or not isinstance(t, dict):
+            raise ConfigError(f"unknown listener [listeners.{name}] (relay, submission, wkd or metrics)")
+        if name == "metrics" and t.get("listen") == "none":
+            continue
         host, port = parse_hostport(_get(t, "listen", str, "", f"listeners.{name}"), f"listeners.{name}.listen")
         try:
             nets = tuple(ipaddress.ip_network(n, strict=False) for n in t.get("trusted_networks", []))
@@ -174,7 +180,7 @@ class CoreConfig:
 
 @dataclass(frozen=True)
 class Listener:
-    name: str                 # "relay" | "submission" (SMTP) | "wkd" (HTTPS key directory)
+    name: str                 # "relay" | "submission" (SMTP) | "wkd" (HTTPS key directory) | "metrics"
     host: str
     port: int
     trusted_networks: tuple[ipaddress._BaseNetwork, ...] = ()
@@ -313,6 +319,7 @@ class GatewayConfig:
     federation_fetch: ManifestFetch | None = None  # [federation] url: fetched by the running gateway
     audit_anchoring: Anchoring | None = None       # [audit] checkpoints (config_ops.py)
     lmtp: tuple[str, int] | str | None = None  # delivery.lmtp: (host, port) or a unix socket's path
+    log: LogSettings = field(default_factory=LogSettings)  # [log] format, addresses, level (logs.py)
 
     def listener(self, name: str) -> Listener | None:
         return next((li for li in self.listeners if li.name == name), None)
@@ -374,5 +381,5 @@ class GatewayConfig:
                                      for k, v in vars(AuthBudget()).items())),
             retry=Retry(*(_positive(_get(rt, k, float, v, "retry"), f"retry.{k}") for k, v in vars(Retry()).items())),
             queue=_queue_settings(data),
-            directory_refresh=_refresh(data),
+            directory_refresh=_refresh(data), log=LogSettings.from_table(_table(data, "log")),
         )

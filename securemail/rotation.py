@@ -219,6 +219,7 @@ class DomainKeys:
     def __init__(self, rotation: Rotation, keys: KeyStore) -> None:
         self.rotation, self.keys = rotation, keys
         self._loaded: dict[str, Key] = {}
+        self._domains: tuple[str, ...] = ()
 
     def get(self, domain: str, default=None) -> Key | None:
         fpr = self.rotation.openpgp_signer(domain)
@@ -233,8 +234,22 @@ class DomainKeys:
                 log.error("domain key %s unusable: %s", fpr, e.message)
         return out
 
+    def items(self) -> list[tuple[str, Key]]:
+        """(domain, the key that signs for it now) of each domain ``check`` was given."""
+        return [(d, k) for d in self._domains if (k := self.get(d)) is not None]
+
+    def __len__(self) -> int:
+        return len(self.items())
+
+    def __getitem__(self, domain: str) -> Key:
+        key = self.get(domain)
+        if key is None:
+            raise KeyError(domain)
+        return key
+
     def check(self, domains: Collection[str]) -> "DomainKeys":
         """Every served domain has a usable key now (at start: ConfigError otherwise)."""
+        self._domains = tuple(domains)
         for domain in domains:
             if self.rotation.openpgp_signer(domain) is None:
                 raise ConfigError(f"no OpenPGP key configured for {domain} ([keys.openpgp])")

@@ -64,3 +64,17 @@ def _bind_older_keys(conn: Connection, log: audit.AuditLog, now: float) -> None:
     """A home made before bindings: bind its keys once, from where they came; audit dropped pins."""
     for address, fpr in binding.migrate(conn, store.keys_table, store.pins_table, now):
         log.append_in(conn, "key-pin-dropped", address=address, fingerprint=fpr, reason="no binding")
+
+
+def gaps(inspector) -> tuple[list[str], list[str]]:
+    """The tables this version uses that the database lacks, and the columns (``table.column``)
+    lacking from the tables it has (``gateway check``, and the gateway's ``/readyz``)."""
+    have = set(inspector.get_table_names())
+    tables, columns = [], []
+    for table in (t for metadata in METADATA for t in metadata.sorted_tables):
+        if table.name not in have:
+            tables.append(table.name)
+            continue
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        columns += [f"{table.name}.{c.name}" for c in table.columns if c.name not in present]
+    return tables, columns

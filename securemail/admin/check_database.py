@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from .. import migrations
 from ..db import make_engine, transaction
 from ..errors import ConfigError, TemporaryFailure
-from ..schema import METADATA
+from ..schema import METADATA, gaps as schema_gaps
 from .result import Check, command, passed, problem
 
 
@@ -57,20 +57,6 @@ def open_database(url: str, home: Path, timeout: float, engine_for=make_engine) 
         engine.dispose()
         return problem("database", f"{shown} does not answer: {e.detail}", fix), None
     return passed("database", f"{shown} answers"), engine
-
-
-def schema_gaps(inspector) -> tuple[list[str], list[str]]:
-    """The tables this version uses that the database lacks, and the columns (``table.column``)
-    lacking from the tables it has."""
-    have = set(inspector.get_table_names())
-    tables, columns = [], []
-    for table in (t for metadata in METADATA for t in metadata.sorted_tables):
-        if table.name not in have:
-            tables.append(table.name)
-            continue
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        columns += [f"{table.name}.{c.name}" for c in table.columns if c.name not in present]
-    return tables, columns
 
 
 def schema_check(engine: Engine, home: Path) -> Check:

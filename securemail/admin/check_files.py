@@ -19,6 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from ..config import GatewayConfig
 from ..rotation import load_rotation
+from ..logs import KEY_FILE
 from .result import Check, command, passed, problem, shown
 
 EXPIRY_WARNING_DAYS = 14   # a certificate closer than this to its end is a problem already
@@ -38,6 +39,7 @@ def secret_files(config: GatewayConfig, database_file: Path | None) -> list[tupl
         files.append((nxt[1], True, "the next TLS private key (gateway rotate tls)"))
     files += [(d.private_key, True, "a DKIM private key") for d in config.dkim_keys]
     files.append((config.passwords_file, False, "the submission password hashes"))
+    files.append((config.home / KEY_FILE, False, "the key that hashes addresses in the logs"))
     return files
 
 

@@ -26,6 +26,7 @@ class InitOptions:
     listen: str = "127.0.0.1:2525"
     submission: str | None = "127.0.0.1:5870"
     wkd: str | None = "127.0.0.1:8443"     # the key directory (HTTPS); None: no directory
+    metrics: str | None = "127.0.0.1:9464"  # /metrics, /healthz, /readyz (HTTP); None: no listener
     hostname: str | None = None
     trusted_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     database_url: str | None = None
@@ -85,6 +86,7 @@ def init_gateway(home: Path, keys: KeyStore, opts: InitOptions) -> dict:
                     'auth_required = true\n' if opts.submission else ""),
         wkd=(f'[listeners.wkd]             # the key directory (WKD and key publication), HTTPS with [tls]\n'
              f'listen = "{at["wkd"]}"\n' if opts.wkd else ""),
+        metrics=at.get("metrics", "none"),
         openpgp="\n".join(f'"{d}" = "{f}"' for d, f in fprs.items()),
         dkim="\n".join(f'[[keys.dkim]]\ndomain = "{d}"\nselector = "{s}"\nalgorithm = "{a}"\n'
                        f'private_key = "{p}"\n' for d, s, a, p, _ in dkim))
@@ -102,9 +104,9 @@ def _lmtp(target: str) -> str:
 
 
 def _listeners(opts: InitOptions) -> list[Choice]:
-    """The relay, submission and key directory listeners: as given, or moved off a busy default."""
+    """The relay, submission, key directory and metrics listeners: as given, or moved off a busy default."""
     wanted = [("relay", opts.listen, "--listen"), ("submission", opts.submission, "--submission"),
-              ("wkd", opts.wkd, "--wkd")]
+              ("wkd", opts.wkd, "--wkd"), ("metrics", opts.metrics, "--metrics")]
     return choose([(name, *parse_hostport(text, flag)) for name, text, flag in wanted if text], opts.movable)
 
 
@@ -130,6 +132,15 @@ auth = false                 # offer AUTH here too (over TLS); users submit on [
 
 {submission}
 {wkd}
+[listeners.metrics]          # /metrics (Prometheus), /healthz, /readyz over plain HTTP: keep it on
+                             # loopback or a management network; listen = "none": no listener
+listen = "{metrics}"
+
+[log]                        # to stderr (journald under systemd), one line per record
+format = "text"              # or "json": one object per line, the schema in the README ("Logs")
+addresses = "hashed"         # local parts of addresses: "full", "hashed" (keyed, log.key) or "none"
+level = "info"               # "debug", "info", "warning" or "error"
+
 [tls]
 cert = "{cert}"
 key = "{tkey}"

@@ -11,7 +11,8 @@ from .bridge import open_bridge
 from .child import ChildParts, open_child
 from .gateway import (build_delivery, make_stage, open_checkpointer, open_gateway, role_command)
 from .home import Core, manifest_path, migrate_database, open_home, open_locator, prepare_schema
+from .observe import open_metrics, setup_logging, share_metrics
 
 __all__ = ["ChildParts", "Core", "build_delivery", "make_stage", "manifest_path", "migrate_database",
            "open_bridge", "open_checkpointer", "open_child", "open_gateway", "open_home", "open_locator",
-           "prepare_schema", "role_command"]
+           "prepare_schema", "role_command", "open_metrics", "setup_logging", "share_metrics"]

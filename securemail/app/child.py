@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,10 @@ from ..rotation import OwnKeys, Rotation
 from ..transform.stage import CryptoStage
 
 from .gateway import build_delivery, make_stage
+from .observe import known_domains, open_metrics
 
 if TYPE_CHECKING:
+    from ..metrics import Metrics
     from ..delivery.pool import SessionPool
     from ..delivery.worker import DeliveryWorker
 
@@ -39,8 +42,11 @@ class ChildParts:
     stage: CryptoStage
     workers: list[DeliveryWorker] | None = None
     sessions: SessionPool | None = None
+    metrics: Metrics | None = None
 
     def close(self) -> None:
+        if self.metrics is not None:  # this process's live gauges go with it (its counts stay)
+            self.metrics.process_ended(os.getpid())
         self.engine.dispose()
 
 
@@ -57,10 +63,11 @@ def open_child(home: Path, role: str, *, owner: str = "") -> ChildParts:
     manifest = ManifestSource(config.federation_manifest)
     queue = Queue(engine, time.time, audit_log=audit)
     rotation = Rotation(OwnKeys(config), manifest)
+    metrics = open_metrics(role, known_domains(config, manifest), shared_only=True)
     parts = ChildParts(config, engine, keys, queue, manifest,
-                       make_stage(config, keys, manifest, time.time, rotation))
+                       make_stage(config, keys, manifest, time.time, rotation, metrics), metrics=metrics)
     if role == "delivery":
         parts.workers, parts.sessions = build_delivery(
             config, queue=queue, keys=keys, manifest=manifest, transformer=parts.stage.transformer,
-            clock=time.time, owner=owner, rotation=rotation)
+            clock=time.time, owner=owner, rotation=rotation, metrics=metrics)
     return parts

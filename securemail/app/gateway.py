@@ -33,8 +33,10 @@ from ..transform.routes import Transformer
 from ..transform.stage import CryptoStage
 
 from .home import Core, prepare_schema
+from .observe import known_domains, monitor, open_metrics
 
 if TYPE_CHECKING:
+    from ..metrics import Metrics
     from ..checkpoint import Checkpointer
     from ..delivery.pool import SessionPool
     from ..delivery.worker import DeliveryWorker
@@ -55,9 +57,6 @@ def open_gateway(home: Home, *, clock=time.time, owner: str | None = None,
     processes (default ``gateway.cpu_workers``); with an injected ``clock``, the stage runs in-process."""
     from ..authlimit import AuthGuard
     from ..crypto.tls import switching_context
-    from ..keys.directory import Directory
-    from ..keys.publish import Nonces
-    from ..keys.wkd_server import WkdServer
     from ..procs.cpu import CpuPool
     from ..procs.delivery import DeliveryProcess
     from ..procs.gateway import Gateway
@@ -75,13 +74,14 @@ def open_gateway(home: Home, *, clock=time.time, owner: str | None = None,
     manifest = ManifestSource(config.federation_manifest, clock)
     manifest()
     rotation = Rotation(OwnKeys(config), manifest, clock)  # which of our keys and certificates in use
-    stage = make_stage(config, keys, manifest, clock, rotation)
+    metrics = open_metrics("serve", known_domains(config, manifest)) if config.listener("metrics") else None
+    stage = make_stage(config, keys, manifest, clock, rotation, metrics)
     workers = config.crypto_workers(reuse_port) if cpu_workers is None else cpu_workers
     if clock is not time.time:  # a worker process cannot follow an injected clock (tests, proof)
         workers = 0
-    pool = CpuPool(role_command("crypto", home.path), workers) if workers > 0 else None
+    pool = CpuPool(role_command("crypto", home.path), workers, metrics=metrics) if workers > 0 else None
     pipeline = Pipeline(config=config, stage=stage, queue=queue, audit=audit,
-                        run_stage=pool.decide if pool else None)
+                        run_stage=pool.decide if pool else None, metrics=metrics, clock=clock)
     tls = switching_context(rotation.tls_pair)
     users = Users(config.passwords_file)
     guard = AuthGuard(users.check, config.auth_budget,
@@ -91,20 +91,32 @@ def open_gateway(home: Home, *, clock=time.time, owner: str | None = None,
     owner = owner or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     delivery, sessions, child = [], None, None
     if clock is time.time and config.separate_delivery(workers):
-        child = DeliveryProcess(role_command("delivery", home.path), owner)
+        child = DeliveryProcess(role_command("delivery", home.path), owner, metrics=metrics)
     else:
         delivery, sessions = build_delivery(config, queue=queue, keys=keys, manifest=manifest,
                                             transformer=stage.transformer, clock=clock, owner=owner,
-                                            rotation=rotation)
-    wkd, li = None, config.listener("wkd")
-    if li is not None:
-        wkd = WkdServer(li.host, li.port, tls, Directory(engine, keys, config.domains, clock=clock, audit=audit),
-                        Nonces(engine), users.check, audit=audit, clock=clock, reuse_port=reuse_port,
-                        guard=guard)
+                                            rotation=rotation, metrics=metrics)
+    wkd = _key_directory(config, engine, keys, tls, users, audit, guard, clock, reuse_port)
     jobs = _upkeep(config, audit, keys, queue, manifest, stage.transformer, clock)
-    return Gateway(config, queue, audit, keys, pipeline, servers, delivery, engine, wkd, sessions, pool,
-                   child, Retention(queue, config.queue.retention, config.queue.purge_interval), guard=guard,
-                   jobs=jobs)
+    gateway = Gateway(config, queue, audit, keys, pipeline, servers, delivery, engine, wkd, sessions, pool,
+                      child, Retention(queue, config.queue.retention, config.queue.purge_interval), guard=guard,
+                      jobs=jobs)
+    if metrics is not None:
+        gateway.monitor = monitor(config, gateway, metrics, manifest, stage, clock, reuse_port)
+    return gateway
+
+
+def _key_directory(config: GatewayConfig, engine, keys: KeyStore, tls, users, audit: AuditLog, guard, clock,
+                   reuse_port: bool):
+    """The key directory's HTTPS listener ([listeners.wkd]), or None."""
+    from ..keys.directory import Directory
+    from ..keys.publish import Nonces
+    from ..keys.wkd_server import WkdServer
+    li = config.listener("wkd")
+    if li is None:
+        return None
+    return WkdServer(li.host, li.port, tls, Directory(engine, keys, config.domains, clock=clock, audit=audit),
+                     Nonces(engine), users.check, audit=audit, clock=clock, reuse_port=reuse_port, guard=guard)
 
 
 def _upkeep(config: GatewayConfig, audit: AuditLog, keys: KeyStore, queue: Queue, manifest: ManifestSource,
@@ -176,7 +188,7 @@ def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard, members
     relay_tls = switching_context(rotation.tls_pair, request_client_certificates)
     servers = []
     for li in config.listeners:
-        if li.name == "wkd":
+        if li.name in ("wkd", "metrics"):  # the HTTPS key directory, the HTTP monitor
             continue
         handler = GatewayHandler(still_a_user(pipeline.rcpt_decider(li), known), pipeline.data_acceptor(li),
                                  clock=clock)
@@ -191,7 +203,7 @@ def _smtp_servers(config: GatewayConfig, pipeline: Pipeline, tls, guard, members
 
 def build_delivery(config: GatewayConfig, *, queue: Queue, keys: KeyStore, manifest: ManifestSource,
                    transformer: Transformer, clock, owner: str,
-                   rotation: Rotation) -> tuple[list[DeliveryWorker], SessionPool]:
+                   rotation: Rotation, metrics: Metrics | None = None) -> tuple[list[DeliveryWorker], SessionPool]:
     from ..delivery.bounces import Bounces
     from ..delivery.keycheck import KeyCheck, listed_pins
     from ..delivery.pool import SessionPool
@@ -199,12 +211,15 @@ def build_delivery(config: GatewayConfig, *, queue: Queue, keys: KeyStore, manif
     from ..delivery.worker import DeliveryWorker
     bounces = Bounces(config, queue, transformer, manifest)
     sessions = SessionPool()  # next-hop SMTP sessions reused across messages and workers
+    open_sealed = transformer.open_for_office
+    if metrics is not None:
+        open_sealed = metrics.timed("crypto", "open", open_sealed)
     workers = [DeliveryWorker.from_config(
         config, queue, owner=owner, clock=clock, audit_log=queue.audit_log, concurrency=config.workers,
         reporting_mta=config.domains[0], bounce_sender=bounces.send, deliver_smtp=sessions.deliver,
-        pre_send=KeyCheck(keys, manifest, clock).veto, open_sealed=transformer.open_for_office,
+        pre_send=KeyCheck(keys, manifest, clock).veto, open_sealed=open_sealed,
         tls_client_cert=lambda: client_tls_context(*rotation.tls_pair()),  # members pin it
-        member_pins=listed_pins(manifest))]
+        member_pins=listed_pins(manifest), metrics=metrics)]
     return workers, sessions
 
 
@@ -219,15 +234,18 @@ def combined_lookup(*lookups):
 
 
 def make_stage(config, keys: KeyStore, manifest: ManifestSource, clock,
-               rotation: Rotation | None = None) -> CryptoStage:
+               rotation: Rotation | None = None, metrics: Metrics | None = None) -> CryptoStage:
     """The crypto stage of one process (the SMTP process, or a crypto worker) from the same config."""
     rotation = rotation or Rotation(OwnKeys(config), manifest, clock)
     dkim_signers(config)  # every domain can sign, with keys that load: else the start stops here
     locator = Locator(keys, manifest, clock=clock, refresh_seconds=config.directory_refresh,
                       own_domains=config.domains)
+    sign = DkimSigning(rotation)
+    if metrics is not None:
+        sign = metrics.timed("dkim", "sign", sign)
     transformer = Transformer(
         hostname=config.hostname, domain_keys=DomainKeys(rotation, keys).check(config.domains),
         user_key=keys.usable_for, member_key=manifest.member_key, member_keys=manifest.member_keys,
-        lookup=combined_lookup(keys.lookup, manifest.lookup), dkim_sign=DkimSigning(rotation), clock=clock,
+        lookup=combined_lookup(keys.lookup, manifest.lookup), dkim_sign=sign, clock=clock,
         locate=locator.key_for)
-    return CryptoStage(config=config, manifest=manifest, transformer=transformer)
+    return CryptoStage(config=config, manifest=manifest, transformer=transformer, metrics=metrics)

@@ -27,6 +27,8 @@ key) is opened by ``open_sealed`` in memory, just before the office MTA gets
 it: decrypted plaintext is never written to the queue. Its DSN, if any, is
 built from the queued (encrypted) message's headers.
 Database failures surface as ``TemporaryFailure``; ``run`` backs off on them.
+Each settle that took is reported: to ``metrics`` (by outcome and recipient domain; the time
+from queueing to delivery) and as a log event (``delivered``, ``deferred``, ``bounced``, ``held``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from securemail.audit import AuditLog
 from securemail.config import Retry
@@ -47,8 +50,12 @@ from securemail.delivery.maildir import deliver_maildir
 from securemail.delivery.outcome import DELIVERED, PERMANENT, Outcome, permanent, temporary
 from securemail.delivery.smtp import TlsClientCert, client_tls_context, deliver_smtp
 from securemail.errors import SecureMailError, TemporaryFailure, UsageError
+from securemail.logs import event
 from securemail.queue import Claim, Queue, next_retry
 from securemail.queue.batch import GroupCommit
+
+if TYPE_CHECKING:
+    from securemail.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +91,7 @@ class DeliveryWorker:
                  tls_client_cert: TlsClientCert | Callable[[], TlsClientCert] | None = None,
                  member_pins: Callable[[SmtpHop], SmtpHop] | None = None,
                  reporting_mta: str | None = None, audit_log: AuditLog | None = None,
-                 open_sealed: Callable[[bytes], bytes] | None = None) -> None:
+                 open_sealed: Callable[[bytes], bytes] | None = None, metrics: Metrics | None = None) -> None:
         if lease_seconds <= timeout:
             raise UsageError("lease_seconds must exceed the SMTP timeout")
         self.queue, self.owner, self.helo = queue, owner, helo
@@ -103,6 +110,7 @@ class DeliveryWorker:
         # delivered/deferred settles of concurrent groups share transactions (one fsync)
         self._settles = GroupCommit(lambda ops: self.queue.settle_many(ops), linger=SETTLE_LINGER)
         self.concurrency = concurrency
+        self.metrics = metrics
         self._checkpointed = 0.0
 
     @classmethod
@@ -283,7 +291,7 @@ class DeliveryWorker:
             if o.kind == DELIVERED:
                 (ok,) = await self._settles.submit(
                     [(c, self.queue.delivered_values(), self._spec("delivered", c, fields))])
-                self._lost(c, ok)
+                self._settled(c, ok, "delivered", o.code, hop)
             elif o.kind == PERMANENT:
                 bounced.append((c, o))
             else:
@@ -296,7 +304,7 @@ class DeliveryWorker:
                 (ok,) = await self._settles.submit(
                     [(c, self.queue.deferred_values(o.describe(), at),
                       self._spec("deferred", c, {**fields, "retry_at": at}))])
-                self._lost(c, ok)
+                self._settled(c, ok, "deferred", o.code, hop)
         dsns: dict[tuple[str, str, str], list[tuple[Claim, Outcome]]] = {}
         for (c, o) in bounced:
             status = o.status if (o.status or "").startswith("5") else PERMANENT_STATUS
@@ -316,7 +324,7 @@ class DeliveryWorker:
             fields = {"hop": _label(hop), "code": o.code, "status": status, "why": why,
                       "dsn": c.sender != ""}
             ok = await self._call(self.queue.bounce, c, reason, audit=self._spec("bounced", c, fields))
-            self._lost(c, ok)
+            self._settled(c, ok, "bounced", o.code, hop, why)
             if ok:
                 done.append((c, o))
         if not done or done[0][0].sender == "":
@@ -337,8 +345,8 @@ class DeliveryWorker:
     async def _hold(self, claims: list[Claim], reason: str) -> None:
         log.error("delivery %s: holding message %s: %s", self.owner, claims[0].message_id, reason)
         for c in claims:
-            self._lost(c, await self._call(self.queue.hold, c, reason,
-                                           audit=self._spec("held", c, {"reason": reason})))
+            ok = await self._call(self.queue.hold, c, reason, audit=self._spec("held", c, {"reason": reason}))
+            self._settled(c, ok, "held", None, None, reason)
 
     async def _call(self, fn, *args, **kwargs):
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -358,10 +366,20 @@ class DeliveryWorker:
         except SecureMailError:
             log.warning("audit record %s could not be written", kind)
 
-    def _lost(self, c: Claim, ok: bool) -> None:
+    def _settled(self, c: Claim, ok: bool, outcome: str, code: int | None, hop: Hop | None,
+                 why: str = "") -> None:
+        """Report a settle that took (metrics; a log event with the envelope and hop, never the
+        message); warn of one whose lease was lost."""
         if not ok:
             log.warning("delivery %s: lease on %s was lost before settling; another worker owns it",
                         self.owner, c.delivery_id)
+            return
+        took, delivered = self.clock() - c.created_at, outcome == "delivered"
+        if self.metrics is not None:
+            self.metrics.settled(outcome, c.recipient.rpartition("@")[2].lower(), took if delivered else None)
+        event(log, outcome, level=logging.INFO if delivered else logging.WARNING, queue_id=c.message_id,
+              peer=_label(hop) or None, sender=c.sender, recipients=[c.recipient], verdict=outcome,
+              reason=why or None, reply_code=code, duration=round(took, 3))
 
 
 def _label(hop: Hop | None) -> str:

@@ -59,8 +59,10 @@ class CpuPool:
     """``workers`` crypto worker processes, each started by ``command + [fd, log level]`` (the role's
     entry point, securemail/roles/crypto.py, handed in by the composition root)."""
 
-    def __init__(self, command: list[str], workers: int, *, restarts: Restarts = Restarts()) -> None:
+    def __init__(self, command: list[str], workers: int, *, restarts: Restarts = Restarts(),
+                 metrics=None) -> None:
         self.command, self.workers, self.restarts = list(command), workers, restarts
+        self.metrics = metrics  # restarts counted, ended workers' live gauges removed (metrics.py)
         self._slots = [_Slot(i) for i in range(workers)]
         self._stopping = False
 
@@ -74,7 +76,7 @@ class CpuPool:
         for s in self._slots:
             s.supervisor = Supervisor(f"crypto worker {s.index}", lambda s=s: self._launch(s),
                                       restarts=self.restarts, on_exit=lambda code, s=s: self._ended(s),
-                                      stop_seconds=5.0)
+                                      stop_seconds=5.0, metrics=self.metrics, role="crypto")
         await asyncio.gather(*(s.supervisor.start() for s in self._slots))
         log.info("%d crypto worker processes: %s", self.workers, sorted(self.pids))
 
@@ -98,6 +100,11 @@ class CpuPool:
         s.writer, s.alive = writer, True
         s.reader_task = asyncio.create_task(self._replies(s, reader))
         return proc
+
+    def problem(self) -> str | None:
+        """Why the pool cannot take mail now (no worker running), or None (``/readyz``)."""
+        running = sum(1 for s in self._slots if s.alive)
+        return None if running else f"none of the {self.workers} crypto workers is running"
 
     async def decide(self, env: Envelope, listener_name: str) -> Decision:
         live = [s for s in self._slots if s.alive]

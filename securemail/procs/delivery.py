@@ -29,10 +29,11 @@ READY = b"ready"         # the child's first line on stdout
 class DeliveryProcess:
     """``command + [owner, log level]`` is the role's entry point (securemail/roles/delivery.py)."""
 
-    def __init__(self, command: list[str], owner: str, *, restarts: Restarts = Restarts()) -> None:
+    def __init__(self, command: list[str], owner: str, *, restarts: Restarts = Restarts(),
+                 metrics=None) -> None:
         self.command, self.owner = list(command), owner
         self.supervisor = Supervisor("delivery process", self._launch, restarts=restarts,
-                                     stop_seconds=STOP_SECONDS)
+                                     stop_seconds=STOP_SECONDS, metrics=metrics, role="delivery")
 
     @property
     def proc(self) -> asyncio.subprocess.Process | None:

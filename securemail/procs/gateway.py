@@ -27,6 +27,8 @@ from ..smtp.server import SMTPServer
 from ..transform.pipeline import Pipeline
 from .cpu import CpuPool
 from .delivery import DeliveryProcess
+from .health import Probe
+from .monitor import MonitorServer
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,9 @@ class Gateway:
     retention: Retention | None = None        # the sweep of finished messages' metadata
     guard: AuthGuard | None = None  # the password checks of every listener (authlimit.py)
     jobs: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
+    monitor: MonitorServer | None = None  # [listeners.metrics]: /metrics, /healthz, /readyz
     _tasks: list[asyncio.Task] = field(default_factory=list)
+    _workers: list[asyncio.Task] = field(default_factory=list)
 
     async def start(self) -> None:
         # the child processes first: a listener is up only when mail can be processed and delivered
@@ -66,13 +70,46 @@ class Gateway:
                 self.audit.append("wkd-unavailable", listen=f"{self.wkd.host}:{self.wkd.port}",
                                   reason=e.strerror or type(e).__name__)
         self._stop = asyncio.Event()
-        self._tasks = [asyncio.create_task(w.run(self._stop)) for w in self.workers]
+        self._workers = [asyncio.create_task(w.run(self._stop)) for w in self.workers]
+        self._tasks = list(self._workers)
         if self.retention is not None:
             self._tasks.append(asyncio.create_task(self.retention.run(self._stop)))
         self._tasks += [asyncio.create_task(job(self._stop)) for job in self.jobs]
+        if self.monitor is not None and await self._start_monitor():
+            listeners.append(f"http://{self.monitor.host}:{self.monitor.port}")
         self.audit.append("started", domains=list(self.config.domains), listeners=listeners)
 
+    async def _start_monitor(self) -> bool:
+        """The metrics listener; one that cannot listen is logged and audited, and mail keeps flowing."""
+        at = f"{self.monitor.host}:{self.monitor.port}"
+        try:
+            await self.monitor.start()
+        except OSError as e:
+            log.error("metrics cannot listen on %s: %s", at, e.strerror or e)
+            self.audit.append("metrics-unavailable", listen=at, reason=e.strerror or type(e).__name__)
+            return False
+        return True
+
+    def process_probes(self) -> list[Probe]:
+        """Readiness of the workers (procs/health.py): the crypto workers, and the delivery workers
+        (a child process of their own, or tasks here)."""
+        out = []
+        if self.cpu is not None:
+            why = self.cpu.problem()
+            out.append(Probe("crypto workers", why is None, why or f"{len(self.cpu.pids)} running"))
+        if self.delivery is not None:
+            pid = self.delivery.supervisor.pid
+            out.append(Probe("delivery workers", pid is not None, f"the delivery process {pid} is running"
+                             if pid else "the delivery process is not running"))
+        else:
+            running = sum(1 for t in self._workers if not t.done())
+            out.append(Probe("delivery workers", bool(running) or not self.workers,
+                             f"{running} of {len(self.workers)} running"))
+        return out
+
     async def stop(self) -> None:
+        if self.monitor is not None:
+            await self.monitor.stop()
         if self.wkd is not None:
             await self.wkd.stop()
         for s in self.servers:

@@ -21,12 +21,13 @@ log = logging.getLogger(__name__)
 
 
 def serve_processes(command: list[str], n: int, env: dict[str, str], *,
-                    restarts: Restarts = Restarts()) -> int:
-    """Run ``n`` copies of ``command`` (with ``env`` added) until SIGTERM/SIGINT; the exit status."""
-    return asyncio.run(_serve(list(command), n, {**os.environ, **env}, restarts))
+                    restarts: Restarts = Restarts(), metrics=None) -> int:
+    """Run ``n`` copies of ``command`` (with ``env`` added) until SIGTERM/SIGINT; the exit status.
+    ``metrics``: the parent's (metrics.py), where the serve processes' restarts are counted."""
+    return asyncio.run(_serve(list(command), n, {**os.environ, **env}, restarts, metrics))
 
 
-async def _serve(command: list[str], n: int, env: dict[str, str], restarts: Restarts) -> int:
+async def _serve(command: list[str], n: int, env: dict[str, str], restarts: Restarts, metrics) -> int:
     stop = asyncio.Event()
     failed = False
 
@@ -39,8 +40,8 @@ async def _serve(command: list[str], n: int, env: dict[str, str], restarts: Rest
     async def launch() -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(*command, env=env)
 
-    children = [Supervisor(f"serve process {i}", launch, restarts=restarts, give_up=give_up)
-                for i in range(n)]
+    children = [Supervisor(f"serve process {i}", launch, restarts=restarts, give_up=give_up,
+                           metrics=metrics, role="serve") for i in range(n)]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -12,6 +12,9 @@ and a child that ran ``Restarts.window`` seconds without ending starts the count
 ``Restarts.budget`` ends within ``Restarts.window`` seconds spend the budget: ``give_up`` is
 called (the serve parent stops every process and fails); without one, the supervisor keeps
 trying at the longest wait, since the mail it would carry is answered 451 meanwhile, never lost.
+
+With ``metrics`` (metrics.py), each new start after an end counts as a restart of ``role``, and
+an ended child's live gauges are removed (its counters stay in the totals).
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from ..errors import SecureMailError
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +49,10 @@ class Supervisor:
                  on_exit: Callable[[int | None], None] | None = None,
                  give_up: Callable[[], None] | None = None,
                  stop_signal: int = signal.SIGTERM, stop_seconds: float = 90.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 metrics: Metrics | None = None, role: str = "") -> None:
         self.name, self.launch, self.restarts = name, launch, restarts
+        self.metrics, self.role = metrics, role or name
         self.on_exit, self.give_up = on_exit, give_up
         self.stop_signal, self.stop_seconds, self.clock = stop_signal, stop_seconds, clock
         self.proc: asyncio.subprocess.Process | None = None
@@ -71,6 +79,8 @@ class Supervisor:
                 return
             if self.on_exit is not None:
                 self.on_exit(code)
+            if self.metrics is not None:
+                self.metrics.process_ended(self.proc.pid)
             now = self.clock()
             if now - started >= self.restarts.window:
                 self._ends = []
@@ -93,6 +103,8 @@ class Supervisor:
             try:
                 self.proc = await self.launch()
                 self.starts += 1
+                if self.metrics is not None:
+                    self.metrics.restarted(self.role)
                 return
             except SecureMailError as err:
                 log.error("%s: %s; trying again", self.name, err.message)

@@ -9,14 +9,14 @@ import socket
 import sys
 from pathlib import Path
 
-from ..app import open_child
+from ..app import open_child, setup_logging
 from ..errors import SecureMailError
 from ..procs import cpu
 
 
 def main(home: str, fd: int, log_level: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the serve process, which stops us in order
-    logging.basicConfig(level=log_level, format=f"%(levelname)s %(name)s[cpu {os.getpid()}]: %(message)s")
+    setup_logging(Path(home), "crypto", level=log_level)
     sock = socket.socket(fileno=fd)
     try:
         parts = open_child(Path(home), "crypto")

@@ -4,19 +4,18 @@ SIGTERM (finishing what is in flight) or until its stdin closes (the serve proce
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
-from ..app import open_child
+from ..app import open_child, setup_logging
 from ..procs.delivery import READY
 
 
 def main(home: str, owner: str, log_level: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, format=f"%(levelname)s %(name)s[delivery {os.getpid()}]: %(message)s")
+    setup_logging(Path(home), "delivery", level=log_level)
     parts = open_child(Path(home), "delivery", owner=owner)
     try:
         asyncio.run(_run(parts.workers, parts.sessions))

@@ -10,8 +10,10 @@ any SecureMailError it raises, can cross a process boundary (pickle).
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from ..config import GatewayConfig
 from ..crypto import dkim as D
@@ -26,6 +28,9 @@ from ..policy.facts import OFFICE, Facts, gather
 from ..queue import NewMessage, replay
 from ..smtp import replies
 from .routes import Transformer, fields_of
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 # The policy chain in two phases (rules.CHAIN keeps its order within each): DKIM, the costly part,
 # runs only for a message every other rule has let through.
@@ -45,10 +50,11 @@ class Decision:
 
 class CryptoStage:
     def __init__(self, *, config: GatewayConfig, manifest: ManifestSource,
-                 transformer: Transformer) -> None:
+                 transformer: Transformer, metrics: Metrics | None = None) -> None:
         self.config = config
         self.manifest = manifest            # () -> Manifest | None, the installed one; .expired()
         self.transformer = transformer
+        self.metrics = metrics              # the time of DKIM checks and of each OpenPGP transform
         self._members: tuple[object, frozenset[str]] = (object(), frozenset())
 
     def members(self) -> frozenset[str]:
@@ -104,7 +110,10 @@ class CryptoStage:
         (bounded: crypto/dkim.py MAX_SIGNATURES, MAX_SIGNED_NAMES, MAX_SIGNATURE_BYTES)."""
         m = self.manifest()
         dnsfunc = D.manifest_dnsfunc(m.dkim_records() if m else {})
+        start = time.perf_counter()
         res = D.verify_dkim(env.data, dnsfunc, block=f.block, domains=(f.from_domain,) if f.from_domain else ())
+        if self.metrics is not None:
+            self.metrics.dkim("verify", time.perf_counter() - start, res.status)
         return replace(f, dkim_status=res.status, dkim_domains=frozenset(res.passing_domains))
 
     def _items(self, env: Envelope, f: Facts) -> list[NewMessage]:
@@ -125,17 +134,17 @@ class CryptoStage:
         for (cls, domain), rcpts in groups.items():
             if cls == MEMBER:
                 member = self.manifest().member(domain)
-                body, meta = self.transformer.outbound(env.data, domain, rcpts, sender_domain=f.from_domain,
-                                                       encryption=f.encryption, fields=fields_of(env.data, f),
-                                                       block=f.block)
+                body, meta = self._timed("outbound", self.transformer.outbound, env.data, domain, rcpts,
+                                         sender_domain=f.from_domain, encryption=f.encryption,
+                                         fields=fields_of(env.data, f), block=f.block)
                 hop = smtp_hop(member.gateway[0], member.gateway[1], member.tls_pins)
                 items.append(item([(r, hop) for r in rcpts], body, {**meta, "route": "member"}))
             elif cls == OWN:
                 for r in rcpts:
                     if f.origin == OFFICE:
-                        body, meta = self.transformer.local(env.data, f, r, mode)
+                        body, meta = self._timed("local", self.transformer.local, env.data, f, r, mode)
                     else:
-                        body, meta = self.transformer.inbound(env.data, f, r, mode)
+                        body, meta = self._timed("inbound", self.transformer.inbound, env.data, f, r, mode)
                     hop = self._local_hop(r, decrypt=bool(meta.get("decrypt_at_delivery")))
                     items.append(item([(r, hop)], body, {**meta, "route": "local"}))
             elif cls == OTHER:
@@ -144,6 +153,15 @@ class CryptoStage:
                 items.append(item([(r, relay_hop(*self.config.relay_to)) for r in rcpts],
                                   env.data, {"route": "non-member", "encrypted_to": []}))
         return items
+
+    def _timed(self, operation: str, transform, *args, **kwargs):
+        """``transform(*args, **kwargs)``, its time counted as ``operation`` (outbound: encrypt, sign
+        and DKIM-sign for a member; inbound: decrypt and re-encrypt member mail; local: office mail)."""
+        start = time.perf_counter()
+        out = transform(*args, **kwargs)
+        if self.metrics is not None:
+            self.metrics.crypto(operation, time.perf_counter() - start)
+        return out
 
     def _local_hop(self, rcpt: str, decrypt: bool = False) -> Hop:
         return local_hop(self.config, rcpt, decrypt)  # delivery.local: relay, lmtp or maildir

@@ -90,8 +90,8 @@ def test_a_good_home_passes_every_check_and_prints_no_secret(gw):
         "config", "permissions home", "permissions securemail.toml", "permissions securemail.db",
         "permissions tls/key.pem", f"permissions dkim/{A}.sm-ed25519.pem", f"permissions dkim/{A}.sm-rsa.pem",
         "tls certificate", "tls name", "tls key", "listener relay", "listener submission", "listener wkd",
-        "database", "database schema", "federation signature", "federation serial", "federation age",
-        "federation expiry", f"federation entry {A}"]
+        "listener metrics", "database", "database schema", "federation signature", "federation serial",
+        "federation age", "federation expiry", f"federation entry {A}"]
     detail = {c["name"]: c["detail"] for c in checks}
     assert re.fullmatch(r"serial 1 expires \S+: (30\.0|29\.9) days left", detail["federation expiry"])
     assert re.fullmatch(r"valid until \d{4}-\d\d-\d\d \d\d:\d\d UTC: 82[45] days left", detail["tls certificate"])

@@ -20,7 +20,7 @@ A, B = "interieur.gouv.fr", "justice.gouv.fr"
 def listeners(res) -> dict[str, int]:
     """{name: port} from the `listener NAME: HOST:PORT` lines of `gateway init`."""
     found = dict(re.findall(r"(?m)^listener (\w+): 127\.0\.0\.1:(\d+)", res.stdout))
-    assert set(found) == {"relay", "submission", "wkd"}, res.stdout
+    assert set(found) == {"relay", "submission", "wkd", "metrics"}, res.stdout
     return {name: int(port) for name, port in found.items()}
 
 
@@ -31,9 +31,10 @@ def test_second_init_on_a_host_picks_other_free_ports(tmp_path):
     serve = Serve(g).start()
     try:
         wait_listening(ports_a["wkd"], 60, alive=serve._alive)
+        wait_listening(ports_a["metrics"], 60, alive=serve._alive)
         second = ok(run_cli(tmp_path / "gw-b", "gateway", "init", "--domain", B), "gateway init B")
         ports_b = listeners(second)
-        for name in ("relay", "submission", "wkd"):
+        for name in ("relay", "submission", "wkd", "metrics"):
             assert ports_b[name] != ports_a[name], second.stdout
             assert re.search(rf"(?m)^listener {name}: 127\.0\.0\.1:{ports_b[name]}  \(default "
                              rf"127\.0\.0\.1:\d+ in use by another process; chose 127\.0\.0\.1:{ports_b[name]}\)$",
@@ -43,7 +44,7 @@ def test_second_init_on_a_host_picks_other_free_ports(tmp_path):
         assert f'"127.0.0.1:{ports_a["wkd"]}"' not in cfg
         res = run_cli(tmp_path / "gw-b", "gateway", "check")
         assert res.exit_code == 0, res.output
-        assert len(re.findall(r"(?m)^ok listener ", res.stdout)) == 3, res.stdout
+        assert len(re.findall(r"(?m)^ok listener ", res.stdout)) == 4, res.stdout
         # the first gateway's own ports are held (by its running serve): check says so
         res = run_cli(tmp_path / "gw-a", "gateway", "check")
         assert res.exit_code == 1 and f"COLLISION listener wkd 127.0.0.1:{ports_a['wkd']}: " \

@@ -1,4 +1,5 @@
-"""securemail serve with two processes on one SQLite database: both accept on one port, each message once."""
+"""securemail serve with two processes on one SQLite database: both accept on one port, each message once,
+and either answers /metrics with the counts of both."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import pytest
 
@@ -22,6 +24,13 @@ def fed(tmp_path_factory):
     person(tmp, "bruno@justice.gouv.fr", b)
     a.tune(processes="2")
     return a, b
+
+
+def scrape_when(port: int, wanted: str) -> str | None:
+    """``/metrics`` of a new connection (any of the serve processes may answer), once it shows ``wanted``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return text if wanted in text else None
 
 
 def test_two_processes_share_the_port_and_deliver_each_message_once(fed):
@@ -56,6 +65,12 @@ def test_two_processes_share_the_port_and_deliver_each_message_once(fed):
             ids_seen = [f.read_bytes().split(b"Message-ID: <", 1)[1].split(b">", 1)[0] for f in files]
             assert len(ids) == 45 and len(set(ids)) == 45
             assert sorted(ids_seen) == sorted({*ids_seen}) and len(ids_seen) == 45  # each exactly once
+            # the metrics port is shared too: whichever process answers, it sums every process's counts
+            for _ in range(6):
+                text = wait_for(lambda: scrape_when(a.metrics, 'outcome="delivered"} 45.0'), 30, "the settles")
+                assert 'securemail_messages_total{listener="relay",reason="",verdict="accepted"} 45.0' in text
+                assert 'securemail_processes{role="serve"} 2.0' in text, text
+                assert 'securemail_processes{role="supervisor"} 1.0' in text, text
     finally:
         parent.send_signal(signal.SIGTERM)
         code = parent.wait(60)

@@ -4,6 +4,7 @@ commands  the CLI in-process (``run_cli``, ``ok``, ``cli``), ``REPO``
 ports     ``free_port``
 waits     ``wait_for``, ``wait_listening``, ``terminate``
 dovecot   ``Dovecot`` (a private LMTP and IMAP server), ``dovecot_missing``, ``require_dovecot``
+prometheus ``Prometheus`` (a private Prometheus scraping given targets), ``require_prometheus``
 pg        ``PG_URL``, ``pg_available``, ``require_pg``, fresh schemas (``pg_schemas``, ``pg_schema``)
 homes     ``GatewayHome`` (its relay, submission and key directory ports), ``federation``,
           ``person``, ``second_node``
@@ -23,6 +24,7 @@ from .https import StaticHTTPS
 from .homes import DOMAINS, FAST, OFFICE, GatewayHome, federation, init_home, install_manifest, person, second_node
 from .pg import PG_URL, fresh_schemas, pg_available, pg_schema, pg_schemas, require_pg, schema_url
 from .ports import free_port
+from .prometheus import Prometheus, require_prometheus
 from .running import Running, Serve, audit_records, office_send, queue_rows
 from .waits import terminate, wait_for, wait_listening
 
@@ -30,4 +32,4 @@ __all__ = ["REPO", "cli", "ok", "run_cli", "DOMAINS", "FAST", "OFFICE", "Gateway
            "init_home", "install_manifest", "person", "second_node", "PG_URL", "fresh_schemas",
            "pg_available", "pg_schema", "pg_schemas", "require_pg", "schema_url", "free_port", "Running",
            "Serve", "audit_records", "office_send", "queue_rows", "terminate", "wait_for", "wait_listening",
-           "Dovecot", "dovecot_missing", "require_dovecot", "StaticHTTPS"]
+           "Dovecot", "dovecot_missing", "require_dovecot", "StaticHTTPS", "Prometheus", "require_prometheus"]

@@ -1,7 +1,7 @@
 """Gateway homes set up with the real CLI: a federation of them, people, a second node.
 
 ``federation(tmp)`` makes an authority home and one gateway home per domain
-(``gateway init`` on free ports, the key directory's included, entries, a
+(``gateway init`` on free ports, the key directory's and the metrics' included, entries, a
 signed manifest installed on each gateway, or on those named in ``install``);
 ``person`` a user whose key their gateway knows; ``second_node`` a copy of a
 home, on other ports, for a second process on the same database.
@@ -31,6 +31,7 @@ class GatewayHome:
     relay: int
     submission: int
     wkd: int | None = None      # the key directory's HTTPS port
+    metrics: int | None = None  # the metrics listener's HTTP port (/metrics, /healthz, /readyz)
 
     # settings ``tune`` may add when ``gateway init`` does not write them: key -> table
     ADDABLE = {"cpu_workers": "gateway", "lmtp": "delivery"}
@@ -80,9 +81,10 @@ class GatewayHome:
 
 def init_home(tmp: Path, domain: str, *, trusted: str, database_url: str | None = None) -> GatewayHome:
     """``gateway init`` for ``domain`` in ``tmp/gw-DOMAIN``, every listener on a free port."""
-    g = GatewayHome(domain, tmp / f"gw-{domain}", free_port(), free_port(), free_port())
+    g = GatewayHome(domain, tmp / f"gw-{domain}", free_port(), free_port(), free_port(), free_port())
     args = ["gateway", "init", "--domain", domain, "--listen", f"127.0.0.1:{g.relay}",
             "--submission", f"127.0.0.1:{g.submission}", "--wkd", f"127.0.0.1:{g.wkd}",
+            "--metrics", f"127.0.0.1:{g.metrics}",
             "--hostname", f"gw.{domain}", "--trusted-network", trusted]
     if database_url:
         args += ["--database-url", database_url]
@@ -132,10 +134,13 @@ def person(tmp: Path, address: str, gateway: GatewayHome, name: str = "") -> Pat
 
 def second_node(g: GatewayHome, path: Path) -> GatewayHome:
     """A copy of ``g``'s home (same database URL, keys, certificate) listening on other ports."""
-    shutil.copytree(g.home, path, ignore=shutil.ignore_patterns("Maildir", "serve.log", "securemail.db*"))
-    node = GatewayHome(g.domain, path, free_port(), free_port(), free_port() if g.wkd else None)
+    shutil.copytree(g.home, path,
+                    ignore=shutil.ignore_patterns("Maildir", "serve.log", "securemail.db*", "metrics"))
+    node = GatewayHome(g.domain, path, free_port(), free_port(), free_port() if g.wkd else None,
+                       free_port() if g.metrics else None)
     text = node.config.read_text()
-    for old, new in ((g.relay, node.relay), (g.submission, node.submission), (g.wkd, node.wkd)):
+    for old, new in ((g.relay, node.relay), (g.submission, node.submission), (g.wkd, node.wkd),
+                     (g.metrics, node.metrics)):
         if old is None:
             continue
         text, n = re.subn(rf'(?m)^listen = "127\.0\.0\.1:{old}"$', f'listen = "127.0.0.1:{new}"', text)

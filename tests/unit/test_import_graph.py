@@ -127,6 +127,7 @@ STAGES: dict[str, int] = {
     "securemail.db": 0, "securemail.envelope": 0, "securemail.audit": 0, "securemail.crypto": 0,
     "securemail.queue": 0, "securemail.smtp.replies": 0, "securemail.mail.headers": 0,
     "securemail.migrations": 0,
+    "securemail.logs": 0, "securemail.metrics": 0,   # what every stage reports to (issue 14)
     # 1 what the gateway knows: mail formats, policy, keys, the federation, its users
     "securemail.mail": 1, "securemail.policy": 1, "securemail.keys": 1, "securemail.federation": 1,
     "securemail.membership": 1, "securemail.users": 1, "securemail.authlimit": 1, "securemail.schema": 1,

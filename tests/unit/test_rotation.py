@@ -153,7 +153,7 @@ def init_text() -> str:
     return CONFIG_TEMPLATE.format(
         domains='["a.gouv.fr"]', hostname="gw.a.gouv.fr", db="sqlite:///x.db", listen="127.0.0.1:2525",
         trusted='["127.0.0.1/32"]', cert="tls/cert.pem", tkey="tls/key.pem", local="maildir",
-        relay_to='# relay_to = "x"', lmtp="# lmtp", submission="", wkd="",
+        relay_to='# relay_to = "x"', lmtp="# lmtp", submission="", wkd="", metrics="none",
         openpgp=f'"a.gouv.fr" = "{"AB" * 20}"',
         dkim='[[keys.dkim]]\ndomain = "a.gouv.fr"\nselector = "s1"\nalgorithm = "ed25519"\n'
              'private_key = "dkim/a.pem"\n')
