@@ -113,13 +113,19 @@ class Gateway:
             if self.proc.poll() is not None:
                 raise InstanceError(f"securemail serve of {self.domain} exited {self.proc.returncode}:\n"
                                     + self.log.read_text(errors="replace")[-3000:])
-            try:
-                socket.create_connection(("127.0.0.1", self.relay), timeout=1).close()
-                return
+            try:  # its own greeting: on a busy machine another program may have taken the port
+                with socket.create_connection(("127.0.0.1", self.relay), timeout=5) as s:
+                    greeting = s.makefile("rb").readline()
             except OSError:
                 if time.monotonic() > end:
                     raise InstanceError(f"the gateway of {self.domain} is not listening") from None
                 time.sleep(0.1)
+                continue
+            if greeting.startswith(f"220 gw.{self.domain} ".encode()):
+                return
+            if time.monotonic() > end:  # (if serve exited, the next round says why)
+                raise InstanceError(f"127.0.0.1:{self.relay} answers {greeting[:80]!r}, not the gateway of {self.domain}")
+            time.sleep(0.1)
 
     def stop(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
