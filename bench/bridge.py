@@ -91,7 +91,7 @@ def run(args) -> dict:
         tmp = Path(d)
         os.chmod(tmp, 0o755)
         sender, keys = make_homes(tmp)
-        dv = Dovecot(tmp / "dv", [ALICE], tls=True, fsync=False).start()
+        dv = Dovecot(tmp / "dv", [ALICE], fsync=False).start()
         try:
             return measure(args, tmp, sender, keys, dv)
         finally:

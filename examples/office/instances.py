@@ -5,8 +5,12 @@ queue, data directory, log file and loopback ports) and its own Dovecot
 (``dovecot -c CONF``: its own base_dir, state, log and ports). Nothing of the
 system instances is used or started; both need root to start (they drop to
 their own users). The config files are the templates of this directory
-(``postfix/main.cf``, ``postfix/master.cf``, ``dovecot/dovecot.conf``) with
-their ``@...@`` placeholders filled.
+(``postfix/main.cf``, ``postfix/master.cf``, ``dovecot/dovecot.conf``, and
+``dovecot/mail-crypt.conf`` for mailboxes encrypted at rest) with their
+``@...@`` placeholders filled. ``DovecotFiles``, ``dovecot_conf`` and
+``write_dovecot`` lay out and configure a Dovecot instance from the template;
+the tests' private Dovecot (tests/support/dovecot.py) is built on them too, so
+the tests run the configuration an admin copies.
 """
 
 from __future__ import annotations
@@ -185,8 +189,7 @@ class Postfix:
                        if line.strip() and not line.startswith("#")})
         (self.conf / "tls_policy").write_text("".join(f"{h}  fingerprint match={match}\n" for h in hops))
         (self.conf / "mailboxes").write_text("".join(f"{a}  OK\n" for a in self.office.passwords))
-        # The login name is the address: a user may send with her own address as sender only.
-        (self.conf / "sender_logins").write_text("/^(.+)$/  ${1}\n")
+        shutil.copy(HERE / "postfix" / "sender_logins", self.conf / "sender_logins")  # login = address
         for name in ("transport", "tls_policy", "mailboxes"):
             self.postfix_cmd("postmap", f"hash:{self.conf / name}")
         self.postfix_cmd("postfix", "check")
@@ -231,37 +234,103 @@ def _alive(pid: int) -> bool:
         return False
 
 
+class DovecotFiles:
+    """Where a private Dovecot keeps everything, under one directory: ``dovecot.conf``, ``run/`` (its
+    base_dir: the LMTP socket ``run/lmtp`` is there), ``state/``, ``dovecot.log``, ``passwd`` (the
+    users) and ``mail/`` (the mailboxes, ``mail/DOMAIN/LOCAL/Maildir``). The office's Dovecot and the
+    tests' (tests/support/dovecot.py) both lay it out so, and both configure it with ``dovecot_conf``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.conf, self.run, self.state = root, root / "dovecot.conf", root / "run", root / "state"
+        self.log, self.passwd, self.mail = root / "dovecot.log", root / "passwd", root / "mail"
+        self.lmtp_socket = self.run / "lmtp"
+
+    def maildir(self, address: str) -> Path:
+        local, _, domain = address.lower().rpartition("@")
+        return self.mail / domain / local / "Maildir"
+
+
+def dovecot_conf(files: DovecotFiles, *, instance: str, hostname: str, domain: str, tls: tuple[Path, Path],
+                 lmtp: tuple[str, int], imap: tuple[str, int], mail_user: str, gateway_user: str,
+                 postfix_auth_socket: Path, postfix_user: str = "postfix", detail_mailbox: bool = False,
+                 listen: str = "127.0.0.1") -> str:
+    """dovecot/dovecot.conf filled for an instance laid out as ``files``: LMTP on ``lmtp`` (HOST, PORT)
+    and on ``files.lmtp_socket`` (for ``gateway_user`` only), IMAP on ``imap``; mailboxes owned by
+    ``mail_user``; the SASL socket for ``postfix_user`` at ``postfix_auth_socket``."""
+    user = pwd.getpwnam(mail_user)
+    values = {"INSTANCE": instance, "RUN_DIR": files.run, "STATE_DIR": files.state, "LOG_FILE": files.log,
+              "HOSTNAME": hostname, "LISTEN_ADDRESS": listen, "TLS_CERT": tls[0], "TLS_KEY": tls[1],
+              "USERS_FILE": files.passwd, "MAIL_USER": user.pw_name, "MAIL_GROUP": grp.getgrgid(user.pw_gid).gr_name,
+              "MAIL_DIR": files.mail, "FIRST_VALID_UID": min(user.pw_uid, 500), "LMTP_HOST": lmtp[0],
+              "LMTP_PORT": lmtp[1], "IMAP_HOST": imap[0], "IMAP_PORT": imap[1], "DOMAIN": domain,
+              "GATEWAY_USER": gateway_user, "DETAIL_MAILBOX": "yes" if detail_mailbox else "no",
+              "POSTFIX_AUTH_SOCKET": postfix_auth_socket, "POSTFIX_USER": postfix_user, "CONFIG_DIR": files.root}
+    return render((HERE / "dovecot" / "dovecot.conf").read_text(), values)
+
+
+def write_dovecot(files: DovecotFiles, text: str, users: dict[str, str], mail_user: str, *,
+                  scheme: str = "SSHA512") -> None:
+    """Lay ``files`` out: the config ``text``, the users' passwd-file, the mail store owned by
+    ``mail_user``, and every directory above reachable by Dovecot's own users."""
+    for d in (files.root, files.state):
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    reachable(files.root)
+    user = pwd.getpwnam(mail_user)
+    files.mail.mkdir(mode=0o700, exist_ok=True)
+    os.chown(files.mail, user.pw_uid, user.pw_gid)
+    write_passwd(files.passwd, users, scheme)
+    files.conf.write_text(text)
+
+
+def write_passwd(path: Path, users: dict[str, str], scheme: str = "SSHA512") -> None:
+    """Dovecot's passwd-file of ``users`` (address -> password) with the passwords in ``scheme``
+    (SSHA512, or PLAIN for tests that log in with them), replaced whole. Dovecot's auth process runs
+    as the dovecot user: 0640, group dovecot."""
+    hashed = {"SSHA512": ssha512, "PLAIN": lambda p: "{PLAIN}" + p}[scheme]
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(f"{a}:{hashed(p)}::::::\n" for a, p in users.items()))
+    os.chown(tmp, 0, grp.getgrnam("dovecot").gr_gid)
+    os.chmod(tmp, 0o640)
+    os.replace(tmp, path)
+
+
+def mail_crypt(files: DovecotFiles) -> None:
+    """Mailboxes at rest encrypted: dovecot/mail-crypt.conf beside the config, and its key pair."""
+    keys = files.root / "mail-crypt"
+    keys.mkdir(mode=0o700, exist_ok=True)
+    run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-out", str(keys / "ecprivkey.pem"))
+    run("openssl", "pkey", "-in", str(keys / "ecprivkey.pem"), "-pubout", "-out", str(keys / "ecpubkey.pem"))
+    (keys / "ecprivkey.pem").chmod(0o600)
+    text = render((HERE / "dovecot" / "mail-crypt.conf").read_text(), {"CONFIG_DIR": files.root})
+    (files.root / "mail-crypt.conf").write_text(text)
+
+
 class Dovecot:
-    """A private Dovecot instance of ``office``: ``root/dovecot/dovecot.conf``, its own base_dir."""
+    """A private Dovecot instance of ``office`` in ``root/dovecot`` (see DovecotFiles): LMTP for its
+    Postfix (TCP) and for its gateway (the unix socket), IMAP for its users, SASL for its Postfix."""
 
-    def __init__(self, office: Office, postfix: Postfix) -> None:
-        self.office, self.postfix = office, postfix
-        base = office.root / "dovecot"
-        self.base, self.conf = base, base / "dovecot.conf"
-        self.users, self.mail = base / "users", base / "mail"
-        self.log = base / "dovecot.log"
+    def __init__(self, office: Office, postfix: Postfix, *, encrypted_at_rest: bool = False) -> None:
+        self.office, self.postfix, self.encrypted_at_rest = office, postfix, encrypted_at_rest
+        self.files = DovecotFiles(office.root / "dovecot")
+        self.base, self.conf, self.log = self.files.root, self.files.conf, self.files.log
 
-    def values(self) -> dict[str, object]:
-        o = self.office
-        user = pwd.getpwnam(MAIL_USER)
-        return {"INSTANCE": f"office-{o.domain}", "RUN_DIR": self.base / "run", "STATE_DIR": self.base / "state",
-                "LOG_FILE": self.log, "HOSTNAME": o.hostname, "LISTEN_ADDRESS": o.host, "TLS_CERT": o.tls[0], "TLS_KEY": o.tls[1],
-                "USERS_FILE": self.users, "MAIL_USER": user.pw_name, "MAIL_GROUP": grp.getgrgid(user.pw_gid).gr_name,
-                "MAIL_DIR": self.mail, "FIRST_VALID_UID": min(user.pw_uid, 500), "LMTP_HOST": o.host,
-                "LMTP_PORT": o.lmtp_port, "IMAP_HOST": o.host, "IMAP_PORT": o.imap_port, "DOMAIN": o.domain,
-                "POSTFIX_AUTH_SOCKET": self.postfix.auth_socket, "CONFIG_DIR": self.base}
+    @property
+    def lmtp_socket(self) -> Path:
+        """The LMTP socket for the gateway (delivery.lmtp)."""
+        return self.files.lmtp_socket
 
     def configure(self) -> None:
-        self.base.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(render((HERE / "dovecot" / "dovecot.conf").read_text(), self.values()))
-        user = pwd.getpwnam(MAIL_USER)
-        self.mail.mkdir(exist_ok=True)
-        os.chown(self.mail, user.pw_uid, user.pw_gid)
-        self.mail.chmod(0o700)
-        # Read by Dovecot's auth process, which runs as the "dovecot" user: 0640, group dovecot.
-        self.users.write_text("".join(f"{a}:{ssha512(p)}::::::\n" for a, p in self.office.passwords.items()))
-        os.chown(self.users, 0, grp.getgrnam("dovecot").gr_gid)
-        self.users.chmod(0o640)
+        o = self.office
+        text = dovecot_conf(self.files, instance=f"office-{o.domain}", hostname=o.hostname, domain=o.domain,
+                            tls=o.tls, lmtp=(o.host, o.lmtp_port), imap=(o.host, o.imap_port), mail_user=MAIL_USER,
+                            gateway_user=pwd.getpwuid(os.geteuid()).pw_name,  # the scenario's gateways run as us
+                            postfix_auth_socket=self.postfix.auth_socket)
+        write_dovecot(self.files, text, o.passwords, MAIL_USER)
+        if self.encrypted_at_rest:
+            mail_crypt(self.files)
         run("doveconf", "-c", str(self.conf), "-n")  # refuses a config it cannot parse
 
     def start(self) -> None:
@@ -274,9 +343,10 @@ class Dovecot:
         o = self.office
         wait_ports([(o.host, o.lmtp_port), (o.host, o.imap_port)], self.log, f"dovecot of {o.domain}")
         end = time.monotonic() + 10
-        while not self.postfix.auth_socket.exists():
+        while not (self.postfix.auth_socket.exists() and self.lmtp_socket.exists()):
             if time.monotonic() > end:
-                raise InstanceError(f"no SASL socket {self.postfix.auth_socket}:\n{tail(self.log)}")
+                raise InstanceError(f"no SASL socket {self.postfix.auth_socket} or LMTP socket {self.lmtp_socket}:"
+                                    f"\n{tail(self.log)}")
             time.sleep(0.1)
 
     def stop(self) -> None:
@@ -287,8 +357,7 @@ class Dovecot:
             time.sleep(0.1)
 
     def maildir(self, address: str) -> Path:
-        local, _, domain = address.partition("@")
-        return self.mail / domain / local / "Maildir"
+        return self.files.maildir(address)
 
 
 def systemd_unit(dest: Path, *, securemail: Path, home: Path, user: str = "securemail") -> Path:

@@ -1,14 +1,16 @@
 """The five paths of the office scenario; each returns what it checked, or raises Failed saying what did not hold.
 
 1. plain mail from a standard client (swaks) through both offices' Postfix and gateways, read with
-   mbsync and imaplib, decrypted by justice's gateway (domain key) and marked Securemail-Status;
+   mbsync and imaplib, decrypted by justice's gateway (domain key), marked Securemail-Status and
+   handed straight to justice's Dovecot over LMTP; the answer goes the other way, through
+   interieur's gateway, relay_to its Postfix, to a Dovecot that encrypts it at rest (mail_crypt);
 2. PGP/MIME made by GnuPG, end to end: it arrives encrypted with the packets GnuPG wrote, and
    `securemail read` and gpg both decrypt and verify it;
 3. mail the gateway refuses: Postfix bounces it and the sender finds the DSN, with the gateway's
    reason, in her own Dovecot mailbox;
 4. the gateway stopped: Postfix keeps the mail (neomutt sent it) and, flushed once the gateway is
    back, delivers it exactly once;
-5. what crossed between the gateways (read at the tap): no marker, no office Received line.
+5. what crossed between the gateways, both ways (read at the taps): no marker, no office Received line.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ def arrived(w: World, address: str, needle: str, timeout: float = 60) -> bytes:
     return files[0].read_bytes()
 
 
+def hops(w: World, domain: str) -> set[str]:
+    """The next hops of the deliveries ``domain``'s gateway made (its audit log)."""
+    records = json.loads(sm(w.ministries[domain].gateway.home, "audit", "show", "--json"))
+    return {r["fields"].get("hop", "") for r in records if r["kind"] == "delivered"}
+
+
 # --- 1 ---------------------------------------------------------------------------------------------
 def plain_mail(w: World) -> str:
     paul, bruno = w.person("paul@" + A), w.person("bruno@" + B)
@@ -65,10 +73,11 @@ def plain_mail(w: World) -> str:
     swaks(paul, bruno.address, headers={"Subject": f"Note de service {marker}", "Message-Id": msgid},
           body=f"Bruno,\nla reunion est avancee a 9h. {marker}\nPaul")
     w.say(f"   paul -> Postfix {A} submission (swaks, STARTTLS, AUTH) -> gateway (TLS, pinned) -> gateway -> "
-          f"Postfix {B} -> Dovecot (LMTP)")
+          f"Dovecot {B} (LMTP socket)")
     arrived(w, bruno.address, msgid)
     hop = f"Verified TLS connection established to 127.0.0.1[127.0.0.1]:{w.ministries[A].gateway.relay}"
     check(hop in w.ministries[A].postfix.log.read_text(), "Postfix did not reach its gateway over pinned TLS")
+    check("lmtp:unix" in hops(w, B), f"justice's gateway did not deliver over LMTP: {hops(w, B)}")
     synced = [m for m in mbsync(bruno) if msgid.encode() in m]
     read = [m for m in imap(bruno) if msgid.encode() in m]
     check(len(synced) == 1 and len(read) == 1, f"mbsync found {len(synced)}, imaplib {len(read)} copies")
@@ -83,7 +92,32 @@ def plain_mail(w: World) -> str:
           "mbsync and imaplib read different messages")
     w.say(f"   bruno reads it with mbsync and imaplib: Subject {msg['Subject']!r}")
     w.say(f"   Securemail-Status: {status}")
+    answer(w, msgid)
     return status
+
+
+def answer(w: World, msgid: str) -> None:
+    """bruno answers: justice's Postfix -> justice's gateway -> interieur's gateway -> relay_to
+    interieur's Postfix -> its Dovecot (LMTP), which stores it encrypted (mail_crypt)."""
+    paul, bruno = w.person("paul@" + A), w.person("bruno@" + B)
+    marker, reply = w.marker(1), make_msgid("chemin1-reponse", B)
+    swaks(bruno, paul.address, headers={"Subject": f"Re: Note de service {marker}", "Message-Id": reply,
+                                        "In-Reply-To": msgid}, body=f"Paul,\nbien note. {marker}\nBruno")
+    w.say(f"   bruno answers (swaks) -> Postfix {B} -> gateway -> gateway -> relay_to Postfix {A} -> Dovecot (LMTP)")
+    raw = wait_for(lambda: next((m for m in imap(paul) if reply.encode() in m), None), "the answer in paul's mailbox")
+    msg = parse(raw)
+    status = msg.get("Securemail-Status", "")
+    check(status.startswith("encrypted=yes") and "signature=valid" in status, f"Securemail-Status: {status!r}")
+    check(marker in msg.get_body(("plain",)).get_content(), "the answer was not decrypted for the office")
+    received = " ".join(msg.get_all("Received", []))
+    check(f"by {w.ministries[A].office.hostname} (Postfix)" in received, "the answer did not come through Postfix")
+    check(any(h.startswith("relay") for h in hops(w, A)), f"interieur's gateway did not relay: {hops(w, A)}")
+    maildir = w.ministries[A].dovecot.maildir(paul.address)
+    files = [f for sub in ("new", "cur") for f in (maildir / sub).glob("*")]
+    check(files and all(f.read_bytes().startswith(b"CRYPTED") and marker.encode() not in f.read_bytes()
+                        for f in files), "paul's mailbox is not encrypted at rest")
+    w.say(f"   paul reads it with imaplib; Securemail-Status: {status}")
+    w.say(f"   on disk, paul's {len(files)} message file(s) begin with CRYPTED (mail_crypt), no marker")
 
 
 # --- 2 ---------------------------------------------------------------------------------------------
@@ -239,26 +273,29 @@ def gateway_down(w: World) -> str:
 
 # --- 5 ---------------------------------------------------------------------------------------------
 def crossing(w: World) -> list[bytes]:
-    bodies, office_hosts = w.tap.messages(), [f"mail.{A}".encode(), f"mail.{B}".encode()]
-    check(len(bodies) >= 3, f"only {len(bodies)} messages crossed the tap")
-    check(w.tap.all_tls(), "a message crossed outside TLS")
+    bodies = [b for tap in w.taps.values() for b in tap.messages()]
+    office_hosts = [f"mail.{A}".encode(), f"mail.{B}".encode()]
+    counts = {d: len(tap.messages()) for d, tap in w.taps.items()}
+    check(counts[B] >= 3 and counts[A] >= 1, f"too few messages crossed the taps: {counts}")
+    check(all(tap.all_tls() for tap in w.taps.values()), "a message crossed outside TLS")
     for body in bodies:
         head = body.split(b"\r\n\r\n", 1)[0]
         check(not any(m.encode() in body for m in w.markers), "a plaintext marker crossed")
         check(not re.search(rb"(?im)^received:", head), "a Received line crossed")
         check(not any(h in body for h in office_hosts), "an office host name crossed")
         check(b"multipart/encrypted" in head and b"-----BEGIN PGP MESSAGE-----" in body, "not PGP/MIME")
-    w.say(f"   {len(bodies)} messages crossed, all in TLS: no marker of the {len(w.markers)} sent, "
-          "no Received line, no office host name")
+    w.say(f"   {len(bodies)} messages crossed ({counts[B]} to {B}, {counts[A]} to {A}), all in TLS: no marker "
+          f"of the {len(w.markers)} sent, no Received line, no office host name")
     return bodies
 
 
 PATHS = [
-    ("1. plain mail: swaks -> Postfix -> gateways -> Postfix -> Dovecot; mbsync and imaplib read it", plain_mail),
+    ("1. plain mail: swaks -> Postfix -> gateways -> LMTP -> Dovecot; mbsync and imaplib read it; "
+     "the answer: ... -> relay_to -> Postfix -> Dovecot (mail_crypt)", plain_mail),
     ("2. PGP/MIME from GnuPG, end to end, unchanged; securemail read and gpg verify it", pgp_mime),
     ("3. refused by the gateway: Postfix bounces, the DSN is in the sender's mailbox", refused),
     ("4. gateway stopped: Postfix queues; started again: delivered exactly once", gateway_down),
-    ("5. what crossed between the gateways: no plaintext marker, no office Received line", crossing),
+    ("5. what crossed between the gateways, both ways: no plaintext marker, no office Received line", crossing),
 ]
 
 

@@ -3,12 +3,16 @@
 interieur.gouv.fr and justice.gouv.fr each get a private Postfix (submission with
 Dovecot SASL; member domains to the gateway through a transport map made by
 ``securemail federation postfix-transport``), a private Dovecot (LMTP, IMAP)
-and a securemail gateway (``securemail serve``, ``delivery.local = "relay"`` to
-its Postfix). A federation authority signs the manifest; the manifest lists a
-recording proxy (tap.py) as justice's gateway, so that what crosses between the
-gateways can be read in path 5. ``World`` is set up by ``build`` and torn down
-by ``close``; paths.py holds the five paths. examples/office/run.py and
-tests/office/test_office.py both run this one scenario.
+and a securemail gateway (``securemail serve``). The two gateways deliver
+inbound mail the two ways an office can choose (``INBOUND``): interieur's hands
+it to its Postfix (``delivery.local = "relay"``, ``relay_to``), which delivers
+to Dovecot over LMTP, and interieur's Dovecot encrypts mailboxes at rest
+(mail_crypt); justice's hands it straight to its Dovecot's LMTP socket
+(``delivery.local = "lmtp"``). A federation authority signs the manifest; the
+manifest lists a recording proxy (tap.py) as each gateway, so that what crosses
+between the gateways, both ways, can be read in path 5. ``World`` is set up by
+``build`` and torn down by ``close``; paths.py holds the five paths.
+examples/office/run.py and tests/office/test_office.py both run this one scenario.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 A, B = "interieur.gouv.fr", "justice.gouv.fr"
 OFFICE_SOURCE = {A: "127.0.0.3", B: "127.0.0.4"}  # where each Postfix reaches its gateway from
 GATEWAY_SIZE_LIMIT = 256 << 10                      # interieur's gateway: [limits] message_size (path 3)
+INBOUND = {A: "relay", B: "lmtp"}                   # each gateway's delivery.local
 PEOPLE = {  # address: (name, has an OpenPGP client)
     "paul@" + A: ("Paul Durand", False), "alice@" + A: ("Alice Martin", True),
     "bruno@" + B: ("Bruno Petit", False), "claire@" + B: ("Claire Moreau", True),
@@ -55,6 +60,22 @@ def sm(home: Path, *args: str, stdin: bytes | None = None) -> str:
     if res.exit_code != 0:
         raise InstanceError(f"securemail {' '.join(args[:3])} exited {res.exit_code}:\n{res.output}")
     return res.stdout
+
+
+def preflight(home: Path, relay: str) -> tuple[int, str]:
+    """``securemail gateway check --json`` on a gateway home, as an admin runs it before ``serve``: how
+    many checks passed, and the one problem this bench makes on purpose (the manifest names the tap,
+    not the gateway's relay listener); any other problem is an InstanceError."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    res = CliRunner().invoke(cli, ["--home", str(home), "gateway", "check", "--json"], catch_exceptions=False)
+    checks = json.loads(res.stdout)["checks"]
+    problems = [c for c in checks if not c["ok"]]
+    tapped = [c for c in problems if c["name"].startswith("federation entry") and relay in c["detail"]]
+    if res.exit_code not in (0, 1) or problems != tapped or len(tapped) != 1:
+        raise InstanceError(f"gateway check of {home} (exit {res.exit_code}):\n{res.stdout}")
+    return len(checks) - 1, f"{tapped[0]['name']}: {tapped[0]['detail']}"
 
 
 def tune(config: Path, **values: object) -> None:
@@ -83,7 +104,7 @@ class Gateway:
     def tls(self) -> tuple[Path, Path]:
         return self.home / "tls" / "cert.pem", self.home / "tls" / "key.pem"
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 120) -> None:  # 3-7 s alone; a loaded machine takes much longer
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--home", str(self.home), "serve"],
                                          cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
@@ -92,13 +113,19 @@ class Gateway:
             if self.proc.poll() is not None:
                 raise InstanceError(f"securemail serve of {self.domain} exited {self.proc.returncode}:\n"
                                     + self.log.read_text(errors="replace")[-3000:])
-            try:
-                socket.create_connection(("127.0.0.1", self.relay), timeout=1).close()
-                return
+            try:  # its own greeting: on a busy machine another program may have taken the port
+                with socket.create_connection(("127.0.0.1", self.relay), timeout=5) as s:
+                    greeting = s.makefile("rb").readline()
             except OSError:
                 if time.monotonic() > end:
                     raise InstanceError(f"the gateway of {self.domain} is not listening") from None
                 time.sleep(0.1)
+                continue
+            if greeting.startswith(f"220 gw.{self.domain} ".encode()):
+                return
+            if time.monotonic() > end:  # (if serve exited, the next round says why)
+                raise InstanceError(f"127.0.0.1:{self.relay} answers {greeting[:80]!r}, not the gateway of {self.domain}")
+            time.sleep(0.1)
 
     def stop(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -128,7 +155,7 @@ class World:
     people: dict[str, Person] = field(default_factory=dict)
     gpg: dict[str, Gpg] = field(default_factory=dict)
     fpr: dict[str, str] = field(default_factory=dict)
-    tap: Tap | None = None
+    taps: dict[str, Tap] = field(default_factory=dict)  # receiving domain -> the proxy in front of its gateway
     markers: list[str] = field(default_factory=list)   # every plaintext marker sent (path 5 looks for them)
     started: list[list[Callable[[], object]]] = field(default_factory=list)  # stops, batches in start order
 
@@ -179,32 +206,36 @@ def build(work: Path, say: Callable[[str], None] = print) -> World:
 
 def _gateways(w: World) -> None:
     say = w.say
-    say("setup: a securemail gateway per ministry (delivery.local = relay to its office Postfix)")
+    say("setup: a securemail gateway per ministry (inbound: interieur relay_to its Postfix, justice LMTP to Dovecot)")
     for d in (A, B):
         office = Office(d, w.work / d.split(".")[0], free_port(), free_port(), free_port(), free_port(),
                         OFFICE_SOURCE[d],
                         passwords={a: f"mot de passe de {a} {secrets.token_hex(6)}" for a in PEOPLE if a.endswith(d)})
         g = Gateway(d, w.work / f"gw-{d.split('.')[0]}", free_port(), free_port())
+        postfix = Postfix(office)
+        dovecot = Dovecot(office, postfix, encrypted_at_rest=INBOUND[d] == "relay")
+        inbound = (["--relay-to", f"{office.host}:{office.smtp_port}"] if INBOUND[d] == "relay"
+                   else ["--lmtp", str(dovecot.lmtp_socket)])
         sm(g.home, "gateway", "init", "--domain", d, "--listen", f"127.0.0.1:{g.relay}", "--submission", "none",
            "--wkd", f"127.0.0.1:{g.wkd}", "--hostname", f"gw.{d}", "--trusted-network", f"{OFFICE_SOURCE[d]}/32",
-           "--relay-to", f"{office.host}:{office.smtp_port}")
+           *inbound)
         tune(g.home / "securemail.toml", poll_interval=0.2, first=2, cap=10,
              **({"message_size": GATEWAY_SIZE_LIMIT} if d == A else {}))
-        postfix = Postfix(office)
-        w.ministries[d] = Ministry(office, postfix, Dovecot(office, postfix), g)
-        say(f"   {d}: gateway relay 127.0.0.1:{g.relay} -> office Postfix {office.host}:{office.smtp_port}")
+        w.ministries[d] = Ministry(office, postfix, dovecot, g)
+        say(f"   {d}: gateway relay 127.0.0.1:{g.relay}; inbound " + (
+            f"relay_to office Postfix {office.host}:{office.smtp_port} (Dovecot: mail_crypt at rest)"
+            if INBOUND[d] == "relay" else f"LMTP to Dovecot {dovecot.lmtp_socket}"))
 
 
 def _federation(w: World) -> None:
-    w.say("setup: the federation authority signs the manifest (justice's gateway listed behind the tap)")
+    w.say("setup: the federation authority signs the manifest (each gateway listed behind a tap)")
     authority, tmp = w.work / "authority", w.work
     sm(authority, "federation", "init", "--no-passphrase")
-    tap_port = free_port()
+    tap_ports = {d: free_port() for d in w.ministries}
     for d, m in w.ministries.items():
         entry = json.loads(sm(m.gateway.home, "federation", "entry"))
-        if d == B:
-            for e in entry:
-                e["gateway"] = f"127.0.0.1:{tap_port}"
+        for e in entry:
+            e["gateway"] = f"127.0.0.1:{tap_ports[d]}"
         (tmp / f"{d}.json").write_text(json.dumps(entry))
         sm(authority, "federation", "add", "--entry", str(tmp / f"{d}.json"))
     sm(authority, "federation", "sign", "--output", str(tmp / "federation.json"))
@@ -213,10 +244,12 @@ def _federation(w: World) -> None:
     for m in w.ministries.values():
         sm(m.gateway.home, "federation", "install", str(tmp / "federation.json"), "--authority", fpr,
            "--authority-key", str(tmp / "authority.asc"))
-    a, b = w.ministries[A].gateway, w.ministries[B].gateway
-    w.tap = Tap(("127.0.0.1", tap_port), ("127.0.0.1", b.relay), server_cert=b.tls, client_cert=a.tls)
-    w.say(f"   manifest signed by {fpr[:16]}..., installed on both; tap 127.0.0.1:{tap_port} -> "
-          f"justice's relay 127.0.0.1:{b.relay}")
+    for receiver, sender in ((A, B), (B, A)):
+        r, s = w.ministries[receiver].gateway, w.ministries[sender].gateway
+        w.taps[receiver] = Tap(("127.0.0.1", tap_ports[receiver]), ("127.0.0.1", r.relay), server_cert=r.tls,
+                               client_cert=s.tls)
+        w.say(f"   tap 127.0.0.1:{tap_ports[receiver]} -> {receiver}'s relay 127.0.0.1:{r.relay}")
+    w.say(f"   manifest signed by {fpr[:16]}..., installed on both")
 
 
 def _offices(w: World) -> None:
@@ -228,8 +261,8 @@ def _offices(w: World) -> None:
         o = m.office
         for line in (m.postfix.conf / "transport").read_text().splitlines()[1:]:
             w.say(f"   {d} transport: {line}")
-        w.say(f"   {d}: Postfix smtp {o.smtp_port}, submission {o.submission_port}; Dovecot LMTP {o.lmtp_port}, "
-              f"IMAP {o.imap_port}; config {m.postfix.conf}")
+        w.say(f"   {d}: Postfix smtp {o.smtp_port}, submission {o.submission_port}; Dovecot LMTP {o.lmtp_port} "
+              f"and {m.dovecot.lmtp_socket.name}, IMAP {o.imap_port}; config {m.postfix.conf}, {m.dovecot.conf}")
         for address, (name, _) in PEOPLE.items():
             if address.endswith("@" + d):
                 w.people[address] = Person(address, name, o.passwords[address], o,
@@ -264,13 +297,17 @@ def _keys(w: World) -> None:
 
 
 def _start(w: World) -> None:
-    w.say("setup: start Dovecot, Postfix, the tap and both gateways")
+    w.say("setup: start Dovecot, Postfix and the taps; `securemail gateway check`; start both gateways")
     ministries = list(w.ministries.values())
     w.started.append([m.dovecot.stop for m in ministries])
     together(lambda m: m.dovecot.start(), ministries)  # first: it makes the SASL socket in Postfix's queue
     w.started.append([m.postfix.stop for m in ministries])
     together(lambda m: m.postfix.start(), ministries)
-    w.tap.__enter__()
-    w.started.append([lambda: w.tap.__exit__(None, None, None)])
+    for d, m in w.ministries.items():
+        passed, tapped = preflight(m.gateway.home, f"127.0.0.1:{m.gateway.relay}")
+        w.say(f"   {d}: gateway check: {passed} ok, {tapped} (the manifest lists the tap as its gateway)")
+    for tap in w.taps.values():
+        tap.__enter__()
+        w.started.append([lambda tap=tap: tap.__exit__(None, None, None)])
     w.started.append([m.gateway.stop for m in ministries])
     together(lambda m: m.gateway.start(), ministries)

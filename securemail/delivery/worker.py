@@ -22,9 +22,10 @@ with the null envelope sender; none is made for a null-sender message.
 An ``lmtp`` hop (``delivery.local = "lmtp"``) is settled recipient by recipient:
 the LMTP server answers for each one after the body (``delivery/lmtp.py``).
 
-A ``relay-decrypt`` hop (member mail for the office, encrypted to our domain
-key) is opened by ``open_sealed`` in memory, just before the office MTA gets
-it: decrypted plaintext is never written to the queue. Its DSN, if any, is
+A ``relay-decrypt`` or ``lmtp-decrypt`` hop (member mail for the office,
+encrypted to our domain key) is opened by ``open_sealed`` in memory, just
+before the office MTA or the LMTP server gets it: decrypted plaintext is never
+written to the queue. Its DSN, if any, is
 built from the queued (encrypted) message's headers.
 Database failures surface as ``TemporaryFailure``; ``run`` backs off on them.
 Each settle that took is reported: to ``metrics`` (by outcome and recipient domain; the time
@@ -205,7 +206,7 @@ class DeliveryWorker:
             return await self._hold(claims, BAD_HOP)
         if isinstance(hop, MaildirHop) and self.maildir_root is None:
             return await self._hold(claims, NO_MAILDIR)
-        if isinstance(hop, RelayHop) and hop.decrypt and self.open_sealed is None:
+        if isinstance(hop, (RelayHop, LmtpHop)) and hop.decrypt and self.open_sealed is None:
             return await self._hold(claims, NO_DOMAIN_KEY)
         if isinstance(hop, SmtpHop) and self.member_pins is not None:  # rotated while it waited
             hop = self.member_pins(hop)
@@ -264,14 +265,14 @@ class DeliveryWorker:
             if isinstance(hop, MaildirHop):
                 return await asyncio.to_thread(self.deliver_maildir, self.maildir_root, hop.address,
                                                body, clock=self.clock, hostname=self.helo)
-            if isinstance(hop, LmtpHop):
-                return await self.deliver_lmtp(hop, sender, rcpts, body, helo=self.helo, timeout=self.timeout)
-            if isinstance(hop, RelayHop) and hop.decrypt:
+            if isinstance(hop, (RelayHop, LmtpHop)) and hop.decrypt:
                 try:  # the plaintext lives in this frame only; the settle keeps the queued bytes
                     body = await asyncio.to_thread(self.open_sealed, body)
                 except SecureMailError as err:
                     log.warning("delivery %s: cannot decrypt for the office: %s", self.owner, err.message)
                     return temporary(OPEN_FAILED) if err.temporary else permanent(OPEN_FAILED)
+            if isinstance(hop, LmtpHop):
+                return await self.deliver_lmtp(hop, sender, rcpts, body, helo=self.helo, timeout=self.timeout)
             return await self.deliver_smtp(hop, sender, rcpts[0] if len(rcpts) == 1 else rcpts,
                                            body, helo=self.helo, timeout=self.timeout,
                                            tls_client_cert=cert() if callable(cert := self.tls_client_cert) else cert)

@@ -20,6 +20,10 @@ Maildir writer. The stored forms, one per way a message leaves the gateway (the 
 ``lmtp:HOST:PORT`` or ``lmtp:/PATH``
     the office's mailbox server (Dovecot) over LMTP, inside the office: TCP, or
     the unix socket at the absolute PATH; a status for each recipient.
+``lmtp-decrypt:HOST:PORT`` or ``lmtp-decrypt:/PATH``
+    the same server, for member mail encrypted to one of our domain keys whose
+    recipient has no key of their own (domain-key mode): queued encrypted and
+    decrypted in memory at delivery, as ``relay-decrypt``.
 
 An IPv6 host is written in brackets (``smtp:[::1]:25:PIN``). ``parse_hop``
 raises ``UsageError`` for anything else; the worker holds such a delivery
@@ -79,14 +83,16 @@ class MaildirHop:
 
 @dataclass(frozen=True)
 class LmtpHop:
-    """The office's mailbox server over LMTP: ``host`` and ``port``, or the unix socket ``path``."""
+    """The office's mailbox server over LMTP: ``host`` and ``port``, or the unix socket ``path``;
+    ``decrypt``: opened with a domain key on the way."""
     host: str = ""
     port: int = 0
     path: str = ""
+    decrypt: bool = False
     kind = "lmtp"
 
     def __str__(self) -> str:
-        return f"lmtp:{self.path or join_hostport(self.host, self.port)}"
+        return f"{'lmtp-decrypt' if self.decrypt else 'lmtp'}:{self.path or join_hostport(self.host, self.port)}"
 
 
 Hop = SmtpHop | RelayHop | MaildirHop | LmtpHop
@@ -107,25 +113,26 @@ def maildir_hop(address: str) -> MaildirHop:
     return MaildirHop(_address(address))
 
 
-def lmtp_hop(target: tuple[str, int] | str) -> LmtpHop:
-    """The next hop for LMTP to ``(host, port)`` or to the unix socket at an absolute path."""
+def lmtp_hop(target: tuple[str, int] | str, decrypt: bool = False) -> LmtpHop:
+    """The next hop for LMTP to ``(host, port)`` or to the unix socket at an absolute path
+    (``decrypt``: the body is decrypted at delivery)."""
     if isinstance(target, str):
-        return LmtpHop(path=_socket_path(target))
-    return LmtpHop(_check_host(target[0]), _check_port(target[1]))
+        return LmtpHop(path=_socket_path(target), decrypt=decrypt)
+    return LmtpHop(_check_host(target[0]), _check_port(target[1]), decrypt=decrypt)
 
 
 def local_hop(config, rcpt: str, decrypt: bool = False) -> Hop:
     """Where mail for the local ``rcpt`` goes, by the gateway's ``delivery.local`` (``GatewayConfig``):
-    the office MTA (``decrypt``: opened in memory at delivery), the LMTP server, or its Maildir."""
+    the office MTA or the LMTP server (``decrypt``: opened in memory at delivery), or its Maildir."""
     if config.local_delivery == "relay":
         return relay_hop(*config.relay_to, decrypt=decrypt)
     if config.local_delivery == "lmtp":
-        return lmtp_hop(config.lmtp)
+        return lmtp_hop(config.lmtp, decrypt=decrypt)
     return maildir_hop(rcpt)
 
 
 def parse_hop(text: str) -> Hop:
-    """The hop a next-hop string names; ``UsageError`` if it is not one of the four forms."""
+    """The hop a next-hop string names; ``UsageError`` if it is not one of the forms above."""
     kind, sep, rest = str(text).partition(":")
     if not sep:
         raise UsageError(f"invalid next hop {text!r}")
@@ -138,10 +145,11 @@ def parse_hop(text: str) -> Hop:
     if kind in ("relay", "relay-decrypt"):
         host, port = _split(rest, text)
         return RelayHop(host, port, kind == "relay-decrypt")
-    if kind == "lmtp":
+    if kind in ("lmtp", "lmtp-decrypt"):
+        decrypt = kind == "lmtp-decrypt"
         if rest.startswith("/"):
-            return LmtpHop(path=_socket_path(rest))
-        return LmtpHop(*_split(rest, text))
+            return LmtpHop(path=_socket_path(rest), decrypt=decrypt)
+        return LmtpHop(*_split(rest, text), decrypt=decrypt)
     raise UsageError(f"unknown next-hop kind {kind!r}")
 
 

@@ -9,8 +9,9 @@ Plain office mail is encrypted (recipient key, from the key store or
 found in the member's key directory, else the recipient domain's key) and
 signed with our domain key; a changed recipient key raises KeyChanged. Inbound
 mail encrypted to our domain key is decrypted here and re-encrypted to the local
-user's key (the sender's signature kept), or queued encrypted for the office MTA
-and decrypted at delivery (open_for_office); the gateway's status headers
+user's key (the sender's signature kept), or queued encrypted for the office MTA,
+or for the LMTP server when the user has no key (domain-key mode), and decrypted
+at delivery (open_for_office); the gateway's status headers
 replace the sender's (transform/status.py); a signer's key not known here is looked up
 by the From shown through the gateway's directory client (``locate``), and used
 only if it issued the signature (``signer_located``).
@@ -281,11 +282,13 @@ class Transformer:
         return [ar, self.sender_status(decrypted, _one(f.headers.from_values))]
 
     def inbound(self, raw: bytes, f: Facts, rcpt: str, mode: str) -> tuple[bytes, dict]:
-        """Mail from a member gateway for local ``rcpt``: maildir (mode) or relay to the office.
+        """Mail from a member gateway for local ``rcpt``: ``mode`` maildir, lmtp or relay to the office.
 
         The status headers that came with it are removed, outside and in the decrypted message,
-        before ours are added. In relay mode, mail for our domain key is queued as it came
-        (re-wrapped) and decrypted only at delivery, in memory (``open_for_office``).
+        before ours are added. Mail for our domain key is re-encrypted to the user's key; in relay
+        mode, and in lmtp mode for a user without a key (the office reads it in domain-key mode),
+        it is queued as it came (re-wrapped) and decrypted only at delivery, in memory
+        (``open_for_office``). In maildir mode a user without a key is refused.
         """
         outer = strip_headers(raw, ST.STATUS_FIELDS, f.block)
         kept = fields_of(raw, f, without=ST.STATUS_FIELDS)  # the fields of outer
@@ -294,11 +297,11 @@ class Transformer:
             if f.encryption.encrypted:  # what the reader sees as encrypted is only the packets
                 outer = rebuilt(raw, f.encryption, fields_of(raw, f))
             return add_headers(outer, self.status_headers(f, None)), {"decrypted": False}
-        if mode == "relay":
+        user = None if mode == "relay" else self.user_key(rcpt)
+        if mode == "relay" or (mode == "lmtp" and user is None):
             sealed = pgp_mime(top_headers(outer, fields=kept), rearmor(f.encryption.packets))
             ar = ST.auth_results(self.hostname, f.dkim_status, f.from_domain)
             return add_headers(sealed, [ar]), {"decrypted": False, "decrypt_at_delivery": True}
-        user = self.user_key(rcpt)
         if user is None:
             raise PolicyRefusal(reply=replies.no_local_key(rcpt))
         out = self._checked(M.decrypt(f.encryption.payload, [domain_key], self.lookup),

@@ -38,7 +38,7 @@ NOTICE = "[securemail] message not shown"
 class World:
     def __init__(self, tmp: Path, corpus: dict) -> None:
         self.tmp, self.corpus = tmp, corpus
-        self.dovecot = Dovecot(tmp / "dv", [ALICE], tls=True).start()
+        self.dovecot = Dovecot(tmp / "dv", [ALICE]).start()
         self.sender = tmp / "gaston"
         ok(run_cli(self.sender, "keys", "generate", "--uid", f"Gaston Roux <{GASTON}>", "--no-passphrase"))
         ok(run_cli(self.sender, "keys", "import", str(corpus["dir"] / "keys" / "alice.pub.asc")))

@@ -1,8 +1,9 @@
 """LMTP local delivery (delivery.local = "lmtp") against real servers: a private Dovecot, aiosmtpd's LMTP.
 
 The chain: a member's mail reaches our gateway, which re-encrypts it to each
-user's key (as for a Maildir) and hands it to Dovecot's LMTP; it is read back
-over Dovecot's IMAP. Then the status for each recipient, with DeliveryWorker on
+user's key (as for a Maildir), or for a user without a key (domain-key mode)
+decrypts it in memory at delivery, and hands it to Dovecot's LMTP; it is read
+back over Dovecot's IMAP. Then the status for each recipient, with DeliveryWorker on
 a real SQLite queue: Dovecot refusing an unknown user (over its unix socket),
 and an aiosmtpd LMTP server answering 4xx or 5xx for one recipient after the
 body, or hanging up between two replies.
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.timeout(240)
 MARKER = "LMTP-PLAINTEXT-MARKER-51c2"
 AGENT = "agent@interieur.gouv.fr"
 BRUNO, CLAIRE, DIANE = "bruno@justice.gouv.fr", "claire@justice.gouv.fr", "diane@justice.gouv.fr"
+EMILE = "emile@justice.gouv.fr"   # a mailbox and no key: reads in domain-key mode
 SENDER, R1, R2 = "alice@a.gov.test", "bob@a.gov.test", "carol@a.gov.test"
 BODY = (b"From: Alice <alice@a.gov.test>\r\nTo: bob@a.gov.test, carol@a.gov.test\r\nSubject: minutes\r\n"
         b"Message-ID: <lmtp-1@a.gov.test>\r\n\r\n" + MARKER.encode() + b"\r\n.a line with a leading dot\r\n"
@@ -51,15 +53,15 @@ def test_member_mail_lands_in_each_dovecot_mailbox_and_an_unknown_user_bounces(t
     require_dovecot()
     _, homes = federation(tmp_path, trusted=OFFICE + "/32")
     a, b = homes["interieur.gouv.fr"], homes["justice.gouv.fr"]
-    with Dovecot(tmp_path / "dc", [BRUNO, CLAIRE]) as dc:   # diane has a key, no mailbox
+    with Dovecot(tmp_path / "dc", [BRUNO, CLAIRE, EMILE]) as dc:   # diane has a key, no mailbox
         b.tune(local='"lmtp"', lmtp=f'"{dc.lmtp}"')
         people = {r: person(tmp_path, r, b) for r in (BRUNO, CLAIRE, DIANE)}
         person(tmp_path, AGENT, a)  # so that the DSN for diane reaches interieur's Maildir
-        msg = (f"From: Agent <{AGENT}>\r\nTo: {BRUNO}, {CLAIRE}, {DIANE}\r\nSubject: Conseil {MARKER}\r\n"
+        msg = (f"From: Agent <{AGENT}>\r\nTo: {BRUNO}, {CLAIRE}, {DIANE}, {EMILE}\r\nSubject: Conseil {MARKER}\r\n"
                f"Message-ID: <lmtp-e2e@interieur.gouv.fr>\r\n\r\nOrdre du jour {MARKER}.\r\n").encode()
         with Running(a, b, cpu_workers=0):
-            office_send(a.relay, AGENT, [BRUNO, CLAIRE, DIANE], msg)
-            got = {r: dc.wait_messages(r, 1) for r in (BRUNO, CLAIRE)}
+            office_send(a.relay, AGENT, [BRUNO, CLAIRE, DIANE, EMILE], msg)
+            got = {r: dc.wait_messages(r, 1) for r in (BRUNO, CLAIRE, EMILE)}
             rows = wait_for(lambda: _settled(b.home), what="justice's deliveries and DSN to settle")
             dsn_files = wait_for(lambda: _files(a.home / "Maildir" / AGENT / "new"), what="the DSN at interieur")
         for r in (BRUNO, CLAIRE):
@@ -71,11 +73,16 @@ def test_member_mail_lands_in_each_dovecot_mailbox_and_an_unknown_user_bounces(t
             assert MARKER.encode() not in raw                # re-encrypted to the user's key, as for a Maildir
             out = json.loads(ok(run_cli(people[r], "read", "--json", str(_save(tmp_path, r, raw)))).stdout)[0]
             assert out["decrypted"] and MARKER in out["body"] and out["subject"] == f"Conseil {MARKER}", out
+        [plain] = got[EMILE]   # decrypted at delivery, in memory: the queue held it encrypted
+        assert header(plain, "Delivered-To") == EMILE and MARKER.encode() in plain
+        assert header(plain, "Subject") == f"Conseil {MARKER}"
+        assert header(plain, "Securemail-Status").startswith("encrypted=yes; signature=valid"), plain[:600]
+        assert not header(plain, "Content-Type").startswith("multipart/encrypted")
         states = {row["recipient"]: (row["state"], row["last_error"]) for row in rows if row["sender"]}
-        assert states[BRUNO][0] == states[CLAIRE][0] == "delivered"
+        assert states[BRUNO][0] == states[CLAIRE][0] == states[EMILE][0] == "delivered"
         assert states[DIANE][0] == "bounced" and states[DIANE][1].startswith("550 5.1.1"), states
         assert [row["recipient"] for row in rows if row["sender"] == ""] == [AGENT] and len(dsn_files) == 1
-        assert [len(dc.messages(r)) for r in (BRUNO, CLAIRE)] == [1, 1]   # once each, no duplicate
+        assert [len(dc.messages(r)) for r in (BRUNO, CLAIRE, EMILE)] == [1, 1, 1]   # once each, no duplicate
         hops = {rec["fields"]["hop"] for rec in audit_records(b.home, "delivered")}
         assert f"lmtp:{dc.lmtp}" in hops
         assert [rec["fields"]["code"] for rec in audit_records(b.home, "bounced")] == [550]

@@ -3,7 +3,9 @@
 commands  the CLI in-process (``run_cli``, ``ok``, ``cli``), ``REPO``
 ports     ``free_port``
 waits     ``wait_for``, ``wait_listening``, ``terminate``
-dovecot   ``Dovecot`` (a private LMTP and IMAP server), ``dovecot_missing``, ``require_dovecot``
+dovecot   ``Dovecot`` (a private LMTP and IMAP server, configured from examples/office's template),
+          ``dovecot_missing``, ``require_dovecot``
+office    ``office_module`` (examples/office as the package ``office``)
 prometheus ``Prometheus`` (a private Prometheus scraping given targets), ``require_prometheus``
 pg        ``PG_URL``, ``pg_available``, ``require_pg``, fresh schemas (``pg_schemas``, ``pg_schema``)
 homes     ``GatewayHome`` (its relay, submission and key directory ports), ``federation``,
@@ -21,6 +23,7 @@ Nothing imports pytest at import time: the benchmark uses these without it.
 from .commands import REPO, cli, ok, run_cli
 from .dovecot import Dovecot, dovecot_missing, require_dovecot
 from .https import StaticHTTPS
+from .office import office_module
 from .homes import DOMAINS, FAST, OFFICE, GatewayHome, federation, init_home, install_manifest, person, second_node
 from .pg import PG_URL, fresh_schemas, pg_available, pg_schema, pg_schemas, require_pg, schema_url
 from .ports import free_port
@@ -32,4 +35,5 @@ __all__ = ["REPO", "cli", "ok", "run_cli", "DOMAINS", "FAST", "OFFICE", "Gateway
            "init_home", "install_manifest", "person", "second_node", "PG_URL", "fresh_schemas",
            "pg_available", "pg_schema", "pg_schemas", "require_pg", "schema_url", "free_port", "Running",
            "Serve", "audit_records", "office_send", "queue_rows", "terminate", "wait_for", "wait_listening",
-           "Dovecot", "dovecot_missing", "require_dovecot", "StaticHTTPS", "Prometheus", "require_prometheus"]
+           "Dovecot", "dovecot_missing", "require_dovecot", "StaticHTTPS", "Prometheus", "require_prometheus",
+           "office_module"]

@@ -1,11 +1,15 @@
 """A private Dovecot (LMTP and IMAP) for one test: its own config, ports, users and mail store.
 
-``Dovecot(directory, users)`` writes a minimal ``dovecot.conf`` in ``directory``
-(``run/`` as base_dir, ``state/``, ``dovecot.log``, a ``passwd`` file, the mail
-store ``mail/DOMAIN/LOCAL`` in Maildir format) and ``start()`` runs
-``dovecot -F -c CONF`` in the foreground as a child of the test, listening on
-free loopback ports only: LMTP on ``lmtp_port`` and on the unix socket
-``lmtp_socket``, IMAP (plain, LOGIN allowed: loopback only) on ``imap_port``.
+``Dovecot(directory, users)`` lays ``directory`` out as the office example's
+Dovecot does (examples/office/instances.py ``DovecotFiles``: ``dovecot.conf``,
+``run/`` as base_dir, ``state/``, ``dovecot.log``, a ``passwd`` file, the mail
+store ``mail/DOMAIN/LOCAL/Maildir``) and configures it from the same template,
+examples/office/dovecot/dovecot.conf: the configuration the deployment guide
+shows is the one these tests run. ``start()`` runs ``dovecot -F -c CONF`` in the
+foreground as a child of the test, listening on free loopback ports only: LMTP
+on ``lmtp_port`` and on the unix socket ``lmtp_socket``, IMAP on ``imap_port``
+(the template's ``ssl = required``, with a self-signed certificate in ``tls/``;
+Dovecot counts loopback as secured, so a plain LOGIN from 127.0.0.1 works).
 ``stop()`` ends it (SIGTERM to the master, which stops its children). Nothing
 system-wide is touched: no /etc/dovecot, no /var/run/dovecot.
 
@@ -13,19 +17,14 @@ Users are addresses with plaintext passwords (``{PLAIN}``) in a passwd-file,
 all mapped to one unprivileged system user (``mail`` by default: Dovecot never
 stores mail as root). That user must reach the mail store, so ``start`` adds
 the search bit for others (o+x, not read) to ``directory`` and the directories
-above it that lack it (pytest's tmp directories are 0700). ``add_user`` works
-while Dovecot runs: it rereads the passwd-file when it changes.
+above it up to the temporary directory (pytest's tmp directories are 0700).
+``add_user`` works while Dovecot runs: it rereads the passwd-file when it changes.
 
 Attributes for other helpers: ``users`` (address -> password), ``lmtp_port``,
 ``lmtp`` ("127.0.0.1:PORT", a ``delivery.lmtp`` value), ``lmtp_socket``,
-``imap_port``, ``maildir`` (the mail store), ``mailbox(address)``, ``conf``,
+``imap_port``, ``cert`` (the IMAP server's certificate), ``maildir`` (the mail store), ``mailbox(address)``, ``conf``,
 ``log_path``. ``messages(address)`` reads a mailbox back over IMAP;
 ``wait_messages`` polls until it holds a number of them.
-
-``fsync=False`` (the benchmark) lets Dovecot store mail without fsync (``mail_fsync = never``).
-``Dovecot(..., tls=True)`` serves IMAP with STARTTLS (and only after it: no plaintext login)
-with a self-signed certificate for 127.0.0.1 made at ``start``: ``cert`` is the file a client
-trusts (the bridge's ``--cafile``).
 
 ``require_dovecot()`` skips a test with the reason when the Debian packages
 (dovecot-core, dovecot-lmtpd, dovecot-imapd) are missing, and fails it under CI.
@@ -38,11 +37,13 @@ import imaplib
 import os
 import pwd
 import shutil
-import stat
 import subprocess
 from pathlib import Path
 
+from securemail.admin.setup import self_signed_cert
+
 from .ports import free_port
+from .office import office_module
 from .waits import terminate, wait_for, wait_listening
 
 PASSWORD = "secret"                  # users' password unless given
@@ -81,26 +82,23 @@ def require_dovecot(mail_user: str = "mail") -> None:
 
 class Dovecot:
     def __init__(self, directory: Path, users=(), *, mail_user: str = "mail",
-                 hostname: str = "mail.office.test", detail_mailbox: bool = False, tls: bool = False,
-                 fsync: bool = True) -> None:
+                 hostname: str = "mail.office.test", detail_mailbox: bool = False, fsync: bool = True) -> None:
         self.directory = Path(directory)
-        self.conf = self.directory / "dovecot.conf"
-        self.base_dir = self.directory / "run"
-        self.state_dir = self.directory / "state"
-        self.log_path = self.directory / "dovecot.log"
-        self.passwd_file = self.directory / "passwd"
-        self.maildir = self.directory / "mail"
-        self.lmtp_socket = self.base_dir / "lmtp"
+        self.files = _instances().DovecotFiles(self.directory)
+        self.conf, self.base_dir, self.state_dir = self.files.conf, self.files.run, self.files.state
+        self.log_path, self.passwd_file, self.maildir = self.files.log, self.files.passwd, self.files.mail
+        self.lmtp_socket = self.files.lmtp_socket
         if len(os.fsencode(self.base_dir / LONGEST_SOCKET)) > MAX_SOCKET:
             raise ValueError(f"{self.base_dir} is too long for Dovecot's unix sockets; use a shorter directory")
-        self.hostname, self.detail_mailbox, self.tls, self.fsync = hostname, detail_mailbox, tls, fsync
-        self.cert, self.key = self.directory / "tls-cert.pem", self.directory / "tls-key.pem"
+        self.hostname, self.detail_mailbox, self.fsync = hostname, detail_mailbox, fsync
         entry = pwd.getpwnam(mail_user)
         self.mail_user, self.uid, self.gid = mail_user, entry.pw_uid, entry.pw_gid
         self.users: dict[str, str] = {}
         for u in (users.items() if isinstance(users, dict) else ((a, PASSWORD) for a in users)):
             self.users[u[0].lower()] = u[1]
         self.lmtp_port, self.imap_port = free_port(), free_port()
+        self.tls = (self.directory / "tls" / "cert.pem", self.directory / "tls" / "key.pem")
+        self.cert = self.tls[0]   # the IMAP server's certificate (STARTTLS), for a client's cafile
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -109,9 +107,8 @@ class Dovecot:
         return f"127.0.0.1:{self.lmtp_port}"
 
     def mailbox(self, address: str) -> Path:
-        """The Maildir of ``address`` (``mail/DOMAIN/LOCAL``)."""
-        local, _, domain = address.lower().rpartition("@")
-        return self.maildir / domain / local
+        """The Maildir of ``address`` (``mail/DOMAIN/LOCAL/Maildir``)."""
+        return self.files.maildir(address)
 
     def add_user(self, address: str, password: str = PASSWORD, timeout: float = 30.0) -> None:
         """Add (or change) a user; a running Dovecot rereads the passwd-file (it checks its time
@@ -128,16 +125,9 @@ class Dovecot:
 
     # --- start and stop -------------------------------------------------------------
     def start(self, timeout: float = 30.0) -> "Dovecot":
-        for d in (self.directory, self.state_dir):
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.maildir.mkdir(mode=0o700, exist_ok=True)
-        os.chown(self.maildir, self.uid, self.gid)
-        _searchable(self.directory)
-        self._write_passwd()
-        if self.tls and not self.cert.exists():
-            from securemail.crypto.tls import self_signed_cert
-            self_signed_cert("127.0.0.1", self.cert, self.key, ips=("127.0.0.1",))
-        self.conf.write_text(self.config_text())
+        if not self.tls[0].exists():
+            self_signed_cert(self.hostname, *self.tls)
+        _instances().write_dovecot(self.files, self.config_text(), self.users, self.mail_user, scheme="PLAIN")
         with open(self.directory / "dovecot.out", "ab") as out:
             self.proc = subprocess.Popen([dovecot_binary(), "-F", "-c", str(self.conf)],
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=out)
@@ -177,9 +167,6 @@ class Dovecot:
     def imap(self, address: str) -> imaplib.IMAP4:
         """An IMAP session logged in as ``address`` (the caller logs out)."""
         session = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=30)
-        if self.tls:
-            import ssl
-            session.starttls(ssl.create_default_context(cafile=str(self.cert)))
         session.login(address, self.users[address.lower()])
         return session
 
@@ -208,80 +195,19 @@ class Dovecot:
 
     # --- files ----------------------------------------------------------------------
     def _write_passwd(self) -> None:
-        lines = "".join(f"{a}:{{PLAIN}}{p}::::::\n" for a, p in self.users.items())
-        tmp = self.passwd_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(lines)
-        os.replace(tmp, self.passwd_file)
+        _instances().write_passwd(self.passwd_file, self.users, "PLAIN")
 
     def config_text(self) -> str:
-        store = f"{self.maildir}/%d/%n"
-        return f"""\
-# a private Dovecot for one test (tests/support/dovecot.py); nothing system-wide
-instance_name = securemail-test-{self.lmtp_port}
-base_dir = {self.base_dir}
-state_dir = {self.state_dir}
-log_path = {self.log_path}
-protocols = lmtp imap
-listen = 127.0.0.1
-{self._ssl_settings()}
-auth_mechanisms = plain login
-auth_verbose = yes
-default_internal_user = dovecot
-default_login_user = dovenull
-first_valid_uid = {self.uid}
-last_valid_uid = {self.uid}
-first_valid_gid = {self.gid}
-last_valid_gid = {self.gid}
-mail_location = maildir:{store}
-mail_fsync = {"optimized" if self.fsync else "never"}
-hostname = {self.hostname}
-postmaster_address = postmaster@{self.hostname}
-recipient_delimiter = +
-lmtp_save_to_detail_mailbox = {"yes" if self.detail_mailbox else "no"}
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%Lu {self.passwd_file}
-}}
-userdb {{
-  driver = passwd-file
-  args = username_format=%Lu {self.passwd_file}
-  default_fields = uid={self.uid} gid={self.gid} home={store}
-}}
-service auth {{
-  user = root
-}}
-service lmtp {{
-  inet_listener lmtp {{
-    address = 127.0.0.1
-    port = {self.lmtp_port}
-  }}
-  unix_listener lmtp {{
-    mode = 0600
-  }}
-}}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {self.imap_port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-"""
+        """examples/office/dovecot/dovecot.conf for this instance (no Postfix here: the SASL socket,
+        unused, is root's; so is the LMTP socket, as the tests run as root)."""
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        return _instances().dovecot_conf(
+            self.files, instance=f"securemail-test-{self.lmtp_port}", hostname=self.hostname,
+            domain=self.hostname, tls=self.tls, lmtp=("127.0.0.1", self.lmtp_port), imap=("127.0.0.1", self.imap_port),
+            mail_user=self.mail_user, gateway_user=me, postfix_auth_socket=self.base_dir / "auth-mta",
+            postfix_user=me, detail_mailbox=self.detail_mailbox) + ("" if self.fsync else "mail_fsync = never\n")
 
 
-    def _ssl_settings(self) -> str:
-        if not self.tls:
-            return "ssl = no\ndisable_plaintext_auth = no"
-        return f"ssl = required\nssl_cert = <{self.cert}\nssl_key = <{self.key}\ndisable_plaintext_auth = yes"
-
-
-def _searchable(path: Path) -> None:
-    """Give others the search bit (never read) on ``path`` and every directory above it."""
-    for p in (path, *path.parents):
-        mode = p.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            os.chmod(p, stat.S_IMODE(mode) | stat.S_IXOTH)
+def _instances():
+    """examples/office/instances.py: the Dovecot template and how to lay an instance out."""
+    return office_module("instances")

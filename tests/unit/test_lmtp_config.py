@@ -64,7 +64,12 @@ def test_the_lmtp_hop_string_round_trips():
     assert parse_hop("lmtp:127.0.0.1:24") == LmtpHop("127.0.0.1", 24)
     assert parse_hop("lmtp:[::1]:24") == LmtpHop("::1", 24)
     assert parse_hop("lmtp:/run/dovecot/lmtp") == LmtpHop(path="/run/dovecot/lmtp")
-    for text in ("lmtp:/run/a:b", "lmtp:[::1]:24", "lmtp:127.0.0.1:24"):
+    # domain-key mode for a user without a key: decrypted in memory at delivery
+    assert str(lmtp_hop("/run/dovecot/lmtp", decrypt=True)) == "lmtp-decrypt:/run/dovecot/lmtp"
+    assert str(lmtp_hop(("::1", 24), decrypt=True)) == "lmtp-decrypt:[::1]:24"
+    assert parse_hop("lmtp-decrypt:/run/dovecot/lmtp") == LmtpHop(path="/run/dovecot/lmtp", decrypt=True)
+    assert parse_hop("lmtp-decrypt:127.0.0.1:24") == LmtpHop("127.0.0.1", 24, decrypt=True)
+    for text in ("lmtp:/run/a:b", "lmtp:[::1]:24", "lmtp:127.0.0.1:24", "lmtp-decrypt:/run/a:b"):
         assert str(parse_hop(text)) == text
 
 
@@ -83,3 +88,5 @@ def test_local_mail_goes_where_delivery_local_says():
     assert str(local_hop(relay, rcpt, decrypt=True)) == "relay-decrypt:127.0.0.1:25"
     assert str(local_hop(load(local="lmtp", lmtp="127.0.0.1:24"), rcpt)) == "lmtp:127.0.0.1:24"
     assert str(local_hop(load(local="lmtp", lmtp="/run/dovecot/lmtp"), rcpt)) == "lmtp:/run/dovecot/lmtp"
+    assert str(local_hop(load(local="lmtp", lmtp="/run/dovecot/lmtp"), rcpt, decrypt=True)) == \
+        "lmtp-decrypt:/run/dovecot/lmtp"
