@@ -18,8 +18,10 @@ demo: $(STAMP)
 office: $(STAMP)  # two ministries with real Postfix and Dovecot (root; Debian packages: see examples/office/run.py)
 	$(BIN)/python examples/office/run.py
 
+# One pytest worker per core (pytest-xdist), whole modules to a worker so that a module's gateways
+# are built once; most tests wait on real servers, so two workers on two cores nearly halve the time.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.crypto

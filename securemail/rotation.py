@@ -269,16 +269,27 @@ class DomainKeys:
 
 class DkimSigning:
     """``Transformer.dkim_sign``: signatures by the keys ``Rotation.dkim_keys`` picks for the domain
-    now; one DkimSigner per set of keys, made at its first use."""
+    now; one DkimSigner per set of keys. ``warm`` makes the signers of the sets in use at start, so
+    a key file removed while the gateway runs does not stop it signing (each file is read once)."""
 
     def __init__(self, rotation: Rotation) -> None:
         self.rotation = rotation
         self._signers: dict[tuple[DkimKeyConfig, ...], DkimSigner] = {}
 
+    def warm(self, domains) -> "DkimSigning":
+        for domain in domains:
+            keys = self.rotation.dkim_keys(domain)
+            if keys:
+                self._signer(domain, keys)
+        return self
+
     def __call__(self, body: bytes, domain: str) -> bytes:
         keys = self.rotation.dkim_keys(domain)
         if not keys:
             raise KeyUnusable(f"no DKIM key for {domain}; nothing is sent unsigned")
+        return self._signer(domain, keys).sign(body)
+
+    def _signer(self, domain: str, keys: tuple[DkimKeyConfig, ...]) -> DkimSigner:
         signer = self._signers.get(keys)
         if signer is None:
             try:
@@ -286,4 +297,4 @@ class DkimSigning:
             except OSError as e:  # ours to fix: the sender retries
                 raise TemporaryFailure(f"cannot read DKIM key {Path(e.filename or '').name}: {e.strerror}") from None
             signer = self._signers[keys] = DkimSigner(domain, pems)
-        return signer.sign(body)
+        return signer

@@ -240,7 +240,7 @@ def make_stage(config, keys: KeyStore, manifest: ManifestSource, clock,
     dkim_signers(config)  # every domain can sign, with keys that load: else the start stops here
     locator = Locator(keys, manifest, clock=clock, refresh_seconds=config.directory_refresh,
                       own_domains=config.domains)
-    sign = DkimSigning(rotation)
+    sign = DkimSigning(rotation).warm(config.domains)  # the keys in use now, read once, at start
     if metrics is not None:
         sign = metrics.timed("dkim", "sign", sign)
     transformer = Transformer(

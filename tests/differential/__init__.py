@@ -33,6 +33,7 @@ from . import checker
 OUT = "SECUREMAIL_DIFFERENTIAL_OUT"
 SITE = Path(__file__).resolve().parent / "site"
 _KEY = pytest.StashKey["Ledger"]()
+_WORKERS = pytest.StashKey[dict]()   # pytest-xdist: the workers' totals, on the controller
 
 
 class Ledger:
@@ -116,17 +117,38 @@ def _bad(config) -> list[dict]:
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session, exitstatus) -> None:
-    if _bad(session.config) and session.exitstatus == 0:
+    bad = _bad(session.config)
+    if bad and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: its totals go to the controller
+        records = session.config.stash[_KEY].records
+        session.config.workeroutput["differential"] = {
+            "records": len(records), "children": sum(1 for r in records if r["where"] == "child process"),
+            "bad": [{"test": r["test"], "problems": r["problems"]} for r in bad]}
+
+
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist, on the controller: add up what each worker's ledger judged."""
+    out = getattr(node, "workeroutput", {}).get("differential")
+    if out is not None:
+        totals = node.config.stash.setdefault(_WORKERS, {"records": 0, "children": 0, "bad": []})
+        totals["records"] += out["records"]
+        totals["children"] += out["children"]
+        totals["bad"] += out["bad"]
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     ledger = config.stash[_KEY]
     bad = _bad(config)
+    records = len(ledger.records)
     children = sum(1 for r in ledger.records if r["where"] == "child process")
+    workers = config.stash.get(_WORKERS, None)
+    if workers is not None:  # the controller of pytest-xdist workers ran no test itself
+        records, children = records + workers["records"], children + workers["children"]
+        bad = bad + workers["bad"]  # each already failed its test in the worker
     terminalreporter.write_line(
-        f"differential check: {len(ledger.records)} bodies delivered to member gateways checked "
-        f"({len(ledger.records) - children} in this process, {children} in child processes), "
+        f"differential check: {records} bodies delivered to member gateways checked "
+        f"({records - children} in the test processes, {children} in child processes), "
         f"{len(bad)} with bytes outside the gateway's header list, skeleton and packets")
     for r in bad:
         terminalreporter.write_line(f"  {r['test'] or '(between tests)'}: {'; '.join(r['problems'])}", red=True)

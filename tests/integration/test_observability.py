@@ -135,7 +135,7 @@ def test_readyz_of_the_running_gateway(run):
     status, body, checks = wait_for(ready, 60, "the restarted crypto worker to be ready")
     assert status == 200 and body["ready"] is True, body
     assert checks["crypto workers"]["detail"] == "2 running", body
-    assert checks["delivery workers"]["ok"] and checks["manifest"]["detail"] == "serial 1", body
+    assert checks["delivery workers"]["ok"] and checks["manifest"]["detail"].startswith("serial 1"), body
 
 
 def test_json_log_lines_have_the_schema_and_no_content(run):

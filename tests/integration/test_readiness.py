@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import shutil
 import sqlite3
 import time
@@ -19,7 +20,7 @@ from securemail.manifest_source import ManifestSource
 from securemail.rotation import DomainKeys, OwnKeys, Rotation
 from securemail.config import GatewayConfig
 from securemail.db import make_engine
-from securemail.federation import Manifest
+
 from securemail.home import Home
 from securemail.metrics import Metrics
 from securemail.procs.health import Readiness
@@ -28,12 +29,6 @@ from securemail.procs.scrape import StateGauges
 from tests.support import federation, free_port
 
 A = "interieur.gouv.fr"
-
-
-@dataclasses.dataclass(frozen=True)
-class Expiring(Manifest):
-    """The installed manifest with the ``expires`` time the authority will set (issue 14)."""
-    expires: str = ""
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +121,11 @@ def test_no_manifest(gw, tmp_path):
 def test_manifest_expired_or_without_our_domain(gw):
     config, _, keys = gw
     installed = ManifestSource(config.federation_manifest)()
-    expired = Expiring(**vars(installed), expires="2020-01-01T00:00:00+00:00")
+    expired = dataclasses.replace(installed, expires="2020-01-01T00:00:00+00:00")
     ((status, body),) = ask(readiness(gw, manifest=lambda: expired))
     assert status == 503 and body["reason"] == "manifest: serial 1 expired at 2020-01-01T00:00:00+00:00", body
-    later = Expiring(**vars(installed), expires=time.time() + 86400)
+    later = dataclasses.replace(installed, expires=datetime.datetime.fromtimestamp(
+        time.time() + 86400, datetime.timezone.utc).isoformat(timespec="seconds"))
     ((status, body),) = ask(readiness(gw, manifest=lambda: later))
     assert status == 200 and "expires at" in body["checks"][3]["detail"], body
     ((status, body),) = ask(readiness(gw, domains=("justice.gouv.fr",), domain_keys={"justice.gouv.fr": keys[A]}))

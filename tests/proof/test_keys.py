@@ -145,7 +145,9 @@ def _start_fails(w, name: str, damage) -> dict:
         restore(path)
     err = err.strip()
     return {"case": name, "exit": code, "message": err.splitlines()[-1] if err else "(kept running)",
-            "lines": len(err.splitlines()), "traceback": "Traceback" in err}
+            # serve logs its start at INFO (the manifest it read); the failure itself is one line
+            "lines": len([line for line in err.splitlines() if not line.startswith("INFO ")]),
+            "traceback": "Traceback" in err}
 
 
 def _removed(rel: str):

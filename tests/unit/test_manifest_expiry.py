@@ -81,7 +81,8 @@ def test_expires_is_signed_and_read(entry, authority):
     assert old.expires is None and old.expires_at is None  # made before manifests expired: still valid
 
 
-@pytest.mark.parametrize("bad", [iso(T0 - 1), iso(T0), "tomorrow", "2026-13-45T09:00:00+00:00", int(T0) + 60])
+@pytest.mark.parametrize("bad", [iso(T0 - 1), iso(T0), "tomorrow", "2026-13-45T09:00:00+00:00", int(T0) + 60],
+                         ids=["before-created", "at-created", "not-a-time", "not-a-date", "a-number"])
 def test_expires_must_be_a_time_after_created(entry, authority, bad):
     m = {"serial": 1, "created": iso(T0), "expires": bad, "members": [entry]}
     with pytest.raises(F.ManifestInvalid, match="manifest expires must be"):
