@@ -3,7 +3,9 @@ PYTHONPATH): in a gateway's child process, each body sent to a member gateway is
 tests/differential/checker.py and the verdict appended to ``$SECUREMAIL_DIFFERENTIAL_OUT/<pid>.jsonl``.
 
 Nothing happens until ``securemail.delivery.pool`` is imported (a process that never delivers
-never loads the checker), and nothing at all outside a test session.
+never loads the checker), nothing at all outside a test session, and nothing in a process that
+runs pytest (a pytest-xdist worker inherits this path from the controller): the plugin observes
+the gateways built there, and a test's own SessionPool aimed at a sink is not a gateway.
 """
 
 import os
@@ -28,7 +30,9 @@ def _patch(pool) -> None:
     original = pool.SessionPool.deliver
 
     async def deliver(self, hop, mail_from, rcpt, body, **kw):
-        if str(hop).startswith("smtp:"):
+        # A pytest process (a pytest-xdist worker starts with this directory on its path too) is
+        # observed by the plugin itself, which tells a gateway's pool from a test's own sink.
+        if str(hop).startswith("smtp:") and "_pytest" not in sys.modules:
             line = {"size": len(body), "hop": str(hop).rsplit(":", 1)[0], "problems": checker.problems(bytes(body))}
             with open(os.path.join(_OUT, f"{os.getpid()}.jsonl"), "a") as f:
                 f.write(json.dumps(line) + "\n")
