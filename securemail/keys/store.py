@@ -81,6 +81,7 @@ class KeyStore:
         self._writes = 0    # changes made through this object (part of generation())
         self._gen_at: tuple[float, tuple] | None = None
         self._cache: dict[str, tuple[bytes, Key]] = {}
+        self._index: tuple[tuple, dict[str, Key]] | None = None   # lookup's, by generation()
 
     # --- writing ------------------------------------------------------------------
     def import_bytes(self, data: bytes, source: str = "import", bind: str | None = B.OPERATOR,
@@ -353,12 +354,22 @@ class KeyStore:
         return (self._writes, *row)
 
     def lookup(self, keyid: str, fpr: str | None) -> Key | None:
-        """CertLookup for message.decrypt: the key holding (sub)key ``keyid`` or ``fpr``."""
-        for key, _, _ in self.all():
-            comps = (key.status.primary, *key.status.subkeys)
-            if any((fpr and c.fingerprint == fpr) or (keyid and c.keyid == keyid) for c in comps):
-                return key.public()
-        return None
+        """CertLookup for message.decrypt: the key holding (sub)key ``keyid`` or ``fpr``.
+
+        Answered from an index of every (sub)key, built again when ``generation()`` changes: a
+        reader asks once per signature and per recipient, and reading every key from the
+        database each time cost more than the decryption of a small message."""
+        gen = self.generation()
+        if self._index is None or self._index[0] != gen:
+            index: dict[str, Key] = {}
+            for key, _, _ in self.all():   # oldest first: the first key holding a (sub)key wins
+                public = key.public()
+                for c in (key.status.primary, *key.status.subkeys):
+                    index.setdefault(c.fingerprint, public)
+                    index.setdefault(c.keyid, public)
+            self._index = (gen, index)
+        index = self._index[1]
+        return (index.get(fpr) if fpr else None) or (index.get(keyid) if keyid else None)
 
 
 def _first_body(blob: bytes) -> bytes:
