@@ -41,7 +41,7 @@ class Viewer:
         self.secret_keys, self.lookup, self.signer_key = secret_keys, lookup, signer_key
 
     def read(self, raw: bytes) -> ReadResult:
-        return read_message(raw, self.secret_keys, self.lookup, signer_key=self.signer_key)
+        return read_message(raw, self.secret_keys, self.lookup, signer_key=self.signer_key, content=False)
 
     def show(self, raw: bytes) -> bytes:
         return render(raw, self.read(raw))

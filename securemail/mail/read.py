@@ -32,6 +32,7 @@ from ..crypto import message as M
 from ..crypto import packets as P
 from ..crypto.keys import Key
 from ..errors import (LimitExceeded, MalformedMessage, NotEncrypted, SecureMailError)
+from . import shell
 from . import signer as S
 
 MAX_MESSAGE = 64 << 20
@@ -102,8 +103,7 @@ class ReadResult:
 
 
 def _parse(raw: bytes, how: policy.EmailPolicy = policy.default) -> EmailMessage:
-    if raw.lower().count(b"boundary") > MAX_MIME_PARTS or _delimiters(raw) > 2 * MAX_MIME_PARTS:
-        raise LimitExceeded("too many MIME parts")
+    _count_parts(raw)
     try:
         msg = BytesParser(policy=how).parsebytes(raw)
         _check_depth(msg, 0)
@@ -112,6 +112,13 @@ def _parse(raw: bytes, how: policy.EmailPolicy = policy.default) -> EmailMessage
         raise
     except Exception:  # noqa: BLE001 - any parser failure (incl. RecursionError) is malformed input
         raise MalformedMessage("message cannot be parsed as MIME") from None
+
+
+def _count_parts(raw: bytes) -> int:
+    """The distinct boundaries ``raw`` declares; LimitExceeded beyond MAX_MIME_PARTS (at C speed)."""
+    if raw.lower().count(b"boundary") > MAX_MIME_PARTS or _delimiters(raw) > 2 * MAX_MIME_PARTS:
+        raise LimitExceeded("too many MIME parts")
+    return len({b.strip() for b in _BOUNDARY.findall(raw)})
 
 
 def _delimiters(raw: bytes) -> int:
@@ -218,6 +225,18 @@ def _from_inner(res: ReadResult, inner_raw: bytes, lookup) -> None:
     res._content = inner_raw
 
 
+def _from_inner_head(res: ReadResult, inner_raw: bytes, lookup) -> None:
+    """``_from_inner`` for a reader that shows the entity as it is (content=False): only its header
+    block is parsed. Signed inside, nested deeper than MAX_MIME_DEPTH could be, or a header block
+    that is not clean: the whole entity is parsed, as ``_from_inner`` does."""
+    found = shell.head_only(inner_raw, res._policy) if _count_parts(inner_raw) <= MAX_MIME_DEPTH else None
+    if found is None or found[0].get_content_type() == "multipart/signed":
+        _from_inner(res, inner_raw, lookup)
+        return
+    _protected_headers(res, found[0])
+    res._content = inner_raw
+
+
 def _protected_headers(res: ReadResult, inner: EmailMessage) -> None:
     """Subject and From of a decrypted or signed entity (RFC 9788) replace the outer ones."""
     _sender_status(res, inner)
@@ -254,38 +273,24 @@ def _bind_sender(res: ReadResult) -> None:
 
 
 def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
-                 limits: M.Limits = M.Limits(), signer_key: SignerKey | None = None) -> ReadResult:
+                 limits: M.Limits = M.Limits(), signer_key: SignerKey | None = None,
+                 content: bool = True) -> ReadResult:
     """Read one message; secret keys must already be unlocked. ``signer_key``: where a signer's key
-    not known to ``lookup`` is looked for by the From shown (None: nowhere, as ``--offline``)."""
+    not known to ``lookup`` is looked for by the From shown (None: nowhere, as ``--offline``).
+    ``content=False`` (the bridge, which shows the entity itself): the text and attachments of a
+    MIME entity are not extracted, and a canonical PGP/MIME message is read without parsing its
+    MIME (mail/shell.py)."""
     res = ReadResult(file=file)
     try:
         if len(raw) > MAX_MESSAGE:
             raise LimitExceeded("message too large")
-        msg = _parse(raw, res._policy)
-        res.sender, res.subject = _text(msg.get("From")), _text(msg.get("Subject"))
-        res._outer_from = res.sender
-        ctype = msg.get_content_type()
-        if ctype == "multipart/encrypted":
+        fast = None if content else shell.encrypted_payload(raw, res._policy)
+        if fast is not None:
+            _outer_fields(res, fast[0])
             res.format = "pgp/mime"
-            parts = list(msg.iter_parts())
-            if len(parts) != 2 or parts[0].get_content_type() != "application/pgp-encrypted":
-                raise MalformedMessage("multipart/encrypted is not PGP/MIME")
-            _decrypt_into(res, parts[1].get_payload(decode=True) or b"", secret_keys, lookup,
-                          limits, mime=True)
-        elif ctype == "multipart/signed":
-            res.format = "signed"
-            data, sig = _signed_parts(raw, msg)
-            _verify(res, data, sig, lookup)
-            signed = _parse(data, res._policy)
-            _protected_headers(res, signed)
-            _fill_content(res, signed)
-            res._content = data
-        elif ctype == "text/plain" and _PGP_BLOCK.search(msg.get_payload(decode=True) or b""):
-            res.format = "inline"
-            block = _PGP_BLOCK.search(msg.get_payload(decode=True) or b"").group(0)
-            _decrypt_into(res, block, secret_keys, lookup, limits, mime=False)
+            _decrypt_into(res, fast[1], secret_keys, lookup, limits, mime=True, content=False)
         else:
-            _fill_content(res, msg)
+            _read_parsed(res, raw, secret_keys, lookup, limits, content)
     except SecureMailError as e:
         _refuse(res, e.message)
     except Exception:  # noqa: BLE001 - never let a parser bug show plaintext or a traceback
@@ -299,6 +304,40 @@ def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
     return res
 
 
+def _outer_fields(res: ReadResult, msg: EmailMessage) -> None:
+    res.sender, res.subject = _text(msg.get("From")), _text(msg.get("Subject"))
+    res._outer_from = res.sender
+
+
+def _read_parsed(res: ReadResult, raw: bytes, secret_keys, lookup, limits, content: bool) -> None:
+    """The general path: the whole message parsed by the email parser, whatever its shape."""
+    msg = _parse(raw, res._policy)
+    _outer_fields(res, msg)
+    ctype = msg.get_content_type()
+    if ctype == "multipart/encrypted":
+        res.format = "pgp/mime"
+        parts = list(msg.iter_parts())
+        if len(parts) != 2 or parts[0].get_content_type() != "application/pgp-encrypted":
+            raise MalformedMessage("multipart/encrypted is not PGP/MIME")
+        _decrypt_into(res, parts[1].get_payload(decode=True) or b"", secret_keys, lookup,
+                      limits, mime=True, content=content)
+    elif ctype == "multipart/signed":
+        res.format = "signed"
+        data, sig = _signed_parts(raw, msg)
+        _verify(res, data, sig, lookup)
+        signed = _parse(data, res._policy)
+        _protected_headers(res, signed)
+        if content:
+            _fill_content(res, signed)
+        res._content = data
+    elif ctype == "text/plain" and _PGP_BLOCK.search(msg.get_payload(decode=True) or b""):
+        res.format = "inline"
+        block = _PGP_BLOCK.search(msg.get_payload(decode=True) or b"").group(0)
+        _decrypt_into(res, block, secret_keys, lookup, limits, mime=False)
+    elif content:
+        _fill_content(res, msg)
+
+
 def _refuse(res: ReadResult, reason: str) -> None:
     res.error = reason
     res.body, res.attachments, res.decrypted, res._content = "", [], False, None
@@ -306,7 +345,7 @@ def _refuse(res: ReadResult, reason: str) -> None:
         res.subject = ""
 
 
-def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool) -> None:
+def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool, content: bool = True) -> None:
     try:
         M.check_encrypted(data)
     except NotEncrypted as e:
@@ -320,7 +359,7 @@ def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool) -> None
     _set_signature(res, out.signatures, lambda key: S.reverify(
         out.data, M.parse_inner(out.packets, limits)[3], out.signatures, key))
     if mime:
-        _from_inner(res, out.data, lookup)
+        (_from_inner if content else _from_inner_head)(res, out.data, lookup)
     else:
         res.body = out.data.decode("utf-8", "replace").replace("\r\n", "\n")
         res._content = out.data

@@ -1,0 +1,85 @@
+"""The outer shell of a PGP/MIME message (RFC 3156), taken apart without the email parser.
+
+Python's email parser walks a message line by line: for an encrypted message it spends more time
+on the armored payload than the decryption does. A reader that needs only the payload (the
+bridge, which hands the decrypted entity to the mail client as it is) asks
+``encrypted_payload(raw, policy)``: the outer header fields (parsed alone, by the email parser,
+so that they read exactly as on the general path) and the second part's payload, decoded,
+found with byte searches. It answers only for the canonical shape: a CRLF header block,
+``multipart/encrypted`` with a boundary, exactly two parts before the close delimiter, the first
+``application/pgp-encrypted``, the second in 7bit, 8bit, binary or base64. For anything else it
+answers None and the caller reads the message the general way, which refuses what is malformed.
+Nothing here decides what is safe: the payload goes through every check of the decryption.
+"""
+
+from __future__ import annotations
+
+import binascii
+from email import policy as _policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+from ..errors import SecureMailError
+from .headers import HEADER_BYTES, parse_header_block
+
+_AS_IS = ("7bit", "8bit", "binary")
+
+
+def head_only(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessage, int] | None:
+    """(the header fields of ``raw`` parsed alone, where its body starts), or None when its
+    header block is not clean CRLF within the limits."""
+    try:
+        block = parse_header_block(raw)
+    except SecureMailError:
+        return None
+    return BytesParser(policy=how).parsebytes(raw[:block.size] + b"\r\n"), block.body_start
+
+
+def encrypted_payload(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessage, bytes] | None:
+    """(outer header fields, the encrypted part's decoded payload), or None (see the module docstring)."""
+    found = head_only(raw, how)
+    if found is None:
+        return None
+    head, body_start = found
+    boundary = head.get_boundary() if head.get_content_type() == "multipart/encrypted" else None
+    if not boundary:
+        return None
+    parts = _parts(raw, body_start - 2, b"\r\n--" + boundary.encode("ascii", "replace"))
+    if parts is None or len(parts) != 2:
+        return None
+    control, data = parts
+    first = head_only(raw[control[0]:min(control[1], control[0] + HEADER_BYTES + 4)], how)
+    if first is None or first[0].get_content_type() != "application/pgp-encrypted":
+        return None
+    second = head_only(raw[data[0]:min(data[1], data[0] + HEADER_BYTES + 4)], how)
+    if second is None:
+        return None
+    encoding = str(second[0].get("Content-Transfer-Encoding", "7bit")).strip().lower()
+    payload = raw[data[0] + second[1]:data[1]]
+    if encoding in _AS_IS:
+        return head, payload
+    if encoding == "base64":
+        try:
+            return head, binascii.a2b_base64(payload)
+        except binascii.Error:
+            return None
+    return None
+
+
+def _parts(raw: bytes, start: int, delimiter: bytes) -> list[tuple[int, int]] | None:
+    """[(start, end)] of each part between ``delimiter`` lines, up to the close delimiter; None
+    when a delimiter line is followed by anything but blanks, or there is no close delimiter."""
+    parts: list[tuple[int, int]] = []
+    pos, opened = raw.find(delimiter, start), None
+    while pos >= 0:
+        after = pos + len(delimiter)
+        if opened is not None:
+            parts.append((opened, pos))
+        if raw.startswith(b"--", after):
+            return parts
+        eol = raw.find(b"\r\n", after, after + 1000)
+        if eol < 0 or raw[after:eol].strip(b" \t"):
+            return None
+        opened = eol + 2
+        pos = raw.find(delimiter, opened - 2)
+    return None
