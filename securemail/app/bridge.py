@@ -20,6 +20,7 @@ def open_bridge(home_dir=None, *, passphrase: str | None = None, allow_remote: b
     ``allow_remote``), the owner's secret keys unlocked once, for the life of the bridge."""
     import asyncio
     import contextlib
+    import functools
     import ssl
     from concurrent.futures import ThreadPoolExecutor
 
@@ -30,6 +31,8 @@ def open_bridge(home_dir=None, *, passphrase: str | None = None, allow_remote: b
     from ..bridge.folders import Folders
     from ..bridge.imap import BridgeIMAPConfig, Login
     from ..bridge.mailbox import Parts
+    from ..bridge.loader import shown_with_structure
+    from ..bridge.readers import Readers
     from ..bridge.seal import sealer
     from ..bridge.service import Bridge
     from ..bridge.settings import BridgeSettings, check_listeners
@@ -55,7 +58,11 @@ def open_bridge(home_dir=None, *, passphrase: str | None = None, allow_remote: b
 
     def run_cpu(fn, *args):
         return asyncio.get_running_loop().run_in_executor(crypto, fn, *args)
-    parts = Parts(upstream, Viewer(unlocked, core.keys.lookup).show, sealer(owner, settings.address, clock),
+    work = functools.partial(shown_with_structure, Viewer(unlocked, core.keys.lookup).show)
+    # forked now: the keys are unlocked, and no thread or listener exists yet
+    readers = Readers(work, settings.readers, fallback=lambda raw: run_cpu(work, raw),
+                      after_fork=lambda: core.engine.dispose(close=False))
+    parts = Parts(upstream, readers.show, sealer(owner, settings.address, clock),
                   ViewCache(settings.cache_bytes), ViewCache(settings.cache_bytes // 4), run_cpu)
     folders = Folders(parts, Event.for_asyncio)
     imap_config = BridgeIMAPConfig(*settings.imap_listen, load_server_context(settings.cert, settings.key))
@@ -64,7 +71,8 @@ def open_bridge(home_dir=None, *, passphrase: str | None = None, allow_remote: b
                       "auth-locked", **f)), imap_config, folders)
     submission = _bridge_submission(core, settings, owner, imap_config.ssl_context, allow_remote, clock)
     return Bridge(address=settings.address, login=login, imap_config=imap_config, folders=folders,
-                  upstream=upstream, crypto=crypto, secrets=secrets, submission=submission, close=core.close)
+                  upstream=upstream, crypto=crypto, secrets=secrets, submission=submission, close=core.close,
+                  readers=readers)
 
 
 def _bridge_submission(core: Core, settings, owner: Key, tls, allow_remote: bool, clock):

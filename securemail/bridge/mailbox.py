@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Awaitable, Callable
 
 from pymap.concurrent import Event
 from pymap.exceptions import AppendFailure
@@ -30,10 +30,9 @@ from pymap.selected import SelectedMailbox, SelectedSet
 
 from ..errors import SecureMailError
 from .cache import ViewCache
+from .loader import Loader
 from .upstream import Upstream, new_uid
 
-CACHE_LARGEST = 1 << 20   # bytes: a message shown larger than this is not kept in the cache
-PARSED_COST = 2           # memory of a message parsed for IMAP, per byte of it
 FETCH_BATCH = 5000   # UIDs named in one upstream FETCH
 WATCH_GRACE = 30.0   # seconds an upstream IDLE outlives the last client idling on the folder
 
@@ -42,7 +41,7 @@ WATCH_GRACE = 30.0   # seconds an upstream IDLE outlives the last client idling 
 class Parts:
     """What every folder of one bridge shares."""
     upstream: Upstream
-    show: Callable[[bytes], bytes]       # upstream message -> what the client sees (view.Viewer.show)
+    show: Callable[[bytes], Awaitable[tuple[bytes, bytes]]]   # upstream message -> (shown, structure): readers.py
     seal: Callable[[bytes], bytes]       # a client's APPEND -> what is stored upstream (encrypted)
     cache: ViewCache                     # whole messages shown
     headers: ViewCache                   # their header blocks, for header-only fetches and searches
@@ -113,7 +112,8 @@ class Mailbox:
         self.next_uid = 1
         self._updated = new_event()
         self._refreshing = asyncio.Lock()
-        self._loading: dict[int, asyncio.Future] = {}
+        self.sizes: dict[int, int] = {}   # UID -> the upstream's RFC822.SIZE (what read-ahead may take)
+        self.loader = Loader(self)
         self._idlers, self._watch, self._unwatch = 0, None, None
 
     permanent_flags = property(lambda self: frozenset({Flag(b"\\Seen"), Flag(b"\\Answered"), Flag(b"\\Flagged"),
@@ -141,10 +141,13 @@ class Mailbox:
     def _reset(self, validity: int) -> None:
         self._drop(list(self.messages))
         self.uid_validity, self.modseq = validity, None
+        self.loader.forget()
 
     def _merge(self, found: dict) -> None:
         changed = []
         for uid, item in found.items():
+            if b"RFC822.SIZE" in item:
+                self.sizes[uid] = int(item[b"RFC822.SIZE"])
             flags = _flags(item.get(b"FLAGS", ()))
             old = self.messages.get(uid)
             if old is not None and old.permanent_flags == flags:
@@ -159,6 +162,7 @@ class Mailbox:
     def _drop(self, uids: list[int]) -> None:
         for uid in uids:
             self.messages.pop(uid, None)
+            self.sizes.pop(uid, None)
             self.parts.cache.discard((self.name, self.uid_validity, uid))
         if uids:
             self.changes.expunged(uids)
@@ -255,34 +259,13 @@ class Mailbox:
         return [msg.uid async for _, msg in self.find(seq_set, selected)
                 if not msg.expunged and Flag(b"\\Deleted") in msg.permanent_flags]
 
-    # --- content: fetched, decrypted off the loop, kept in memory ------------------------
+    # --- content: fetched, decrypted by the readers, kept in memory (loader.py) ------------
     async def content(self, uid: int) -> MessageContent | None:
-        key = (self.name, self.uid_validity, uid)
-        found = self.parts.cache.get(key)
-        if found is not None:
-            return found
-        pending = self._loading.get(uid)
-        if pending is None:
-            pending = self._loading[uid] = asyncio.ensure_future(self._load(key))
-            pending.add_done_callback(lambda _: self._loading.pop(uid, None))
-        return await asyncio.shield(pending)
+        return await self.loader.content(uid)
 
     async def header(self, uid: int) -> MessageContent | None:
         found = self.parts.headers.get((self.name, self.uid_validity, uid))
         return found if found is not None else await self.content(uid)
-
-    async def _load(self, key) -> MessageContent | None:
-        uid = key[2]
-        got = await self.parts.upstream.run(self.name, lambda c: c.fetch([uid], ["BODY.PEEK[]"]))
-        raw = got.pop(uid, {}).pop(b"BODY[]", None)
-        if raw is None:
-            return None
-        content, size, head = await self.parts.run_cpu(_show_parsed, self.parts.show, raw)
-        del raw  # held once, and only until it is shown
-        if size <= CACHE_LARGEST:  # a big one is read once (a client keeps its own copy): not held
-            self.parts.cache.put(key, content, size * PARSED_COST)
-        self.parts.headers.put(key, head, len(head.header) * PARSED_COST)
-        return content
 
     # --- an upstream IDLE while a client idles on this folder -----------------------------
     def _idle_begins(self) -> None:
@@ -321,7 +304,8 @@ def _fetch_flags(client, exists: int, since: int | None) -> tuple[set[int], dict
     modifiers = [f"CHANGEDSINCE {since}"] if since is not None else None
     found: dict = {}
     for i in range(0, len(uids), FETCH_BATCH):
-        found.update(client.fetch(uids[i:i + FETCH_BATCH], ["FLAGS", "INTERNALDATE"], modifiers=modifiers))
+        found.update(client.fetch(uids[i:i + FETCH_BATCH], ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
+                                  modifiers=modifiers))
     return set(uids), found
 
 
@@ -330,11 +314,3 @@ def _expunge(client, uids: list[int]) -> None:
         client.uid_expunge(uids)
     else:
         client.expunge()
-
-
-def _show_parsed(show: Callable[[bytes], bytes], raw: bytes) -> tuple[MessageContent, int, MessageContent]:
-    """In a worker thread: the message shown, parsed for IMAP, its size, and its header alone."""
-    shown = show(raw)
-    content = MessageContent.parse(shown)
-    head = MessageContent.parse(bytes(content.header) + b"\r\n")
-    return content, len(shown), head

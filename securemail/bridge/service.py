@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 class Bridge:
     def __init__(self, *, address: str, login: Login, imap_config: BridgeIMAPConfig, folders: Folders,
                  upstream: Upstream, crypto: ThreadPoolExecutor, secrets: contextlib.ExitStack,
-                 submission=None, close=lambda: None) -> None:
+                 submission=None, close=lambda: None, readers=None) -> None:
         self.address, self.login, self.imap_config, self.folders = address, login, imap_config, folders
         self.upstream, self.crypto, self.secrets, self.submission = upstream, crypto, secrets, submission
         self._close = close
+        self.readers = readers   # readers.Readers, forked by open_bridge
         self.server: asyncio.AbstractServer | None = None
 
     @property
@@ -34,6 +35,8 @@ class Bridge:
         return self.server.sockets[0].getsockname()[1] if self.server else self.imap_config.port
 
     async def start(self) -> None:
+        if self.readers is not None:
+            await self.readers.start()
         try:
             await self.folders.load()
         except UpstreamError as e:
@@ -53,6 +56,8 @@ class Bridge:
                 await asyncio.wait_for(self.server.wait_closed(), 5)
         self.folders.stop()
         await self.upstream.close()
+        if self.readers is not None:
+            await self.readers.stop()
         self.login.guard.close()
         self.crypto.shutdown(wait=False, cancel_futures=True)
         self.secrets.close()  # the secret keys locked again

@@ -8,6 +8,7 @@ files of their own, mode 0600, never in the TOML.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ..errors import ConfigError, UsageError
 CONFIG = "bridge.toml"
 DIRECTORY = "bridge"
 DEFAULT_CACHE = 32 << 20        # bytes of decrypted messages kept in memory
+DEFAULT_READERS = min(4, os.cpu_count() or 1)   # reader processes (readers.py); 0: a thread
 IMPLICIT_TLS = {"imap": 993, "smtp": 465}
 
 
@@ -31,6 +33,7 @@ class BridgeSettings:
     imap_listen: tuple[str, int]
     smtp_listen: tuple[str, int]
     cache_bytes: int = DEFAULT_CACHE
+    readers: int = DEFAULT_READERS
 
     @property
     def directory(self) -> Path:
@@ -81,7 +84,8 @@ class BridgeSettings:
                        cafile=Path(cafile) if cafile else None,
                        imap_listen=parse_hostport(local["imap"], "local.imap"),
                        smtp_listen=parse_hostport(local["smtp"], "local.smtp"),
-                       cache_bytes=int(data.get("cache", {}).get("max_bytes", DEFAULT_CACHE)))
+                       cache_bytes=int(data.get("cache", {}).get("max_bytes", DEFAULT_CACHE)),
+                       readers=max(0, int(data.get("readers", {}).get("count", DEFAULT_READERS))))
         except KeyError as e:
             raise ConfigError(f"{path}: {e.args[0]} is missing") from None
         except (TypeError, ValueError) as e:

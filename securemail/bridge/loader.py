@@ -1,0 +1,140 @@
+"""What a client fetches of one folder: decrypted on demand, and ahead of a client reading in order.
+
+A mail client that syncs (mbsync, Thunderbird, a phone) asks for the messages one after the other,
+in UID order. Answered one at a time, each would cost an upstream round trip and a decryption
+while the client waits. So when a client asks for a message after the one it asked for before,
+the ``READ_AHEAD`` messages that follow are fetched from upstream in one FETCH (``BATCH_BYTES`` at
+most per FETCH, by the upstream's RFC822.SIZE) and handed to the reader processes
+(readers.py) together: they decrypt, and parse what they show for IMAP, on every core while the
+event loop answers the client. A
+message larger than ``CACHE_LARGEST`` upstream is never read ahead (it would not be kept), and
+what is read ahead waits in the size-limited memory cache (cache.py), never on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from bisect import bisect_right
+from typing import TYPE_CHECKING, Callable
+
+from pymap.mime import MessageContent
+
+if TYPE_CHECKING:
+    from .mailbox import Mailbox
+
+CACHE_LARGEST = 1 << 20   # bytes: a message shown larger than this is not kept in the cache
+PARSED_COST = 2           # memory of a message parsed for IMAP, per byte of it
+READ_AHEAD = 32           # messages decrypted ahead of a client reading a folder in order
+BATCH_BYTES = 4 << 20     # upstream bytes asked for in one FETCH
+
+
+class Loader:
+    def __init__(self, box: "Mailbox") -> None:
+        self.box = box
+        self._loading: dict[int, asyncio.Future] = {}
+        self._last = 0
+
+    def _key(self, uid: int) -> tuple:
+        return (self.box.name, self.box.uid_validity, uid)
+
+    async def content(self, uid: int) -> MessageContent | None:
+        found = self.box.parts.cache.get(self._key(uid))
+        ahead = self._ahead(uid) if uid > self._last else []
+        self._last = uid
+        wanted = ([] if found is not None or uid in self._loading else [uid]) + ahead
+        if wanted:
+            self._begin(wanted)
+        if found is not None:
+            return found
+        return await asyncio.shield(self._loading[uid])
+
+    def forget(self) -> None:
+        self._last = 0
+
+    def _ahead(self, uid: int) -> list[int]:
+        """The messages after ``uid`` not yet in memory or on their way, once half the window is free."""
+        uids = list(self.box.messages)
+        start = bisect_right(uids, uid)
+        window = uids[start:start + READ_AHEAD]
+        cache, sizes = self.box.parts.cache, self.box.sizes
+        todo = [u for u in window if u not in self._loading and sizes.get(u, CACHE_LARGEST + 1) <= CACHE_LARGEST
+                and cache.get(self._key(u)) is None]
+        return todo if len(todo) * 2 >= READ_AHEAD or start + READ_AHEAD >= len(uids) else []
+
+    def _begin(self, uids: list[int]) -> None:
+        batch, size = [], 0
+        for uid in uids:
+            done = self._loading[uid] = asyncio.get_running_loop().create_future()
+            done.add_done_callback(lambda f, uid=uid: self._ended(uid, f))
+            batch.append(uid)
+            size += self.box.sizes.get(uid, CACHE_LARGEST)
+            if size >= BATCH_BYTES:
+                asyncio.ensure_future(self._fetch(batch))
+                batch, size = [], 0
+        if batch:
+            asyncio.ensure_future(self._fetch(batch))
+
+    def _ended(self, uid: int, done: asyncio.Future) -> None:
+        if self._loading.get(uid) is done:
+            del self._loading[uid]
+        if not done.cancelled():
+            done.exception()  # a read-ahead nobody waited for: its failure is not an error
+
+    async def _fetch(self, uids: list[int]) -> None:
+        box, validity = self.box, self.box.uid_validity
+        try:
+            got = await box.parts.upstream.run(box.name, lambda c: c.fetch(uids, ["BODY.PEEK[]"]))
+        except Exception as e:  # noqa: BLE001 - each waiting client command gets it
+            for uid in uids:
+                self._fail(uid, e)
+            return
+        for uid in uids:
+            raw = got.pop(uid, {}).pop(b"BODY[]", None)
+            if raw is None:
+                self._settle(uid, None)
+            else:
+                asyncio.ensure_future(self._show((box.name, validity, uid), raw))
+            del raw
+
+    async def _show(self, key: tuple, raw: bytes) -> None:
+        parts = self.box.parts
+        try:
+            shown, meta = await parts.show(raw)
+            del raw
+            content, size, head = restore(shown, meta)
+        except Exception as e:  # noqa: BLE001 - the client's command gets a temporary NO
+            self._fail(key[2], e)
+            return
+        if size <= CACHE_LARGEST:  # a big one is read once (a client keeps its own copy): not held
+            parts.cache.put(key, content, size * PARSED_COST)
+        parts.headers.put(key, head, len(head.header) * PARSED_COST)
+        self._settle(key[2], content)
+
+    def _settle(self, uid: int, value) -> None:
+        done = self._loading.get(uid)
+        if done is not None and not done.done():
+            done.set_result(value)
+
+    def _fail(self, uid: int, error: Exception) -> None:
+        done = self._loading.get(uid)
+        if done is not None and not done.done():
+            done.set_exception(error)
+
+
+def shown_with_structure(show: Callable[[bytes], bytes], raw: bytes) -> tuple[bytes, bytes]:
+    """In a reader process (or the fallback thread): the message shown and its structure as
+    pymap records it (``MessageContent.json``: line offsets and content types, no content)."""
+    shown = show(raw)
+    del raw
+    content = MessageContent.parse(shown)
+    head = bytes(content.header) + b"\r\n"
+    meta = pickle.dumps((content.json, head, MessageContent.parse(head).json), pickle.HIGHEST_PROTOCOL)
+    return shown, meta
+
+
+def restore(shown: bytes, meta: bytes) -> tuple[MessageContent, int, MessageContent]:
+    """On the event loop: the message parsed for IMAP without parsing it, its size, its header alone."""
+    structure, head, head_structure = pickle.loads(meta)
+    return (MessageContent.from_json(shown, structure), len(shown),
+            MessageContent.from_json(head, head_structure))

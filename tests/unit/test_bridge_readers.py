@@ -1,0 +1,91 @@
+"""The bridge's reader processes (bridge/readers.py): answers in order, a failure for one message
+only, a dead reader's work going to the others and then to the fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from securemail.bridge.readers import Readers
+from securemail.bridge.upstream import UpstreamError
+
+
+def work(raw: bytes) -> tuple[bytes, bytes]:
+    if raw == b"boom":
+        raise ValueError("a bug on one message")
+    return raw.upper(), str(os.getpid()).encode()
+
+
+async def fallback(raw: bytes) -> tuple[bytes, bytes]:
+    return raw.upper(), b"fallback"
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_every_message_answered_by_the_readers_on_their_cores():
+    async def main():
+        readers = Readers(work, 2, fallback=fallback)
+        await readers.start()
+        pids = readers.pids
+        try:
+            items = [os.urandom(n) for n in (0, 1, 5000, 300_000, 2 << 20)] * 4
+            got = await asyncio.gather(*(readers.show(i) for i in items))
+            assert [g[0] for g in got] == [i.upper() for i in items]
+            assert {int(g[1]) for g in got} == set(readers.pids) and os.getpid() not in readers.pids
+        finally:
+            await readers.stop()
+        assert len(pids) == 2 and not any(os.path.exists(f"/proc/{p}") for p in pids)  # ended and reaped
+    run(main())
+
+
+def test_a_failing_message_fails_alone():
+    async def main():
+        readers = Readers(work, 1, fallback=fallback)
+        await readers.start()
+        try:
+            results = await asyncio.gather(readers.show(b"a"), readers.show(b"boom"), readers.show(b"c"),
+                                           return_exceptions=True)
+            assert results[0] == (b"A", str(readers.pids[0]).encode()) and results[2][0] == b"C"
+            assert isinstance(results[1], UpstreamError)
+        finally:
+            await readers.stop()
+    run(main())
+
+
+def test_a_dead_reader_leaves_the_work_to_the_others_then_to_the_fallback():
+    async def main():
+        readers = Readers(work, 2, fallback=fallback)
+        await readers.start()
+        try:
+            first, second = readers.pids
+            os.kill(first, signal.SIGKILL)
+            await asyncio.sleep(0.3)
+            assert readers.pids == [second]
+            assert await readers.show(b"x") == (b"X", str(second).encode())
+            os.kill(second, signal.SIGKILL)
+            await asyncio.sleep(0.3)
+            assert readers.pids == [] and await readers.show(b"y") == (b"Y", b"fallback")
+        finally:
+            await readers.stop()
+    run(main())
+
+
+def test_a_reader_dying_with_a_message_fails_that_message_with_a_temporary_error():
+    def slow(raw: bytes) -> tuple[bytes, bytes]:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return raw, b""
+
+    async def main():
+        readers = Readers(slow, 1, fallback=fallback)
+        await readers.start()
+        try:
+            with pytest.raises(UpstreamError):
+                await asyncio.wait_for(readers.show(b"z"), 10)
+        finally:
+            await readers.stop()
+    run(main())
