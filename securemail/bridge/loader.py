@@ -16,12 +16,9 @@ from __future__ import annotations
 import asyncio
 import pickle
 from bisect import bisect_right
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from pymap.mime import MessageContent
-
-if TYPE_CHECKING:
-    from .mailbox import Mailbox
 
 CACHE_LARGEST = 1 << 20   # bytes: a message shown larger than this is not kept in the cache
 PARSED_COST = 2           # memory of a message parsed for IMAP, per byte of it
@@ -30,7 +27,7 @@ BATCH_BYTES = 4 << 20     # upstream bytes asked for in one FETCH
 
 
 class Loader:
-    def __init__(self, box: "Mailbox") -> None:
+    def __init__(self, box) -> None:   # mailbox.Mailbox: its name, UIDs, sizes and parts
         self.box = box
         self._loading: dict[int, asyncio.Future] = {}
         self._last = 0
