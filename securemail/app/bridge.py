@@ -31,7 +31,7 @@ def open_bridge(home_dir=None, *, passphrase: str | None = None, allow_remote: b
     from ..bridge.folders import Folders
     from ..bridge.imap import BridgeIMAPConfig, Login
     from ..bridge.mailbox import Parts
-    from ..bridge.loader import shown_with_structure
+    from ..bridge.loader import header_of, shown_with_structure
     from ..bridge.readers import Readers
     from ..bridge.seal import sealer
     from ..bridge.service import Bridge
@@ -62,8 +62,9 @@ def open_bridge(home_dir=None, *, passphrase: str | None = None, allow_remote: b
     # forked now: the keys are unlocked, and no thread or listener exists yet
     readers = Readers(work, settings.readers, fallback=lambda raw: run_cpu(work, raw),
                       after_fork=lambda: core.engine.dispose(close=False))
-    parts = Parts(upstream, readers.show, sealer(owner, settings.address, clock),
-                  ViewCache(settings.cache_bytes), ViewCache(settings.cache_bytes // 4), run_cpu)
+    headers = ViewCache(settings.cache_bytes // 4)
+    cache = ViewCache(settings.cache_bytes, on_evict=lambda key, content: headers.put(key, *header_of(content)))
+    parts = Parts(upstream, readers.show, sealer(owner, settings.address, clock), cache, headers, run_cpu)
     folders = Folders(parts, Event.for_asyncio)
     imap_config = BridgeIMAPConfig(*settings.imap_listen, load_server_context(settings.cert, settings.key))
     login = Login(settings.local_username, settings.read_secret(settings.local_password_file),

@@ -12,8 +12,9 @@ from typing import Hashable
 
 
 class ViewCache:
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, on_evict=None) -> None:
         self.max_bytes = max_bytes
+        self.on_evict = on_evict   # (key, value) of what the budget pushed out (not of a discard)
         self.size = 0
         self._items: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
 
@@ -31,8 +32,10 @@ class ViewCache:
         self._items[key] = (value, size)
         self.size += size
         while self.size > self.max_bytes:
-            _, (_, dropped) = self._items.popitem(last=False)
+            old, (value, dropped) = self._items.popitem(last=False)
             self.size -= dropped
+            if self.on_evict is not None:
+                self.on_evict(old, value)
 
     def discard(self, key: Hashable) -> None:
         item = self._items.pop(key, None)

@@ -99,13 +99,14 @@ class Loader:
         try:
             shown, meta = await parts.show(raw)
             del raw
-            content, size, head = restore(shown, meta)
+            content, head = restore(shown, meta)
         except Exception as e:  # noqa: BLE001 - the client's command gets a temporary NO
             self._fail(key[2], e)
             return
-        if size <= CACHE_LARGEST:  # a big one is read once (a client keeps its own copy): not held
-            parts.cache.put(key, content, size * PARSED_COST)
-        parts.headers.put(key, head, len(head.header) * PARSED_COST)
+        if head is None:  # kept whole; its header goes to the header cache if the budget pushes it out
+            parts.cache.put(key, content, len(shown) * PARSED_COST)
+        else:  # a big one is read once (a client keeps its own copy): only its header is kept
+            parts.headers.put(key, head, len(head.header) * PARSED_COST)
         self._settle(key[2], content)
 
     def _settle(self, uid: int, value) -> None:
@@ -121,17 +122,25 @@ class Loader:
 
 def shown_with_structure(show: Callable[[bytes], bytes], raw: bytes) -> tuple[bytes, bytes]:
     """In a reader process (or the fallback thread): the message shown and its structure as
-    pymap records it (``MessageContent.json``: line offsets and content types, no content)."""
+    pymap records it (``MessageContent.json``: line offsets and content types, no content), with
+    its header's when it is too big to keep whole."""
     shown = show(raw)
     del raw
     content = MessageContent.parse(shown)
-    head = bytes(content.header) + b"\r\n"
-    meta = pickle.dumps((content.json, head, MessageContent.parse(head).json), pickle.HIGHEST_PROTOCOL)
-    return shown, meta
+    head = (bytes(content.header) + b"\r\n") if len(shown) > CACHE_LARGEST else None
+    head_structure = MessageContent.parse(head).json if head is not None else None
+    return shown, pickle.dumps((content.json, head, head_structure), pickle.HIGHEST_PROTOCOL)
 
 
-def restore(shown: bytes, meta: bytes) -> tuple[MessageContent, int, MessageContent]:
-    """On the event loop: the message parsed for IMAP without parsing it, its size, its header alone."""
+def restore(shown: bytes, meta: bytes) -> tuple[MessageContent, MessageContent | None]:
+    """On the event loop: the message parsed for IMAP without parsing it, and its header alone
+    when it is too big to keep whole (else None)."""
     structure, head, head_structure = pickle.loads(meta)
-    return (MessageContent.from_json(shown, structure), len(shown),
-            MessageContent.from_json(head, head_structure))
+    return (MessageContent.from_json(shown, structure),
+            MessageContent.from_json(head, head_structure) if head is not None else None)
+
+
+def header_of(content: MessageContent) -> tuple[MessageContent, int]:
+    """The header of a message pushed out of the cache, parsed alone, and its cost in the header cache."""
+    head = bytes(content.header) + b"\r\n"
+    return MessageContent.parse(head), len(head) * PARSED_COST

@@ -44,7 +44,7 @@ class Parts:
     show: Callable[[bytes], Awaitable[tuple[bytes, bytes]]]   # upstream message -> (shown, structure): readers.py
     seal: Callable[[bytes], bytes]       # a client's APPEND -> what is stored upstream (encrypted)
     cache: ViewCache                     # whole messages shown
-    headers: ViewCache                   # their header blocks, for header-only fetches and searches
+    headers: ViewCache                   # header blocks of messages not kept whole (too big, pushed out)
     run_cpu: Callable                    # (fn, *args) -> awaitable: crypto off the event loop
 
 
@@ -264,7 +264,10 @@ class Mailbox:
         return await self.loader.content(uid)
 
     async def header(self, uid: int) -> MessageContent | None:
-        found = self.parts.headers.get((self.name, self.uid_validity, uid))
+        key = (self.name, self.uid_validity, uid)
+        found = self.parts.headers.get(key)
+        if found is None:
+            found = self.parts.cache.get(key)   # a message kept whole is its own header
         return found if found is not None else await self.content(uid)
 
     # --- an upstream IDLE while a client idles on this folder -----------------------------

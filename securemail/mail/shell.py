@@ -48,10 +48,12 @@ def encrypted_payload(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessag
     if parts is None or len(parts) != 2:
         return None
     control, data = parts
-    first = head_only(raw[control[0]:min(control[1], control[0] + HEADER_BYTES + 4)], how)
+    # the parts' fields are read for their Content-Type and Content-Transfer-Encoding alone:
+    # compat32 reads those as policy.default does, without building a header object per field
+    first = head_only(raw[control[0]:min(control[1], control[0] + HEADER_BYTES + 4)], _policy.compat32)
     if first is None or first[0].get_content_type() != "application/pgp-encrypted":
         return None
-    second = head_only(raw[data[0]:min(data[1], data[0] + HEADER_BYTES + 4)], how)
+    second = head_only(raw[data[0]:min(data[1], data[0] + HEADER_BYTES + 4)], _policy.compat32)
     if second is None:
         return None
     encoding = str(second[0].get("Content-Transfer-Encoding", "7bit")).strip().lower()

@@ -90,6 +90,16 @@ def test_the_cache_keeps_its_budget_and_drops_the_least_recent():
     assert len(cache) == 0 and cache.size == 0
 
 
+def test_what_the_budget_pushes_out_is_handed_on_and_a_discard_is_not():
+    evicted = []
+    cache = ViewCache(100, on_evict=lambda key, value: evicted.append((key, value)))
+    cache.put(("INBOX", 1, 1), "a", 60)
+    cache.discard(("INBOX", 1, 1))                    # expunged: nothing to keep of it
+    cache.put(("INBOX", 1, 2), "b", 60)
+    cache.put(("INBOX", 1, 3), "c", 60)               # over budget: uid 2 goes, and is handed on
+    assert evicted == [(("INBOX", 1, 2), "b")]
+
+
 def test_new_uid_from_appenduid_and_copyuid():
     assert new_uid(b"[APPENDUID 1700000000 45] Append completed.") == 45
     assert new_uid(b"[COPYUID 1700000000 3 7] Copy completed.") == 7
