@@ -7,8 +7,9 @@ the ``READ_AHEAD`` messages that follow are fetched from upstream in one FETCH (
 most per FETCH, by the upstream's RFC822.SIZE) and handed to the reader processes
 (readers.py) together: they decrypt, and parse what they show for IMAP, on every core while the
 event loop answers the client. A
-message larger than ``CACHE_LARGEST`` upstream is never read ahead (it would not be kept), and
-what is read ahead waits in the size-limited memory cache (cache.py), never on disk.
+message larger than ``CACHE_LARGEST`` upstream is not kept in the cache: it is read ahead only
+while those on their way or waiting add up to ``AHEAD_BYTES``, and is held for the client's one
+read of it. What is read ahead waits in memory (cache.py, or that hold), never on disk.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ CACHE_LARGEST = 1 << 20   # bytes: a message shown larger than this is not kept 
 PARSED_COST = 2           # memory of a message parsed for IMAP, per byte of it
 READ_AHEAD = 32           # messages decrypted ahead of a client reading a folder in order
 BATCH_BYTES = 4 << 20     # upstream bytes asked for in one FETCH
+AHEAD_BYTES = 16 << 20    # upstream bytes of big messages (not kept in the cache) read ahead at once
 
 
 class Loader:
@@ -31,12 +33,16 @@ class Loader:
         self.box = box
         self._loading: dict[int, asyncio.Future] = {}
         self._last = 0
+        self._big: dict[int, int] = {}                           # big ones read ahead: UID -> size
+        self._held: dict[int, MessageContent] = {}                # ... and decrypted, until read once
 
     def _key(self, uid: int) -> tuple:
         return (self.box.name, self.box.uid_validity, uid)
 
     async def content(self, uid: int) -> MessageContent | None:
-        found = self.box.parts.cache.get(self._key(uid))
+        found = self._take(uid)
+        if found is None:
+            found = self.box.parts.cache.get(self._key(uid))
         ahead = self._ahead(uid) if uid > self._last else []
         self._last = uid
         wanted = ([] if found is not None or uid in self._loading else [uid]) + ahead
@@ -44,20 +50,39 @@ class Loader:
             self._begin(wanted)
         if found is not None:
             return found
-        return await asyncio.shield(self._loading[uid])
+        shown = await asyncio.shield(self._loading[uid])
+        self._take(uid)  # a big one read ahead and asked for while on its way: not held again
+        return shown
 
     def forget(self) -> None:
         self._last = 0
+        self._big.clear()
+        self._held.clear()
+
+    def _take(self, uid: int) -> MessageContent | None:
+        if uid in self._held or (uid in self._big and uid not in self._loading):
+            self._big.pop(uid, None)
+        return self._held.pop(uid, None)
 
     def _ahead(self, uid: int) -> list[int]:
         """The messages after ``uid`` not yet in memory or on their way, once half the window is free."""
         uids = list(self.box.messages)
         start = bisect_right(uids, uid)
         window = uids[start:start + READ_AHEAD]
-        cache, sizes = self.box.parts.cache, self.box.sizes
-        todo = [u for u in window if u not in self._loading and sizes.get(u, CACHE_LARGEST + 1) <= CACHE_LARGEST
-                and cache.get(self._key(u)) is None]
-        return todo if len(todo) * 2 >= READ_AHEAD or start + READ_AHEAD >= len(uids) else []
+        cache, sizes, todo, big = self.box.parts.cache, self.box.sizes, [], {}
+        for u in window:
+            if u in self._loading or u in self._big or cache.get(self._key(u)) is not None:
+                continue
+            size = sizes.get(u, AHEAD_BYTES + 1)
+            if size > CACHE_LARGEST:
+                if sum(self._big.values()) + sum(big.values()) + size > AHEAD_BYTES:
+                    continue
+                big[u] = size
+            todo.append(u)
+        if not (len(todo) * 2 >= READ_AHEAD or start + READ_AHEAD >= len(uids) or big):
+            return []
+        self._big.update(big)
+        return todo
 
     def _begin(self, uids: list[int]) -> None:
         batch, size = [], 0
@@ -107,6 +132,8 @@ class Loader:
             parts.cache.put(key, content, len(shown) * PARSED_COST)
         else:  # a big one is read once (a client keeps its own copy): only its header is kept
             parts.headers.put(key, head, len(head.header) * PARSED_COST)
+            if key[2] in self._big:
+                self._held[key[2]] = content
         self._settle(key[2], content)
 
     def _settle(self, uid: int, value) -> None:

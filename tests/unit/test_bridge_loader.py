@@ -10,17 +10,19 @@ from types import SimpleNamespace
 import pytest
 
 from securemail.bridge.cache import ViewCache
-from securemail.bridge.loader import CACHE_LARGEST, READ_AHEAD, Loader, shown_with_structure
+from securemail.bridge.loader import AHEAD_BYTES, CACHE_LARGEST, READ_AHEAD, Loader, shown_with_structure
 
 
-def message(uid: int) -> bytes:
-    return f"Subject: message {uid}\r\nContent-Type: text/plain\r\n\r\nbody of {uid}\r\n".encode()
+def message(uid: int, size: int = 0) -> bytes:
+    return (f"Subject: message {uid}\r\nContent-Type: text/plain\r\n\r\nbody of {uid}\r\n".encode()
+            + b"x" * size)
 
 
 class Upstream:
-    def __init__(self) -> None:
+    def __init__(self, sizes: dict[int, int]) -> None:
         self.batches: list[list[int]] = []
         self.fail = False
+        self.sizes = sizes
 
     async def run(self, folder, fn):
         return fn(self)
@@ -30,11 +32,12 @@ class Upstream:
         if self.fail:
             raise OSError("upstream gone")
         self.batches.append(list(uids))
-        return {u: {b"BODY[]": message(u)} for u in uids}
+        return {u: {b"BODY[]": message(u, self.sizes[u] if self.sizes[u] > CACHE_LARGEST else 0)} for u in uids}
 
 
 def box(count: int, sizes: dict[int, int] | None = None):
-    upstream = Upstream()
+    sizes = sizes if sizes is not None else {u: 500 for u in range(1, count + 1)}
+    upstream = Upstream(sizes)
 
     async def show(raw: bytes):
         await asyncio.sleep(0)
@@ -45,7 +48,7 @@ def box(count: int, sizes: dict[int, int] | None = None):
     parts = SimpleNamespace(upstream=upstream, show=show, cache=ViewCache(32 << 20), headers=ViewCache(8 << 20),
                             run_cpu=run_cpu)
     b = SimpleNamespace(name="INBOX", uid_validity=7, messages={u: None for u in range(1, count + 1)},
-                        sizes=sizes if sizes is not None else {u: 500 for u in range(1, count + 1)}, parts=parts)
+                        sizes=sizes, parts=parts)
     return b, Loader(b), upstream
 
 
@@ -71,14 +74,25 @@ def test_random_access_reads_nothing_ahead():
     asyncio.run(main())
 
 
-def test_messages_too_big_to_keep_are_not_read_ahead():
+def test_big_messages_are_read_ahead_within_their_budget_and_held_for_one_read():
     async def main():
         sizes = {u: (CACHE_LARGEST + 1 if u % 2 == 0 else 500) for u in range(1, 41)}
+        sizes[21] = AHEAD_BYTES + 1                      # never read ahead: asked for alone
         b, loader, upstream = box(40, sizes)
-        await loader.content(1)
-        await asyncio.sleep(0.05)
-        ahead = [u for batch in upstream.batches for u in batch if u != 1]
-        assert ahead and all(u % 2 == 1 for u in ahead)
+        held = 0
+        for uid in range(1, 41):
+            held += uid in loader._held
+            expected = message(uid, sizes[uid] if sizes[uid] > CACHE_LARGEST else 0)
+            assert bytes(await loader.content(uid)) == expected
+            assert sum(sizes[u] for u in loader._big) <= AHEAD_BYTES
+        assert held > 0                                  # some were decrypted before they were asked for
+        fetched = [u for batch in upstream.batches for u in batch]
+        assert sorted(fetched) == list(range(1, 41))     # each once: held ones are not fetched again
+        assert [21] in upstream.batches
+        assert any(u % 2 == 0 and len(batch) > 1 for batch in upstream.batches for u in batch)
+        assert loader._held == {} and loader._big == {}  # every big one handed over, nothing kept
+        assert all(b.parts.cache.get(("INBOX", 7, u)) is not None for u in range(1, 41, 2) if u != 21)
+        assert all(b.parts.cache.get(("INBOX", 7, u)) is None for u in range(2, 41, 2))   # big: not kept
     asyncio.run(main())
 
 
