@@ -16,19 +16,22 @@ big          one message with a ``--big-mib`` MiB attachment delivered, synced t
 
 and prints the times, the ratio bridge/direct (issue 13's target: at most 3x), the incremental
 time (target: under 1 s; the direct incremental beside it) and the bridge's peak RSS (VmHWM of the
-serve process plus its reader processes; target: under 200 MB with the 25 MB attachment). Each
+serve process plus its reader processes; target: under 200 MB with the 25 MB attachment; and the
+peak of their PSS sampled every 20 ms, which counts the pages they share once). Each
 timed run starts in a fresh second (``settle``: mbsync's Maildir side otherwise waits one out).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import secrets
 import smtplib
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -89,6 +92,38 @@ def peak_rss_mb(pid: int) -> float:
                for p in [pid, *map(int, children)]) / 1024
 
 
+def pss_mb(pid: int) -> float:
+    """The bridge's memory now, shared pages divided between the processes that share them (PSS):
+    the readers are forked from the serve process, so VmHWM counts their common pages once each."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    total = 0
+    for p in [pid, *map(int, children)]:
+        with contextlib.suppress(OSError):
+            total += int(re.search(r"Pss:\s+(\d+)", Path(f"/proc/{p}/smaps_rollup").read_text()).group(1))
+    return total / 1024
+
+
+class PeakPss:
+    """The highest ``pss_mb`` seen while it runs, sampled every 20 ms in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "PeakPss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            with contextlib.suppress(OSError, AttributeError):
+                self.peak = max(self.peak, pss_mb(self.pid))
+
+
 def settle() -> None:
     """mbsync's Maildir side waits out the second of its last write before it reads the folder
     (about 1 s when a sync follows another at once, through the bridge or not); a person's syncs
@@ -122,7 +157,9 @@ def measure(args, tmp: Path, sender: Path, keys: Path, dv: Dovecot) -> dict:
         through = Mbsync(tmp / "bridge", "127.0.0.1", bridge.port, creds["username"], creds["password"],
                          creds["certificate"], fsync=False)
         settle()
-        out["bridge_s"] = through.run()
+        with PeakPss(bridge.proc.pid) as sync_pss:
+            out["bridge_s"] = through.run()
+        out["pss_sync_mb"] = sync_pss.peak
         assert len(through.files()) == n, f"{len(through.files())} of {n} synced"
         print(f"bridge       {out['bridge_s']:.2f} s  ({out['bridge_s'] / out['direct_s']:.1f}x direct)", flush=True)
         deliver(dv, messages(sender, args.new, 4096, "new"))
@@ -135,7 +172,9 @@ def measure(args, tmp: Path, sender: Path, keys: Path, dv: Dovecot) -> dict:
         out["rss_after_sync_mb"] = peak_rss_mb(bridge.proc.pid)
         deliver(dv, messages(sender, 1, args.big_mib << 20, "big"))
         settle()
-        out["big_s"] = through.run()
+        with PeakPss(bridge.proc.pid) as big_pss:
+            out["big_s"] = through.run()
+        out["pss_big_mb"] = big_pss.peak
         out["rss_peak_mb"] = peak_rss_mb(bridge.proc.pid)
         print(f"big          {out['big_s']:.2f} s  ({args.big_mib} MiB attachment)", flush=True)
     finally:
@@ -159,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbridge scenario: {r['messages']} messages; full sync direct {r['direct_s']:.2f} s, through the "
           f"bridge {r['bridge_s']:.2f} s = {ratio:.1f}x (target <= 3x); incremental after {args.new} new "
           f"{r['incremental_s']:.2f} s (target < 1 s; direct {r['direct_incremental_s']:.2f} s); bridge peak RSS {r['rss_peak_mb']:.0f} MB with a "
-          f"{args.big_mib} MiB attachment (target < 200 MB; {r['rss_after_sync_mb']:.0f} MB before it)")
+          f"{args.big_mib} MiB attachment (target < 200 MB; {r['rss_after_sync_mb']:.0f} MB before it); "
+          f"sampled peak PSS {r['pss_sync_mb']:.0f} MB during the full sync, {r['pss_big_mb']:.0f} MB during the big one")
     return 0
 
 

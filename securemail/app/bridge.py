@@ -64,7 +64,7 @@ def open_bridge(home_dir=None, *, passphrase: str | None = None, allow_remote: b
                       after_fork=lambda: core.engine.dispose(close=False))
     headers = ViewCache(settings.cache_bytes // 4)
     cache = ViewCache(settings.cache_bytes, on_evict=lambda key, content: headers.put(key, *header_of(content)))
-    parts = Parts(upstream, readers.show, sealer(owner, settings.address, clock), cache, headers, run_cpu)
+    parts = Parts(upstream, readers.submit, sealer(owner, settings.address, clock), cache, headers, run_cpu)
     folders = Folders(parts, Event.for_asyncio)
     imap_config = BridgeIMAPConfig(*settings.imap_listen, load_server_context(settings.cert, settings.key))
     login = Login(settings.local_username, settings.read_secret(settings.local_password_file),

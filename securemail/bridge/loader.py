@@ -122,14 +122,14 @@ class Loader:
     async def _show(self, key: tuple, raw: bytes) -> None:
         parts = self.box.parts
         try:
-            shown, meta = await parts.show(raw)
-            del raw
-            content, head = restore(shown, meta)
+            answer = await parts.submit(raw)
+            del raw   # the reader has it
+            content, head = restore(*await answer)
         except Exception as e:  # noqa: BLE001 - the client's command gets a temporary NO
             self._fail(key[2], e)
             return
         if head is None:  # kept whole; its header goes to the header cache if the budget pushes it out
-            parts.cache.put(key, content, len(shown) * PARSED_COST)
+            parts.cache.put(key, content, len(content) * PARSED_COST)
         else:  # a big one is read once (a client keeps its own copy): only its header is kept
             parts.headers.put(key, head, len(head.header) * PARSED_COST)
             if key[2] in self._big:

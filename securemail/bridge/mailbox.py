@@ -41,7 +41,7 @@ WATCH_GRACE = 30.0   # seconds an upstream IDLE outlives the last client idling 
 class Parts:
     """What every folder of one bridge shares."""
     upstream: Upstream
-    show: Callable[[bytes], Awaitable[tuple[bytes, bytes]]]   # upstream message -> (shown, structure): readers.py
+    submit: Callable[[bytes], Awaitable]  # upstream message -> future (shown, structure): readers.py
     seal: Callable[[bytes], bytes]       # a client's APPEND -> what is stored upstream (encrypted)
     cache: ViewCache                     # whole messages shown
     headers: ViewCache                   # header blocks of messages not kept whole (too big, pushed out)

@@ -67,9 +67,14 @@ class Readers:
             s.task = asyncio.ensure_future(self._replies(s, reader))
 
     async def show(self, raw: bytes) -> tuple[bytes, bytes]:
+        return await (await self.submit(raw))
+
+    async def submit(self, raw: bytes) -> asyncio.Future:
+        """Hand ``raw`` to a reader; the future of its answer. Once this returns, the reader has the
+        message: a caller that lets go of it then does not hold a big one while it is decrypted."""
         alive = [s for s in self._slots if s.alive and s.writer is not None]
         if not alive:
-            return await self.fallback(raw)
+            return asyncio.ensure_future(self.fallback(raw))
         s = min(alive, key=lambda slot: len(slot.pending))
         done = asyncio.get_running_loop().create_future()
         s.pending.append(done)
@@ -77,7 +82,7 @@ class Readers:
         s.writer.write(raw)
         del raw
         await s.writer.drain()
-        return await done
+        return done
 
     async def _replies(self, s: _Slot, reader: asyncio.StreamReader) -> None:
         try:

@@ -64,9 +64,8 @@ def render(raw: bytes, res: ReadResult) -> bytes:
     except SecureMailError as e:
         res.error = f"the message's header block cannot be read ({e.message})"
         return notice(raw, res)
-    body = bytes(block.body(raw))
     if res.format in ("plain", "signed"):
-        return block.head(STATUS_FIELDS) + status_field(res) + b"\r\n" + body
+        return block.head(STATUS_FIELDS) + status_field(res) + b"\r\n" + block.body(raw)
     if res.format == "pgp/mime" and res.decrypted and res._content is not None:
         entity = crlf(res._content)
         entity = without_status(entity) or entity

@@ -40,6 +40,7 @@ MAX_MIME_PARTS = 500
 MAX_MIME_DEPTH = 20
 _PGP_BLOCK = re.compile(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", re.S)
 _BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]+)', re.I)
+_WORD_BOUNDARY = re.compile(rb"boundary", re.I)   # counted without a lowered copy of the message
 STATUS_FIELDS = ("securemail-status", "authentication-results")
 # From address -> (the key to trust for it, or None; why there is none)
 SignerKey = Callable[[str], "tuple[Key | None, str]"]
@@ -116,7 +117,7 @@ def _parse(raw: bytes, how: policy.EmailPolicy = policy.default) -> EmailMessage
 
 def _count_parts(raw: bytes) -> int:
     """The distinct boundaries ``raw`` declares; LimitExceeded beyond MAX_MIME_PARTS (at C speed)."""
-    if raw.lower().count(b"boundary") > MAX_MIME_PARTS or _delimiters(raw) > 2 * MAX_MIME_PARTS:
+    if len(_WORD_BOUNDARY.findall(raw)) > MAX_MIME_PARTS or _delimiters(raw) > 2 * MAX_MIME_PARTS:
         raise LimitExceeded("too many MIME parts")
     return len({b.strip() for b in _BOUNDARY.findall(raw)})
 
