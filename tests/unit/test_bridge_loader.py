@@ -8,9 +8,12 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
+from pymap.message import BaseLoadedMessage
+from pymap.mime import MessageContent
+from pymap.parsing.specials import FetchRequirement
 
 from securemail.bridge.cache import ViewCache
-from securemail.bridge.loader import AHEAD_BYTES, CACHE_LARGEST, READ_AHEAD, Loader, shown_with_structure
+from securemail.bridge.loader import AHEAD_BYTES, CACHE_LARGEST, READ_AHEAD, Loader, restore, shown_with_structure
 
 
 def message(uid: int, size: int = 0) -> bytes:
@@ -39,13 +42,13 @@ def box(count: int, sizes: dict[int, int] | None = None):
     sizes = sizes if sizes is not None else {u: 500 for u in range(1, count + 1)}
     upstream = Upstream(sizes)
 
-    async def show(raw: bytes):
+    async def submit(raw: bytes):
         await asyncio.sleep(0)
-        return shown_with_structure(lambda r: r, raw)
+        return asyncio.ensure_future(asyncio.sleep(0, shown_with_structure(lambda r: r, raw)))
 
     async def run_cpu(fn, *args):
         return fn(*args)
-    parts = SimpleNamespace(upstream=upstream, show=show, cache=ViewCache(32 << 20), headers=ViewCache(8 << 20),
+    parts = SimpleNamespace(upstream=upstream, submit=submit, cache=ViewCache(32 << 20), headers=ViewCache(8 << 20),
                             run_cpu=run_cpu)
     b = SimpleNamespace(name="INBOX", uid_validity=7, messages={u: None for u in range(1, count + 1)},
                         sizes=sizes, parts=parts)
@@ -105,3 +108,37 @@ def test_an_upstream_failure_reaches_the_client_and_the_next_ask_tries_again():
         upstream.fail = False
         assert bytes(await loader.content(3)) == message(3)
     asyncio.run(main())
+
+
+SHAPES = {
+    "text": b"From: a@x.fr\r\nTo: b@y.fr\r\nSubject: hi\r\nContent-Type: text/plain\r\n\r\nline one\r\nline two\r\n",
+    "empty body": b"From: a@x.fr\r\nSubject: nothing\r\n\r\n",
+    "mixed with an attachment": (
+        b"From: a@x.fr\r\nSubject: doc\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+        b"preamble\r\n--b1\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b1\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"d.bin\"\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + b"QUJD" * 19 + b"\r\n" + b"REVG\r\n" * 3000 + b"--b1--\r\nepilogue\r\n"),
+    "nested message": (
+        b"From: a@x.fr\r\nSubject: fwd\r\nContent-Type: multipart/mixed; boundary=\"o\"\r\n\r\n--o\r\n"
+        b"Content-Type: message/rfc822\r\n\r\nFrom: c@z.fr\r\nSubject: inner\r\nContent-Type: multipart/alternative;"
+        b" boundary=\"i\"\r\n\r\n--i\r\nContent-Type: text/plain\r\n\r\nplain\r\n--i\r\nContent-Type: text/html\r\n\r\n"
+        b"<p>html</p>\r\n--i--\r\n\r\n--o--\r\n"),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_what_the_event_loop_restores_answers_as_pymap_parsed_it(shape):
+    raw = SHAPES[shape]
+    shown, meta = shown_with_structure(lambda r: r, raw)
+    assert len(meta) < 4000                                    # no tuple per line crosses from the reader
+    parsed, (restored, _) = MessageContent.parse(raw), restore(shown, meta)
+    a, b = (BaseLoadedMessage(None, FetchRequirement.CONTENT, c) for c in (parsed, restored))
+    assert bytes(restored) == raw and restored.lines == parsed.lines
+    assert bytes(b.get_body_structure()) == bytes(a.get_body_structure())
+    assert bytes(b.get_envelope_structure()) == bytes(a.get_envelope_structure())
+    for section in (None, [1], [2], [1, 1], [1, 2], [2, 1]):
+        assert b.get_size(section) == a.get_size(section)
+        assert bytes(b.get_body(section)) == bytes(a.get_body(section))
+        assert bytes(b.get_body(section, binary=True)) == bytes(a.get_body(section, binary=True))
+        assert bytes(b.get_message_headers(section)) == bytes(a.get_message_headers(section))
+        assert bytes(b.get_message_text(section)) == bytes(a.get_message_text(section))
