@@ -23,6 +23,8 @@ LABELS = ("PGP MESSAGE", "PGP PUBLIC KEY BLOCK", "PGP PRIVATE KEY BLOCK", "PGP S
 
 _BEGIN = re.compile(rb"^-----BEGIN (PGP [A-Z ,/0-9]+)-----[ \t]*\r?$", re.M)
 _HEADER = re.compile(rb"^[A-Za-z0-9-]+: ")
+_WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")   # what bytes.rstrip() strips
+_DECODE_STEP = 1 << 20            # armored bytes decoded at a time
 
 
 def crc24(data: bytes) -> int:
@@ -86,7 +88,9 @@ def _lines(out: io.BytesIO, data) -> None:
 def dearmor(data: bytes, *, max_size: int | None = None) -> tuple[str, bytes]:
     """Decode the first armored block of ``data``; return (label, binary).
 
-    Text before the block is ignored (as in inline PGP); text after it too.
+    Text before the block is ignored (as in inline PGP); text after it too. The block is read
+    in place, by offsets, and decoded in pieces of ``_DECODE_STEP``: a 49 MB armored message
+    costs its binary and one piece, not four copies of itself.
     """
     m = _BEGIN.search(data)
     if not m:
@@ -94,35 +98,11 @@ def dearmor(data: bytes, *, max_size: int | None = None) -> tuple[str, bytes]:
     label = m.group(1).decode("ascii")
     if label not in LABELS and not label.startswith("PGP MESSAGE, PART"):
         raise MalformedMessage("unknown OpenPGP armor type")
-    end_marker = f"-----END {label}-----".encode()
-    end = data.find(end_marker, m.end())
+    end = data.find(f"-----END {label}-----".encode(), m.end())
     if end < 0:
         raise MalformedMessage("OpenPGP armor has no END line")
-    region = data[m.end():end]
-    pos = region.find(b"\n") + 1  # the rest of the BEGIN line
-    while True:  # armor headers (Version:, Comment:, ...) up to the blank line
-        nl = region.find(b"\n", pos)
-        line = region[pos:nl if nl >= 0 else len(region)]
-        if nl < 0 or not _HEADER.match(line.lstrip()):
-            break
-        pos = nl + 1
-    body = region[pos:].rstrip()
-    checksum: bytes | None = None
-    last_nl = body.rfind(b"\n")
-    last = body[last_nl + 1:].strip()
-    if last.startswith(b"=") and len(last) == 5:
-        checksum, body = last[1:], body[:last_nl + 1]
-    inner = body.find(b"\n=") + 1 or (1 if body.lstrip().startswith(b"=") else 0)
-    if inner and body[inner:].strip().find(b"\n") >= 0:  # a "=XXXX" line with data after it
-        raise MalformedMessage("OpenPGP armor has data after its checksum")
-    joined = body.translate(None, b" \t\r\n")
-    if max_size is not None and len(joined) * 3 // 4 > max_size:
-        from ..errors import LimitExceeded
-        raise LimitExceeded("OpenPGP message too large")
-    try:
-        binary = binascii.a2b_base64(joined, strict_mode=True)
-    except (binascii.Error, ValueError):
-        raise MalformedMessage("OpenPGP armor is not valid base64") from None
+    start, stop, checksum = _body(data, m.end(), end)
+    binary = _decode(data, start, stop, max_size)
     if checksum is not None:
         try:
             want = int.from_bytes(binascii.a2b_base64(checksum, strict_mode=True), "big")
@@ -133,6 +113,54 @@ def dearmor(data: bytes, *, max_size: int | None = None) -> tuple[str, bytes]:
     if not binary:
         raise MalformedMessage("OpenPGP armor is empty")
     return label, binary
+
+
+def _body(data: bytes, begin: int, end: int) -> tuple[int, int, bytes | None]:
+    """(start, stop) of the base64 between the BEGIN line's end and the END line, armor headers
+    and the checksum line left out, and the checksum (without its ``=``), if one."""
+    nl = data.find(b"\n", begin, end)
+    pos = nl + 1 if nl >= 0 else begin   # the rest of the BEGIN line
+    while True:  # armor headers (Version:, Comment:, ...) up to the blank line
+        nl = data.find(b"\n", pos, end)
+        if nl < 0 or not _HEADER.match(data[pos:nl].lstrip()):
+            break
+        pos = nl + 1
+    stop = end
+    while stop > pos and data[stop - 1] in _WHITESPACE:
+        stop -= 1
+    checksum = None
+    last_nl = data.rfind(b"\n", pos, stop)
+    first = last_nl + 1 if last_nl >= 0 else pos
+    last = data[first:stop].strip() if stop - first <= 4096 else b""
+    if last.startswith(b"=") and len(last) == 5:
+        checksum, stop = last[1:], (last_nl + 1 if last_nl >= 0 else pos)
+    found = data.find(b"\n=", pos, stop)
+    inner = found + 1 if found >= 0 else (pos + 1 if data[pos:pos + 64].lstrip().startswith(b"=") else 0)
+    if inner and data[inner:stop].strip().find(b"\n") >= 0:  # a "=XXXX" line with data after it
+        raise MalformedMessage("OpenPGP armor has data after its checksum")
+    return pos, stop, checksum
+
+
+def _decode(data: bytes, start: int, stop: int, max_size: int | None) -> bytes:
+    """Strict base64 of ``data[start:stop]``, blanks and line ends skipped, piece by piece."""
+    blanks = sum(data.count(c, start, stop) for c in (b" ", b"\t", b"\r", b"\n"))
+    if max_size is not None and (stop - start - blanks) * 3 // 4 > max_size:
+        from ..errors import LimitExceeded
+        raise LimitExceeded("OpenPGP message too large")
+    out: list[bytes] = []
+    carry, padded = b"", False
+    for pos in range(start, stop, _DECODE_STEP):
+        piece = carry + data[pos:min(stop, pos + _DECODE_STEP)].translate(None, b" \t\r\n")
+        if padded and piece:   # padding ended an earlier piece: base64 after it is refused, as whole
+            raise MalformedMessage("OpenPGP armor is not valid base64")
+        cut = len(piece) if pos + _DECODE_STEP >= stop else len(piece) - len(piece) % 4
+        carry = piece[cut:]
+        padded = piece.find(b"=", 0, cut) >= 0
+        try:
+            out.append(binascii.a2b_base64(piece[:cut], strict_mode=True))
+        except (binascii.Error, ValueError):
+            raise MalformedMessage("OpenPGP armor is not valid base64") from None
+    return b"".join(out)
 
 
 def unarmor_if_needed(data: bytes, **kw) -> bytes:

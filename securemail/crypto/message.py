@@ -60,6 +60,7 @@ class Decrypted:
     signatures: tuple[SignatureResult, ...]
     recipients: tuple[str, ...]  # key IDs the message was encrypted to
     packets: bytes = b""         # the decrypted packet stream, for re-encryption as is
+    sig_packets: tuple[bytes, ...] = ()   # the signature packets found inside
 
     @property
     def signature(self) -> SignatureResult | None:
@@ -172,15 +173,19 @@ def _decrypt_seipd(seipd: P.Packet, sym: int, key: bytes) -> bytes:
     if sym not in _KEYLEN or len(key) != _KEYLEN[sym]:
         raise DecryptionFailed("unsupported symmetric cipher")
     dec = _cfb(key, False)
-    plain = dec.update(seipd.body[1:]) + dec.finalize()
+    plain = dec.update(memoryview(seipd.body)[1:])   # views, not copies: a big message is held
+    tail = dec.finalize()                            # once here, plus the plaintext returned
+    if tail:
+        plain += tail
+    view = memoryview(plain)
     if len(plain) < 16 + 2 + 22:
         raise IntegrityError("encrypted data too short")
     if plain[-22:-20] != b"\xd3\x14":
         raise IntegrityError("integrity check failed: no valid MDC; no plaintext shown")
-    digest = hashlib.sha1(plain[:-20]).digest()
+    digest = hashlib.sha1(view[:-20]).digest()
     if not hmac.compare_digest(digest, plain[-20:]):
         raise IntegrityError("integrity check failed: the message was modified; no plaintext shown")
-    return plain[18:-22]
+    return bytes(view[18:-22])
 
 
 def _decompress(pkt: P.Packet, limit: int) -> bytes:
@@ -305,9 +310,11 @@ def decrypt(data: bytes, secret_keys: Iterable[Key], lookup: CertLookup, *,
     if session is None:
         raise DecryptionFailed("message is not encrypted to any of our keys")
     plain = _decrypt_seipd(shape.seipd, *session)
+    recipients = shape.recipient_keyids
+    del shape, binary   # the encrypted packets, no longer needed while the plaintext is read
     content, filename, mode, sigs = parse_inner(plain, limits)
     results = verify_signatures(content, sigs, lookup)
-    return Decrypted(content, filename, mode, results, shape.recipient_keyids, plain)
+    return Decrypted(content, filename, mode, results, recipients, plain, tuple(sigs))
 
 
 def check_encrypted(data: bytes) -> P.EncryptedShape:

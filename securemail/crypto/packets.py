@@ -24,15 +24,32 @@ NAMES = {1: "PKESK", 2: "signature", 3: "SKESK", 4: "one-pass signature", 5: "se
 MAX_PACKETS = 100_000
 
 
-@dataclass(frozen=True, slots=True)
 class Packet:
-    tag: int
-    body: bytes
-    raw: bytes  # header + body exactly as read (for PGPy and re-serialisation)
+    """One packet: its tag, its body, and ``raw`` (header + body exactly as read, for PGPy and
+    re-serialisation), cut from the data it was read from only when asked: a 35 MB encrypted
+    data packet is then held once, as its body, not twice."""
+
+    __slots__ = ("tag", "body", "_data", "_start", "_end")
+
+    def __init__(self, tag: int, body: bytes, data: bytes, start: int, end: int) -> None:
+        self.tag, self.body, self._data, self._start, self._end = tag, body, data, start, end
+
+    @property
+    def raw(self) -> bytes:
+        return bytes(self._data[self._start:self._end])
 
     @property
     def name(self) -> str:
         return NAMES.get(self.tag, f"unknown packet {self.tag}")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Packet) and (self.tag, self.body, self.raw) == (other.tag, other.body, other.raw)
+
+    def __hash__(self) -> int:
+        return hash((self.tag, self.body))
+
+    def __repr__(self) -> str:
+        return f"Packet({self.name}, {len(self.body)} bytes)"
 
 
 def _need(data: bytes, pos: int, n: int) -> None:
@@ -93,7 +110,7 @@ def read_packet(data: bytes, pos: int) -> tuple[Packet, int]:
             pos += length
     if tag == 0:
         raise MalformedMessage("reserved OpenPGP packet tag 0")
-    return Packet(tag, bytes(body), bytes(data[start:pos])), pos
+    return Packet(tag, bytes(body), data, start, pos), pos
 
 
 def read_packets(data: bytes, *, max_packets: int = MAX_PACKETS) -> list[Packet]:

@@ -347,6 +347,9 @@ def _refuse(res: ReadResult, reason: str) -> None:
 
 
 def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool, content: bool = True) -> None:
+    if len(data) > limits.max_message:
+        raise LimitExceeded("message exceeds the size limit")
+    data = A.unarmor_if_needed(data)   # once: the check and the decryption read the same packets
     try:
         M.check_encrypted(data)
     except NotEncrypted as e:
@@ -356,14 +359,16 @@ def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool, content
         return
     res.encrypted = True
     out = M.decrypt(data, secret_keys, lookup, limits=limits)
+    del data
     res.decrypted = True
-    _set_signature(res, out.signatures, lambda key: S.reverify(
-        out.data, M.parse_inner(out.packets, limits)[3], out.signatures, key))
+    plain, sigs, results = out.data, list(out.sig_packets), out.signatures
+    del out   # the decrypted packet stream: the result keeps the content and the signatures only
+    _set_signature(res, results, lambda key: S.reverify(plain, sigs, results, key))
     if mime:
-        (_from_inner if content else _from_inner_head)(res, out.data, lookup)
+        (_from_inner if content else _from_inner_head)(res, plain, lookup)
     else:
-        res.body = out.data.decode("utf-8", "replace").replace("\r\n", "\n")
-        res._content = out.data
+        res.body = plain.decode("utf-8", "replace").replace("\r\n", "\n")
+        res._content = plain
 
 
 def _show_disguised(res: ReadResult, data: bytes, limits: M.Limits) -> None:

@@ -1,0 +1,99 @@
+"""Differential fuzzing of the armor decoder: ``armor.dearmor`` reads a block in place and decodes it
+in pieces; the decoder it replaced read it whole (four copies of a big message). On armor made
+well and armor bent every way (blank and CRLF lines, headers, checksum or none, padding in the
+middle, stray characters, data after the checksum, limits), both answer the same: the same
+binary, or a refusal of the same kind. Pieces are made small here so that every boundary case
+(a piece ending inside a quad, on padding, on a blank) is met."""
+
+from __future__ import annotations
+
+import binascii
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from securemail.crypto import armor as A
+from securemail.errors import LimitExceeded, MalformedMessage
+
+from . import fuzz
+
+
+def whole_string(data: bytes, *, max_size: int | None = None) -> tuple[str, bytes]:
+    """The decoder before it read in pieces (commit 6de86de's armor.dearmor), kept as the oracle."""
+    m = A._BEGIN.search(data)
+    if not m:
+        raise MalformedMessage("no OpenPGP armor found")
+    label = m.group(1).decode("ascii")
+    if label not in A.LABELS and not label.startswith("PGP MESSAGE, PART"):
+        raise MalformedMessage("unknown OpenPGP armor type")
+    end_marker = f"-----END {label}-----".encode()
+    end = data.find(end_marker, m.end())
+    if end < 0:
+        raise MalformedMessage("OpenPGP armor has no END line")
+    region = data[m.end():end]
+    pos = region.find(b"\n") + 1  # the rest of the BEGIN line
+    while True:  # armor headers (Version:, Comment:, ...) up to the blank line
+        nl = region.find(b"\n", pos)
+        line = region[pos:nl if nl >= 0 else len(region)]
+        if nl < 0 or not A._HEADER.match(line.lstrip()):
+            break
+        pos = nl + 1
+    body = region[pos:].rstrip()
+    checksum: bytes | None = None
+    last_nl = body.rfind(b"\n")
+    last = body[last_nl + 1:].strip()
+    if last.startswith(b"=") and len(last) == 5:
+        checksum, body = last[1:], body[:last_nl + 1]
+    inner = body.find(b"\n=") + 1 or (1 if body.lstrip().startswith(b"=") else 0)
+    if inner and body[inner:].strip().find(b"\n") >= 0:  # a "=XXXX" line with data after it
+        raise MalformedMessage("OpenPGP armor has data after its checksum")
+    joined = body.translate(None, b" \t\r\n")
+    if max_size is not None and len(joined) * 3 // 4 > max_size:
+        raise LimitExceeded("OpenPGP message too large")
+    try:
+        binary = binascii.a2b_base64(joined, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise MalformedMessage("OpenPGP armor is not valid base64") from None
+    if checksum is not None:
+        try:
+            want = int.from_bytes(binascii.a2b_base64(checksum, strict_mode=True), "big")
+        except (binascii.Error, ValueError):
+            raise MalformedMessage("OpenPGP armor checksum is not valid base64") from None
+        if A.crc24(binary) != want:
+            raise MalformedMessage("OpenPGP armor checksum does not match")
+    if not binary:
+        raise MalformedMessage("OpenPGP armor is empty")
+    return label, binary
+
+
+def outcome(fn, data: bytes, max_size):
+    try:
+        return fn(data, max_size=max_size)
+    except (MalformedMessage, LimitExceeded) as e:
+        return type(e).__name__
+
+
+BENDS = st.sampled_from([
+    lambda b: b, lambda b: b.replace(b"\n", b"\r\n"), lambda b: b.replace(b"\n", b"\n\n", 3),
+    lambda b: b.replace(b"\n=", b"\n \t="), lambda b: b[: len(b) // 2] + b"=" + b[len(b) // 2:],
+    lambda b: b[: len(b) // 3] + b"*" + b[len(b) // 3:], lambda b: b.replace(b"\n\n", b"\nVersion: x\n\n", 1),
+    lambda b: b.replace(b"-----END", b"AAAA\n-----END"), lambda b: b.replace(b"-----END", b"=AAAA\nAAAA\n-----END"),
+    lambda b: b"text before\n" + b + b"\ntext after", lambda b: b.replace(b"\n", b" \n"),
+])
+
+
+@pytest.mark.parametrize("step", [4, 7, 64, 1 << 20])
+@fuzz(400)
+@given(data=st.binary(min_size=0, max_size=3000), bend=BENDS, checksum=st.booleans(),
+       max_size=st.sampled_from([None, 10, 1000]))
+def test_read_in_pieces_answers_as_read_whole(step, data, bend, checksum, max_size):
+    armored = A.armor(data) if data else b"-----BEGIN PGP MESSAGE-----\n\n-----END PGP MESSAGE-----\n"
+    if not checksum:
+        armored = b"\n".join(line for line in armored.split(b"\n") if not (line.startswith(b"=") and len(line) == 5))
+    bent = bend(armored)
+    saved, A._DECODE_STEP = A._DECODE_STEP, step
+    try:
+        assert outcome(A.dearmor, bent, max_size) == outcome(whole_string, bent, max_size)
+    finally:
+        A._DECODE_STEP = saved
