@@ -142,43 +142,59 @@ class Login:
 
 
 class _Coalesced:
-    """A connection's StreamWriter whose small writes go out together at ``drain``.
+    """A connection's StreamWriter whose small writes go out together at ``drain``, and whose big
+    ones go out in pieces of ``PIECE``, each drained before the next.
 
     pymap writes each piece of each response on its own (a FETCH of 1,000 messages' flags is
     thousands of writes, each a TLS record); joined until the response is drained, they are a
-    few. A piece of 64 KiB or more (a message body) goes out as it is, never copied.
+    few. A piece of 64 KiB or more (a message body) is not copied; written at once, a 35 MB body
+    would wait whole, encrypted, in the transport's buffer for a slow client.
     """
 
     LARGE = 64 << 10
+    PIECE = 256 << 10
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer, self._pending, self._size = writer, [], 0
+        self._queue: list = []   # in order: joined small writes (bytes), big ones (as given)
 
     def write(self, data) -> None:
         if len(data) >= self.LARGE:
-            self._flush()
-            self._writer.write(data)
+            self._join()
+            self._queue.append(data)
             return
         self._pending.append(bytes(data))
         self._size += len(data)
         if self._size >= self.LARGE:
-            self._flush()
+            self._join()
 
-    def _flush(self) -> None:
+    def _join(self) -> None:
         if self._pending:
-            self._writer.write(b"".join(self._pending))
+            self._queue.append(b"".join(self._pending))
             self._pending, self._size = [], 0
 
     async def drain(self) -> None:
-        self._flush()
+        self._join()
+        queue, self._queue = self._queue, []
+        for data in queue:
+            if len(data) <= self.PIECE:
+                self._writer.write(data)
+                continue
+            view = memoryview(data)
+            for at in range(0, len(view), self.PIECE):
+                self._writer.write(view[at:at + self.PIECE])
+                await self._writer.drain()
         await self._writer.drain()
 
     async def start_tls(self, context, **kw) -> None:
-        self._flush()
+        await self.drain()
         await self._writer.start_tls(context, **kw)
 
     def close(self) -> None:
-        self._flush()
+        self._join()
+        for data in self._queue:
+            self._writer.write(data)
+        self._queue = []
         self._writer.close()
 
     def __getattr__(self, name: str):

@@ -18,6 +18,7 @@ thread of the bridge). Readers ignore SIGINT and exit when their socket closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import signal
@@ -35,14 +36,19 @@ Work = Callable[[bytes], "tuple[bytes, bytes]"]   # upstream message -> (message
 class _Slot:
     def __init__(self, process, sock: socket.socket) -> None:
         self.process, self.sock = process, sock
-        self.writer: asyncio.StreamWriter | None = None
         self.pending: list[asyncio.Future] = []
+        self.sending = asyncio.Lock()
         self.task: asyncio.Task | None = None
-        self.alive = True
+        self.alive, self.started = True, False
 
 
 class Readers:
-    """``count`` forked reader processes running ``work``; ``await show(raw)`` from the event loop."""
+    """``count`` forked reader processes running ``work``; ``await show(raw)`` from the event loop.
+
+    The sockets are used without asyncio streams: a message goes out from the caller's bytes
+    (``sock_sendall``) and an answer comes into one buffer of its announced size
+    (``sock_recv_into``), so a big one is neither copied into a transport buffer nor grown and
+    copied again in a stream's."""
 
     def __init__(self, work: Work, count: int, *, fallback: Callable[[bytes], Awaitable[tuple[bytes, bytes]]],
                  after_fork: Callable[[], None] = lambda: None) -> None:
@@ -55,6 +61,7 @@ class Readers:
                                       name=f"securemail-bridge-reader-{i}", daemon=True)
             process.start()
             theirs.close()
+            ours.setblocking(False)
             self._slots.append(_Slot(process, ours))
 
     @property
@@ -63,8 +70,8 @@ class Readers:
 
     async def start(self) -> None:
         for s in self._slots:
-            reader, s.writer = await asyncio.open_connection(sock=s.sock)
-            s.task = asyncio.ensure_future(self._replies(s, reader))
+            s.started = True
+            s.task = asyncio.ensure_future(self._replies(s))
 
     async def show(self, raw: bytes) -> tuple[bytes, bytes]:
         return await (await self.submit(raw))
@@ -72,24 +79,28 @@ class Readers:
     async def submit(self, raw: bytes) -> asyncio.Future:
         """Hand ``raw`` to a reader; the future of its answer. Once this returns, the reader has the
         message: a caller that lets go of it then does not hold a big one while it is decrypted."""
-        alive = [s for s in self._slots if s.alive and s.writer is not None]
+        alive = [s for s in self._slots if s.alive and s.started]
         if not alive:
             return asyncio.ensure_future(self.fallback(raw))
         s = min(alive, key=lambda slot: len(slot.pending))
-        done = asyncio.get_running_loop().create_future()
-        s.pending.append(done)
-        s.writer.write(_HEAD.pack(len(raw), 0, 0))
-        s.writer.write(raw)
-        del raw
-        await s.writer.drain()
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        async with s.sending:   # one message at a time on a socket, in the order of ``pending``
+            s.pending.append(done)
+            try:
+                await loop.sock_sendall(s.sock, _HEAD.pack(len(raw), 0, 0))
+                await loop.sock_sendall(s.sock, raw)
+            except OSError:
+                pass   # the reader is gone: _replies fails what it held, this one included
         return done
 
-    async def _replies(self, s: _Slot, reader: asyncio.StreamReader) -> None:
+    async def _replies(self, s: _Slot) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                size, meta_size, status = _HEAD.unpack(await reader.readexactly(_HEAD.size))
-                data = await reader.readexactly(size)
-                meta = await reader.readexactly(meta_size)
+                size, meta_size, status = _HEAD.unpack(await _receive(loop, s.sock, _HEAD.size))
+                data = await _receive(loop, s.sock, size)
+                meta = await _receive(loop, s.sock, meta_size)
                 done = s.pending.pop(0)
                 if done.done():
                     continue
@@ -97,7 +108,8 @@ class Readers:
                     done.set_result((data, meta))
                 else:
                     done.set_exception(UpstreamError("the message could not be shown; ask again"))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+                del data, meta
+        except (ConnectionError, OSError):
             pass
         s.alive = False
         for done in s.pending:
@@ -108,16 +120,29 @@ class Readers:
 
     async def stop(self) -> None:
         for s in self._slots:
-            if s.writer is not None:
-                s.writer.close()
-            else:
-                s.sock.close()
+            with contextlib.suppress(OSError):
+                s.sock.shutdown(socket.SHUT_RDWR)   # the reader reads EOF and exits
         await asyncio.gather(*(s.task for s in self._slots if s.task), return_exceptions=True)
         loop = asyncio.get_running_loop()
         for s in self._slots:
+            s.sock.close()
             await loop.run_in_executor(None, s.process.join, 5)
             if s.process.is_alive():
                 s.process.kill()
+
+
+async def _receive(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytearray:
+    """Exactly ``n`` bytes from ``sock``, into one buffer (pymap reads a message from a bytearray
+    as from bytes); ConnectionError at end of stream."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = await loop.sock_recv_into(sock, view[got:])
+        if k == 0:
+            raise ConnectionError("reader closed its socket")
+        got += k
+    del view
+    return buf
 
 
 # --- the reader process ------------------------------------------------------------------
@@ -126,10 +151,11 @@ def _serve(work: Work, sock: socket.socket, parents: socket.socket,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parents.close()  # the parent's end: EOF here when the bridge goes
     after_fork()
+    incoming = sock.makefile("rb")   # read(n) of a big message fills one bytes object, no second copy
     while True:
-        head = _recv_exactly(sock, _HEAD.size)
-        raw = head and _recv_exactly(sock, _HEAD.unpack(head)[0])  # a request has no meta
-        if raw is None or head is None:
+        head = incoming.read(_HEAD.size)
+        raw = incoming.read(_HEAD.unpack(head)[0]) if len(head) == _HEAD.size else None
+        if raw is None or len(raw) != _HEAD.unpack(head)[0]:
             return
         try:
             (shown, meta), status = work(raw), 0
@@ -141,16 +167,3 @@ def _serve(work: Work, sock: socket.socket, parents: socket.socket,
         sock.sendall(shown)
         sock.sendall(meta)
         del shown, meta
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if k == 0:
-            return None
-        got += k
-    data = bytes(buf)
-    del buf, view
-    return data

@@ -289,7 +289,9 @@ def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
         if fast is not None:
             _outer_fields(res, fast[0])
             res.format = "pgp/mime"
-            _decrypt_into(res, fast[1], secret_keys, lookup, limits, mime=True, content=False)
+            binary = _binary(fast[1], limits)
+            del fast   # the armored payload goes before the decryption begins
+            _decrypt_into(res, binary, secret_keys, lookup, limits, mime=True, content=False)
         else:
             _read_parsed(res, raw, secret_keys, lookup, limits, content)
     except SecureMailError as e:
@@ -346,10 +348,16 @@ def _refuse(res: ReadResult, reason: str) -> None:
         res.subject = ""
 
 
-def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool, content: bool = True) -> None:
+def _binary(data: bytes, limits: M.Limits) -> bytes:
+    """The OpenPGP message ``data`` carries, within the size limit, dearmored once (the packet check
+    and the decryption read the same packets)."""
     if len(data) > limits.max_message:
         raise LimitExceeded("message exceeds the size limit")
-    data = A.unarmor_if_needed(data)   # once: the check and the decryption read the same packets
+    return A.unarmor_if_needed(data)
+
+
+def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool, content: bool = True) -> None:
+    data = _binary(data, limits)
     try:
         M.check_encrypted(data)
     except NotEncrypted as e:
