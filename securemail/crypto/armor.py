@@ -143,10 +143,11 @@ def _body(data: bytes, begin: int, end: int) -> tuple[int, int, bytes | None]:
 
 def _decode(data: bytes, start: int, stop: int, max_size: int | None) -> bytes:
     """Strict base64 of ``data[start:stop]``, blanks and line ends skipped, piece by piece."""
-    blanks = sum(data.count(c, start, stop) for c in (b" ", b"\t", b"\r", b"\n"))
-    if max_size is not None and (stop - start - blanks) * 3 // 4 > max_size:
-        from ..errors import LimitExceeded
-        raise LimitExceeded("OpenPGP message too large")
+    if max_size is not None:   # the decoded size, known before decoding (blanks counted in place)
+        blanks = sum(data.count(c, start, stop) for c in (b" ", b"\t", b"\r", b"\n"))
+        if (stop - start - blanks) * 3 // 4 > max_size:
+            from ..errors import LimitExceeded
+            raise LimitExceeded("OpenPGP message too large")
     out: list[bytes] = []
     carry, padded = b"", False
     for pos in range(start, stop, _DECODE_STEP):
