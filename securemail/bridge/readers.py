@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import signal
@@ -55,6 +56,13 @@ class Readers:
         self.fallback = fallback
         context = multiprocessing.get_context("fork")
         self._slots: list[_Slot] = []
+        gc.freeze()   # what exists now is the readers' for good: their collector need not walk it
+        try:
+            self._fork(work, count, context, after_fork)
+        finally:
+            gc.unfreeze()
+
+    def _fork(self, work: Work, count: int, context, after_fork) -> None:
         for i in range(count):
             ours, theirs = socket.socketpair()
             process = context.Process(target=_serve, args=(work, theirs, ours, after_fork),

@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 from email import policy
 from email.message import EmailMessage
-from email.headerregistry import HeaderRegistry
-from email.parser import BytesParser
 
 from ..crypto import armor as A
 from ..crypto import message as M
@@ -33,37 +31,15 @@ from ..crypto import packets as P
 from ..crypto.keys import Key
 from ..errors import (LimitExceeded, MalformedMessage, NotEncrypted, SecureMailError)
 from . import shell
+from .mimeparse import MAX_MIME_DEPTH, EachOnce, count_parts
+from .mimeparse import parse as parse_mime
 from . import signer as S
 
 MAX_MESSAGE = 64 << 20
-MAX_MIME_PARTS = 500
-MAX_MIME_DEPTH = 20
 _PGP_BLOCK = re.compile(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", re.S)
-_BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]+)', re.I)
-_WORD_BOUNDARY = re.compile(rb"boundary", re.I)   # counted without a lowered copy of the message
 STATUS_FIELDS = ("securemail-status", "authentication-results")
 # From address -> (the key to trust for it, or None; why there is none)
 SignerKey = Callable[[str], "tuple[Key | None, str]"]
-
-
-class _EachOnce(HeaderRegistry):
-    """The default header registry, parsing each header field once per message read.
-
-    ``policy.default`` parses a field again each time it is asked for (``get_content_type``,
-    ``get_filename``, ``get_param``... ask many times): most of a small message's reading time.
-    The parsed fields are immutable; they are kept for one ``read_message`` only.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._parsed: dict[tuple[str, str], object] = {}
-
-    def __call__(self, name: str, value: str):
-        key = (name.lower(), value)
-        found = self._parsed.get(key)
-        if found is None:
-            found = self._parsed[key] = super().__call__(name, value)
-        return found
 
 
 @dataclass
@@ -91,7 +67,7 @@ class ReadResult:
     # that displays it (the bridge); None for plain mail and whenever the message was refused
     _content: bytes | None = field(default=None, repr=False)
     _check: S.SenderCheck | None = field(default=None, repr=False)  # the signature bound to the From shown
-    _policy: policy.EmailPolicy = field(default_factory=lambda: policy.default.clone(header_factory=_EachOnce()),
+    _policy: policy.EmailPolicy = field(default_factory=lambda: policy.default.clone(header_factory=EachOnce()),
                                         repr=False)
 
     def to_json(self) -> dict:
@@ -101,41 +77,6 @@ class ReadResult:
 
     def warn(self, text: str) -> None:
         self.warning = f"{self.warning}; {text}" if self.warning else text
-
-
-def _parse(raw: bytes, how: policy.EmailPolicy = policy.default) -> EmailMessage:
-    _count_parts(raw)
-    try:
-        msg = BytesParser(policy=how).parsebytes(raw)
-        _check_depth(msg, 0)
-        return msg
-    except SecureMailError:
-        raise
-    except Exception:  # noqa: BLE001 - any parser failure (incl. RecursionError) is malformed input
-        raise MalformedMessage("message cannot be parsed as MIME") from None
-
-
-def _count_parts(raw: bytes) -> int:
-    """The distinct boundaries ``raw`` declares; LimitExceeded beyond MAX_MIME_PARTS (at C speed)."""
-    if len(_WORD_BOUNDARY.findall(raw)) > MAX_MIME_PARTS or _delimiters(raw) > 2 * MAX_MIME_PARTS:
-        raise LimitExceeded("too many MIME parts")
-    return len({b.strip() for b in _BOUNDARY.findall(raw)})
-
-
-def _delimiters(raw: bytes) -> int:
-    """Lines that open a part of a declared boundary, counted at C speed before the (slow) parse."""
-    bounds = {b.strip() for b in _BOUNDARY.findall(raw)} - {b""}
-    if not bounds:
-        return 0
-    return len(re.findall(rb"\n--(?:" + b"|".join(re.escape(b) for b in bounds) + rb")", raw))
-
-
-def _check_depth(part, depth: int) -> None:
-    if depth > MAX_MIME_DEPTH:
-        raise LimitExceeded("MIME structure nested too deeply")
-    if part.is_multipart():
-        for sub in part.iter_parts():
-            _check_depth(sub, depth + 1)
 
 
 def _text(value) -> str:
@@ -215,7 +156,7 @@ def _locate_signer(res: ReadResult, signer_key: SignerKey) -> None:
 
 
 def _from_inner(res: ReadResult, inner_raw: bytes, lookup) -> None:
-    inner = _parse(inner_raw, res._policy)
+    inner = parse_mime(inner_raw, res._policy)
     if inner.get_content_type() == "multipart/signed":  # RFC 3156 §6.1: signed, then encrypted
         _sender_status(res, inner)
         data, sig = _signed_parts(inner_raw, inner)
@@ -230,7 +171,7 @@ def _from_inner_head(res: ReadResult, inner_raw: bytes, lookup) -> None:
     """``_from_inner`` for a reader that shows the entity as it is (content=False): only its header
     block is parsed. Signed inside, nested deeper than MAX_MIME_DEPTH could be, or a header block
     that is not clean: the whole entity is parsed, as ``_from_inner`` does."""
-    found = shell.head_only(inner_raw, res._policy) if _count_parts(inner_raw) <= MAX_MIME_DEPTH else None
+    found = shell.head_only(inner_raw, res._policy) if count_parts(inner_raw) <= MAX_MIME_DEPTH else None
     if found is None or found[0].get_content_type() == "multipart/signed":
         _from_inner(res, inner_raw, lookup)
         return
@@ -314,7 +255,7 @@ def _outer_fields(res: ReadResult, msg: EmailMessage) -> None:
 
 def _read_parsed(res: ReadResult, raw: bytes, secret_keys, lookup, limits, content: bool) -> None:
     """The general path: the whole message parsed by the email parser, whatever its shape."""
-    msg = _parse(raw, res._policy)
+    msg = parse_mime(raw, res._policy)
     _outer_fields(res, msg)
     ctype = msg.get_content_type()
     if ctype == "multipart/encrypted":
@@ -328,7 +269,7 @@ def _read_parsed(res: ReadResult, raw: bytes, secret_keys, lookup, limits, conte
         res.format = "signed"
         data, sig = _signed_parts(raw, msg)
         _verify(res, data, sig, lookup)
-        signed = _parse(data, res._policy)
+        signed = parse_mime(data, res._policy)
         _protected_headers(res, signed)
         if content:
             _fill_content(res, signed)

@@ -1,0 +1,91 @@
+"""The general MIME parse of a message being read, within limits (mail/read.py's, whole messages).
+
+``parse`` refuses, at C speed and before Python's ``email`` parser walks it, a message that
+declares more than ``MAX_MIME_PARTS`` parts, and after it one nested deeper than
+``MAX_MIME_DEPTH``; any parser failure is a malformed message. ``EachOnce`` is the header
+registry that parses each field once per message read.
+"""
+
+from __future__ import annotations
+
+import re
+from email import policy
+from email.headerregistry import HeaderRegistry
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+from ..errors import LimitExceeded, MalformedMessage, SecureMailError
+
+MAX_MIME_PARTS = 500
+MAX_MIME_DEPTH = 20
+_BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]+)', re.I)
+_WORD_BOUNDARY = re.compile(rb"boundary", re.I)   # counted without a lowered copy of the message
+
+
+class EachOnce(HeaderRegistry):
+    """The default header registry, parsing each header field once per message read.
+
+    ``policy.default`` parses a field again each time it is asked for (``get_content_type``,
+    ``get_filename``, ``get_param``... ask many times): most of a small message's reading time.
+    The parsed fields are immutable; they are kept for one ``read_message`` only. The class made
+    for each field name (``HeaderRegistry`` builds a new one with ``type()`` at every field) is the
+    same for every message, and is made once per name for all of them (``_CLASSES``).
+    """
+
+    _CLASSES: dict[str, type] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parsed: dict[tuple[str, str], object] = {}
+
+    def __getitem__(self, name: str) -> type:
+        key = name.lower()
+        found = self._CLASSES.get(key)
+        if found is None:
+            found = self._CLASSES[key] = super().__getitem__(name)
+        return found
+
+    def __call__(self, name: str, value: str):
+        key = (name.lower(), value)
+        found = self._parsed.get(key)
+        if found is None:
+            found = self._parsed[key] = super().__call__(name, value)
+        return found
+
+
+def parse(raw: bytes, how: policy.EmailPolicy = policy.default) -> EmailMessage:
+    count_parts(raw)
+    try:
+        msg = BytesParser(policy=how).parsebytes(raw)
+        _check_depth(msg, 0)
+        return msg
+    except SecureMailError:
+        raise
+    except Exception:  # noqa: BLE001 - any parser failure (incl. RecursionError) is malformed input
+        raise MalformedMessage("message cannot be parsed as MIME") from None
+
+
+def count_parts(raw: bytes) -> int:
+    """The distinct boundaries ``raw`` declares; LimitExceeded beyond MAX_MIME_PARTS (at C speed)."""
+    if len(_WORD_BOUNDARY.findall(raw)) > MAX_MIME_PARTS or _delimiters(raw) > 2 * MAX_MIME_PARTS:
+        raise LimitExceeded("too many MIME parts")
+    return len({b.strip() for b in _BOUNDARY.findall(raw)})
+
+
+def _delimiters(raw: bytes) -> int:
+    """Lines that open a part of a declared boundary, counted at C speed before the (slow) parse."""
+    bounds = {b.strip() for b in _BOUNDARY.findall(raw)} - {b""}
+    if not bounds:
+        return 0
+    if not any(a != b and b.startswith(a) for a in bounds for b in bounds):
+        # no boundary begins another: no line is counted twice, and no pattern is compiled
+        return sum(raw.count(b"\n--" + b) for b in bounds)
+    return len(re.findall(rb"\n--(?:" + b"|".join(re.escape(b) for b in bounds) + rb")", raw))
+
+
+def _check_depth(part, depth: int) -> None:
+    if depth > MAX_MIME_DEPTH:
+        raise LimitExceeded("MIME structure nested too deeply")
+    if part.is_multipart():
+        for sub in part.iter_parts():
+            _check_depth(sub, depth + 1)
