@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from concurrent.futures import ThreadPoolExecutor
 
+from ..procs.supervisor import stop_on_signals
 from .folders import Folders
 from .imap import BridgeIMAPConfig, Login, start_imap
 from .upstream import Upstream, UpstreamError
@@ -65,10 +65,7 @@ class Bridge:
 
     async def run_until_signal(self) -> None:
         await self.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         try:
             await stop.wait()
         finally:

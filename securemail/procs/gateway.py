@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +23,7 @@ from ..keys.wkd_server import WkdServer
 from ..queue import Queue
 from ..queue.retention import Retention
 from ..smtp.server import SMTPServer
+from .supervisor import stop_on_signals
 from ..transform.pipeline import Pipeline
 from .cpu import CpuPool
 from .delivery import DeliveryProcess
@@ -129,10 +129,7 @@ class Gateway:
 
     async def run_until_signal(self) -> None:
         await self.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         log.info("securemail gateway for %s running", ", ".join(self.config.domains))
         await stop.wait()
         log.info("stopping")

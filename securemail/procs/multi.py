@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 
-from .supervisor import Restarts, Supervisor
+from .supervisor import Restarts, Supervisor, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +41,7 @@ async def _serve(command: list[str], n: int, env: dict[str, str], restarts: Rest
 
     children = [Supervisor(f"serve process {i}", launch, restarts=restarts, give_up=give_up,
                            metrics=metrics, role="serve") for i in range(n)]
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)
     for c in children:
         await c.start()
     log.info("securemail serve: %d processes %s", n, [c.pid for c in children])

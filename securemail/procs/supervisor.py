@@ -140,3 +140,13 @@ async def reap(proc: asyncio.subprocess.Process | None, seconds: float = 5.0) ->
     except TimeoutError:
         proc.kill()
         await proc.wait()
+
+
+def stop_on_signals(stop: asyncio.Event | None = None) -> asyncio.Event:
+    """``stop`` (or a new event), set at SIGTERM or SIGINT by the running loop: what a process's
+    main waits on before it stops in order (the gateway, ``serve --processes``, the bridge)."""
+    stop = stop if stop is not None else asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
