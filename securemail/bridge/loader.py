@@ -66,7 +66,7 @@ class Loader:
 
     def _ahead(self, uid: int) -> list[int]:
         """The messages after ``uid`` not yet in memory or on their way, once half the window is free."""
-        uids = list(self.box.messages)
+        uids = self.box.uids
         start = bisect_right(uids, uid)
         window = uids[start:start + READ_AHEAD]
         cache, sizes, todo, big = self.box.parts.cache, self.box.sizes, [], {}

@@ -113,8 +113,16 @@ class Mailbox:
         self._updated = new_event()
         self._refreshing = asyncio.Lock()
         self.sizes: dict[int, int] = {}   # UID -> the upstream's RFC822.SIZE (what read-ahead may take)
+        self._uids: list[int] | None = None   # the UIDs in order, until the list changes
         self.loader = Loader(self)
         self._idlers, self._watch, self._unwatch = 0, None, None
+
+    @property
+    def uids(self) -> list[int]:
+        """The folder's UIDs in order (what read-ahead walks), made again only when the list changes."""
+        if self._uids is None:
+            self._uids = list(self.messages)
+        return self._uids
 
     permanent_flags = property(lambda self: frozenset({Flag(b"\\Seen"), Flag(b"\\Answered"), Flag(b"\\Flagged"),
                                                        Flag(b"\\Deleted"), Flag(b"\\Draft")}))
@@ -157,11 +165,13 @@ class Mailbox:
             changed.append(uid)
         if changed:
             self.messages = dict(sorted(self.messages.items()))
+            self._uids = None
             self.changes.updated(changed)
 
     def _drop(self, uids: list[int]) -> None:
         for uid in uids:
             self.messages.pop(uid, None)
+            self._uids = None
             self.sizes.pop(uid, None)
             self.parts.cache.discard((self.name, self.uid_validity, uid))
         if uids:

@@ -50,7 +50,7 @@ def box(count: int, sizes: dict[int, int] | None = None):
         return fn(*args)
     parts = SimpleNamespace(upstream=upstream, submit=submit, cache=ViewCache(32 << 20), headers=ViewCache(8 << 20),
                             run_cpu=run_cpu)
-    b = SimpleNamespace(name="INBOX", uid_validity=7, messages={u: None for u in range(1, count + 1)},
+    b = SimpleNamespace(name="INBOX", uid_validity=7, uids=list(range(1, count + 1)),
                         sizes=sizes, parts=parts)
     return b, Loader(b), upstream
 
