@@ -94,12 +94,15 @@ class Readers:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         async with s.sending:   # one message at a time on a socket, in the order of ``pending``
+            if not s.alive:   # it ended while this waited for the socket: another, or the fallback
+                return await self.submit(raw)
             s.pending.append(done)
             try:
                 await loop.sock_sendall(s.sock, _HEAD.pack(len(raw), 0, 0))
                 await loop.sock_sendall(s.sock, raw)
-            except OSError:
-                pass   # the reader is gone: _replies fails what it held, this one included
+            except OSError:   # the reader is gone: _replies fails what it held, this one included
+                if not s.alive and not done.done():
+                    done.set_exception(UpstreamError("a reader process ended; ask again"))
         return done
 
     async def _replies(self, s: _Slot) -> None:

@@ -89,3 +89,22 @@ def test_a_reader_dying_with_a_message_fails_that_message_with_a_temporary_error
         finally:
             await readers.stop()
     run(main())
+
+
+def test_messages_in_flight_when_a_reader_dies_are_all_answered():
+    async def main():
+        readers = Readers(work, 2, fallback=fallback)
+        await readers.start()
+        try:
+            items = [os.urandom(200_000) for _ in range(40)]
+            tasks = [asyncio.ensure_future(readers.show(i)) for i in items]
+            await asyncio.sleep(0)
+            os.kill(readers.pids[0], signal.SIGKILL)
+            results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+            for item, got in zip(items, results):    # answered right, or told to ask again: none hangs
+                assert (isinstance(got, tuple) and got[0] == item.upper()) or isinstance(got, UpstreamError)
+            assert sum(isinstance(r, tuple) for r in results) >= len(items) // 2
+            assert await readers.show(b"after") == (b"AFTER", str(readers.pids[0]).encode())
+        finally:
+            await readers.stop()
+    run(main())
