@@ -215,7 +215,6 @@ def test_content_carrying_headers_in_clear_are_sealed_with_the_message(gw):
 
 
 # --- finding 7: the publish endpoint does not tell which accounts exist -------------------------------
-import statistics as _f7_statistics  # noqa: E402
 
 from tests.adversarial.lockout import PASSWORD as _F7_PASSWORD  # noqa: E402
 from tests.adversarial.lockout import guarded_gateway as _f7_guarded_gateway  # noqa: E402
@@ -228,13 +227,18 @@ def guarded(tmp_path_factory):
 
 
 def test_publish_answers_a_wrong_user_as_a_wrong_password(guarded):
-    """Same status, body and challenge, and the same scrypt: the time does not tell either."""
-    wrong_password = [guarded.publish(f"alice@{OWN}", f"guess-{n}", "127.0.90.1") for n in range(3)]
-    wrong_user = [guarded.publish(f"nobody{n}@{OWN}", _F7_PASSWORD, "127.0.91.1") for n in range(3)]
+    """Same status, body and challenge, and the same scrypt: the time does not tell either.
+
+    The two kinds of guess alternate, so that whatever else the machine does falls on both, and
+    each kind is judged by its fastest answer: the cost of the check itself, without the waits."""
+    wrong_password, wrong_user = [], []
+    for n in range(5):   # under the budget of 10 failures per source and per account
+        wrong_password.append(guarded.publish(f"alice@{OWN}", f"guess-{n}", "127.0.90.1"))
+        wrong_user.append(guarded.publish(f"nobody{n}@{OWN}", _F7_PASSWORD, "127.0.91.1"))
     answers = {(status, body, challenge) for status, body, challenge, _ in wrong_password + wrong_user}
     assert answers == {(401, '{"error": "authentication required"}', 'Basic realm="securemail"')}, answers
-    known = _f7_statistics.median(t for *_, t in wrong_password)
-    unknown = _f7_statistics.median(t for *_, t in wrong_user)
+    known = min(t for *_, t in wrong_password)
+    unknown = min(t for *_, t in wrong_user)
     assert unknown > 0.5 * known and known > 0.5 * unknown, (known, unknown)
     assert unknown > 0.01  # a scrypt ran for the unknown user too
 
