@@ -88,8 +88,11 @@ def deliver(dovecot: Dovecot, raws) -> None:
 def peak_rss_mb(pid: int) -> float:
     """The bridge's peak RSS (VmHWM), its reader processes' added: the whole bridge, not its loop."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return sum(int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{p}/status").read_text()).group(1))
-               for p in [pid, *map(int, children)]) / 1024
+    total = 0
+    for p in [pid, *map(int, children)]:
+        with contextlib.suppress(OSError):   # a reader that ended meanwhile
+            total += int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{p}/status").read_text()).group(1))
+    return total / 1024
 
 
 def pss_mb(pid: int) -> float:
