@@ -85,25 +85,26 @@ def deliver(dovecot: Dovecot, raws) -> None:
             lmtp.sendmail(SENDER, [ALICE], raw)
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The bridge's peak RSS (VmHWM), its reader processes' added: the whole bridge, not its loop."""
+def _tree_kib(pid: int, file: str, field: str) -> int:
+    """``field`` (kB) of /proc/PID/``file`` for the bridge and its readers, added (one that ended
+    meanwhile left out)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     total = 0
     for p in [pid, *map(int, children)]:
-        with contextlib.suppress(OSError):   # a reader that ended meanwhile
-            total += int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{p}/status").read_text()).group(1))
-    return total / 1024
+        with contextlib.suppress(OSError):
+            total += int(re.search(rf"{field}:\s+(\d+)", Path(f"/proc/{p}/{file}").read_text()).group(1))
+    return total
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The bridge's peak RSS (VmHWM), its reader processes' added: the whole bridge, not its loop."""
+    return _tree_kib(pid, "status", "VmHWM") / 1024
 
 
 def pss_mb(pid: int) -> float:
     """The bridge's memory now, shared pages divided between the processes that share them (PSS):
     the readers are forked from the serve process, so VmHWM counts their common pages once each."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    total = 0
-    for p in [pid, *map(int, children)]:
-        with contextlib.suppress(OSError):
-            total += int(re.search(r"Pss:\s+(\d+)", Path(f"/proc/{p}/smaps_rollup").read_text()).group(1))
-    return total / 1024
+    return _tree_kib(pid, "smaps_rollup", "Pss") / 1024
 
 
 class PeakPss:

@@ -50,10 +50,10 @@ def encrypted_payload(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessag
     control, data = parts
     # the parts' fields are read for their Content-Type and Content-Transfer-Encoding alone:
     # compat32 reads those as policy.default does, without building a header object per field
-    first = head_only(raw[control[0]:min(control[1], control[0] + HEADER_BYTES + 4)], _policy.compat32)
+    first = _part_head(raw, control)
     if first is None or first[0].get_content_type() != "application/pgp-encrypted":
         return None
-    second = head_only(raw[data[0]:min(data[1], data[0] + HEADER_BYTES + 4)], _policy.compat32)
+    second = _part_head(raw, data)
     if second is None:
         return None
     encoding = str(second[0].get("Content-Transfer-Encoding", "7bit")).strip().lower()
@@ -66,6 +66,12 @@ def encrypted_payload(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessag
         except binascii.Error:
             return None
     return None
+
+
+def _part_head(raw: bytes, part: tuple[int, int]) -> tuple[EmailMessage, int] | None:
+    """``head_only`` of a part (its first bytes only: the body is not copied)."""
+    start, end = part
+    return head_only(raw[start:min(end, start + HEADER_BYTES + 4)], _policy.compat32)
 
 
 def _parts(raw: bytes, start: int, delimiter: bytes) -> list[tuple[int, int]] | None:
