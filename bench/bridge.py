@@ -96,6 +96,20 @@ def _tree_kib(pid: int, file: str, field: str) -> int:
     return total
 
 
+def cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by the serve process and by its readers, added."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    used = []
+    for p in [pid, *map(int, children)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            fields = None
+        used.append((int(fields[11]) + int(fields[12])) / tick if fields else 0.0)
+    return used[0], sum(used[1:])
+
+
 def peak_rss_mb(pid: int) -> float:
     """The bridge's peak RSS (VmHWM), its reader processes' added: the whole bridge, not its loop."""
     return _tree_kib(pid, "status", "VmHWM") / 1024
@@ -161,11 +175,14 @@ def measure(args, tmp: Path, sender: Path, keys: Path, dv: Dovecot) -> dict:
         through = Mbsync(tmp / "bridge", "127.0.0.1", bridge.port, creds["username"], creds["password"],
                          creds["certificate"], fsync=False)
         settle()
+        before = cpu_s(bridge.proc.pid)
         with PeakPss(bridge.proc.pid) as sync_pss:
             out["bridge_s"] = through.run()
         out["pss_sync_mb"] = sync_pss.peak
+        out["cpu_serve_s"], out["cpu_readers_s"] = (a - b for a, b in zip(cpu_s(bridge.proc.pid), before))
         assert len(through.files()) == n, f"{len(through.files())} of {n} synced"
-        print(f"bridge       {out['bridge_s']:.2f} s  ({out['bridge_s'] / out['direct_s']:.1f}x direct)", flush=True)
+        print(f"bridge       {out['bridge_s']:.2f} s  ({out['bridge_s'] / out['direct_s']:.1f}x direct; CPU: serve "
+              f"{out['cpu_serve_s']:.2f} s, readers {out['cpu_readers_s']:.2f} s)", flush=True)
         deliver(dv, messages(sender, args.new, 4096, "new"))
         settle()
         out["direct_incremental_s"] = direct.run()

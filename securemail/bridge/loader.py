@@ -191,11 +191,40 @@ def _spans(structure: dict) -> dict:
 
 
 def restore(shown: bytes, meta: bytes) -> tuple[MessageContent, MessageContent | None]:
-    """On the event loop: the message parsed for IMAP without parsing it, and its header alone
-    when it is too big to keep whole (else None)."""
+    """On the event loop: the message parsed for IMAP without parsing it (``Shown``), and its
+    header alone when it is too big to keep whole (else None)."""
     structure, head, head_structure = pickle.loads(meta)
-    return (MessageContent.from_json(shown, structure),
+    return (Shown(shown, structure),
             MessageContent.from_json(head, head_structure) if head is not None else None)
+
+
+class Shown(MessageContent):
+    """pymap's ``MessageContent`` of a message shown, whose parts are restored from the reader's
+    structure (``from_json``, which parses every Content-Type with the email package) only when
+    a command asks for more than the message's bytes, size and lines: a client that syncs asks
+    for ``BODY.PEEK[]`` alone, and most messages are never restored."""
+
+    __slots__ = ("_data", "_structure", "_whole")
+
+    def __init__(self, data: bytes, structure: dict) -> None:   # noqa: D107 - the parse is deferred
+        head, body = structure["header"]["lines"], structure["body"]["lines"]
+        self._data, self._structure, self._whole = data, structure, None
+        # the bytes MessageContent.__init__ takes: from its header's first line to its body's last
+        self._raw = memoryview(data)[head[0][0] if head else 0:body[-1][2] if len(body) else -1]
+        self.lines = len(head) + len(body) - 1
+
+    def _restored(self) -> MessageContent:
+        if self._whole is None:
+            self._whole = MessageContent.from_json(self._data, self._structure)
+            self._structure = None
+        return self._whole
+
+    header = property(lambda self: self._restored().header)   # in place of the parent's slots
+    body = property(lambda self: self._restored().body)
+
+    @property
+    def restored(self) -> bool:
+        return self._whole is not None
 
 
 def header_of(content: MessageContent) -> tuple[MessageContent, int]:

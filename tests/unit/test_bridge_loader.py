@@ -133,7 +133,9 @@ def test_what_the_event_loop_restores_answers_as_pymap_parsed_it(shape):
     assert len(meta) < 4000                                    # no tuple per line crosses from the reader
     parsed, (restored, _) = MessageContent.parse(raw), restore(shown, meta)
     a, b = (BaseLoadedMessage(None, FetchRequirement.CONTENT, c) for c in (parsed, restored))
-    assert bytes(restored) == raw and restored.lines == parsed.lines
+    assert bytes(restored) == raw and restored.lines == parsed.lines and len(restored) == len(parsed)
+    assert bytes(b.get_body()) == bytes(a.get_body()) and b.get_size() == a.get_size()
+    assert not restored.restored   # BODY[] and its size (what a syncing client asks) need no parts
     assert bytes(b.get_body_structure()) == bytes(a.get_body_structure())
     assert bytes(b.get_envelope_structure()) == bytes(a.get_envelope_structure())
     for section in (None, [1], [2], [1, 1], [1, 2], [2, 1]):
