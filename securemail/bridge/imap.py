@@ -33,6 +33,7 @@ from pymap.search import SearchCriteriaSet, SearchParams
 from pysasl.identity import ClearIdentity
 
 from ..authlimit import AuthGuard
+from . import pymap_checks
 from .folders import Folders
 
 BODY_SEARCH_DECRYPTS = 200       # messages a body search may decrypt beyond those in memory
@@ -207,6 +208,8 @@ class _Server(IMAPServer):
 
 
 async def start_imap(login: Login, config: BridgeIMAPConfig) -> asyncio.AbstractServer:
-    """Listen on ``config.host:config.port``; pymap serves each connection."""
+    """Listen on ``config.host:config.port``; pymap serves each connection (its protocol checks
+    made fast first: pymap_checks.py)."""
+    pymap_checks.install()
     callback = ProxyProtocolReader(config.proxy_protocol).get_callback(_Server(login, config))
     return await asyncio.start_server(callback, host=config.host, port=config.port)
