@@ -17,7 +17,7 @@ from __future__ import annotations
 import binascii
 from email import policy as _policy
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser
 
 from ..errors import SecureMailError
 from .headers import HEADER_BYTES, parse_header_block
@@ -32,7 +32,9 @@ def head_only(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessage, int] 
         block = parse_header_block(raw)
     except SecureMailError:
         return None
-    return BytesParser(policy=how).parsebytes(raw[:block.size] + b"\r\n"), block.body_start
+    # headers only: the feed parser would otherwise look for the parts of a multipart (compiling
+    # a pattern for its boundary, new for every message) in the empty body given here
+    return BytesHeaderParser(policy=how).parsebytes(raw[:block.size] + b"\r\n"), block.body_start
 
 
 def encrypted_payload(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessage, bytes] | None:
