@@ -21,6 +21,8 @@ from typing import Callable
 
 from pymap.mime import MessageContent
 
+from .structure import Span, structure
+
 CACHE_LARGEST = 1 << 20   # bytes: a message shown larger than this is not kept in the cache
 PARSED_COST = 2           # memory of a message parsed for IMAP, per byte of it
 READ_AHEAD = 32           # messages decrypted ahead of a client reading a folder in order
@@ -153,41 +155,13 @@ def shown_with_structure(show: Callable[[bytes], bytes], raw: bytes) -> tuple[by
     its header's when it is too big to keep whole."""
     shown = show(raw)
     del raw
-    content = MessageContent.parse(shown)
-    head = (bytes(content.header) + b"\r\n") if len(shown) > CACHE_LARGEST else None
+    found = structure(shown)
+    head = None
+    if len(shown) > CACHE_LARGEST:
+        lines = found["header"]["lines"]
+        head = shown[lines[0][0]:lines[-1][2]] + b"\r\n" if lines else b"\r\n"
     head_structure = MessageContent.parse(head).json if head is not None else None
-    return shown, pickle.dumps((_spans(content.json), head, head_structure), pickle.HIGHEST_PROTOCOL)
-
-
-class Span:
-    """A body's lines as pymap uses them once parsed: how many there are and where the first begins
-    and the last ends (``len``, ``[0]``, ``[-1]``). One tuple per line would cost the event loop
-    60 MB for a 25 MiB attachment (440,000 lines), and the time to unpickle them."""
-
-    __slots__ = ("first", "last", "count")
-
-    def __init__(self, lines) -> None:
-        self.first, self.last = (tuple(lines[0]), tuple(lines[-1])) if lines else (None, None)
-        self.count = len(lines)
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int):
-        if self.count and index in (0, -1, self.count - 1):
-            return self.first if index == 0 else self.last
-        raise IndexError("a Span knows its first and last line only")
-
-    def __iter__(self):
-        raise TypeError("a Span knows its first and last line only")
-
-
-def _spans(structure: dict) -> dict:
-    """pymap's structure of a message with each body's lines as a ``Span`` (headers as they are)."""
-    body = structure["body"]
-    return {"header": structure["header"],
-            "body": {"lines": Span(body["lines"]), "content_type": body["content_type"],
-                     "nested": [_spans(part) for part in body["nested"]]}}
+    return shown, pickle.dumps((found, head, head_structure), pickle.HIGHEST_PROTOCOL)
 
 
 def restore(shown: bytes, meta: bytes) -> tuple[MessageContent, MessageContent | None]:
