@@ -19,7 +19,6 @@ from ..errors import LimitExceeded, MalformedMessage, SecureMailError
 MAX_MIME_PARTS = 500
 MAX_MIME_DEPTH = 20
 _BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]+)', re.I)
-_WORD_BOUNDARY = re.compile(rb"boundary", re.I)   # counted without a lowered copy of the message
 
 
 class EachOnce(HeaderRegistry):
@@ -65,16 +64,47 @@ def parse(raw: bytes, how: policy.EmailPolicy = policy.default) -> EmailMessage:
         raise MalformedMessage("message cannot be parsed as MIME") from None
 
 
-def count_parts(raw: bytes) -> int:
+def count_parts(raw: bytes, piece: int = 1 << 20) -> int:
     """The distinct boundaries ``raw`` declares; LimitExceeded beyond MAX_MIME_PARTS (at C speed)."""
-    if len(_WORD_BOUNDARY.findall(raw)) > MAX_MIME_PARTS or _delimiters(raw) > 2 * MAX_MIME_PARTS:
+    words = _words(raw, piece)
+    if len(words) > MAX_MIME_PARTS:
         raise LimitExceeded("too many MIME parts")
-    return len({b.strip() for b in _BOUNDARY.findall(raw)})
+    declared = {b.strip() for b in _declared(raw, words)}
+    if _delimiters(raw, declared - {b""}) > 2 * MAX_MIME_PARTS:
+        raise LimitExceeded("too many MIME parts")
+    return len(declared)
 
 
-def _delimiters(raw: bytes) -> int:
+def _words(raw: bytes, piece: int) -> list[int]:
+    """Where the word "boundary" begins, in any case (up to one more than MAX_MIME_PARTS): found in
+    pieces lowered one at a time (no lowered copy of the message; a case-blind pattern scans
+    about four times slower). A piece is read with the 7 bytes after it, so a word that begins in
+    it is found whole, and one that begins after it is found in the next."""
+    found: list[int] = []
+    for start in range(0, len(raw), piece):
+        lowered = raw[start:start + piece + 7].lower()
+        at = lowered.find(b"boundary")
+        while 0 <= at < piece and len(found) <= MAX_MIME_PARTS:
+            found.append(start + at)
+            at = lowered.find(b"boundary", at + 8)
+    return found
+
+
+def _declared(raw: bytes, words: list[int]) -> list[bytes]:
+    """``_BOUNDARY.findall(raw)``, tried only where the word begins (where a match can begin)."""
+    values, end = [], 0
+    for at in words:
+        if at < end:   # inside the last value found, as findall goes on from a match's end
+            continue
+        found = _BOUNDARY.match(raw, at)
+        if found is not None:
+            values.append(found.group(1))
+            end = found.end()
+    return values
+
+
+def _delimiters(raw: bytes, bounds: set[bytes]) -> int:
     """Lines that open a part of a declared boundary, counted at C speed before the (slow) parse."""
-    bounds = {b.strip() for b in _BOUNDARY.findall(raw)} - {b""}
     if not bounds:
         return 0
     if not any(a != b and b.startswith(a) for a in bounds for b in bounds):
