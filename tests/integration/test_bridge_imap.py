@@ -12,6 +12,7 @@ non-loopback listener refused, no plaintext marker anywhere under the home after
 from __future__ import annotations
 
 import email
+import logging
 import secrets
 import smtplib
 import ssl
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from securemail.bridge.upstream import Endpoint
 from securemail.crypto import message as M
 from securemail.crypto.keys import load_key
 from securemail.mail.compose import pgp_mime
@@ -331,3 +333,25 @@ def test_a_listener_off_loopback_is_refused(world, tmp_path):
     res = run_cli(home, "bridge", "serve")
     assert res.exit_code == 2
     assert "not a loopback address" in res.output and "--allow-remote" in res.output
+
+
+def test_upstream_responses_go_through_no_log_formatter(world, caplog):
+    """What the upstream sends (here ciphertext) is never formatted for a log, even at DEBUG:
+    imaplib under IMAPClient would format each response, whole literals included."""
+    dv = world.dovecot
+    endpoint = Endpoint("127.0.0.1", dv.imap_port, False, ssl.create_default_context(cafile=str(dv.cert)),
+                        ALICE, dv.users[ALICE])
+    client = endpoint.connect()
+    try:
+        with caplog.at_level(logging.DEBUG):
+            client.select_folder("INBOX")
+            got = client.fetch(client.search("ALL")[:5], ["BODY.PEEK[]"])
+    finally:
+        client.logout()
+    bodies = [item[b"BODY[]"] for item in got.values()]
+    assert len(bodies) == 5 and all(len(b) > 400 for b in bodies)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "SEARCH" in logged   # the commands are still logged at DEBUG, by IMAPClient
+    for body in bodies:
+        piece = body[len(body) // 2:len(body) // 2 + 40].decode("latin-1")
+        assert piece not in logged
