@@ -27,14 +27,17 @@ from pymap.backend.session import BaseSession
 from pymap.config import BackendCapability, IMAPConfig
 from pymap.context import socket_info
 from pymap.exceptions import AuthorizationFailure, InvalidAuth
+from pymap.flags import FlagOp
 from pymap.imap import IMAPServer
 from pymap.parsing.specials import FetchRequirement
+from pymap.parsing.specials.flag import Seen
 from pymap.search import SearchCriteriaSet, SearchParams
 from pysasl.identity import ClearIdentity
 
 from ..authlimit import AuthGuard
 from . import pymap_checks
 from .folders import Folders
+from .mailbox import selected_messages
 
 BODY_SEARCH_DECRYPTS = 200       # messages a body search may decrypt beyond those in memory
 MAX_APPEND = 50 << 20            # bytes of one APPEND
@@ -72,6 +75,20 @@ class Session(BaseSession):
         if wait_on is None:  # NOOP, CHECK: what changed upstream since
             await (await self._get_selected(selected)).refresh()
         return await super().check_mailbox(selected, wait_on=wait_on, housekeeping=housekeeping)
+
+    async def fetch_messages(self, selected, sequence_set, set_seen: bool):
+        """pymap's, with the messages named found by ``selected_messages`` (mailbox.py): pymap's
+        ``get_all`` walks every message of the folder for each FETCH."""
+        mbx = await self._get_selected(selected)
+        found = []
+        for seq, cached_msg in selected_messages(selected.messages, sequence_set):
+            if set_seen:
+                msg = await mbx.update(cached_msg.uid, cached_msg, frozenset({Seen}), FlagOp.ADD)
+            else:
+                msg = await mbx.get(cached_msg.uid, cached_msg)
+            if msg is not None:
+                found.append((seq, msg))
+        return found, await mbx.update_selected(selected)
 
     async def search_mailbox(self, selected, keys):
         mbx = await self._get_selected(selected)

@@ -70,7 +70,11 @@ class Message(BaseMessage):
 
 
 class Changes:
-    """Which UIDs changed or went at which modification count (what pymap's selected sessions ask)."""
+    """Which UIDs changed or went at which modification count (what pymap's selected sessions ask).
+
+    Each dict is kept in the order of its counts (a UID changed again moves to the end), so
+    ``since`` reads back from the end only as far as the changes asked for: a client's every
+    command asks, and a walk over the whole folder made a full sync cost the square of its size."""
 
     def __init__(self) -> None:
         self.highest = 0
@@ -80,17 +84,29 @@ class Changes:
     def updated(self, uids: Iterable[int]) -> None:
         self.highest += 1
         for uid in uids:
+            self._updated.pop(uid, None)
             self._updated[uid] = self.highest
 
     def expunged(self, uids: Iterable[int]) -> None:
         self.highest += 1
         for uid in uids:
             self._updated.pop(uid, None)
+            self._expunged.pop(uid, None)
             self._expunged[uid] = self.highest
 
     def since(self, count: int) -> tuple[list[int], list[int]]:
-        return ([u for u, c in self._updated.items() if c > count],
-                [u for u, c in self._expunged.items() if c > count])
+        return _after(self._updated, count), _after(self._expunged, count)
+
+
+def _after(counts: dict[int, int], count: int) -> list[int]:
+    """The UIDs of ``counts`` (in ascending order of their counts) whose count is above ``count``."""
+    found = []
+    for uid, at in reversed(counts.items()):
+        if at <= count:
+            break
+        found.append(uid)
+    found.reverse()
+    return found
 
 
 def _flags(raw: Iterable[bytes]) -> frozenset[Flag]:
@@ -262,7 +278,7 @@ class Mailbox:
         pass
 
     async def find(self, seq_set, selected: SelectedMailbox):
-        for seq, cached_msg in selected.messages.get_all(seq_set):
+        for seq, cached_msg in selected_messages(selected.messages, seq_set):
             yield seq, await self.get(cached_msg.uid, cached_msg)
 
     async def find_deleted(self, seq_set, selected: SelectedMailbox) -> list[int]:
@@ -308,6 +324,18 @@ class Mailbox:
             await self.refresh()
         except Exception:  # noqa: BLE001 - the next command or push tries again
             pass
+
+
+def selected_messages(messages, seq_set) -> list[tuple[int, object]]:
+    """``messages.get_all(seq_set)`` (pymap's SynchronizedMessages: what a session has seen), read
+    from its UID -> sequence number index instead of a walk over every message: a syncing client
+    sends a command per message, and the walk made a full sync cost the square of the folder's
+    size. tests/unit/test_bridge_changes.py holds it to ``get_all``."""
+    if seq_set.uid:
+        uids, seqs = seq_set.flatten(messages.max_uid) & messages._uids, messages._seqs_cache
+        return [(seqs[uid], messages._cache[uid]) for uid in sorted(uids)]
+    order, exists = messages._sorted, messages.exists
+    return [(seq, messages._cache[order[seq - 1]]) for seq in sorted(seq_set.flatten(exists)) if 0 < seq <= exists]
 
 
 def _fetch_flags(client, exists: int, since: int | None) -> tuple[set[int], dict]:

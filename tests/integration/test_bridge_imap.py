@@ -254,12 +254,17 @@ def test_flags_search_move_and_append(world):
         typ, data = c.fetch("1", "(BODY.PEEK[])")
         shown = parse(data[0][1])
         assert MARKER in text_of(shown) and status(shown)["encrypted"] == "yes" and status(shown)["signature"] == "valid"
+        assert b"\\Seen" not in c.fetch("1", "(FLAGS)")[1][0]
+        assert MARKER.encode() in c.fetch("1", "(BODY[])")[1][0][1]    # not PEEK: marked read, upstream too
+        assert b"\\Seen" in c.fetch("1", "(FLAGS)")[1][0]
     finally:
         c.logout()
     stored = world.dovecot.messages(ALICE, "Drafts")
     assert len(stored) == 1 and MARKER.encode() not in stored[0] and b"multipart/encrypted" in stored[0]
     assert world.dovecot.messages(ALICE, "Archive") == []                  # expunged upstream
     up = world.upstream()
+    up.select("Drafts")
+    assert b"\\Seen" in up.fetch("1", "(FLAGS)")[1][0]
     folders = b" ".join(line for line in up.list()[1])
     up.logout()
     assert b"Archive" in folders and b"Drafts" in folders and b"Tmp" not in folders
