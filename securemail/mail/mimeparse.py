@@ -8,6 +8,7 @@ registry that parses each field once per message read.
 
 from __future__ import annotations
 
+import functools
 import re
 from email import policy
 from email.headerregistry import HeaderRegistry
@@ -18,6 +19,7 @@ from ..errors import LimitExceeded, MalformedMessage, SecureMailError
 
 MAX_MIME_PARTS = 500
 MAX_MIME_DEPTH = 20
+SHARED_LONGEST = 256   # characters of a field whose parse is kept for the next message (EachOnce)
 _BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]+)', re.I)
 
 
@@ -26,7 +28,8 @@ class EachOnce(HeaderRegistry):
 
     ``policy.default`` parses a field again each time it is asked for (``get_content_type``,
     ``get_filename``, ``get_param``... ask many times): most of a small message's reading time.
-    The parsed fields are immutable; they are kept for one ``read_message`` only. The class made
+    The parsed fields are immutable; they are kept for one ``read_message``, and those of at most
+    ``SHARED_LONGEST`` characters for the next messages too (``_shared``). The class made
     for each field name (``HeaderRegistry`` builds a new one with ``type()`` at every field) is the
     same for every message, and is made once per name for all of them (``_CLASSES``).
     """
@@ -48,8 +51,20 @@ class EachOnce(HeaderRegistry):
         key = (name.lower(), value)
         found = self._parsed.get(key)
         if found is None:
-            found = self._parsed[key] = super().__call__(name, value)
+            found = self._parsed[key] = (_shared(name, value) if len(value) <= SHARED_LONGEST
+                                         else super().__call__(name, value))
         return found
+
+
+_ONE = EachOnce()
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared(name: str, value: str):
+    """A field parsed once for every message that carries it (a part's Content-Type, a sender's
+    From, the outer Subject "..."): header objects are immutable, so this is a pure memo of a
+    pure function, of 1,024 fields of at most SHARED_LONGEST characters."""
+    return HeaderRegistry.__call__(_ONE, name, value)
 
 
 def parse(raw: bytes, how: policy.EmailPolicy = policy.default) -> EmailMessage:
