@@ -10,7 +10,10 @@ of 1 MiB, made as ``securemail send`` makes them (PGP/MIME, signed by a correspo
 to alice). In the same run, the same mbsync configuration (tests/support/bridge.py) does:
 
 direct       a full sync straight from Dovecot: the ciphertext, as stored
-bridge       a full sync through ``securemail bridge serve``: every message decrypted and checked
+bridge       a full sync through ``securemail bridge serve``, started for it (nothing in its cache):
+             every message decrypted and checked; ``--runs`` of each, alternated, medians
+             reported (the direct sync alone varies twofold from run to run), with the CPU
+             seconds of the serve process and of its readers
 incremental  through the bridge again, after ``--new`` new messages were delivered
 big          one message with a ``--big-mib`` MiB attachment delivered, synced through the bridge
 
@@ -29,6 +32,7 @@ import os
 import re
 import secrets
 import smtplib
+import statistics
 import sys
 import tempfile
 import threading
@@ -166,23 +170,8 @@ def measure(args, tmp: Path, sender: Path, keys: Path, dv: Dovecot) -> dict:
     n = fill(dv, messages(sender, args.small, 4096, "small")) + fill(dv, messages(sender, args.large, 1 << 20, "large"))
     print(f"{n} messages in Dovecot ({time.monotonic() - t:.1f} s to make and store)", flush=True)
     home, creds = bridge_home(tmp, dv, ALICE, [keys / "alice.asc", keys / "sender.asc"])
-    direct = Mbsync(tmp / "direct", "127.0.0.1", dv.imap_port, ALICE, dv.users[ALICE], str(dv.cert), fsync=False)
-    settle()
-    out = {"messages": n, "direct_s": direct.run()}
-    print(f"direct       {out['direct_s']:.2f} s", flush=True)
-    bridge = BridgeServe(home, creds).start()
+    out, direct, bridge, through = full_syncs(args.runs, tmp, dv, home, creds, n)
     try:
-        through = Mbsync(tmp / "bridge", "127.0.0.1", bridge.port, creds["username"], creds["password"],
-                         creds["certificate"], fsync=False)
-        settle()
-        before = cpu_s(bridge.proc.pid)
-        with PeakPss(bridge.proc.pid) as sync_pss:
-            out["bridge_s"] = through.run()
-        out["pss_sync_mb"] = sync_pss.peak
-        out["cpu_serve_s"], out["cpu_readers_s"] = (a - b for a, b in zip(cpu_s(bridge.proc.pid), before))
-        assert len(through.files()) == n, f"{len(through.files())} of {n} synced"
-        print(f"bridge       {out['bridge_s']:.2f} s  ({out['bridge_s'] / out['direct_s']:.1f}x direct; CPU: serve "
-              f"{out['cpu_serve_s']:.2f} s, readers {out['cpu_readers_s']:.2f} s)", flush=True)
         deliver(dv, messages(sender, args.new, 4096, "new"))
         settle()
         out["direct_incremental_s"] = direct.run()
@@ -203,12 +192,46 @@ def measure(args, tmp: Path, sender: Path, keys: Path, dv: Dovecot) -> dict:
     return out
 
 
+def full_syncs(runs: int, tmp: Path, dv: Dovecot, home: Path, creds: dict, n: int):
+    """``runs`` full syncs straight from Dovecot and as many through a bridge started for each
+    (its cache cold, as after a start), alternated so that the machine's drift weighs on both; the
+    medians. The last direct sync's Maildir, the last bridge and its Maildir stay for what follows."""
+    out: dict = {"messages": n, "direct_runs": [], "bridge_runs": [], "cpu_serve": [], "cpu_readers": [],
+                 "pss_sync": []}
+    bridge = None
+    for i in range(runs):
+        direct = Mbsync(tmp / f"direct{i}", "127.0.0.1", dv.imap_port, ALICE, dv.users[ALICE], str(dv.cert),
+                        fsync=False)
+        settle()
+        out["direct_runs"].append(direct.run())
+        if bridge is not None:
+            bridge.stop()
+        bridge = BridgeServe(home, creds).start()
+        through = Mbsync(tmp / f"bridge{i}", "127.0.0.1", bridge.port, creds["username"], creds["password"],
+                         creds["certificate"], fsync=False)
+        settle()
+        before = cpu_s(bridge.proc.pid)
+        with PeakPss(bridge.proc.pid) as sync_pss:
+            out["bridge_runs"].append(through.run())
+        out["pss_sync"].append(sync_pss.peak)
+        for key, used, was in zip(("cpu_serve", "cpu_readers"), cpu_s(bridge.proc.pid), before):
+            out[key].append(used - was)
+        assert len(through.files()) == n, f"{len(through.files())} of {n} synced"
+        print(f"full sync {i + 1}: direct {out['direct_runs'][-1]:.2f} s, bridge {out['bridge_runs'][-1]:.2f} s "
+              f"(CPU: serve {out['cpu_serve'][-1]:.2f} s, readers {out['cpu_readers'][-1]:.2f} s)", flush=True)
+    for key in ("direct", "bridge"):
+        out[f"{key}_s"] = statistics.median(out[f"{key}_runs"])
+    out["pss_sync_mb"] = max(out["pss_sync"])
+    return out, direct, bridge, through
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.bridge", description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", type=int, default=1000, help="messages of 4 KiB")
     ap.add_argument("--large", type=int, default=20, help="messages of 1 MiB")
     ap.add_argument("--new", type=int, default=10, help="messages delivered before the incremental sync")
     ap.add_argument("--big-mib", type=int, default=25, help="MiB of the big attachment")
+    ap.add_argument("--runs", type=int, default=3, help="full syncs of each kind (medians reported)")
     args = ap.parse_args(argv)
     why = dovecot_missing()
     if why or not __import__("shutil").which("mbsync"):
@@ -216,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     r = run(args)
     ratio = r["bridge_s"] / r["direct_s"]
-    print(f"\nbridge scenario: {r['messages']} messages; full sync direct {r['direct_s']:.2f} s, through the "
-          f"bridge {r['bridge_s']:.2f} s = {ratio:.1f}x (target <= 3x); incremental after {args.new} new "
+    print(f"\nbridge scenario: {r['messages']} messages; full sync (median of {args.runs}) direct {r['direct_s']:.2f} s, "
+          f"through the bridge {r['bridge_s']:.2f} s = {ratio:.1f}x (target <= 3x; CPU: serve "
+          f"{statistics.median(r['cpu_serve']):.2f} s, readers {statistics.median(r['cpu_readers']):.2f} s); incremental after {args.new} new "
           f"{r['incremental_s']:.2f} s (target < 1 s; direct {r['direct_incremental_s']:.2f} s); bridge peak RSS {r['rss_peak_mb']:.0f} MB with a "
           f"{args.big_mib} MiB attachment (target < 200 MB; {r['rss_after_sync_mb']:.0f} MB before it); "
           f"sampled peak PSS {r['pss_sync_mb']:.0f} MB during the full sync, {r['pss_big_mb']:.0f} MB during the big one")
