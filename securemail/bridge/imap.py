@@ -27,7 +27,7 @@ from pymap.backend.session import BaseSession
 from pymap.config import BackendCapability, IMAPConfig
 from pymap.context import socket_info
 from pymap.exceptions import AuthorizationFailure, InvalidAuth
-from pymap.flags import FlagOp
+from pymap.flags import FlagOp, PermanentFlags, SessionFlags
 from pymap.imap import IMAPServer
 from pymap.parsing.specials import FetchRequirement
 from pymap.parsing.specials.flag import Seen
@@ -38,6 +38,7 @@ from ..authlimit import AuthGuard
 from . import pymap_checks
 from .folders import Folders
 from .mailbox import selected_messages
+from .selected import Selected
 
 BODY_SEARCH_DECRYPTS = 200       # messages a body search may decrypt beyond those in memory
 MAX_APPEND = 50 << 20            # bytes of one APPEND
@@ -75,6 +76,16 @@ class Session(BaseSession):
         if wait_on is None:  # NOOP, CHECK: what changed upstream since
             await (await self._get_selected(selected)).refresh()
         return await super().check_mailbox(selected, wait_on=wait_on, housekeeping=housekeeping)
+
+    async def select_mailbox(self, name: str, readonly: bool = False):
+        """pymap's, with the session's view a ``Selected`` (selected.py: an end of command that
+        costs nothing when nothing changed)."""
+        mbx = await self._get_mailbox(name)
+        selected = Selected(mbx.mailbox_id, readonly or mbx.readonly, PermanentFlags(mbx.permanent_flags),
+                            SessionFlags(mbx.session_flags), selected_set=mbx.selected_set, lookup=name)
+        if not selected.readonly:
+            await mbx.claim_recent(selected)
+        return await mbx.snapshot(), await mbx.update_selected(selected)
 
     async def fetch_messages(self, selected, sequence_set, set_seen: bool):
         """pymap's, with the messages named found by ``selected_messages`` (mailbox.py): pymap's
