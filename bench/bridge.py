@@ -89,15 +89,19 @@ def deliver(dovecot: Dovecot, raws) -> None:
             lmtp.sendmail(SENDER, [ALICE], raw)
 
 
-def _tree_kib(pid: int, file: str, field: str) -> int:
-    """``field`` (kB) of /proc/PID/``file`` for the bridge and its readers, added (one that ended
+def _each_kib(pid: int, file: str, field: str) -> list[int]:
+    """``field`` (kB) of /proc/PID/``file`` for the bridge, then each of its readers (one that ended
     meanwhile left out)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    total = 0
+    found = []
     for p in [pid, *map(int, children)]:
         with contextlib.suppress(OSError):
-            total += int(re.search(rf"{field}:\s+(\d+)", Path(f"/proc/{p}/{file}").read_text()).group(1))
-    return total
+            found.append(int(re.search(rf"{field}:\s+(\d+)", Path(f"/proc/{p}/{file}").read_text()).group(1)))
+    return found
+
+
+def _tree_kib(pid: int, file: str, field: str) -> int:
+    return sum(_each_kib(pid, file, field))
 
 
 def cpu_s(pid: int) -> tuple[float, float]:
@@ -112,6 +116,11 @@ def cpu_s(pid: int) -> tuple[float, float]:
             fields = None
         used.append((int(fields[11]) + int(fields[12])) / tick if fields else 0.0)
     return used[0], sum(used[1:])
+
+
+def peak_rss_each_mb(pid: int) -> list[float]:
+    """VmHWM of the serve process, then of each reader (MB)."""
+    return [kib / 1024 for kib in _each_kib(pid, "status", "VmHWM")]
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -180,13 +189,17 @@ def measure(args, tmp: Path, sender: Path, keys: Path, dv: Dovecot) -> dict:
         print(f"incremental  {out['incremental_s']:.2f} s  ({args.new} new; direct "
               f"{out['direct_incremental_s']:.2f} s)", flush=True)
         out["rss_after_sync_mb"] = peak_rss_mb(bridge.proc.pid)
+        out["rss_after_sync_each"] = peak_rss_each_mb(bridge.proc.pid)
         deliver(dv, messages(sender, 1, args.big_mib << 20, "big"))
         settle()
         with PeakPss(bridge.proc.pid) as big_pss:
             out["big_s"] = through.run()
         out["pss_big_mb"] = big_pss.peak
         out["rss_peak_mb"] = peak_rss_mb(bridge.proc.pid)
-        print(f"big          {out['big_s']:.2f} s  ({args.big_mib} MiB attachment)", flush=True)
+        each = peak_rss_each_mb(bridge.proc.pid)
+        print(f"big          {out['big_s']:.2f} s  ({args.big_mib} MiB attachment; peak RSS serve, readers: "
+              f"{' '.join(f'{mb:.0f}' for mb in out['rss_after_sync_each'])} MB before it, "
+              f"{' '.join(f'{mb:.0f}' for mb in each)} MB after)", flush=True)
     finally:
         bridge.stop()
     return out
