@@ -5,16 +5,14 @@ them; only the text and attachments of a MIME entity are not extracted. Canonica
 from __future__ import annotations
 
 import base64
-import contextlib
 import re
 from email import policy
 
 import pytest
 
-from securemail.app import open_home
 from securemail.mail import shell
 from securemail.mail.read import read_message
-from tests.conftest import run_cli
+from tests.support.reader import corpus_reader
 
 SAME = ("encrypted", "decrypted", "signature", "signer", "sender", "subject", "error", "format", "warning",
         "signature_reason", "_content", "_inner_from", "_outer_from")
@@ -22,18 +20,8 @@ SAME = ("encrypted", "decrypted", "signature", "signer", "sender", "subject", "e
 
 @pytest.fixture(scope="module")
 def reader(corpus, tmp_path_factory):
-    home = tmp_path_factory.mktemp("reader")
-    res = run_cli(home, "keys", "import", *map(str, sorted((corpus["dir"] / "keys").glob("*.asc"))))
-    assert res.exit_code == 0, res.output
-    core = open_home(home)
-    with contextlib.ExitStack() as stack:
-        keys = []
-        for k in core.keys.secret_keys():
-            with contextlib.suppress(Exception):
-                stack.enter_context(k.pgp.unlocked(None))
-                keys.append(k)
+    with corpus_reader(corpus, tmp_path_factory.mktemp("reader")) as (core, keys):
         yield lambda raw, content: read_message(raw, keys, core.keys.lookup, content=content)
-    core.close()
 
 
 def assert_same(reader, raw: bytes) -> None:

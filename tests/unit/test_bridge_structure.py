@@ -3,17 +3,15 @@ corpus message as it came and as the bridge shows it, and thousands of bent mess
 
 from __future__ import annotations
 
-import contextlib
 import random
 import secrets
 
 import pytest
 from pymap.mime import MessageContent
 
-from securemail.app import open_home
 from securemail.bridge.structure import Span, structure
 from securemail.bridge.view import Viewer
-from tests.conftest import run_cli
+from tests.support.reader import corpus_reader
 from tests.unit.test_bridge_loader import SHAPES
 
 
@@ -37,24 +35,15 @@ def test_the_loaders_shapes(shape):
 
 
 def test_every_corpus_message_as_it_came_and_as_shown(corpus, tmp_path):
-    res = run_cli(tmp_path, "keys", "import", *map(str, sorted((corpus["dir"] / "keys").glob("*.asc"))))
-    assert res.exit_code == 0, res.output
-    core = open_home(tmp_path)
-    with contextlib.ExitStack() as stack:
-        keys = []
-        for k in core.keys.secret_keys():
-            with contextlib.suppress(Exception):
-                stack.enter_context(k.pgp.unlocked(None))
-                keys.append(k)
+    multipart = 0
+    with corpus_reader(corpus, tmp_path) as (core, keys):
         viewer = Viewer(keys, core.keys.lookup)
-        multipart = 0
         for m in corpus["mail"]:
             raw = (corpus["dir"] / m["file"]).read_bytes()
             for data in (raw, viewer.show(raw)):
                 found = structure(data)
                 assert found == pymaps(data), m["file"]
                 multipart += nested_count(found) > 1
-    core.close()
     assert multipart >= 10   # the comparison reached parts, not only flat bodies
 
 
