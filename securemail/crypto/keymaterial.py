@@ -53,6 +53,8 @@ def fast(km, algo: int, fpr: bytes, *, secret: bool):
             return _prim.ecdsa_signer(c, fpr, int(km.s))
         if kind == "ECDHPriv" and weierstrass:
             return _prim.ecdh_secret(c, fpr, int(km.s), int(km.kdf.halg), int(km.kdf.encalg))
+        if kind == "ECDHPriv" and c == "cv25519":
+            return _prim.cv25519_secret(fpr, km.__privkey__(), int(km.kdf.halg), int(km.kdf.encalg))
         return None
     if kind == "RSAPub" and algo in (1, 2):
         return _prim.rsa_recipient(algo, fpr, km.__pubkey__())

@@ -279,7 +279,9 @@ class PgpKey:
         """(cipher id, session key) from a PKESK packet, or None when it is not for us."""
         try:
             sk = self._subkey(keyid)
-            mine = self._fast(keyid, sk, secret=True)  # NIST/Brainpool ECDH: not on PGPy
+            if self.is_protected and not sk.is_unlocked:
+                return None   # locked: nothing secret is read (nor kept for after the unlock)
+            mine = self._fast(keyid, sk, secret=True)  # ECDH on NIST, Brainpool, Cv25519: not on PGPy
             if isinstance(mine, _prim.EcdhSecret):
                 return mine.decrypt_session_key(_pkt.read_packet(pkesk_raw, 0)[0].body)
             pkt = _PgpyPacket(bytearray(pkesk_raw))

@@ -1,4 +1,4 @@
-"""NIST and Brainpool curves on primitives.py, checked against PGPy's own code (issue 15, item 3).
+"""NIST and Brainpool curves (and Cv25519 session keys) on primitives.py, checked against PGPy's own code (issue 15, item 3).
 
 PGPy still has working ECDSA and ECDH code for the NIST curves: every packet
 primitives.py makes is opened or verified by it, and every packet it makes is
@@ -167,3 +167,52 @@ def test_curve_pgpy_cannot_parse_refused_naming_it():
     cert = P.write_packet(P.PUBKEY, body) + P.write_packet(P.UID, b"E <e@example.org>")
     [refused] = keys.load_keys(cert)
     assert isinstance(refused, KeyRefused) and str(refused) == "ed448 keys are not supported"
+
+
+# --- Cv25519 session keys opened on primitives.py, against PGPy's own ECDH code ----------------
+def cv25519_key() -> keys.Key:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        k = pgpy.PGPKey.new(PubKeyAlgorithm.EdDSA, EllipticCurveOID.Ed25519)
+        k.add_uid(pgpy.PGPUID.new("C <cv25519@example.org>"), usage={KeyFlags.Sign, KeyFlags.Certify},
+                  hashes=[HashAlgorithm.SHA256], ciphers=[SymmetricKeyAlgorithm.AES256])
+        k.add_subkey(pgpy.PGPKey.new(PubKeyAlgorithm.ECDH, EllipticCurveOID.Curve25519),
+                     usage={KeyFlags.EncryptCommunications, KeyFlags.EncryptStorage})
+        return keys.load_key(bytes(k))
+
+
+@pytest.fixture(scope="module")
+def cv25519() -> keys.Key:
+    return cv25519_key()
+
+
+def test_cv25519_pkesks_of_pgpy_and_of_ours_open_on_both_paths(cv25519):
+    kid = enc_keyid(cv25519)
+    sub = cv25519.public().pgp._subkey(kid)
+    assert isinstance(cv25519.pgp._fast(kid, cv25519.pgp._subkey(kid), secret=True), primitives.EcdhSecret)
+    for sym, session in ((7, SESSION[:16]), (8, SESSION[:24]), (9, SESSION)):
+        theirs = PKESessionKeyV3()
+        theirs.encrypter = bytearray(bytes.fromhex(kid))
+        theirs.pkalg = sub.key_algorithm
+        theirs.encrypt_sk(sub._key, SymmetricKeyAlgorithm(sym), session)
+        ours = cv25519.public().pgp.encrypt_session_key(kid, sym, session)
+        for raw in (bytes(theirs), ours):
+            assert cv25519.pgp.decrypt_session_key(kid, raw) == (sym, session)
+            alg, key = PgpyPacket(bytearray(raw)).decrypt_sk(cv25519.pgp._subkey(kid)._key)
+            assert (int(alg), bytes(key)) == (sym, session)
+
+
+def test_a_damaged_or_foreign_cv25519_pkesk_does_not_open(cv25519):
+    kid = enc_keyid(cv25519)
+    raw = cv25519.public().pgp.encrypt_session_key(kid, 9, SESSION)
+    body = bytes(P.read_packet(raw, 0)[0].body)
+    assert body[12] == 0x40 and int.from_bytes(body[10:12], "big") == 263   # MPI of 0x40 || x
+    flipped, prefix, small_order = bytearray(body), bytearray(body), bytearray(body)
+    flipped[-3] ^= 1
+    prefix[12] = 0x04
+    small_order[13:45] = bytes(32)          # the point 0: its shared secret would be all zeros
+    for bad in (flipped, prefix, small_order, body[:-1], body[:9] + b"\x01" + body[10:], body[:30]):
+        assert cv25519.pgp.decrypt_session_key(kid, P.write_packet(P.PKESK, bytes(bad))) is None
+    other = cv25519_key()
+    other_kid = enc_keyid(other)
+    assert other.pgp.decrypt_session_key(other_kid, raw) is None   # another key, same shape
