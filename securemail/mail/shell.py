@@ -50,16 +50,14 @@ def encrypted_payload(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessag
     if parts is None or len(parts) != 2:
         return None
     control, data = parts
-    # the parts' fields are read for their Content-Type and Content-Transfer-Encoding alone:
-    # compat32 reads those as policy.default does, without building a header object per field
-    first = _part_head(raw, control)
-    if first is None or first[0].get_content_type() != "application/pgp-encrypted":
+    first = part_head(raw, control)
+    if first is None or first[0] != "application/pgp-encrypted":
         return None
-    second = _part_head(raw, data)
+    second = part_head(raw, data)
     if second is None:
         return None
-    encoding = str(second[0].get("Content-Transfer-Encoding", "7bit")).strip().lower()
-    payload = raw[data[0] + second[1]:data[1]]
+    encoding = second[1]
+    payload = raw[data[0] + second[2]:data[1]]
     if encoding in _AS_IS:
         return head, payload
     if encoding == "base64":
@@ -70,10 +68,35 @@ def encrypted_payload(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessag
     return None
 
 
-def _part_head(raw: bytes, part: tuple[int, int]) -> tuple[EmailMessage, int] | None:
-    """``head_only`` of a part (its first bytes only: the body is not copied)."""
+def part_head(raw: bytes, part: tuple[int, int]) -> tuple[str, str, int] | None:
+    """(Content-Type, Content-Transfer-Encoding, where its body starts) of a part, as the email
+    package's compat32 policy reads them (policy.default reads those two the same), or None when
+    its header block is not clean CRLF. Read from its first bytes only (the body is not copied);
+    an ASCII block straight from the fields (tests/fuzz/test_shell_fuzz.py holds it to the
+    parser's reading), any other through the parser."""
     start, end = part
-    return head_only(raw[start:min(end, start + HEADER_BYTES + 4)], _policy.compat32)
+    head = raw[start:min(end, start + HEADER_BYTES + 4)]
+    try:
+        block = parse_header_block(head)
+    except SecureMailError:
+        return None
+    if not head[:block.size].isascii():
+        found = head_only(head, _policy.compat32)
+        if found is None:
+            return None
+        msg, body_start = found
+        return (msg.get_content_type(), str(msg.get("Content-Transfer-Encoding", "7bit")).strip().lower(),
+                body_start)
+    ctype, cte = block.first("content-type"), block.first("content-transfer-encoding")
+    ctype = _value(ctype).partition(";")[0].strip().lower() if ctype is not None else "text/plain"
+    return (ctype if ctype.count("/") == 1 else "text/plain",
+            (_value(cte) if cte is not None else "7bit").strip().lower(), block.body_start)
+
+
+def _value(field) -> str:
+    """A field's value as the email parser gives it (header_source_parse): after the colon, blanks
+    before it removed, folds kept, the line end removed."""
+    return field.raw.decode("ascii").partition(":")[2].lstrip(" \t").rstrip("\r\n")
 
 
 def _parts(raw: bytes, start: int, delimiter: bytes) -> list[tuple[int, int]] | None:
