@@ -4,6 +4,7 @@ only, a dead reader's work going to the others and then to the fallback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 
@@ -27,41 +28,42 @@ def run(coro):
     return asyncio.run(coro)
 
 
+@contextlib.asynccontextmanager
+async def started(fn=work, count: int = 2):
+    """``count`` readers running ``fn``, stopped at the end of the block."""
+    readers = Readers(fn, count, fallback=fallback)
+    await readers.start()
+    try:
+        yield readers
+    finally:
+        await readers.stop()
+
+
 def test_every_message_answered_by_the_readers_on_their_cores():
     async def main():
-        readers = Readers(work, 2, fallback=fallback)
-        await readers.start()
-        pids = readers.pids
-        try:
+        async with started() as readers:
+            pids = readers.pids
             items = [os.urandom(n) for n in (0, 1, 5000, 300_000, 2 << 20)] * 4
             got = await asyncio.gather(*(readers.show(i) for i in items))
             assert [g[0] for g in got] == [i.upper() for i in items]
             assert {int(g[1]) for g in got} == set(readers.pids) and os.getpid() not in readers.pids
-        finally:
-            await readers.stop()
         assert len(pids) == 2 and not any(os.path.exists(f"/proc/{p}") for p in pids)  # ended and reaped
     run(main())
 
 
 def test_a_failing_message_fails_alone():
     async def main():
-        readers = Readers(work, 1, fallback=fallback)
-        await readers.start()
-        try:
+        async with started(count=1) as readers:
             results = await asyncio.gather(readers.show(b"a"), readers.show(b"boom"), readers.show(b"c"),
                                            return_exceptions=True)
             assert results[0] == (b"A", str(readers.pids[0]).encode()) and results[2][0] == b"C"
             assert isinstance(results[1], UpstreamError)
-        finally:
-            await readers.stop()
     run(main())
 
 
 def test_a_dead_reader_leaves_the_work_to_the_others_then_to_the_fallback():
     async def main():
-        readers = Readers(work, 2, fallback=fallback)
-        await readers.start()
-        try:
+        async with started() as readers:
             first, second = readers.pids
             os.kill(first, signal.SIGKILL)
             await asyncio.sleep(0.3)
@@ -70,8 +72,6 @@ def test_a_dead_reader_leaves_the_work_to_the_others_then_to_the_fallback():
             os.kill(second, signal.SIGKILL)
             await asyncio.sleep(0.3)
             assert readers.pids == [] and await readers.show(b"y") == (b"Y", b"fallback")
-        finally:
-            await readers.stop()
     run(main())
 
 
@@ -81,21 +81,15 @@ def test_a_reader_dying_with_a_message_fails_that_message_with_a_temporary_error
         return raw, b""
 
     async def main():
-        readers = Readers(slow, 1, fallback=fallback)
-        await readers.start()
-        try:
+        async with started(slow, 1) as readers:
             with pytest.raises(UpstreamError):
                 await asyncio.wait_for(readers.show(b"z"), 10)
-        finally:
-            await readers.stop()
     run(main())
 
 
 def test_messages_in_flight_when_a_reader_dies_are_all_answered():
     async def main():
-        readers = Readers(work, 2, fallback=fallback)
-        await readers.start()
-        try:
+        async with started() as readers:
             items = [os.urandom(200_000) for _ in range(40)]
             tasks = [asyncio.ensure_future(readers.show(i)) for i in items]
             await asyncio.sleep(0)
@@ -105,6 +99,4 @@ def test_messages_in_flight_when_a_reader_dies_are_all_answered():
                 assert (isinstance(got, tuple) and got[0] == item.upper()) or isinstance(got, UpstreamError)
             assert sum(isinstance(r, tuple) for r in results) >= len(items) // 2
             assert await readers.show(b"after") == (b"AFTER", str(readers.pids[0]).encode())
-        finally:
-            await readers.stop()
     run(main())
