@@ -21,7 +21,7 @@ from typing import Callable
 
 from pymap.mime import MessageContent
 
-from .structure import Span, structure
+from .structure import structure
 
 CACHE_LARGEST = 1 << 20   # bytes: a message shown larger than this is not kept in the cache
 PARSED_COST = 2           # memory of a message parsed for IMAP, per byte of it
@@ -167,8 +167,8 @@ def shown_with_structure(show: Callable[[bytes], bytes], raw: bytes) -> tuple[by
 def restore(shown: bytes, meta: bytes) -> tuple[MessageContent, MessageContent | None]:
     """On the event loop: the message parsed for IMAP without parsing it (``Shown``), and its
     header alone when it is too big to keep whole (else None)."""
-    structure, head, head_structure = pickle.loads(meta)
-    return (Shown(shown, structure),
+    found, head, head_structure = pickle.loads(meta)
+    return (Shown(shown, found),
             MessageContent.from_json(head, head_structure) if head is not None else None)
 
 
