@@ -15,18 +15,16 @@ and bent ones (delimiters mid-line, unclosed, empty parts, no blank line, bare L
 from __future__ import annotations
 
 import base64
-import functools
 from email.headerregistry import ContentTypeHeader
 from email.policy import SMTP
 
 from pymap.mime import MessageBody, MessageHeader
-from pymap.mime.parsed import ParsedHeaders
+
+from ..mail.mimeparse import header_field
 
 _WS = b" \t\n\r\x0b\f"   # pymap.mime._util.whitespace: a line of only these ends a header block
 _DEFAULT_TYPE = str(MessageBody.empty().content_type)
 _CONTENT_TYPE_KEY = base64.b64encode(b"content-type").decode("ascii")   # pymap's key for the field
-_REGISTRY = ParsedHeaders._registry
-SHARED_LONGEST = 256   # characters of a Content-Type whose parse is kept for the next equal one
 
 
 class Span:
@@ -121,20 +119,13 @@ def _content(text: _Text, lines: _Lines) -> dict:
 def _content_type(data: bytes, folded) -> ContentTypeHeader | None:
     """``header.parsed.content_type`` as pymap reads it (ParsedHeaders: the first Content-Type
     field's lines, unfolded by the SMTP policy, through a HeaderRegistry), its parse shared by
-    equal fields: most messages' parts carry one of a few Content-Types."""
+    equal fields (``mimeparse.header_field``): most messages' parts carry one of a few."""
     for key, lines in folded:
         if key == _CONTENT_TYPE_KEY:
             name, value = SMTP.header_source_parse([data[s:e].decode("ascii", "surrogateescape")
                                                     for s, e, _ in lines])
-            return _parsed(name, value) if len(value) <= SHARED_LONGEST else _REGISTRY(name, value)
+            return header_field(name, value)
     return None
-
-
-@functools.lru_cache(maxsize=1024)
-def _parsed(name: str, value: str):
-    """A header field parsed by pymap's registry: immutable, so one parse serves every equal field
-    (a pure memo of a pure function: 1,024 fields of at most SHARED_LONGEST characters)."""
-    return _REGISTRY(name, value)
 
 
 def _split(text: _Text, lines: _Lines) -> tuple[list, _Lines]:

@@ -176,7 +176,6 @@ class EcdhSecret:
             return None
         return sym, key
 
-
     def _shared(self, point: bytes) -> bytes:
         """The shared secret with the sender's ephemeral ``point``; ValueError when it is not one
         (for X25519 also a point of small order, whose shared secret would be all zeros)."""

@@ -51,12 +51,17 @@ class EachOnce(HeaderRegistry):
         key = (name.lower(), value)
         found = self._parsed.get(key)
         if found is None:
-            found = self._parsed[key] = (_shared(name, value) if len(value) <= SHARED_LONGEST
-                                         else super().__call__(name, value))
+            found = self._parsed[key] = header_field(name, value)
         return found
 
 
 _ONE = EachOnce()
+
+
+def header_field(name: str, value: str):
+    """A header field parsed by the default registry (as ``policy.default`` and pymap parse it);
+    one of at most SHARED_LONGEST characters parsed once for every message that carries it."""
+    return _shared(name, value) if len(value) <= SHARED_LONGEST else HeaderRegistry.__call__(_ONE, name, value)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -82,14 +82,14 @@ def test_a_big_body_costs_no_tuple_per_line():
 
 
 def test_equal_content_types_share_one_parse_and_long_ones_are_not_kept():
-    from securemail.bridge import structure as S
+    from securemail.mail import mimeparse as M
     tag = secrets.token_hex(8)
     one = f"Content-Type: text/plain; charset=utf-8; x-tag={tag}\r\n\r\nhello\r\n".encode()
     other = f"Subject: other\r\nContent-Type: text/plain; charset=utf-8; x-tag={tag}\r\n\r\nbye\r\n".encode()
-    before = S._parsed.cache_info()
+    before = M._shared.cache_info()
     assert structure(one) == pymaps(one) and structure(other) == pymaps(other)
-    after = S._parsed.cache_info()
+    after = M._shared.cache_info()
     assert (after.misses, after.hits) == (before.misses + 1, before.hits + 1)
-    long = ("Content-Type: text/plain; x-pad=" + "a" * S.SHARED_LONGEST + "\r\n\r\nbody\r\n").encode()
+    long = ("Content-Type: text/plain; x-pad=" + "a" * M.SHARED_LONGEST + "\r\n\r\nbody\r\n").encode()
     assert structure(long) == pymaps(long)
-    assert S._parsed.cache_info().currsize == after.currsize   # parsed, not kept
+    assert M._shared.cache_info().currsize == after.currsize   # parsed, not kept
