@@ -66,6 +66,22 @@ def fast(km, algo: int, fpr: bytes, *, secret: bool):
     return None
 
 
+def verifier(km, algo: int):
+    """The primitives.Verifier of a signing key's material (public or secret), or None: an
+    algorithm or curve left to PGPy, or a public key `cryptography` cannot build."""
+    kind, c = type(km).__name__.replace("Priv", "Pub"), curve(km)
+    try:
+        if kind == "EdDSAPub" and c == "ed25519":
+            return _prim.Verifier(algo, _prim.ed25519_public(bytes(km.p.x)))
+        if kind == "RSAPub" and algo in _prim.RSA_ALGOS:
+            return _prim.Verifier(algo, _prim.rsa_public(int(km.n), int(km.e)))
+        if kind == "ECDSAPub" and c in _prim.EC_CURVES:
+            return _prim.Verifier(algo, _prim.ec_public(c, int(km.p.x), int(km.p.y)))
+    except (ValueError, TypeError):   # not a point on the curve, a bad modulus...
+        return None
+    return None
+
+
 def verify(km, data: bytes, der_sig: bytes, hash_algo) -> bool | None:
     """An ECDSA check on our curves (True/False); None for other key types (PGPy checks those).
 

@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover
 
 from ..errors import DecryptionFailed, IntegrityError, LimitExceeded, MalformedMessage
 from . import armor as A
+from . import docsig
 from . import openpgp
 from . import packets as P
 from .keys import WEAK_HASHES, Key
@@ -256,7 +257,7 @@ def verify_signatures(data: bytes, sigs: list[bytes], lookup: CertLookup,
     out = []
     for raw in sigs:
         try:
-            sp = openpgp.parse_signature(raw)
+            sp = docsig.parse(raw)
         except MalformedMessage:
             out.append(SignatureResult("invalid", None, "", 0.0, "unreadable signature"))
             continue
@@ -272,7 +273,7 @@ def verify_signatures(data: bytes, sigs: list[bytes], lookup: CertLookup,
             reason = "not a document signature"
         elif sp.hash_name in WEAK_HASHES:
             reason = f"weak hash {sp.hash_name}"
-        elif not key.pgp.verify_data(keyid, data, sp._sig):
+        elif not key.pgp.verify_data(keyid, data, sp):
             reason = "signature does not match the content"
         else:
             reason = key.status.signature_problem(keyid, sp.created)

@@ -1,9 +1,10 @@
 """The only module that imports PGPy: keys in, neutral facts and primitives out.
 
-PGPy parses keys and signatures and verifies them; signatures and session keys
+PGPy parses keys and checks their certifications; signatures and session keys
 for Ed25519, RSA, Cv25519 and the NIST/Brainpool curves are made by primitives.py
 from key objects keymaterial.py builds once per key (PGPy's own path remains for
-other key types); ECDSA checks and NIST/Brainpool ECDH decryption run there too. Everything
+other key types); document signatures are read by docsig.py and checked there,
+and so are ECDSA certifications and NIST/Brainpool ECDH decryption. Everything
 PGPy gets wrong or leaves out (key validity, revocation, message integrity,
 decompression limits, one exception root) is decided elsewhere in this package
 from the neutral dataclasses returned here. Every PGPy exception is converted
@@ -16,7 +17,6 @@ import contextlib
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives import hashes as _hashes
@@ -30,9 +30,10 @@ with warnings.catch_warnings():
     from pgpy.packet import Packet as _PgpyPacket
     from pgpy.packet.packets import PKESessionKeyV3
 
-from ..errors import KeyRefused, MalformedMessage, PassphraseError
+from ..errors import KeyRefused, PassphraseError
 from .facts import KeyFacts, SigFacts, SubkeyFacts
 from . import armor as _armor
+from . import docsig as _docsig
 from . import keymaterial as _mat
 from . import packets as _pkt
 from . import pgpy_patches as _patches
@@ -141,6 +142,7 @@ class PgpKey:
             _patches.freeze_fingerprint(part._key)
         self.fingerprint = str(k.fingerprint).replace(" ", "").upper()
         self._privcache: dict[tuple[str, bool], object] = {}  # primitives, by (keyid, secret)
+        self._verifiers: dict[str, object] = {}   # primitives.Verifier or None, by keyid
 
     # --- facts ----------------------------------------------------------------
     def facts(self) -> KeyFacts:
@@ -246,11 +248,19 @@ class PgpKey:
         except Exception:  # noqa: BLE001 - PGPy/cryptography failure while signing
             raise PassphraseError("the secret key cannot sign (locked or damaged)") from None
 
-    def verify_data(self, keyid: str, data: bytes, sig) -> bool:
+    def verify_data(self, keyid: str, data: bytes, sig: _docsig.SignaturePacket) -> bool:
+        """Does ``sig`` sign ``data`` by the (sub)key ``keyid``? Checked by `cryptography` (the
+        data hashed in place) for every key type keys.py accepts, with the SHA-2 hashes."""
         try:
-            return _verify_raw(self._subkey(keyid), data, sig)
+            sk = self._subkey(keyid)
         except KeyError:
             return False
+        slot = keyid.upper()
+        if slot not in self._verifiers:
+            self._verifiers[slot] = _mat.verifier(sk._key.keymaterial, int(sk.key_algorithm))
+        check = self._verifiers[slot]
+        return (check is not None and sig.hash_name in _prim.SIGNATURE_HASHES
+                and check.verify(_docsig.digest(sig, data), sig.hash_name, sig.pk_algo, sig.values))
 
     def encrypt_session_key(self, keyid: str, sym_id: int, session_key: bytes) -> bytes:
         """A PKESK packet carrying ``session_key`` to the (sub)key ``keyid``."""
@@ -289,28 +299,6 @@ class PgpKey:
             return int(alg), bytes(key)
         except Exception:  # noqa: BLE001 - wrong key, bad padding, unsupported: not for us
             return None
-
-
-@dataclass(frozen=True)
-class SignaturePacket:
-    """A parsed data signature: who issued it, when, with what hash."""
-    issuer_keyid: str
-    issuer_fpr: str | None
-    created: float
-    hash_name: str
-    type: int
-    _sig: object = field(repr=False, compare=False)
-
-
-def parse_signature(raw: bytes) -> SignaturePacket:
-    try:
-        sig = pgpy.PGPSignature.from_blob(raw)
-        fpr = sig.signer_fingerprint
-        return SignaturePacket(str(sig.signer or "").upper(),
-                               str(fpr).replace(" ", "").upper() if fpr else None,
-                               _ts(sig.created) or 0.0, sig.hash_algorithm.name, int(sig.type), sig)
-    except Exception:  # noqa: BLE001
-        raise MalformedMessage("unreadable OpenPGP signature") from None
 
 
 def parse_keys(data: bytes) -> list[PgpKey | KeyRefused]:

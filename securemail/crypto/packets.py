@@ -143,28 +143,36 @@ def write_packet(tag: int, body: bytes) -> bytes:
     return packet_header(tag, len(body)) + body
 
 
-def issuer_keyid(subpackets: bytes) -> bytes | None:
-    """The issuer key ID (subpacket 16) or the last 8 bytes of the issuer fingerprint (33)."""
-    pos, found = 0, None
-    while pos < len(subpackets):
-        if pos + 2 > len(subpackets):
-            return found
+def each_subpacket(subpackets: bytes):
+    """(type octet, body) of each signature subpacket (RFC 4880 §5.2.3.1) in ``subpackets``, in
+    order; MalformedMessage at the first one whose length is zero or runs past the end."""
+    pos, end = 0, len(subpackets)
+    while pos < end:
         first = subpackets[pos]
         if first < 192:
             length, pos = first, pos + 1
         elif first < 255:
-            length, pos = ((first - 192) << 8) + subpackets[pos + 1] + 192, pos + 2
+            length, pos = ((first - 192) << 8) + (subpackets[pos + 1] if pos + 1 < end else 0) + 192, pos + 2
         else:
             length, pos = int.from_bytes(subpackets[pos + 1:pos + 5], "big"), pos + 5
-        if length == 0 or pos >= len(subpackets):
-            return found
-        kind = subpackets[pos] & 0x7F
-        data = subpackets[pos + 1:pos + length]
-        if kind == 16 and len(data) == 8:
-            return data
-        if kind == 33 and len(data) == 21:
-            found = data[-8:]
+        if length == 0 or pos + length > end:
+            raise MalformedMessage("broken signature subpacket")
+        yield subpackets[pos], subpackets[pos + 1:pos + length]
         pos += length
+
+
+def issuer_keyid(subpackets: bytes) -> bytes | None:
+    """The issuer key ID (subpacket 16) or the last 8 bytes of the issuer fingerprint (33); the
+    subpackets before a broken one count."""
+    found = None
+    try:
+        for kind, data in each_subpacket(subpackets):
+            if kind & 0x7F == 16 and len(data) == 8:
+                return data
+            if kind & 0x7F == 33 and len(data) == 21:
+                found = data[-8:]
+    except MalformedMessage:
+        pass
     return found
 
 

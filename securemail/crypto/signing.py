@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from ..errors import LimitExceeded, MalformedMessage
 from . import armor as A
+from . import docsig
 from . import message as M
-from . import openpgp
 from . import packets as P
 from .keys import Key
 
@@ -72,7 +72,7 @@ def _one_pass(sig_raw: bytes, last: bool) -> bytes:
     if len(body) < 4 or body[0] != 4:
         raise MalformedMessage("only version 4 signatures can be announced")
     sigtype, pk_algo, hash_algo = body[1], body[2], body[3]
-    keyid = bytes.fromhex(openpgp.parse_signature(sig_raw).issuer_keyid)
+    keyid = bytes.fromhex(docsig.parse(sig_raw).issuer_keyid)
     if len(keyid) != 8:
         raise MalformedMessage("signature names no issuer key ID")
     return P.write_packet(P.OPS, bytes([3, sigtype, hash_algo, pk_algo]) + keyid
@@ -143,7 +143,7 @@ def _judge(data: bytes, sigs: list[bytes], lookup: M.CertLookup) -> tuple[Verifi
     out = []
     for raw, res in zip(sigs, M.verify_signatures(data, sigs, lookup)):
         try:
-            mode = MODES.get(openpgp.parse_signature(raw).type, "unknown")
+            mode = MODES.get(docsig.parse(raw).type, "unknown")
         except MalformedMessage:
             mode = "unknown"
         out.append(explain(res, mode, lookup))

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from securemail.crypto import armor as A
-from securemail.crypto import keys, message, openpgp
+from securemail.crypto import docsig, keys, message, openpgp
 from securemail.crypto import packets as P
 from securemail.errors import KeyRefused, KeyUnusable, PassphraseError, SecureMailError
 
@@ -543,7 +543,7 @@ def test_gpg_key_with_signing_subkey_and_expiring_encryption_subkey(gpg):
     signer = key.require_signing_key(now)
     assert signer.keyid != st.primary.keyid and signer.backsig and signer.algorithm == "ed25519"
     sig = message.sign_detached(b"gina", key, armor=False)
-    assert openpgp.parse_signature(sig).issuer_keyid == signer.keyid
+    assert docsig.parse(sig).issuer_keyid == signer.keyid
     assert message.verify_signatures(b"gina", [sig], lookup_for(key))[0].status == "valid"
     assert key.require_encryption_keys(now, "gina")
     assert key.state_at(now + 2 * 86400) == "valid"  # the primary does not expire ...
@@ -617,7 +617,7 @@ def test_sqop_key_uses_its_signing_subkey(tmp_path):
     assert [c.algorithm for c in st.encryption_keys(now)] == ["cv25519"]
     data = b"signed by Sequoia's signing subkey\r\n\x00"
     sig = message.sign_detached(data, key)
-    assert openpgp.parse_signature(A.dearmor(sig)[1]).issuer_keyid == signing.keyid
+    assert docsig.parse(A.dearmor(sig)[1]).issuer_keyid == signing.keyid
     assert message.verify_signatures(data, [A.dearmor(sig)[1]], lookup_for(key))[0].status == "valid"
     (tmp_path / "sig.asc").write_bytes(sig)
     (tmp_path / "cert.asc").write_bytes(cert)

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from securemail.crypto import keys, message, openpgp, primitives
+from securemail.crypto import docsig, keys, message, openpgp, primitives
 from securemail.crypto import packets as P
 from securemail.errors import PassphraseError
 from tests.interop.peers import available_peers, make_peer
@@ -140,7 +140,7 @@ def test_signature_verifies_with_pgpy_and_us(which, request):
     raw = sign(key)
     assert pgpy_verifies(key, DATA, raw) and ours_verifies(key, DATA, raw)
     assert not pgpy_verifies(key, DATA + b"!", raw) and not ours_verifies(key, DATA + b"!", raw)
-    parsed = openpgp.parse_signature(raw)
+    parsed = docsig.parse(raw)
     assert parsed.hash_name == "SHA512" and parsed.issuer_keyid == signing_keyid(key)
 
 
@@ -158,7 +158,7 @@ def test_signing_does_not_build_pgpy_signatures(which, request, monkeypatch):
 @pytest.mark.parametrize("hash_name", ["SHA256", "SHA384", "SHA224"])
 def test_other_hashes(ed, hash_name):
     raw = sign(ed, hash_name=hash_name)
-    assert openpgp.parse_signature(raw).hash_name == hash_name
+    assert docsig.parse(raw).hash_name == hash_name
     assert pgpy_verifies(ed, DATA, raw) and ours_verifies(ed, DATA, raw)
 
 
