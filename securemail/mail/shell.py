@@ -3,8 +3,8 @@
 Python's email parser walks a message line by line: for an encrypted message it spends more time
 on the armored payload than the decryption does. A reader that needs only the payload (the
 bridge, which hands the decrypted entity to the mail client as it is) asks
-``encrypted_payload(raw, policy)``: the outer header fields (parsed alone, by the email parser,
-so that they read exactly as on the general path) and the second part's payload, decoded,
+``encrypted_payload(raw, policy)``: the outer header fields (stored as the email parser stores
+them, so that they read exactly as on the general path) and the second part's payload, decoded,
 found with byte searches. It answers only for the canonical shape: a CRLF header block,
 ``multipart/encrypted`` with a boundary, exactly two parts before the close delimiter, the first
 ``application/pgp-encrypted``, the second in 7bit, 8bit, binary or base64. For anything else it
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import binascii
 from email import policy as _policy
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
 
 from ..errors import SecureMailError
@@ -32,9 +32,18 @@ def head_only(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessage, int] 
         block = parse_header_block(raw)
     except SecureMailError:
         return None
-    # headers only: the feed parser would otherwise look for the parts of a multipart (compiling
-    # a pattern for its boundary, new for every message) in the empty body given here
-    return BytesHeaderParser(policy=how).parsebytes(raw[:block.size] + b"\r\n"), block.body_start
+    if not raw[:block.size].isascii():
+        # headers only: the feed parser would otherwise look for the parts of a multipart
+        # (compiling a pattern for its boundary, new for every message) in the empty body given here
+        return BytesHeaderParser(policy=how).parsebytes(raw[:block.size] + b"\r\n"), block.body_start
+    # An ASCII block our parser read cleanly is stored as the feed parser stores it (its
+    # header_source_parse of each field's lines: the name as written, the value after the colon
+    # with folds kept), without reading it a second time line by line.
+    msg = (how.message_factory or Message)(policy=how)
+    for f in block.fields:
+        msg.set_raw(f.raw[:f.raw.index(b":")].decode("ascii"), _value(f))
+    msg.set_payload("")
+    return msg, block.body_start
 
 
 def encrypted_payload(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessage, bytes] | None:
