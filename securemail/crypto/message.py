@@ -60,7 +60,7 @@ class Decrypted:
     mode: str                   # literal data format: "b", "t", "u"
     signatures: tuple[SignatureResult, ...]
     recipients: tuple[str, ...]  # key IDs the message was encrypted to
-    packets: bytes = b""         # the decrypted packet stream, for re-encryption as is
+    packets: bytes | memoryview = b""   # the decrypted packet stream, for re-encryption as is
     sig_packets: tuple[bytes, ...] = ()   # the signature packets found inside
 
     @property
@@ -170,23 +170,27 @@ def sign_detached(data: bytes, signer: Key, *, now: float | None = None, armor: 
 
 
 # --- reading -------------------------------------------------------------------
-def _decrypt_seipd(seipd: P.Packet, sym: int, key: bytes) -> bytes:
+def _decrypt_seipd(seipd: P.Packet, sym: int, key: bytes) -> memoryview:
+    """The decrypted packet stream of a SEIPD v1, its MDC checked: a read-only view of the one
+    buffer it was decrypted into (a big message's plaintext is not copied to cut the prefix and
+    the MDC off)."""
     if sym not in _KEYLEN or len(key) != _KEYLEN[sym]:
         raise DecryptionFailed("unsupported symmetric cipher")
-    dec = _cfb(key, False)
-    plain = dec.update(memoryview(seipd.body)[1:])   # views, not copies: a big message is held
-    tail = dec.finalize()                            # once here, plus the plaintext returned
-    if tail:
-        plain += tail
-    view = memoryview(plain)
-    if len(plain) < 16 + 2 + 22:
+    body = memoryview(seipd.body)[1:]
+    if len(body) < 16 + 2 + 22:
         raise IntegrityError("encrypted data too short")
-    if plain[-22:-20] != b"\xd3\x14":
+    plain = bytearray(len(body) + 15)   # update_into wants room for one block more than it writes
+    dec = _cfb(key, False)
+    n = dec.update_into(body, plain)
+    if n != len(body) or dec.finalize():   # CFB is a stream: all of it, at once
+        raise IntegrityError("integrity check failed: no plaintext shown")
+    view = memoryview(plain)[:n].toreadonly()
+    if view[-22:-20] != b"\xd3\x14":
         raise IntegrityError("integrity check failed: no valid MDC; no plaintext shown")
     digest = hashlib.sha1(view[:-20]).digest()
-    if not hmac.compare_digest(digest, plain[-20:]):
+    if not hmac.compare_digest(digest, view[-20:]):
         raise IntegrityError("integrity check failed: the message was modified; no plaintext shown")
-    return bytes(view[18:-22])
+    return view[18:-22]
 
 
 def _decompress(pkt: P.Packet, limit: int) -> bytes:
@@ -231,8 +235,9 @@ def _decompress(pkt: P.Packet, limit: int) -> bytes:
     return bytes(out)
 
 
-def parse_inner(plain: bytes, limits: Limits, depth: int = 0) -> tuple[bytes, str, str, list[bytes]]:
-    """(literal data, filename, mode, signature packets) from a decrypted packet stream."""
+def parse_inner(plain: bytes | memoryview, limits: Limits, depth: int = 0) -> tuple[bytes, str, str, list[bytes]]:
+    """(literal data, filename, mode, signature packets) from a decrypted packet stream (bytes,
+    or a view, whose packets are then read without copying them)."""
     pkts = P.read_packets(plain, max_packets=limits.max_packets)
     if len(pkts) == 1 and pkts[0].tag == P.COMPRESSED:
         if depth > 0:
@@ -245,8 +250,8 @@ def parse_inner(plain: bytes, limits: Limits, depth: int = 0) -> tuple[bytes, st
     if len(body) < 6:
         raise MalformedMessage("truncated literal data")
     mode, n = chr(body[0]), body[1]
-    filename = body[2:2 + n].decode("utf-8", "replace")
-    data = body[2 + n + 4:]
+    filename = bytes(body[2:2 + n]).decode("utf-8", "replace")
+    data = bytes(body[2 + n + 4:])   # a view's one copy; from bytes, the slice is the copy
     if len(data) > limits.max_plaintext:
         raise LimitExceeded("plaintext exceeds the limit")
     return data, filename, mode, [p.raw for p in pkts if p.tag == P.SIG]
@@ -292,7 +297,7 @@ def decrypt(data: bytes, secret_keys: Iterable[Key], lookup: CertLookup, *,
     if len(data) > limits.max_message:
         raise LimitExceeded("message exceeds the size limit")
     binary = A.unarmor_if_needed(data)
-    shape = P.check_encrypted(binary)
+    shape = P.check_encrypted(memoryview(binary))   # the encrypted packet read in place
     if not shape.pkesks:
         raise DecryptionFailed("message is encrypted with a password only; not supported")
     session = None
@@ -320,4 +325,4 @@ def decrypt(data: bytes, secret_keys: Iterable[Key], lookup: CertLookup, *,
 
 def check_encrypted(data: bytes) -> P.EncryptedShape:
     """Packet-shape check of an armored or binary message, without decrypting."""
-    return P.check_encrypted(A.unarmor_if_needed(data))
+    return P.check_encrypted(memoryview(A.unarmor_if_needed(data)))

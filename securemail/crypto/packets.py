@@ -72,8 +72,9 @@ def _new_length(data: bytes, pos: int) -> tuple[int, int, bool]:
     return 1 << (o & 0x1F), 1, True
 
 
-def read_packet(data: bytes, pos: int) -> tuple[Packet, int]:
-    """Read one packet at ``pos``; return it and the position after it."""
+def read_packet(data: bytes | memoryview, pos: int) -> tuple[Packet, int]:
+    """Read one packet at ``pos``; return it and the position after it. From a memoryview, the
+    body is a view of ``data`` unless it came in partial pieces."""
     start = pos
     _need(data, pos, 1)
     ctb = data[pos]
@@ -110,7 +111,8 @@ def read_packet(data: bytes, pos: int) -> tuple[Packet, int]:
             pos += length
     if tag == 0:
         raise MalformedMessage("reserved OpenPGP packet tag 0")
-    return Packet(tag, bytes(body), data, start, pos), pos
+    # read from a memoryview, a body in one piece stays a view of it: a 36 MB packet is not copied
+    return Packet(tag, body if isinstance(body, memoryview) else bytes(body), data, start, pos), pos
 
 
 def read_packets(data: bytes, *, max_packets: int = MAX_PACKETS) -> list[Packet]:
