@@ -31,8 +31,12 @@ def crc24(data: bytes) -> int:
     return _CRC24.calc(data)
 
 
-def is_armored(data: bytes) -> bool:
-    return data.lstrip()[:15] == b"-----BEGIN PGP "
+_ARMORED = re.compile(rb"[ \t\n\r\x0b\x0c]*-----BEGIN PGP ")   # what bytes.lstrip() strips, then BEGIN
+
+
+def is_armored(data: bytes, start: int = 0, end: int | None = None) -> bool:
+    """Does ``data[start:end]`` begin, after blanks, with an armor BEGIN line? (Read in place.)"""
+    return _ARMORED.match(data, start, len(data) if end is None else end) is not None
 
 
 _LINE_IN = 48                     # input bytes per 64-character line
@@ -85,20 +89,25 @@ def _lines(out: io.BytesIO, data) -> None:
         out.write(b"\n")
 
 
-def dearmor(data: bytes, *, max_size: int | None = None) -> tuple[str, bytes]:
-    """Decode the first armored block of ``data``; return (label, binary).
+def dearmor(data: bytes, *, max_size: int | None = None, start: int = 0,
+            end: int | None = None) -> tuple[str, bytes]:
+    """Decode the first armored block of ``data[start:end]``; return (label, binary).
 
     Text before the block is ignored (as in inline PGP); text after it too. The block is read
-    in place, by offsets, and decoded in pieces of ``_DECODE_STEP``: a 49 MB armored message
-    costs its binary and one piece, not four copies of itself.
+    in place, by offsets (``start`` and ``end`` too: a part of a message is not copied out of
+    it), and decoded in pieces of ``_DECODE_STEP``: a 49 MB armored message costs its binary
+    and one piece, not four copies of itself.
     """
-    m = _BEGIN.search(data)
+    if start and data[start - 1:start] != b"\n":   # the BEGIN line's "^" is read at a line start
+        data, start, end = data[start:end], 0, None
+    stop = len(data) if end is None else end
+    m = _BEGIN.search(data, start, stop)
     if not m:
         raise MalformedMessage("no OpenPGP armor found")
     label = m.group(1).decode("ascii")
     if label not in LABELS and not label.startswith("PGP MESSAGE, PART"):
         raise MalformedMessage("unknown OpenPGP armor type")
-    end = data.find(f"-----END {label}-----".encode(), m.end())
+    end = data.find(f"-----END {label}-----".encode(), m.end(), stop)
     if end < 0:
         raise MalformedMessage("OpenPGP armor has no END line")
     start, stop, checksum = _body(data, m.end(), end)
@@ -164,8 +173,8 @@ def _decode(data: bytes, start: int, stop: int, max_size: int | None) -> bytes:
     return b"".join(out)
 
 
-def unarmor_if_needed(data: bytes, **kw) -> bytes:
-    """Binary OpenPGP data as is; armored data decoded."""
-    if is_armored(data):
-        return dearmor(data, **kw)[1]
-    return data
+def unarmor_if_needed(data: bytes, start: int = 0, end: int | None = None, **kw) -> bytes:
+    """The OpenPGP data of ``data[start:end]``: binary as is, armored decoded."""
+    if is_armored(data, start, end):
+        return dearmor(data, start=start, end=end, **kw)[1]
+    return data if (start, end) in ((0, None), (0, len(data))) else data[start:end]

@@ -69,6 +69,22 @@ class Decrypted:
         return next((s for s in self.signatures if s.status == "valid"), next(iter(self.signatures), None))
 
 
+class Handed:
+    """An OpenPGP message handed to ``decrypt`` with no other reference to it kept: decrypt takes
+    it, and its bytes (a 36 MB binary for a 25 MiB attachment) go once they are decrypted, before
+    the plaintext is read, instead of living on in the caller's frames."""
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data: bytes | None = data
+
+    def take(self) -> bytes:
+        data, self.data = self.data, None
+        if data is None:
+            raise ValueError("already taken")
+        return data
+
+
 CertLookup = Callable[[str, str | None], Key | None]  # (keyid, fingerprint or None) -> Key
 
 
@@ -287,32 +303,36 @@ def verify_signatures(data: bytes, sigs: list[bytes], lookup: CertLookup,
     return tuple(out)
 
 
-def decrypt(data: bytes, secret_keys: Iterable[Key], lookup: CertLookup, *,
-            limits: Limits = Limits()) -> Decrypted:
-    """Check, decrypt and verify; secret keys must be unlocked by the caller.
-
-    Raises NotEncrypted, IntegrityError, DecryptionFailed, LimitExceeded or
-    MalformedMessage; never returns partial plaintext.
-    """
-    if len(data) > limits.max_message:
-        raise LimitExceeded("message exceeds the size limit")
-    binary = A.unarmor_if_needed(data)
-    shape = P.check_encrypted(memoryview(binary))   # the encrypted packet read in place
-    if not shape.pkesks:
-        raise DecryptionFailed("message is encrypted with a password only; not supported")
-    session = None
-    keys = list(secret_keys)
+def _session_key(shape: P.EncryptedShape, keys: list[Key]) -> tuple[int, bytes] | None:
+    """(cipher, session key) from the first PKESK one of ``keys`` opens; a hidden recipient's
+    (key ID 0) is tried with every key."""
     for pk in shape.pkesks:
         wanted = pk.body[1:9].hex().upper()
         for key in keys:
             for kid in key.keyids if wanted == "0" * 16 else ({wanted} & key.keyids):
                 session = key.pgp.decrypt_session_key(kid, pk.raw)
                 if session:
-                    break
-            if session:
-                break
-        if session:
-            break
+                    return session
+    return None
+
+
+def decrypt(data: bytes | Handed, secret_keys: Iterable[Key], lookup: CertLookup, *,
+            limits: Limits = Limits()) -> Decrypted:
+    """Check, decrypt and verify; secret keys must be unlocked by the caller.
+
+    Raises NotEncrypted, IntegrityError, DecryptionFailed, LimitExceeded or
+    MalformedMessage; never returns partial plaintext.
+    """
+    if isinstance(data, Handed):
+        data = data.take()
+    if len(data) > limits.max_message:
+        raise LimitExceeded("message exceeds the size limit")
+    binary = A.unarmor_if_needed(data)
+    del data   # binary itself when it was not armored
+    shape = P.check_encrypted(memoryview(binary))   # the encrypted packet read in place
+    if not shape.pkesks:
+        raise DecryptionFailed("message is encrypted with a password only; not supported")
+    session = _session_key(shape, list(secret_keys))
     if session is None:
         raise DecryptionFailed("message is not encrypted to any of our keys")
     plain = _decrypt_seipd(shape.seipd, *session)

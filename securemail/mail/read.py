@@ -230,9 +230,9 @@ def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
         if fast is not None:
             _outer_fields(res, fast[0])
             res.format = "pgp/mime"
-            binary = _binary(fast[1], limits)
-            del fast   # the armored payload goes before the decryption begins
-            _decrypt_into(res, binary, secret_keys, lookup, limits, mime=True, content=False)
+            payload = fast[1]   # a part of raw, not a copy: _decrypt_into holds the only binary
+            del fast
+            _decrypt_into(res, payload, secret_keys, lookup, limits, mime=True, content=False)
         else:
             _read_parsed(res, raw, secret_keys, lookup, limits, content)
     except SecureMailError as e:
@@ -289,12 +289,13 @@ def _refuse(res: ReadResult, reason: str) -> None:
         res.subject = ""
 
 
-def _binary(data: bytes, limits: M.Limits) -> bytes:
-    """The OpenPGP message ``data`` carries, within the size limit, dearmored once (the packet check
-    and the decryption read the same packets)."""
-    if len(data) > limits.max_message:
+def _binary(data: bytes | shell.Payload, limits: M.Limits) -> bytes:
+    """The OpenPGP message ``data`` carries (a payload read in place), within the size limit,
+    dearmored once (the packet check and the decryption read the same packets)."""
+    whole, start, end = data if isinstance(data, shell.Payload) else (data, 0, len(data))
+    if end - start > limits.max_message:
         raise LimitExceeded("message exceeds the size limit")
-    return A.unarmor_if_needed(data)
+    return A.unarmor_if_needed(whole, start, end)
 
 
 def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool, content: bool = True) -> None:
@@ -307,8 +308,9 @@ def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool, content
         _show_disguised(res, data, limits)
         return
     res.encrypted = True
-    out = M.decrypt(data, secret_keys, lookup, limits=limits)
-    del data
+    handed = M.Handed(data)
+    del data   # decrypt lets the encrypted packets go once they are decrypted
+    out = M.decrypt(handed, secret_keys, lookup, limits=limits)
     res.decrypted = True
     plain, sigs, results = out.data, list(out.sig_packets), out.signatures
     del out   # the decrypted packet stream: the result keeps the content and the signatures only

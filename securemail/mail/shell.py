@@ -18,6 +18,7 @@ import binascii
 from email import policy as _policy
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
+from typing import NamedTuple
 
 from ..errors import SecureMailError
 from .headers import HEADER_BYTES, parse_header_block
@@ -46,7 +47,17 @@ def head_only(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessage, int] 
     return msg, block.body_start
 
 
-def encrypted_payload(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessage, bytes] | None:
+class Payload(NamedTuple):
+    """The encrypted part's payload: ``data[start:end]``, not copied out of the message."""
+    data: bytes
+    start: int
+    end: int
+
+    def __bytes__(self) -> bytes:
+        return self.data[self.start:self.end]
+
+
+def encrypted_payload(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessage, Payload] | None:
     """(outer header fields, the encrypted part's decoded payload), or None (see the module docstring)."""
     found = head_only(raw, how)
     if found is None:
@@ -65,15 +76,15 @@ def encrypted_payload(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessag
     second = part_head(raw, data)
     if second is None:
         return None
-    encoding = second[1]
-    payload = raw[data[0] + second[2]:data[1]]
+    encoding, start = second[1], data[0] + second[2]
     if encoding in _AS_IS:
-        return head, payload
+        return head, Payload(raw, start, data[1])
     if encoding == "base64":
         try:
-            return head, binascii.a2b_base64(payload)
+            decoded = binascii.a2b_base64(memoryview(raw)[start:data[1]])
         except binascii.Error:
             return None
+        return head, Payload(decoded, 0, len(decoded))
     return None
 
 

@@ -97,3 +97,35 @@ def test_read_in_pieces_answers_as_read_whole(step, data, bend, checksum, max_si
         assert outcome(A.dearmor, bent, max_size) == outcome(whole_string, bent, max_size)
     finally:
         A._DECODE_STEP = saved
+
+
+def in_place(data: bytes, *, max_size=None, start: int = 0, end: int | None = None):
+    """dearmor of ``data[start:end]`` read in place, as the bridge's reader reads a message's part."""
+    return A.dearmor(data, max_size=max_size, start=start, end=end)
+
+
+AROUND = st.sampled_from([(b"", b""), (b"Content-Type: x\r\n\r\n", b"\r\n--b--\r\n"), (b"no line end", b""),
+                          (b"-----BEGIN PGP MESSAGE-----\n\nAAAA\n-----END PGP MESSAGE-----\n", b""),
+                          (b"x\n", b"-----END PGP MESSAGE-----\n")])
+
+
+@fuzz(400)
+@given(data=st.binary(min_size=0, max_size=2000), bend=BENDS, around=AROUND, max_size=st.sampled_from([None, 1000]))
+def test_a_part_read_in_place_answers_as_its_copy(data, bend, around, max_size):
+    """dearmor and unarmor_if_needed of data[start:end] give what they give for the copy of that
+    part: whatever comes before it (a BEGIN line of its own, a line not ended) or after it."""
+    armored = bend(A.armor(data) if data else b"-----BEGIN PGP MESSAGE-----\n\n-----END PGP MESSAGE-----\n")
+    before, after = around
+    whole, start, end = before + armored + after, len(before), len(before) + len(armored)
+    part = whole[start:end]
+
+    def copied(d, *, max_size=None):
+        return A.dearmor(part, max_size=max_size)
+
+    assert outcome(lambda d, max_size: in_place(whole, max_size=max_size, start=start, end=end), whole, max_size) \
+        == outcome(copied, part, max_size)
+    assert A.is_armored(whole, start, end) == A.is_armored(part)
+    if outcome(copied, part, max_size) == outcome(copied, part, None) and not isinstance(outcome(copied, part, None), str):
+        assert A.unarmor_if_needed(whole, start, end) == A.unarmor_if_needed(part)
+    binary = b"\xc1binary" + data
+    assert A.unarmor_if_needed(before + binary + after, start, start + len(binary)) == binary

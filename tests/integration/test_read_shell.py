@@ -49,7 +49,7 @@ def test_canonical_pgp_mime_takes_the_fast_path(corpus, reader):
     assert len(good) >= 3
     for raw in good:
         found = shell.encrypted_payload(raw, policy.default)
-        assert found is not None and b"-----BEGIN PGP MESSAGE-----" in found[1]
+        assert found is not None and b"-----BEGIN PGP MESSAGE-----" in bytes(found[1]) and found[1].data is raw
         assert_same(reader, raw)
 
 
