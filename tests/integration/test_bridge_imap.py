@@ -332,6 +332,29 @@ def test_wrong_password_refused_then_locked(world, tmp_path):
         other.stop()
 
 
+def test_a_verbose_bridge_logs_no_password_and_no_message(world, tmp_path):
+    """``securemail --verbose bridge serve`` logs at DEBUG; pymap would log there every command
+    (the local password in LOGIN) and every response (each message shown, decrypted), and
+    serialise every response a second time for it whatever the level. Neither reaches the log."""
+    home, creds = bridge_home(tmp_path, world.dovecot, ALICE, sorted((world.corpus["dir"] / "keys").glob("*.asc")))
+    other = BridgeServe(home, creds, verbose=True).start()
+    try:
+        c = other.client()
+        c.select("INBOX")
+        fetched = c.uid("FETCH", "1:*", "(BODY.PEEK[])")[1]
+        c.logout()
+    finally:
+        other.stop()
+    bodies = [part[1] for part in fetched if isinstance(part, tuple)]
+    assert len(bodies) >= 10 and any(MARKER.encode() in b for b in bodies)   # shown, decrypted
+    logged = other.log.read_text(errors="replace")
+    assert "DEBUG" in logged   # the log is at DEBUG
+    assert creds["password"] not in logged and MARKER not in logged
+    for body in bodies:
+        piece = body[len(body) // 2:len(body) // 2 + 40].decode("latin-1")
+        assert piece not in logged
+
+
 def test_a_listener_off_loopback_is_refused(world, tmp_path):
     home, _ = bridge_home(tmp_path, world.dovecot, ALICE, [world.corpus["dir"] / "keys" / "alice.sec.asc"],
                           imap_listen=f"0.0.0.0:{free_port()}")

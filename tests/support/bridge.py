@@ -55,8 +55,8 @@ def bridge_home(tmp: Path, dovecot, address: str, keys=(), *, generate: bool = F
 class BridgeServe:
     """``securemail --home HOME bridge serve`` as an OS process."""
 
-    def __init__(self, home: Path, creds: dict) -> None:
-        self.home, self.creds = home, creds
+    def __init__(self, home: Path, creds: dict, *, verbose: bool = False) -> None:
+        self.home, self.creds, self.verbose = home, creds, verbose
         self.log = home / "bridge.log"
         self.proc: subprocess.Popen | None = None
 
@@ -66,8 +66,9 @@ class BridgeServe:
 
     def start(self, timeout: float = 60.0) -> "BridgeServe":
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--home", str(self.home), "bridge",
-                                          "serve"], cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+            self.proc = subprocess.Popen([sys.executable, "-m", "cli.main", *(["--verbose"] if self.verbose else []),
+                                          "--home", str(self.home), "bridge", "serve"],
+                                         cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
         wait_listening(self.port, timeout, alive=self._alive)
         return self
 
