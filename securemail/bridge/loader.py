@@ -193,6 +193,11 @@ class Shown(MessageContent):
             self._structure = None
         return self._whole
 
+    def write(self, writer) -> None:
+        """The message's bytes as they are held: pymap's Writeable.write would copy a 35 MB
+        message into a new bytes object to write it."""
+        writer.write(self._raw)
+
     header = property(lambda self: self._restored().header)   # in place of the parent's slots
     body = property(lambda self: self._restored().body)
 
