@@ -46,6 +46,8 @@ PEOPLE = {  # address: (name, has an OpenPGP client)
 
 
 def free_port() -> int:
+    """A free loopback port, the kernel's choice (the tests hand ``build`` their own chooser, one
+    that keeps below the ephemeral range an outgoing connection could take the port from)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -157,6 +159,7 @@ class World:
     fpr: dict[str, str] = field(default_factory=dict)
     taps: dict[str, Tap] = field(default_factory=dict)  # receiving domain -> the proxy in front of its gateway
     markers: list[str] = field(default_factory=list)   # every plaintext marker sent (path 5 looks for them)
+    port: Callable[[], int] = free_port                # where a listener's port comes from
     started: list[list[Callable[[], object]]] = field(default_factory=list)  # stops, batches in start order
 
     def marker(self, path: int) -> str:
@@ -188,11 +191,12 @@ def together(fn: Callable, items) -> list:
     return [f.result() for f in futures]
 
 
-def build(work: Path, say: Callable[[str], None] = print) -> World:
-    """Everything of both ministries set up and running; ``World.close`` stops it (also on failure)."""
+def build(work: Path, say: Callable[[str], None] = print, port: Callable[[], int] = free_port) -> World:
+    """Everything of both ministries set up and running; ``World.close`` stops it (also on failure).
+    ``port`` chooses each listener's port."""
     work.mkdir(parents=True, exist_ok=True)
     reachable(work)
-    w = World(work, say)
+    w = World(work, say, port=port)
     try:
         for stage in (_gateways, _federation, _offices, _keys, _start):
             t0 = time.monotonic()
@@ -208,10 +212,10 @@ def _gateways(w: World) -> None:
     say = w.say
     say("setup: a securemail gateway per ministry (inbound: interieur relay_to its Postfix, justice LMTP to Dovecot)")
     for d in (A, B):
-        office = Office(d, w.work / d.split(".")[0], free_port(), free_port(), free_port(), free_port(),
+        office = Office(d, w.work / d.split(".")[0], w.port(), w.port(), w.port(), w.port(),
                         OFFICE_SOURCE[d],
                         passwords={a: f"mot de passe de {a} {secrets.token_hex(6)}" for a in PEOPLE if a.endswith(d)})
-        g = Gateway(d, w.work / f"gw-{d.split('.')[0]}", free_port(), free_port())
+        g = Gateway(d, w.work / f"gw-{d.split('.')[0]}", w.port(), w.port())
         postfix = Postfix(office)
         dovecot = Dovecot(office, postfix, encrypted_at_rest=INBOUND[d] == "relay")
         inbound = (["--relay-to", f"{office.host}:{office.smtp_port}"] if INBOUND[d] == "relay"
@@ -231,7 +235,7 @@ def _federation(w: World) -> None:
     w.say("setup: the federation authority signs the manifest (each gateway listed behind a tap)")
     authority, tmp = w.work / "authority", w.work
     sm(authority, "federation", "init", "--no-passphrase")
-    tap_ports = {d: free_port() for d in w.ministries}
+    tap_ports = {d: w.port() for d in w.ministries}
     for d, m in w.ministries.items():
         entry = json.loads(sm(m.gateway.home, "federation", "entry"))
         for e in entry:

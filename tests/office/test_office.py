@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.differential import checker
+from tests.support import free_port
 from tests.support.office import office_module
 
 pytestmark = pytest.mark.office
@@ -42,7 +43,7 @@ def world(tmp_path_factory):
             pytest.fail(message)
         pytest.skip(message)
     build = office_module("scenario").build
-    w = build(tmp_path_factory.mktemp("office"), print)
+    w = build(tmp_path_factory.mktemp("office"), print, port=free_port)
     try:
         yield w
     finally:
