@@ -1,10 +1,10 @@
 """Document signatures (RFC 4880 §5.2.3, types 0x00 and 0x01) read without PGPy.
 
-Every signed message read parses its signature packets here, and openpgp.py checks them with the
-signer's `cryptography` key (primitives.Verifier, for every key type keys.py accepts) over
-``digest``: one pass of hashlib over the data, in place. PGPy's parse built a dozen objects per signature and its check copied the data
-with the trailer appended (a 34 MB copy for a 25 MiB attachment); the two took a third of the
-bridge's reading time for a 4 KiB message.
+Every signed message read parses its signature packets here, and openpgp.py checks them with
+the signer's `cryptography` key (primitives.Verifier, for every key type keys.py accepts) over
+``digest``: one pass of hashlib over the data, in place. PGPy's parse built a dozen objects per
+signature and its check copied the data with the trailer appended (a 34 MB copy for a 25 MiB
+attachment); the two took a third of the bridge's reading time for a 4 KiB message.
 
 Read as PGPy read them, so that what a reader is told does not change: a v4 packet; the creation
 time from the last hashed subpacket 2 (none: unreadable); the issuer key ID from the last
@@ -40,7 +40,6 @@ class SignaturePacket:
     pk_algo: int = 0
     hashed: bytes = field(default=b"", repr=False)   # version .. hashed subpackets: what the trailer covers
     values: tuple[bytes, ...] = field(default=(), repr=False)  # the algorithm's MPIs, as octet strings
-    raw: bytes = field(default=b"", repr=False, compare=False)
 
 
 def parse(raw: bytes) -> SignaturePacket:
@@ -49,12 +48,12 @@ def parse(raw: bytes) -> SignaturePacket:
         pkt, _ = P.read_packet(raw, 0)
         if pkt.tag != P.SIG:
             raise MalformedMessage("not a signature packet")
-        return _fields(pkt.body, raw)
+        return _fields(pkt.body)
     except (MalformedMessage, LimitExceeded, IndexError, ValueError):
         raise MalformedMessage("unreadable OpenPGP signature") from None
 
 
-def _fields(body: bytes, raw: bytes) -> SignaturePacket:
+def _fields(body: bytes) -> SignaturePacket:
     if len(body) < 6 or body[0] != 4 or body[3] not in HASH_NAMES:
         raise MalformedMessage("not a v4 signature with a known hash")
     end_hashed = 6 + int.from_bytes(body[4:6], "big")
@@ -74,7 +73,7 @@ def _fields(body: bytes, raw: bytes) -> SignaturePacket:
         raise MalformedMessage("no issuer")
     return SignaturePacket(keyids[-1].hex().upper(), fprs[0].hex().upper() if fprs else None,
                            float(int.from_bytes(created[-1], "big")), HASH_NAMES[body[3]], body[1],
-                           body[2], body[:end_hashed], _mpis(body, end_unhashed + 2), raw)
+                           body[2], body[:end_hashed], _mpis(body, end_unhashed + 2))
 
 
 def _mpis(body: bytes, pos: int) -> tuple[bytes, ...]:

@@ -67,8 +67,9 @@ def fast(km, algo: int, fpr: bytes, *, secret: bool):
 
 
 def verifier(km, algo: int):
-    """The primitives.Verifier of a signing key's material (public or secret), or None: an
-    algorithm or curve left to PGPy, or a public key `cryptography` cannot build."""
+    """The primitives.Verifier of a signing key's material (public or secret), or None (no key
+    type keys.py accepts, or a public key `cryptography` cannot build): nothing it signed is
+    valid."""
     kind, c = type(km).__name__.replace("Priv", "Pub"), curve(km)
     try:
         if kind == "EdDSAPub" and c == "ed25519":

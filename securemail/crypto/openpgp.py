@@ -3,8 +3,8 @@
 PGPy parses keys and checks their certifications; signatures and session keys
 for Ed25519, RSA, Cv25519 and the NIST/Brainpool curves are made by primitives.py
 from key objects keymaterial.py builds once per key (PGPy's own path remains for
-other key types); document signatures are read by docsig.py and checked there,
-and so are ECDSA certifications and NIST/Brainpool ECDH decryption. Everything
+other key types); document signatures, read by docsig.py, are checked there, and so
+are ECDSA certifications and NIST/Brainpool ECDH decryption. Everything
 PGPy gets wrong or leaves out (key validity, revocation, message integrity,
 decompression limits, one exception root) is decided elsewhere in this package
 from the neutral dataclasses returned here. Every PGPy exception is converted

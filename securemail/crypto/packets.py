@@ -154,7 +154,8 @@ def each_subpacket(subpackets: bytes):
         if first < 192:
             length, pos = first, pos + 1
         elif first < 255:
-            length, pos = ((first - 192) << 8) + (subpackets[pos + 1] if pos + 1 < end else 0) + 192, pos + 2
+            second = subpackets[pos + 1] if pos + 1 < end else 0
+            length, pos = ((first - 192) << 8) + second + 192, pos + 2
         else:
             length, pos = int.from_bytes(subpackets[pos + 1:pos + 5], "big"), pos + 5
         if length == 0 or pos + length > end:
