@@ -15,6 +15,7 @@ Nothing here decides what is safe: the payload goes through every check of the d
 from __future__ import annotations
 
 import binascii
+import re
 from email import policy as _policy
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
@@ -63,7 +64,11 @@ def encrypted_payload(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessag
     if found is None:
         return None
     head, body_start = found
-    boundary = head.get_boundary() if head.get_content_type() == "multipart/encrypted" else None
+    plain = plain_content_type(head)
+    if plain is not None:
+        boundary = plain[1] if plain[0] == "multipart/encrypted" else None
+    else:
+        boundary = head.get_boundary() if head.get_content_type() == "multipart/encrypted" else None
     if not boundary:
         return None
     parts = _parts(raw, body_start - 2, b"\r\n--" + boundary.encode("ascii", "replace"))
@@ -86,6 +91,32 @@ def encrypted_payload(raw: bytes, how: _policy.EmailPolicy) -> tuple[EmailMessag
             return None
         return head, Payload(decoded, 0, len(decoded))
     return None
+
+
+_PARAM = re.compile(r';[ \t]*([A-Za-z0-9-]+)=("[ !#-\[\]-~]*"|[A-Za-z0-9._+-]+)[ \t]*')
+_PLAIN_TYPE = re.compile(r'[ \t]*([A-Za-z0-9._+-]+/[A-Za-z0-9._+-]+)[ \t]*((?:' + _PARAM.pattern + r')*);?[ \t]*')
+
+
+def plain_content_type(head: Message) -> tuple[str, str | None] | None:
+    """(content type, boundary or None) of ``head`` as ``get_content_type`` and ``get_boundary``
+    answer them, read from its first Content-Type field when that is plainly written (a type,
+    then distinct parameters, each a token or a quoted string with no backslash, all ASCII, no
+    encoded word);
+    otherwise None, and the caller asks the policy. The policy parses the field through the
+    header registry, the costliest part of reading a message's shell for the bridge, and its
+    memo of parsed fields cannot help: the boundary is new in every message.
+    tests/fuzz/test_shell_fuzz.py holds the answers to the policy's."""
+    value = next((v for k, v in head.raw_items() if k.lower() == "content-type"), None)
+    if not isinstance(value, str) or "=?" in value:   # an encoded word: the policy decodes it
+        return None
+    m = _PLAIN_TYPE.fullmatch(value.replace("\r", "").replace("\n", ""))
+    if m is None:
+        return None
+    params = [(k.lower(), v[1:-1] if v.startswith('"') else v) for k, v in _PARAM.findall(m.group(2))]
+    if len({k for k, _ in params}) != len(params):
+        return None
+    boundary = next((v.rstrip() for k, v in params if k == "boundary"), None)
+    return m.group(1).lower(), boundary
 
 
 def part_head(raw: bytes, part: tuple[int, int]) -> tuple[str, str, int] | None:

@@ -14,6 +14,7 @@ from email import policy
 from hypothesis import given
 from hypothesis import strategies as st
 
+from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 
 from securemail.errors import SecureMailError
@@ -140,3 +141,62 @@ def test_head_only_on_seeded_blocks_takes_its_own_path_and_agrees():
             own += 1
             seen.add((got[1], got[2]))
     assert own > 1000 and len(seen) >= 4, (own, seen)
+
+
+def policy_type(value: str) -> tuple[str, str | None]:
+    msg = EmailMessage(policy=ReadResult(file="")._policy)
+    msg.set_raw("Content-Type", value)
+    return msg.get_content_type(), msg.get_boundary()
+
+
+TYPE_PIECES = st.sampled_from(["multipart/encrypted", "Multipart/Encrypted", "text/plain", "a/b/c", "noslash", " ", "\t",
+                               ";", "; ", "boundary", "BOUNDARY", "protocol", "boundary*", "=", '"', "'", "\\", "x",
+                               "=?utf-8?q?x?=", "(c)", "%41", "a b", "\r\n ", "é", "b1", "==_x_==", "--", ",", "?"])
+
+
+@fuzz(1500)
+@given(pieces=st.lists(TYPE_PIECES, max_size=14))
+def test_a_plain_content_type_reads_as_the_policy_reads_it(pieces):
+    value = "".join(pieces)
+    msg = EmailMessage(policy=ReadResult(file="")._policy)
+    msg.set_raw("Content-Type", value)
+    found = shell.plain_content_type(msg)
+    if found is not None:
+        assert found == policy_type(value), value
+
+
+def test_plain_content_types_of_pgp_mime_shells_are_read_without_the_policy():
+    """The shapes senders write (GnuPG-based clients, Thunderbird, securemail, the SOP tools'
+    wrappers): read by plain_content_type, as the policy reads them; others left to it."""
+    plain = ['multipart/encrypted; protocol="application/pgp-encrypted"; boundary="------------x5Yq0"',
+             'multipart/encrypted;\r\n protocol="application/pgp-encrypted";\r\n boundary="=-=-="',
+             "multipart/encrypted; boundary=b1; protocol=\"application/pgp-encrypted\"",
+             'Multipart/Encrypted;boundary="a;b c";', 'multipart/encrypted; boundary=""', "text/plain"]
+    for value in plain:
+        msg = EmailMessage(policy=ReadResult(file="")._policy)
+        msg.set_raw("Content-Type", value)
+        assert shell.plain_content_type(msg) == policy_type(value) is not None, value
+    for value in ['multipart/encrypted; boundary=a; boundary=b', "multipart/encrypted; boundary=a'b",
+                  'multipart/encrypted; boundary="=?utf-8?q?x?="', 'multipart/encrypted; boundary*=x',
+                  'multipart/encrypted; boundary="a\\"b"', "multipart/encrypted (c); boundary=x"]:
+        msg = EmailMessage(policy=ReadResult(file="")._policy)
+        msg.set_raw("Content-Type", value)
+        assert shell.plain_content_type(msg) is None, value
+
+
+def test_seeded_content_types_are_read_plainly_often_and_always_as_the_policy():
+    rng = random.Random(11)
+    heads = ["multipart/encrypted", "Multipart/Encrypted", "text/plain", "a/b/c", "x"]
+    params = ["; boundary=b1", '; boundary="a;b c"', "; protocol=\"application/pgp-encrypted\"", "; BOUNDARY=x",
+              "; boundary=a'b", '; boundary="=?utf-8?q?x?="', "; boundary*=x", ";", " ", "\r\n ", '; boundary=""',
+              '; boundary="sp  "', "; charset=utf-8", "; b=é"]
+    read = 0
+    for _ in range(4000):
+        value = rng.choice(heads) + "".join(rng.choices(params, k=rng.randrange(4)))
+        msg = EmailMessage(policy=ReadResult(file="")._policy)
+        msg.set_raw("Content-Type", value)
+        found = shell.plain_content_type(msg)
+        if found is not None:
+            read += 1
+            assert found == policy_type(value), value
+    assert read > 1000, read
