@@ -8,11 +8,13 @@ attachment); the two took a third of the bridge's reading time for a 4 KiB messa
 
 Read as PGPy read them, so that what a reader is told does not change: a v4 packet; the creation
 time from the last hashed subpacket 2 (none: unreadable); the issuer key ID from the last
-subpacket 16, hashed or not, and the issuer fingerprint from the first subpacket 33. One
-difference: a signature naming its issuer by fingerprint alone (RFC 9580 lets it omit the key ID)
-is now readable, its key ID being the fingerprint's last 8 bytes. Nothing here is trusted because
-of where it sits: the issuer only says which key to try, and the key, its validity at the creation
-time and the hash are judged by the caller.
+subpacket 16, hashed or not, and the issuer fingerprint from the first subpacket 33. Two
+differences: a signature naming its issuer by fingerprint alone (RFC 9580 lets it omit the key
+ID) is now readable, its key ID being the fingerprint's last 8 bytes; and a signature's own
+expiration time (hashed subpacket 3), which PGPy left unread, is read (message.verify_signatures:
+a signature read after it is invalid, as gpg calls it expired). Nothing here is trusted because
+of where it sits: the issuer only says which key to try, and the key, its validity at the
+creation time and the hash are judged by the caller.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class SignaturePacket:
     pk_algo: int = 0
     hashed: bytes = field(default=b"", repr=False)   # version .. hashed subpackets: what the trailer covers
     values: tuple[bytes, ...] = field(default=(), repr=False)  # the algorithm's MPIs, as octet strings
+    expires: float | None = None   # when its hashed expiration time (subpacket 3) ends it, if it has one
 
 
 def parse(raw: bytes) -> SignaturePacket:
@@ -71,9 +74,12 @@ def _fields(body: bytes) -> SignaturePacket:
         keyids = [fprs[0][-8:]]
     if not keyids:
         raise MalformedMessage("no issuer")
+    when = float(int.from_bytes(created[-1], "big"))
+    lifetime = [int.from_bytes(d, "big") for k, d in hashed if k & 0x7F == 3 and len(d) == 4]
     return SignaturePacket(keyids[-1].hex().upper(), fprs[0].hex().upper() if fprs else None,
-                           float(int.from_bytes(created[-1], "big")), HASH_NAMES[body[3]], body[1],
-                           body[2], body[:end_hashed], _mpis(body, end_unhashed + 2))
+                           when, HASH_NAMES[body[3]], body[1], body[2], body[:end_hashed],
+                           _mpis(body, end_unhashed + 2),
+                           when + lifetime[-1] if lifetime and lifetime[-1] else None)
 
 
 def _mpis(body: bytes, pos: int) -> tuple[bytes, ...]:

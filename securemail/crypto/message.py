@@ -296,6 +296,8 @@ def verify_signatures(data: bytes, sigs: list[bytes], lookup: CertLookup,
             reason = f"weak hash {sp.hash_name}"
         elif not key.pgp.verify_data(keyid, data, sp):
             reason = "signature does not match the content"
+        elif sp.expires is not None and time.time() >= sp.expires:
+            reason = "signature expired"
         else:
             reason = key.status.signature_problem(keyid, sp.created)
         out.append(SignatureResult("invalid" if reason else "valid", key.fingerprint, keyid,

@@ -200,3 +200,24 @@ def test_verifier_refuses_values_of_the_wrong_shape(ours):
     assert not check.verify(digest, sp.hash_name, sp.pk_algo, sp.values[:1])          # one value
     assert not check.verify(digest, sp.hash_name, sp.pk_algo, (b"\x01" + sp.values[0], sp.values[1]))
     assert not check.verify(digest[:-1] + bytes([digest[-1] ^ 1]), sp.hash_name, sp.pk_algo, sp.values)
+
+
+def test_a_signature_read_after_its_own_expiration_is_invalid(ours):
+    """A signature's hashed expiration time (subpacket 3), made here by PGPy: read after it, the
+    signature is invalid ("signature expired", as gpg says); before it, valid. PGPy's reading
+    ignored it."""
+    from datetime import timedelta
+    key = ours["ed25519"]
+    kid = signing_keyid(key)
+    theirs = key.pgp._k if key.pgp._k.fingerprint.keyid == kid else key.pgp._k.subkeys[kid]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        short = bytes(theirs.sign(DATA, expires=timedelta(seconds=1)))
+        long = bytes(theirs.sign(DATA, expires=timedelta(days=1)))
+    assert docsig.parse(short).expires == docsig.parse(short).created + 1
+    assert docsig.parse(key.pgp.sign_data(kid, DATA)).expires is None   # ours carry none
+    time.sleep(2.1)
+    lookup = lambda k, fpr: key.public() if k in key.keyids else None  # noqa: E731
+    results = message.verify_signatures(DATA, [short, long], lookup)
+    assert [(r.status, r.reason) for r in results] == [("invalid", "signature expired"), ("valid", "")]
+    assert pgpy_verdict(key, DATA, short)   # what PGPy said of it
