@@ -301,15 +301,15 @@ def _binary(data: bytes | shell.Payload, limits: M.Limits) -> bytes:
 def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool, content: bool = True) -> None:
     data = _binary(data, limits)
     try:
-        M.check_encrypted(data)
+        shape = M.check_encrypted(data)
     except NotEncrypted as e:
         res.encrypted = False
         res.warning = f"claims to be encrypted but is not: {e.message}; shown as plaintext"
         _show_disguised(res, data, limits)
         return
     res.encrypted = True
-    handed = M.Handed(data)
-    del data   # decrypt lets the encrypted packets go once they are decrypted
+    handed = M.Handed(data, shape)
+    del data, shape   # decrypt reads the packets checked here, and lets them go once decrypted
     out = M.decrypt(handed, secret_keys, lookup, limits=limits)
     res.decrypted = True
     plain, sigs, results = out.data, list(out.sig_packets), out.signatures
