@@ -31,6 +31,7 @@ from .upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 _HEAD = struct.Struct("!QQB")   # lengths of the data and of its meta, status (0: done; 1: failed)
+_JOINED = 64 << 10   # a message or answer up to this size goes in one send, its head joined to it
 Work = Callable[[bytes], "tuple[bytes, bytes]"]   # upstream message -> (message shown, its structure)
 
 
@@ -98,8 +99,12 @@ class Readers:
                 return await self.submit(raw)
             s.pending.append(done)
             try:
-                await loop.sock_sendall(s.sock, _HEAD.pack(len(raw), 0, 0))
-                await loop.sock_sendall(s.sock, raw)
+                head = _HEAD.pack(len(raw), 0, 0)
+                if len(raw) <= _JOINED:   # one send, one wake-up of the reader; a big one is not copied
+                    await loop.sock_sendall(s.sock, head + raw)
+                else:
+                    await loop.sock_sendall(s.sock, head)
+                    await loop.sock_sendall(s.sock, raw)
             except OSError:   # the reader is gone: _replies fails what it held, this one included
                 if not s.alive and not done.done():
                     done.set_exception(UpstreamError("a reader process ended; ask again"))
@@ -110,8 +115,13 @@ class Readers:
         try:
             while True:
                 size, meta_size, status = _HEAD.unpack(await _receive(loop, s.sock, _HEAD.size))
-                data = await _receive(loop, s.sock, size)
-                meta = await _receive(loop, s.sock, meta_size)
+                if size + meta_size <= _JOINED:   # read at once (a small answer was sent at once)
+                    both = await _receive(loop, s.sock, size + meta_size)
+                    data, meta = both[:size], both[size:]
+                    del both
+                else:
+                    data = await _receive(loop, s.sock, size)
+                    meta = await _receive(loop, s.sock, meta_size)
                 done = s.pending.pop(0)
                 if done.done():
                     continue
@@ -174,7 +184,11 @@ def _serve(work: Work, sock: socket.socket, parents: socket.socket,
             log.exception("bridge reader failed on a message")
             shown, meta, status = b"", b"", 1
         del raw
-        sock.sendall(_HEAD.pack(len(shown), len(meta), status))
-        sock.sendall(shown)
-        sock.sendall(meta)
+        head = _HEAD.pack(len(shown), len(meta), status)
+        if len(shown) + len(meta) <= _JOINED:
+            sock.sendall(head + shown + meta)
+        else:
+            sock.sendall(head)
+            sock.sendall(shown)
+            sock.sendall(meta)
         del shown, meta
