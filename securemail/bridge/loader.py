@@ -35,6 +35,7 @@ class Loader:
         self.box = box
         self._loading: dict[int, asyncio.Future] = {}
         self._last = 0
+        self._frontier = 0   # UIDs up to this one were seen held or read ahead (_ahead): not looked at again
         self._big: dict[int, int] = {}                           # big ones read ahead: UID -> size
         self._held: dict[int, MessageContent] = {}                # ... and decrypted, until read once
 
@@ -45,6 +46,8 @@ class Loader:
         found = self._take(uid)
         if found is None:
             found = self.box.parts.cache.get(self._key(uid))
+        if uid <= self._last:   # read again from further back: what was ahead may have left the cache
+            self._frontier = min(self._frontier, uid)
         ahead = self._ahead(uid) if uid > self._last else []
         self._last = uid
         wanted = ([] if found is not None or uid in self._loading else [uid]) + ahead
@@ -57,7 +60,7 @@ class Loader:
         return shown
 
     def forget(self) -> None:
-        self._last = 0
+        self._last = self._frontier = 0
         self._big.clear()
         self._held.clear()
 
@@ -67,23 +70,33 @@ class Loader:
         return self._held.pop(uid, None)
 
     def _ahead(self, uid: int) -> list[int]:
-        """The messages after ``uid`` not yet in memory or on their way, once half the window is free."""
+        """The messages after ``uid`` not yet in memory or on their way, once half the window is free.
+        Those up to ``_frontier`` were on their way or in memory at an earlier call, or read ahead
+        by it, and are not looked at again: a client reading in order costs each message one look."""
         uids = self.box.uids
         start = bisect_right(uids, uid)
-        window = uids[start:start + READ_AHEAD]
+        window = uids[max(start, bisect_right(uids, self._frontier)):start + READ_AHEAD]
         cache, sizes, todo, big = self.box.parts.cache, self.box.sizes, [], {}
+        held = taken = self._frontier   # the end of the window's first run of messages held; of those taken
+        holding = taking = True         # ... while that run goes on (held: nothing to read; taken: or read now)
         for u in window:
             if u in self._loading or u in self._big or cache.get(self._key(u)) is not None:
+                held, taken = (u if holding else held), (u if taking else taken)
                 continue
+            holding = False
             size = sizes.get(u, AHEAD_BYTES + 1)
             if size > CACHE_LARGEST:
                 if sum(self._big.values()) + sum(big.values()) + size > AHEAD_BYTES:
+                    taking = False   # left for a later call, when the big ones on their way leave room
                     continue
                 big[u] = size
             todo.append(u)
+            taken = u if taking else taken
         if not (len(todo) * 2 >= READ_AHEAD or start + READ_AHEAD >= len(uids) or big):
+            self._frontier = held
             return []
         self._big.update(big)
+        self._frontier = taken
         return todo
 
     def _begin(self, uids: list[int]) -> None:

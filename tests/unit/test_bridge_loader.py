@@ -68,6 +68,27 @@ def test_a_client_reading_in_order_gets_batches_read_ahead():
     asyncio.run(main())
 
 
+def test_reading_in_order_looks_at_each_message_ahead_once_and_again_after_going_back():
+    """Each call of a client reading in order looked at the whole window ahead (READ_AHEAD
+    cache lookups a message); a frontier keeps it to those not yet read ahead. Going back to the start with the cache
+    emptied meanwhile reads ahead again, in batches."""
+    async def main():
+        b, loader, upstream = box(200)
+        looks = []
+        get = b.parts.cache.get
+        b.parts.cache.get = lambda key: (looks.append(key), get(key))[1]
+        for uid in range(1, 201):
+            assert bytes(await loader.content(uid)) == message(uid)
+        assert len(looks) <= (READ_AHEAD // 2 + 2) * 200, f"{len(looks)} cache lookups for 200 messages read in order"
+        b.parts.cache = ViewCache(32 << 20)   # what was read is gone (pushed out of a full cache)
+        upstream.batches.clear()
+        for uid in range(1, 201):
+            assert bytes(await loader.content(uid)) == message(uid)
+        assert sorted(u for batch in upstream.batches for u in batch) == list(range(1, 201))
+        assert len(upstream.batches) <= 200 // (READ_AHEAD // 2) + 2   # read ahead again, not one by one
+    asyncio.run(main())
+
+
 def test_random_access_reads_nothing_ahead():
     async def main():
         b, loader, upstream = box(100)
