@@ -24,7 +24,7 @@ from email.utils import formatdate
 
 from ..crypto.keys import Key
 from ..errors import SecureMailError
-from ..mail.headers import parse_header_block
+from ..mail.headers import HEADER_BYTES, parse_header_block
 from ..mail.read import ReadResult, read_message
 from ..transform.status import STATUS_FIELDS, securemail_status, without_status
 
@@ -56,16 +56,15 @@ def status_field(res: ReadResult) -> bytes:
 
 def render(raw: bytes, res: ReadResult) -> bytes:
     """The message to show for ``raw`` read as ``res`` (see the module docstring)."""
-    raw = crlf(raw)
     if res.error:
         return notice(raw, res)
     try:
-        block = parse_header_block(raw)
+        block = parse_header_block(crlf_head(raw))
     except SecureMailError as e:
         res.error = f"the message's header block cannot be read ({e.message})"
         return notice(raw, res)
     if res.format in ("plain", "signed"):
-        return block.head(STATUS_FIELDS) + status_field(res) + b"\r\n" + block.body(raw)
+        return block.head(STATUS_FIELDS) + status_field(res) + b"\r\n" + block.body(crlf(raw))
     if res.format == "pgp/mime" and res.decrypted and res._content is not None:
         entity = crlf(res._content)
         entity = without_status(entity) or entity
@@ -82,7 +81,7 @@ def notice(raw: bytes, res: ReadResult) -> bytes:
     """A short text message in place of one that cannot be shown: the reason, no plaintext."""
     reason = " ".join(str(res.error).split()).encode("ascii", "replace").decode()
     try:
-        kept = b"".join(f.raw + b"\r\n" for f in parse_header_block(crlf(raw)).fields if f.name in NOTICE_FIELDS)
+        kept = b"".join(f.raw + b"\r\n" for f in parse_header_block(crlf_head(raw)).fields if f.name in NOTICE_FIELDS)
     except SecureMailError:
         kept = f"Date: {formatdate(usegmt=True)}\r\n".encode()
     body = (f"securemail could not show this message safely, so it shows none of it.\r\n\r\n"
@@ -92,6 +91,21 @@ def notice(raw: bytes, res: ReadResult) -> bytes:
     return (kept + f"Subject: [securemail] message not shown: {reason[:120]}\r\n".encode()
             + status_field(res) + b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"us-ascii\"\r\n"
             + b"Content-Transfer-Encoding: 7bit\r\n\r\n" + body.encode())
+
+
+def crlf_head(raw: bytes) -> bytes:
+    """``crlf(raw)`` up to the end of its first empty line: all that ``parse_header_block`` reads of
+    it (the same block, the same body start), without converting a big message's body. When no
+    empty line is in the first HEADER_BYTES, all of it, as before (the block is refused or is
+    the whole message)."""
+    if raw[:1] == b"\n" or raw[:2] == b"\r\n":   # an empty first line: no header field at all
+        return b"\r\n"
+    look = HEADER_BYTES + 4
+    ends = [at for at in (raw.find(b"\n\n", 0, look), raw.find(b"\n\r\n", 0, look)) if at >= 0]
+    if not ends:
+        return crlf(raw)
+    at = min(ends)
+    return crlf(raw[:at + (2 if raw[at + 1] == 10 else 3)])
 
 
 def crlf(data: bytes) -> bytes:
