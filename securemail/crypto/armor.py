@@ -111,7 +111,13 @@ def dearmor(data: bytes, *, max_size: int | None = None, start: int = 0,
     if end < 0:
         raise MalformedMessage("OpenPGP armor has no END line")
     start, stop, checksum = _body(data, m.end(), end)
-    binary = _decode(data, start, stop, max_size)
+    if max_size is not None:   # refused for that before the size is counted, as always
+        _refuse_data_after_checksum(data, start, stop)
+    try:
+        binary = _decode(data, start, stop, max_size)
+    except MalformedMessage:   # strict base64 refuses it too; named here, at no cost to good armor
+        _refuse_data_after_checksum(data, start, stop)
+        raise
     if checksum is not None:
         try:
             want = int.from_bytes(binascii.a2b_base64(checksum, strict_mode=True), "big")
@@ -143,11 +149,18 @@ def _body(data: bytes, begin: int, end: int) -> tuple[int, int, bytes | None]:
     last = data[first:stop].strip() if stop - first <= 4096 else b""
     if last.startswith(b"=") and len(last) == 5:
         checksum, stop = last[1:], (last_nl + 1 if last_nl >= 0 else pos)
+    return pos, stop, checksum
+
+
+def _refuse_data_after_checksum(data: bytes, pos: int, stop: int) -> None:
+    """MalformedMessage when a line of the base64 (``data[pos:stop]``, the checksum line left
+    out) begins with ``=`` and data follows it: a checksum line with more armor after it. Only
+    looked for when decoding failed (strict base64 refuses such data: ``=`` is padding, and
+    nothing may follow padding) or before a size is counted: a scan of the whole armor saved."""
     found = data.find(b"\n=", pos, stop)
     inner = found + 1 if found >= 0 else (pos + 1 if data[pos:pos + 64].lstrip().startswith(b"=") else 0)
     if inner and data[inner:stop].strip().find(b"\n") >= 0:  # a "=XXXX" line with data after it
         raise MalformedMessage("OpenPGP armor has data after its checksum")
-    return pos, stop, checksum
 
 
 def _decode(data: bytes, start: int, stop: int, max_size: int | None) -> bytes:

@@ -129,3 +129,29 @@ def test_a_part_read_in_place_answers_as_its_copy(data, bend, around, max_size):
         assert A.unarmor_if_needed(whole, start, end) == A.unarmor_if_needed(part)
     binary = b"\xc1binary" + data
     assert A.unarmor_if_needed(before + binary + after, start, start + len(binary)) == binary
+
+
+@pytest.mark.parametrize("step", [4, 7, 64, 1 << 20])
+@fuzz(300)
+@given(data=st.binary(min_size=1, max_size=3000), at=st.integers(0, 60), line=st.sampled_from(
+    [b"=AAAA", b"=", b"==", b"=ABC=", b" =AAAA", b"=AAAA "]), checksum=st.booleans())
+def test_a_checksum_line_with_data_after_it_is_refused_by_name(step, data, at, line, checksum):
+    """Good armor is no longer scanned for a "=XXXX" line followed by more data: strict base64
+    refuses it, and the refusal names it, wherever it falls in the pieces decoded."""
+    armored = A.armor(data)
+    if not checksum:
+        armored = b"\n".join(x for x in armored.split(b"\n") if not (x.startswith(b"=") and len(x) == 5))
+    lines = armored.split(b"\n")
+    body = [i for i, x in enumerate(lines) if i > 1 and x and not x.startswith(b"-----") and not
+            (x.startswith(b"=") and len(x) == 5)]
+    if len(body) < 1:
+        return
+    i = body[min(at, len(body) - 1)]
+    bent = b"\n".join(lines[:i] + [line] + lines[i:])   # data (at least the line at i) after it
+    saved, A._DECODE_STEP = A._DECODE_STEP, step
+    try:
+        for max_size in (None, 1 << 20):
+            with pytest.raises(MalformedMessage, match="after its checksum"):
+                A.dearmor(bent, max_size=max_size)
+    finally:
+        A._DECODE_STEP = saved
