@@ -162,7 +162,7 @@ class Loader:
             done.set_exception(error)
 
 
-def shown_with_structure(show: Callable[[bytes], bytes], raw: bytes) -> tuple[bytes, bytes]:
+def shown_with_structure(show: Callable, raw) -> tuple[bytes, bytes]:
     """In a reader process (or the fallback thread): the message shown and its structure as
     pymap records it (``MessageContent.json``: line offsets and content types, no content), with
     its header's when it is too big to keep whole."""

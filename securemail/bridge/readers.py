@@ -27,12 +27,13 @@ import socket
 import struct
 from typing import Awaitable, Callable
 
+from ..mail.read import Given
 from .upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 _HEAD = struct.Struct("!QQB")   # lengths of the data and of its meta, status (0: done; 1: failed)
 _JOINED = 64 << 10   # a message or answer up to this size goes in one send, its head joined to it
-Work = Callable[[bytes], "tuple[bytes, bytes]"]   # upstream message -> (message shown, its structure)
+Work = Callable[[Given], "tuple[bytes, bytes]"]   # upstream message -> (message shown, its structure)
 
 
 class _Slot:
@@ -178,12 +179,14 @@ def _serve(work: Work, sock: socket.socket, parents: socket.socket,
         raw = incoming.read(_HEAD.unpack(head)[0]) if len(head) == _HEAD.size else None
         if raw is None or len(raw) != _HEAD.unpack(head)[0]:
             return
+        given = Given(raw)   # handed over: the work lets the message go as soon as it can
+        del raw
         try:
-            (shown, meta), status = work(raw), 0
+            (shown, meta), status = work(given), 0
         except Exception:  # noqa: BLE001 - one message's failure is answered, the reader goes on
             log.exception("bridge reader failed on a message")
             shown, meta, status = b"", b"", 1
-        del raw
+        del given
         head = _HEAD.pack(len(shown), len(meta), status)
         if len(shown) + len(meta) <= _JOINED:
             sock.sendall(head + shown + meta)

@@ -25,7 +25,7 @@ from email.utils import formatdate
 from ..crypto.keys import Key
 from ..errors import SecureMailError
 from ..mail.headers import HEADER_BYTES, parse_header_block
-from ..mail.read import ReadResult, read_message
+from ..mail.read import Given, ReadResult, read_message
 from ..transform.status import STATUS_FIELDS, securemail_status, without_status
 
 NOTICE_FIELDS = ("from", "to", "cc", "date", "message-id")   # an outer field a notice keeps
@@ -40,11 +40,18 @@ class Viewer:
     def __init__(self, secret_keys: list[Key], lookup, signer_key=None) -> None:
         self.secret_keys, self.lookup, self.signer_key = secret_keys, lookup, signer_key
 
-    def read(self, raw: bytes) -> ReadResult:
+    def read(self, raw: bytes | Given) -> ReadResult:
         return read_message(raw, self.secret_keys, self.lookup, signer_key=self.signer_key, content=False)
 
-    def show(self, raw: bytes) -> bytes:
-        return render(raw, self.read(raw))
+    def show(self, raw: bytes | Given) -> bytes:
+        """The message to show; given as ``Given`` (the caller holding no other reference), an
+        encrypted message's bytes go once its payload is dearmored: only its header block is
+        kept, converted, for the message shown."""
+        given = raw if isinstance(raw, Given) else Given(raw)
+        del raw
+        head = crlf_head(given.data)
+        res = self.read(given)
+        return render(given.data, res, head)
 
 
 def status_field(res: ReadResult) -> bytes:
@@ -54,15 +61,18 @@ def status_field(res: ReadResult) -> bytes:
     return f"{name}: {value}\r\n".encode("ascii", "replace")
 
 
-def render(raw: bytes, res: ReadResult) -> bytes:
-    """The message to show for ``raw`` read as ``res`` (see the module docstring)."""
+def render(raw: bytes | None, res: ReadResult, head: bytes | None = None) -> bytes:
+    """The message to show for ``raw`` read as ``res`` (see the module docstring); ``head``:
+    ``crlf_head(raw)`` if the caller has it. ``raw`` is None when the reader let it go (an
+    encrypted message, read_message's ``Given``): its header block ``head`` is all that is shown."""
+    head = crlf_head(raw) if head is None else head
     if res.error:
-        return notice(raw, res)
+        return notice(head, res)
     try:
-        block = parse_header_block(crlf_head(raw))
+        block = parse_header_block(head)
     except SecureMailError as e:
         res.error = f"the message's header block cannot be read ({e.message})"
-        return notice(raw, res)
+        return notice(head, res)
     if res.format in ("plain", "signed"):
         return block.head(STATUS_FIELDS) + status_field(res) + b"\r\n" + block.body(crlf(raw))
     if res.format == "pgp/mime" and res.decrypted and res._content is not None:
@@ -77,11 +87,12 @@ def render(raw: bytes, res: ReadResult) -> bytes:
             + b"Content-Transfer-Encoding: 8bit\r\n\r\n" + crlf(text))
 
 
-def notice(raw: bytes, res: ReadResult) -> bytes:
-    """A short text message in place of one that cannot be shown: the reason, no plaintext."""
+def notice(head: bytes, res: ReadResult) -> bytes:
+    """A short text message in place of one that cannot be shown: the reason, no plaintext.
+    ``head``: the message's header block (``crlf_head``)."""
     reason = " ".join(str(res.error).split()).encode("ascii", "replace").decode()
     try:
-        kept = b"".join(f.raw + b"\r\n" for f in parse_header_block(crlf_head(raw)).fields if f.name in NOTICE_FIELDS)
+        kept = b"".join(f.raw + b"\r\n" for f in parse_header_block(head).fields if f.name in NOTICE_FIELDS)
     except SecureMailError:
         kept = f"Date: {formatdate(usegmt=True)}\r\n".encode()
     body = (f"securemail could not show this message safely, so it shows none of it.\r\n\r\n"

@@ -90,7 +90,7 @@ def _lines(out: io.BytesIO, data) -> None:
 
 
 def dearmor(data: bytes, *, max_size: int | None = None, start: int = 0,
-            end: int | None = None) -> tuple[str, bytes]:
+            end: int | None = None, buffer: bool = False) -> tuple[str, bytes]:
     """Decode the first armored block of ``data[start:end]``; return (label, binary).
 
     Text before the block is ignored (as in inline PGP); text after it too. The block is read
@@ -114,7 +114,7 @@ def dearmor(data: bytes, *, max_size: int | None = None, start: int = 0,
     if max_size is not None:   # refused for that before the size is counted, as always
         _refuse_data_after_checksum(data, start, stop)
     try:
-        binary = _decode(data, start, stop, max_size)
+        binary = _decode(data, start, stop, max_size, buffer)
     except MalformedMessage:   # strict base64 refuses it too; named here, at no cost to good armor
         _refuse_data_after_checksum(data, start, stop)
         raise
@@ -163,15 +163,18 @@ def _refuse_data_after_checksum(data: bytes, pos: int, stop: int) -> None:
         raise MalformedMessage("OpenPGP armor has data after its checksum")
 
 
-def _decode(data: bytes, start: int, stop: int, max_size: int | None) -> bytes:
-    """Strict base64 of ``data[start:stop]``, blanks and line ends skipped, piece by piece."""
+def _decode(data: bytes, start: int, stop: int, max_size: int | None, buffer: bool = False) -> bytes:
+    """Strict base64 of ``data[start:stop]``, blanks and line ends skipped, piece by piece.
+    ``buffer``: armor of more than one piece is decoded into one bytearray, sized for it before
+    the first piece, instead of pieces joined at the end (for a moment, twice the binary)."""
     if max_size is not None:   # the decoded size, known before decoding (blanks counted in place)
         blanks = sum(data.count(c, start, stop) for c in (b" ", b"\t", b"\r", b"\n"))
         if (stop - start - blanks) * 3 // 4 > max_size:
             from ..errors import LimitExceeded
             raise LimitExceeded("OpenPGP message too large")
     out: list[bytes] = []
-    carry, padded = b"", False
+    whole = bytearray((stop - start) * 3 // 4 + 3) if buffer and stop - start > _DECODE_STEP else None
+    at, carry, padded = 0, b"", False
     for pos in range(start, stop, _DECODE_STEP):
         piece = carry + data[pos:min(stop, pos + _DECODE_STEP)].translate(None, b" \t\r\n")
         if padded and piece:   # padding ended an earlier piece: base64 after it is refused, as whole
@@ -180,10 +183,18 @@ def _decode(data: bytes, start: int, stop: int, max_size: int | None) -> bytes:
         carry = piece[cut:]
         padded = piece.find(b"=", 0, cut) >= 0
         try:
-            out.append(binascii.a2b_base64(piece[:cut], strict_mode=True))
+            decoded = binascii.a2b_base64(memoryview(piece)[:cut], strict_mode=True)
         except (binascii.Error, ValueError):
             raise MalformedMessage("OpenPGP armor is not valid base64") from None
-    return b"".join(out)
+        if whole is None:
+            out.append(decoded)
+        else:   # at most 3 bytes for 4 of armor: it fits (a slice assignment would grow it if not)
+            whole[at:at + len(decoded)] = decoded
+            at += len(decoded)
+    if whole is not None:
+        del whole[at:]
+        return whole
+    return out[0] if len(out) == 1 else b"".join(out)
 
 
 def unarmor_if_needed(data: bytes, start: int = 0, end: int | None = None, **kw) -> bytes:

@@ -42,6 +42,17 @@ STATUS_FIELDS = ("securemail-status", "authentication-results")
 SignerKey = Callable[[str], "tuple[Key | None, str]"]
 
 
+class Given:
+    """A message given to ``read_message`` by a caller that keeps no other reference to it (the
+    bridge's reader processes): on the PGP/MIME path that needs no MIME parse, ``data`` is let go
+    (set to None) once the encrypted payload is found, and the message's bytes go once the payload
+    is dearmored, not after the message is shown. A 25 MiB attachment is a 49 MB message."""
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data: bytes | None = data
+
+
 @dataclass
 class ReadResult:
     file: str
@@ -214,15 +225,17 @@ def _bind_sender(res: ReadResult) -> None:
                  f"the outer From ({check.outer or 'not exactly one address'})")
 
 
-def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
+def read_message(raw: bytes | Given, secret_keys: list[Key], lookup, *, file: str = "",
                  limits: M.Limits = M.Limits(), signer_key: SignerKey | None = None,
                  content: bool = True) -> ReadResult:
     """Read one message; secret keys must already be unlocked. ``signer_key``: where a signer's key
     not known to ``lookup`` is looked for by the From shown (None: nowhere, as ``--offline``).
     ``content=False`` (the bridge, which shows the entity itself): the text and attachments of a
     MIME entity are not extracted, and a canonical PGP/MIME message is read without parsing its
-    MIME (mail/shell.py)."""
+    MIME (mail/shell.py). ``raw`` may be ``Given``: then that path lets the message go once it is
+    dearmored."""
     res = ReadResult(file=file)
+    given, raw = (raw, raw.data) if isinstance(raw, Given) else (None, raw)
     try:
         if len(raw) > MAX_MESSAGE:
             raise LimitExceeded("message too large")
@@ -230,8 +243,10 @@ def read_message(raw: bytes, secret_keys: list[Key], lookup, *, file: str = "",
         if fast is not None:
             _outer_fields(res, fast[0])
             res.format = "pgp/mime"
-            payload = fast[1]   # a part of raw, not a copy: _decrypt_into holds the only binary
+            payload = [fast[1]]   # a part of raw, not a copy: _decrypt_into holds the only binary
             del fast
+            if given is not None:   # no frame but _decrypt_into's holds the message now
+                given.data = raw = None
             _decrypt_into(res, payload, secret_keys, lookup, limits, mime=True, content=False)
         else:
             _read_parsed(res, raw, secret_keys, lookup, limits, content)
@@ -295,11 +310,12 @@ def _binary(data: bytes | shell.Payload, limits: M.Limits) -> bytes:
     whole, start, end = data if isinstance(data, shell.Payload) else (data, 0, len(data))
     if end - start > limits.max_message:
         raise LimitExceeded("message exceeds the size limit")
-    return A.unarmor_if_needed(whole, start, end)
+    return A.unarmor_if_needed(whole, start, end, buffer=True)   # a big one: decoded into one bytearray
 
 
 def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool, content: bool = True) -> None:
-    data = _binary(data, limits)
+    """``data``: the payload (in a list: taken from it, so that the caller holds it no longer)."""
+    data = _binary(data.pop() if isinstance(data, list) else data, limits)
     try:
         shape = M.check_encrypted(data)
     except NotEncrypted as e:

@@ -95,6 +95,9 @@ def test_read_in_pieces_answers_as_read_whole(step, data, bend, checksum, max_si
     saved, A._DECODE_STEP = A._DECODE_STEP, step
     try:
         assert outcome(A.dearmor, bent, max_size) == outcome(whole_string, bent, max_size)
+        into_one = outcome(lambda d, max_size: A.dearmor(d, max_size=max_size, buffer=True), bent, max_size)
+        assert (into_one if isinstance(into_one, str) else (into_one[0], bytes(into_one[1]))) \
+            == outcome(whole_string, bent, max_size)   # decoded into one bytearray: the same
     finally:
         A._DECODE_STEP = saved
 

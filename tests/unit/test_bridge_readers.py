@@ -12,9 +12,11 @@ import pytest
 
 from securemail.bridge.readers import Readers
 from securemail.bridge.upstream import UpstreamError
+from securemail.mail.read import Given
 
 
-def work(raw: bytes) -> tuple[bytes, bytes]:
+def work(given: Given) -> tuple[bytes, bytes]:
+    raw = given.data   # a reader hands the message over (read.Given): nothing else holds it
     if raw == b"boom":
         raise ValueError("a bug on one message")
     return raw.upper(), str(os.getpid()).encode()

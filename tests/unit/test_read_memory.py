@@ -41,3 +41,39 @@ def test_a_big_message_is_read_holding_two_copies_at_most():
     assert res.decrypted and res.error is None and res._content == entity
     assert res.signature in ("valid", "signer-mismatch"), res.signature
     assert peak < 2.3 * binary, f"peak {peak / MiB:.1f} MiB for a binary of {binary / MiB:.1f} MiB"
+
+
+def test_a_message_handed_to_the_bridge_view_goes_once_its_payload_is_dearmored():
+    """A reader process hands the message over (read.Given): the view keeps its header block and
+    lets the rest go once dearmored, so the message is not held beside the binary, the plaintext
+    and the message shown; and the armor is decoded into one buffer, not in pieces then joined."""
+    from securemail.bridge.view import Viewer
+    from securemail.mail.read import Given
+    key = keys.Key(openpgp.generate("Ana <ana@example.org>", "ed25519", None, None))
+    attachment = base64.encodebytes(os.urandom(6 * MiB)).replace(b"\n", b"\r\n")
+    entity = (b"From: ana@example.org\r\nSubject: big\r\nContent-Type: application/octet-stream\r\n"
+              b"Content-Transfer-Encoding: base64\r\n\r\n" + attachment)
+    raw = pgp_mime(message.encrypt(entity, [(key.public(), "ana@example.org")], signer=key))
+    size, binary = len(raw), len(A.dearmor(raw)[1])
+    del attachment
+    viewer = Viewer([key], lambda kid, fpr: key.public())
+    peaks = {}
+    for how in ("held", "given"):
+        tracemalloc.start()
+        try:
+            data = bytes(bytearray(raw))   # made under tracing: its bytes count while they live
+            shown = viewer.show(data if how == "held" else Given(data)) if how == "held" else None
+            if how == "given":
+                given = Given(data)
+                del data
+                shown = viewer.show(given)
+            peaks[how] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert shown.endswith(entity) and b"Securemail-Status: encrypted=yes" in shown
+        del shown
+    # given: the message and its binary at the dearmor, then never the message again (was: the
+    # message throughout, and the binary twice while dearmored); held: the same read, the caller
+    # holding the message (the check can fail)
+    assert peaks["given"] < size + 1.5 * binary, f"{peaks} for a message of {size}, binary {binary}"
+    assert peaks["held"] - peaks["given"] > 0.45 * binary, f"{peaks} for a message of {size}, binary {binary}"
