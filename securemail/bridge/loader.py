@@ -17,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import pickle
 from bisect import bisect_right
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pymap.mime import MessageContent
 
 from .structure import structure
+
+if TYPE_CHECKING:
+    from ..mail.read import Given
 
 CACHE_LARGEST = 1 << 20   # bytes: a message shown larger than this is not kept in the cache
 PARSED_COST = 2           # memory of a message parsed for IMAP, per byte of it
@@ -162,10 +165,11 @@ class Loader:
             done.set_exception(error)
 
 
-def shown_with_structure(show: Callable, raw) -> tuple[bytes, bytes]:
+def shown_with_structure(show: Callable, raw: bytes | Given) -> tuple[bytes, bytes]:
     """In a reader process (or the fallback thread): the message shown and its structure as
     pymap records it (``MessageContent.json``: line offsets and content types, no content), with
-    its header's when it is too big to keep whole."""
+    its header's when it is too big to keep whole. ``raw``: the upstream message, handed over by
+    a reader (``read.Given``: ``show`` lets it go as soon as it can)."""
     shown = show(raw)
     del raw
     found = structure(shown)
