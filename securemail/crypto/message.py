@@ -10,11 +10,9 @@ limit; signatures are judged by keys.KeyStatus, not by PGPy.
 
 from __future__ import annotations
 
-import bz2
 import hashlib
 import hmac
 import time
-import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -30,6 +28,7 @@ from . import armor as A
 from . import docsig
 from . import openpgp
 from . import packets as P
+from .inflate import inflate
 from .keys import WEAK_HASHES, Key
 
 AES256 = 9
@@ -212,48 +211,6 @@ def _decrypt_seipd(seipd: P.Packet, sym: int, key: bytes) -> memoryview:
     return view[18:-22]
 
 
-def _decompress(pkt: P.Packet, limit: int) -> bytes:
-    """Inflate in 1 MiB steps into one buffer: a bomb stops at ``limit``, memory ~1x the limit."""
-    if not pkt.body:
-        raise MalformedMessage("empty compressed packet")
-    algo, data = pkt.body[0], pkt.body[1:]
-    if algo == 0:
-        return data
-    if algo in (1, 2):
-        d = zlib.decompressobj(-15 if algo == 1 else 15)
-        errors: tuple = (zlib.error,)
-    elif algo == 3:
-        d = bz2.BZ2Decompressor()
-        errors = (OSError, ValueError, EOFError)
-    else:
-        raise MalformedMessage("unknown compression algorithm")
-    out = bytearray()
-    step = lambda: min(1 << 20, limit + 1 - len(out))  # noqa: E731 - never past limit + 1
-    try:
-        if algo == 3:
-            chunk = d.decompress(data, step())
-            while True:
-                out += chunk
-                if len(out) > limit:
-                    break
-                if d.eof or (not chunk and d.needs_input):
-                    break
-                chunk = d.decompress(b"", step())
-        else:
-            tail = data
-            while True:
-                chunk = d.decompress(tail, step())
-                out += chunk
-                tail = d.unconsumed_tail
-                if len(out) > limit or not (tail or chunk):
-                    break
-    except errors:
-        raise MalformedMessage("corrupt compressed data") from None
-    if len(out) > limit:
-        raise LimitExceeded(f"decompressed message exceeds the limit of {limit >> 20} MiB; refused")
-    return bytes(out)
-
-
 def parse_inner(plain: bytes | memoryview, limits: Limits, depth: int = 0) -> tuple[bytes, str, str, list[bytes]]:
     """(literal data, filename, mode, signature packets) from a decrypted packet stream (bytes,
     or a view, whose packets are then read without copying them)."""
@@ -261,7 +218,7 @@ def parse_inner(plain: bytes | memoryview, limits: Limits, depth: int = 0) -> tu
     if len(pkts) == 1 and pkts[0].tag == P.COMPRESSED:
         if depth > 0:
             raise MalformedMessage("nested compression refused")
-        return parse_inner(_decompress(pkts[0], limits.max_plaintext), limits, depth + 1)
+        return parse_inner(inflate(pkts[0], limits.max_plaintext), limits, depth + 1)
     literals = [p for p in pkts if p.tag == P.LITERAL]
     if len(literals) != 1 or any(p.tag not in (P.LITERAL, P.OPS, P.SIG, P.MARKER, P.PADDING) for p in pkts):
         raise MalformedMessage("unexpected packet sequence inside the encrypted message")

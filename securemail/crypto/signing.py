@@ -21,6 +21,7 @@ from . import armor as A
 from . import docsig
 from . import message as M
 from . import packets as P
+from .inflate import inflate
 from .keys import Key
 
 SIG_BINARY, SIG_TEXT = 0x00, 0x01
@@ -116,7 +117,7 @@ def _signed_packets(binary: bytes, limits: M.Limits) -> list[P.Packet]:
     pkts = [p for p in P.read_packets(binary, max_packets=limits.max_packets)
             if p.tag not in (P.MARKER, P.PADDING)]
     if len(pkts) == 1 and pkts[0].tag == P.COMPRESSED:
-        inner = M._decompress(pkts[0], limits.max_plaintext)  # noqa: SLF001 - same package
+        inner = inflate(pkts[0], limits.max_plaintext)
         pkts = [p for p in P.read_packets(inner, max_packets=limits.max_packets)
                 if p.tag not in (P.MARKER, P.PADDING)]
     return pkts
