@@ -90,13 +90,15 @@ def _lines(out: io.BytesIO, data) -> None:
 
 
 def dearmor(data: bytes, *, max_size: int | None = None, start: int = 0,
-            end: int | None = None, buffer: bool = False) -> tuple[str, bytes]:
+            end: int | None = None, buffer: bool = False, over: bool = False) -> tuple[str, bytes]:
     """Decode the first armored block of ``data[start:end]``; return (label, binary).
 
     Text before the block is ignored (as in inline PGP); text after it too. The block is read
     in place, by offsets (``start`` and ``end`` too: a part of a message is not copied out of
     it), and decoded in pieces of ``_DECODE_STEP``: a 49 MB armored message costs its binary
-    and one piece, not four copies of itself.
+    and one piece, not four copies of itself. ``over`` (``data`` a bytearray the caller gives
+    up): the binary is decoded over the armor and ``data`` itself, cut to it, is returned: the
+    message's memory holds its binary, and nothing more is allocated than a piece.
     """
     if start and data[start - 1:start] != b"\n":   # the BEGIN line's "^" is read at a line start
         data, start, end = data[start:end], 0, None
@@ -113,11 +115,14 @@ def dearmor(data: bytes, *, max_size: int | None = None, start: int = 0,
     start, stop, checksum = _body(data, m.end(), end)
     if max_size is not None:   # refused for that before the size is counted, as always
         _refuse_data_after_checksum(data, start, stop)
-    try:
-        binary = _decode(data, start, stop, max_size, buffer)
-    except MalformedMessage:   # strict base64 refuses it too; named here, at no cost to good armor
-        _refuse_data_after_checksum(data, start, stop)
-        raise
+    if over and isinstance(data, bytearray) and max_size is None:
+        binary = _decode_over(data, start, stop)
+    else:
+        try:
+            binary = _decode(data, start, stop, max_size, buffer)
+        except MalformedMessage:   # strict base64 refuses it too; named here, at no cost to good armor
+            _refuse_data_after_checksum(data, start, stop)
+            raise
     if checksum is not None:
         try:
             want = int.from_bytes(binascii.a2b_base64(checksum, strict_mode=True), "big")
@@ -152,13 +157,14 @@ def _body(data: bytes, begin: int, end: int) -> tuple[int, int, bytes | None]:
     return pos, stop, checksum
 
 
-def _refuse_data_after_checksum(data: bytes, pos: int, stop: int) -> None:
+def _refuse_data_after_checksum(data: bytes, pos: int, stop: int, first_line: bool = True) -> None:
     """MalformedMessage when a line of the base64 (``data[pos:stop]``, the checksum line left
     out) begins with ``=`` and data follows it: a checksum line with more armor after it. Only
     looked for when decoding failed (strict base64 refuses such data: ``=`` is padding, and
-    nothing may follow padding) or before a size is counted: a scan of the whole armor saved."""
+    nothing may follow padding) or before a size is counted: a scan of the whole armor saved.
+    ``first_line``: ``pos`` is where the base64 begins (its first line may begin with ``=``)."""
     found = data.find(b"\n=", pos, stop)
-    inner = found + 1 if found >= 0 else (pos + 1 if data[pos:pos + 64].lstrip().startswith(b"=") else 0)
+    inner = found + 1 if found >= 0 else (pos + 1 if first_line and data[pos:pos + 64].lstrip().startswith(b"=") else 0)
     if inner and data[inner:stop].strip().find(b"\n") >= 0:  # a "=XXXX" line with data after it
         raise MalformedMessage("OpenPGP armor has data after its checksum")
 
@@ -195,6 +201,47 @@ def _decode(data: bytes, start: int, stop: int, max_size: int | None, buffer: bo
         del whole[at:]
         return whole
     return out[0] if len(out) == 1 else b"".join(out)
+
+
+def _decode_over(data: bytearray, start: int, stop: int) -> bytearray:
+    """``_decode`` written over ``data`` from ``start``: 4 bytes of armor give at most 3, so the
+    writing can stay behind the reading. It stays behind the earliest input a refusal may have to
+    read again (``_refuse_data_after_checksum``, to name it as ``_decode``'s caller does): the
+    piece before the one being read, a piece whose ``=`` ended the good base64, and the piece a
+    carried remainder came from. ``data``, cut to the binary, is returned."""
+    written, carry, padded, queue = start, b"", None, []
+    before, carried = start, None   # the piece before this one; where the carried remainder began
+    for pos in range(start, stop, _DECODE_STEP):
+        piece = carry + data[pos:min(stop, pos + _DECODE_STEP)].translate(None, b" \t\r\n")   # bytes
+        keep = min(p for p in (before, carried, padded) if p is not None)   # read again if refused
+        try:
+            if padded is not None and piece:
+                raise MalformedMessage("OpenPGP armor is not valid base64")
+            cut = len(piece) if pos + _DECODE_STEP >= stop else len(piece) - len(piece) % 4
+            try:
+                decoded = binascii.a2b_base64(memoryview(piece)[:cut], strict_mode=True)
+            except (binascii.Error, ValueError):
+                raise MalformedMessage("OpenPGP armor is not valid base64") from None
+        except MalformedMessage:
+            _refuse_data_after_checksum(data, keep - 8 if keep > start + 8 else start, stop,
+                                        first_line=keep <= start + 8)
+            raise
+        if piece.find(b"=", 0, cut) >= 0 and padded is None:
+            padded = pos if not carry or carried is None else carried
+        carried = (carried if carry else pos) if piece[cut:] else None
+        carry, before = piece[cut:], pos
+        queue.append(decoded)
+        keep = min(p for p in (before, carried, padded) if p is not None)
+        while queue and written + len(queue[0]) <= keep - 8:   # behind what may be read again
+            chunk = queue.pop(0)
+            data[written:written + len(chunk)] = chunk
+            written += len(chunk)
+    for chunk in queue:
+        data[written:written + len(chunk)] = chunk
+        written += len(chunk)
+    del data[written:]
+    del data[:start]
+    return data
 
 
 def unarmor_if_needed(data: bytes, start: int = 0, end: int | None = None, **kw) -> bytes:

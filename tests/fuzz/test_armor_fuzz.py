@@ -67,6 +67,15 @@ def whole_string(data: bytes, *, max_size: int | None = None) -> tuple[str, byte
     return label, binary
 
 
+def named(fn):
+    """fn()'s (label, bytes of the binary), or the message of its refusal."""
+    try:
+        label, binary = fn()
+        return label, bytes(binary)
+    except (MalformedMessage, LimitExceeded) as e:
+        return type(e).__name__ + ": " + str(e)
+
+
 def outcome(fn, data: bytes, max_size):
     try:
         return fn(data, max_size=max_size)
@@ -98,6 +107,9 @@ def test_read_in_pieces_answers_as_read_whole(step, data, bend, checksum, max_si
         into_one = outcome(lambda d, max_size: A.dearmor(d, max_size=max_size, buffer=True), bent, max_size)
         assert (into_one if isinstance(into_one, str) else (into_one[0], bytes(into_one[1]))) \
             == outcome(whole_string, bent, max_size)   # decoded into one bytearray: the same
+        if max_size is None:   # decoded over the armor itself: the same binary, the same refusal by name
+            assert named(lambda: A.dearmor(bytearray(b"x\n" + bent), start=2, over=True)) \
+                == named(lambda: A.dearmor(b"x\n" + bent, start=2))
     finally:
         A._DECODE_STEP = saved
 
@@ -156,5 +168,7 @@ def test_a_checksum_line_with_data_after_it_is_refused_by_name(step, data, at, l
         for max_size in (None, 1 << 20):
             with pytest.raises(MalformedMessage, match="after its checksum"):
                 A.dearmor(bent, max_size=max_size)
+        with pytest.raises(MalformedMessage, match="after its checksum"):
+            A.dearmor(bytearray(b"x\n" + bent), start=2, over=True)
     finally:
         A._DECODE_STEP = saved
