@@ -176,7 +176,7 @@ def shown_with_structure(show: Callable, raw: bytes | Given) -> tuple[bytes, byt
     head = None
     if len(shown) > CACHE_LARGEST:
         lines = found["header"]["lines"]
-        head = shown[lines[0][0]:lines[-1][2]] + b"\r\n" if lines else b"\r\n"
+        head = bytes(shown[lines[0][0]:lines[-1][2]]) + b"\r\n" if lines else b"\r\n"
     head_structure = MessageContent.parse(head).json if head is not None else None
     return shown, pickle.dumps((found, head, head_structure), pickle.HIGHEST_PROTOCOL)
 

@@ -176,8 +176,8 @@ def _serve(work: Work, sock: socket.socket, parents: socket.socket,
     incoming = sock.makefile("rb")   # read(n) of a big message fills one bytes object, no second copy
     while True:
         head = incoming.read(_HEAD.size)
-        raw = incoming.read(_HEAD.unpack(head)[0]) if len(head) == _HEAD.size else None
-        if raw is None or len(raw) != _HEAD.unpack(head)[0]:
+        raw = _message(incoming, _HEAD.unpack(head)[0]) if len(head) == _HEAD.size else None
+        if raw is None:
             return
         given = Given(raw)   # handed over: the work lets the message go as soon as it can
         del raw
@@ -195,3 +195,20 @@ def _serve(work: Work, sock: socket.socket, parents: socket.socket,
             sock.sendall(shown)
             sock.sendall(meta)
         del shown, meta
+
+
+def _message(incoming, size: int) -> bytes | bytearray | None:
+    """The next message from the serve process (None at end of stream). A big one comes into a
+    bytearray: handed over (read.Given), it is decoded, decrypted and shown over its own memory."""
+    if size <= _JOINED:
+        raw = incoming.read(size)
+        return raw if len(raw) == size else None
+    buf = bytearray(size)
+    view, got = memoryview(buf), 0
+    while got < size:
+        n = incoming.readinto(view[got:])
+        if not n:
+            return None
+        got += n
+    view.release()
+    return buf

@@ -80,6 +80,10 @@ def render(raw: bytes | None, res: ReadResult, head: bytes | None = None) -> byt
         entity = without_status(entity) or entity
         inner = parse_header_block(entity).fields if entity[:2] != b"\r\n" else ()
         drop = {*STATUS_FIELDS, *CONTENT_FIELDS, *(f.name for f in inner)}
+        if isinstance(entity, bytearray):   # decrypted over the message's memory: shown from there
+            res._content = None
+            entity[0:0] = block.head(drop) + status_field(res)
+            return entity
         return block.head(drop) + status_field(res) + entity
     text = res._content if res._content is not None else res.body.encode("utf-8")
     return (block.head({*STATUS_FIELDS, *CONTENT_FIELDS}) + status_field(res)

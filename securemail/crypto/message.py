@@ -32,6 +32,7 @@ from .inflate import inflate
 from .keys import WEAK_HASHES, Key
 
 AES256 = 9
+_PIECE = 1 << 20   # bytes decrypted, or moved, at a time where a message is read over its own buffer
 _KEYLEN = {7: 16, 8: 24, 9: 32}
 
 
@@ -74,11 +75,12 @@ class Handed:
     the packets a second time, and lets the bytes (a 36 MB binary for a 25 MiB attachment) go
     once they are decrypted, before the plaintext is read, instead of living on in the caller's
     frames."""
-    __slots__ = ("data", "shape")
+    __slots__ = ("data", "shape", "over")
 
-    def __init__(self, data: bytes, shape: P.EncryptedShape) -> None:
+    def __init__(self, data: bytes, shape: P.EncryptedShape, *, over: bool = False) -> None:
         self.data: bytes | None = data
         self.shape: P.EncryptedShape | None = shape
+        self.over = over and isinstance(data, bytearray)   # decrypted where it lies (see decrypt)
 
     def take(self) -> tuple[bytes, P.EncryptedShape]:
         data, shape, self.data, self.shape = self.data, self.shape, None, None
@@ -188,18 +190,28 @@ def sign_detached(data: bytes, signer: Key, *, now: float | None = None, armor: 
 
 
 # --- reading -------------------------------------------------------------------
-def _decrypt_seipd(seipd: P.Packet, sym: int, key: bytes) -> memoryview:
+def _decrypt_seipd(seipd: P.Packet, sym: int, key: bytes, over: bool = False) -> memoryview:
     """The decrypted packet stream of a SEIPD v1, its MDC checked: a read-only view of the one
     buffer it was decrypted into (a big message's plaintext is not copied to cut the prefix and
-    the MDC off)."""
+    the MDC off). ``over``: the packet's own buffer (a view of a bytearray given up), decrypted
+    where it lies, a piece at a time; nothing as big as the message is allocated."""
     if sym not in _KEYLEN or len(key) != _KEYLEN[sym]:
         raise DecryptionFailed("unsupported symmetric cipher")
     body = memoryview(seipd.body)[1:]
     if len(body) < 16 + 2 + 22:
         raise IntegrityError("encrypted data too short")
-    plain = bytearray(len(body) + 15)   # update_into wants room for one block more than it writes
     dec = _cfb(key, False)
-    n = dec.update_into(body, plain)
+    if over and not body.readonly:
+        piece = bytearray(_PIECE + 15)   # update_into wants room for one block more than it writes
+        for at in range(0, len(body), _PIECE):
+            part = body[at:at + _PIECE]
+            if dec.update_into(part, piece) != len(part):
+                raise IntegrityError("integrity check failed: no plaintext shown")
+            part[:] = piece[:len(part)]
+        n, plain = len(body), body
+    else:
+        plain = bytearray(len(body) + 15)
+        n = dec.update_into(body, plain)
     if n != len(body) or dec.finalize():   # CFB is a stream: all of it, at once
         raise IntegrityError("integrity check failed: no plaintext shown")
     view = memoryview(plain)[:n].toreadonly()
@@ -211,9 +223,11 @@ def _decrypt_seipd(seipd: P.Packet, sym: int, key: bytes) -> memoryview:
     return view[18:-22]
 
 
-def parse_inner(plain: bytes | memoryview, limits: Limits, depth: int = 0) -> tuple[bytes, str, str, list[bytes]]:
+def parse_inner(plain: bytes | memoryview, limits: Limits, depth: int = 0,
+                view: bool = False) -> tuple[bytes, str, str, list[bytes]]:
     """(literal data, filename, mode, signature packets) from a decrypted packet stream (bytes,
-    or a view, whose packets are then read without copying them)."""
+    or a view, whose packets are then read without copying them; ``view``: and its literal data
+    is a view too, where it can be)."""
     pkts = P.read_packets(plain, max_packets=limits.max_packets)
     if len(pkts) == 1 and pkts[0].tag == P.COMPRESSED:
         if depth > 0:
@@ -227,10 +241,10 @@ def parse_inner(plain: bytes | memoryview, limits: Limits, depth: int = 0) -> tu
         raise MalformedMessage("truncated literal data")
     mode, n = chr(body[0]), body[1]
     filename = bytes(body[2:2 + n]).decode("utf-8", "replace")
-    data = bytes(body[2 + n + 4:])   # a view's one copy; from bytes, the slice is the copy
+    data = body[2 + n + 4:] if view and isinstance(body, memoryview) else bytes(body[2 + n + 4:])
     if len(data) > limits.max_plaintext:
         raise LimitExceeded("plaintext exceeds the limit")
-    return data, filename, mode, [p.raw for p in pkts if p.tag == P.SIG]
+    return data, filename, mode, [bytes(p.raw) for p in pkts if p.tag == P.SIG]
 
 
 def verify_signatures(data: bytes, sigs: list[bytes], lookup: CertLookup,
@@ -285,8 +299,9 @@ def decrypt(data: bytes | Handed, secret_keys: Iterable[Key], lookup: CertLookup
     Raises NotEncrypted, IntegrityError, DecryptionFailed, LimitExceeded or
     MalformedMessage; never returns partial plaintext.
     """
-    shape = None
+    shape, over = None, False
     if isinstance(data, Handed):
+        over = data.over
         data, shape = data.take()
     if len(data) > limits.max_message:
         raise LimitExceeded("message exceeds the size limit")
@@ -299,12 +314,34 @@ def decrypt(data: bytes | Handed, secret_keys: Iterable[Key], lookup: CertLookup
     session = _session_key(shape, list(secret_keys))
     if session is None:
         raise DecryptionFailed("message is not encrypted to any of our keys")
-    plain = _decrypt_seipd(shape.seipd, *session)
+    plain = _decrypt_seipd(shape.seipd, *session, over=over)
     recipients = shape.recipient_keyids
-    del shape, binary   # the encrypted packets, no longer needed while the plaintext is read
-    content, filename, mode, sigs = parse_inner(plain, limits)
+    del shape   # the encrypted packets, no longer needed while the plaintext is read
+    buffer, binary = (binary if over else None), None
+    content, filename, mode, sigs = parse_inner(plain, limits, view=over)
+    if buffer is not None:   # the binary given up: its buffer, cut to the literal data, is the content
+        del plain
+        content, plain = _moved_to_front(buffer, content), b""
     results = verify_signatures(content, sigs, lookup)
     return Decrypted(content, filename, mode, results, recipients, plain, tuple(sigs))
+
+
+def _moved_to_front(buffer: bytearray, data: memoryview | bytes) -> bytearray | bytes:
+    """``buffer`` holding ``data`` (a view into it) from its start and nothing more: moved a
+    piece at a time (each copied out before it is written, never over what is still to be
+    read), then cut. Where a view of the buffer is still alive it cannot be cut: a copy."""
+    if not isinstance(data, memoryview):
+        return data   # compressed: inflated into a buffer of its own
+    size = len(data)
+    for at in range(0, size, _PIECE):
+        buffer[at:at + min(_PIECE, size - at)] = bytes(data[at:at + _PIECE])
+    data.release()
+    del data
+    try:
+        del buffer[size:]
+    except BufferError:   # pragma: no cover - a view the read still holds
+        return bytes(buffer[:size])
+    return buffer
 
 
 def check_encrypted(data: bytes) -> P.EncryptedShape:

@@ -245,9 +245,10 @@ def read_message(raw: bytes | Given, secret_keys: list[Key], lookup, *, file: st
             res.format = "pgp/mime"
             payload = [fast[1]]   # a part of raw, not a copy: _decrypt_into holds the only binary
             del fast
+            over = given is not None and isinstance(raw, bytearray)   # decoded over the message itself
             if given is not None:   # no frame but _decrypt_into's holds the message now
                 given.data = raw = None
-            _decrypt_into(res, payload, secret_keys, lookup, limits, mime=True, content=False)
+            _decrypt_into(res, payload, secret_keys, lookup, limits, mime=True, content=False, over=over)
         else:
             _read_parsed(res, raw, secret_keys, lookup, limits, content)
     except SecureMailError as e:
@@ -304,18 +305,21 @@ def _refuse(res: ReadResult, reason: str) -> None:
         res.subject = ""
 
 
-def _binary(data: bytes | shell.Payload, limits: M.Limits) -> bytes:
+def _binary(data: bytes | shell.Payload, limits: M.Limits, over: bool = False) -> bytes:
     """The OpenPGP message ``data`` carries (a payload read in place), within the size limit,
     dearmored once (the packet check and the decryption read the same packets)."""
     whole, start, end = data if isinstance(data, shell.Payload) else (data, 0, len(data))
     if end - start > limits.max_message:
         raise LimitExceeded("message exceeds the size limit")
-    return A.unarmor_if_needed(whole, start, end, buffer=True)   # a big one: decoded into one bytearray
+    # a big one decoded into one bytearray; ``over``: into the message's own, given up (read.Given)
+    return A.unarmor_if_needed(whole, start, end, buffer=True, over=over)
 
 
-def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool, content: bool = True) -> None:
-    """``data``: the payload (in a list: taken from it, so that the caller holds it no longer)."""
-    data = _binary(data.pop() if isinstance(data, list) else data, limits)
+def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool, content: bool = True,
+                  over: bool = False) -> None:
+    """``data``: the payload (in a list: taken from it, so that the caller holds it no longer);
+    ``over``: a part of a bytearray given up, read over itself (see crypto.message.decrypt)."""
+    data = _binary(data.pop() if isinstance(data, list) else data, limits, over)
     try:
         shape = M.check_encrypted(data)
     except NotEncrypted as e:
@@ -324,7 +328,8 @@ def _decrypt_into(res, data, secret_keys, lookup, limits, *, mime: bool, content
         _show_disguised(res, data, limits)
         return
     res.encrypted = True
-    handed = M.Handed(data, shape)
+    # ours alone: for the bridge (content=False), a bytearray is decrypted where it lies
+    handed = M.Handed(data, shape, over=not content)
     del data, shape   # decrypt reads the packets checked here, and lets them go once decrypted
     out = M.decrypt(handed, secret_keys, lookup, limits=limits)
     res.decrypted = True
