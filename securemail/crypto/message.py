@@ -207,7 +207,7 @@ def _decrypt_seipd(seipd: P.Packet, sym: int, key: bytes, over: bool = False) ->
             part = body[at:at + _PIECE]
             if dec.update_into(part, piece) != len(part):
                 raise IntegrityError("integrity check failed: no plaintext shown")
-            part[:] = piece[:len(part)]
+            part[:] = memoryview(piece)[:len(part)]
         n, plain = len(body), body
     else:
         plain = bytearray(len(body) + 15)

@@ -233,7 +233,8 @@ def read_message(raw: bytes | Given, secret_keys: list[Key], lookup, *, file: st
     ``content=False`` (the bridge, which shows the entity itself): the text and attachments of a
     MIME entity are not extracted, and a canonical PGP/MIME message is read without parsing its
     MIME (mail/shell.py). ``raw`` may be ``Given``: then that path lets the message go once it is
-    dearmored."""
+    dearmored, and a bytearray is decoded, decrypted and its literal data left over its own
+    memory (armor.dearmor over=True, message.Handed over=True)."""
     res = ReadResult(file=file)
     given, raw = (raw, raw.data) if isinstance(raw, Given) else (None, raw)
     try:
