@@ -14,7 +14,9 @@ from securemail.bridge.view import Viewer
 from securemail.crypto import keys
 from securemail.mail.read import Given
 
-from ..unit.test_read_memory import MiB, pgp_mime
+from ..support.corpus import pgp_mime
+
+MiB = 1 << 20
 
 
 def _ours(secret: bytes) -> keys.Key:
@@ -27,7 +29,7 @@ def test_a_big_message_from_each_peer_shows_the_same_read_over_itself(peer, peer
     entity = (b"From: " + me.uid.split("<")[1].rstrip(">").encode() + b"\r\nSubject: big\r\n"
               b"Content-Type: application/octet-stream\r\n\r\n"
               + base64.encodebytes(os.urandom(2 * MiB)).replace(b"\n", b"\r\n"))
-    raw = pgp_mime(peer.encrypt(entity, [me.cert], [me.key]))
+    raw = pgp_mime("bruno", peer.encrypt(entity, [me.cert], [me.key]))
     viewer = Viewer([key], lambda kid, fpr: key.public())
     from_bytes = shown_with_structure(viewer.show, raw)
     over = shown_with_structure(viewer.show, Given(bytearray(raw)))
@@ -44,7 +46,7 @@ def test_a_big_message_modified_in_transit_shows_a_notice_read_over_itself(peer_
     bent = bytearray(armored)
     bent[len(bent) // 2] ^= 0x01   # one bit of the ciphertext, mid-message
     from securemail.crypto import armor as A
-    raw = pgp_mime(A.armor(bytes(bent)))
+    raw = pgp_mime("bruno", A.armor(bytes(bent)))
     viewer = Viewer([key], lambda kid, fpr: key.public())
     for given in (raw, Given(bytearray(raw))):
         shown = bytes(shown_with_structure(viewer.show, given)[0])
