@@ -183,15 +183,8 @@ def _decode(data: bytes, start: int, stop: int, max_size: int | None, buffer: bo
     at, carry, padded = 0, b"", False
     for pos in range(start, stop, _DECODE_STEP):
         piece = carry + data[pos:min(stop, pos + _DECODE_STEP)].translate(None, b" \t\r\n")
-        if padded and piece:   # padding ended an earlier piece: base64 after it is refused, as whole
-            raise MalformedMessage("OpenPGP armor is not valid base64")
-        cut = len(piece) if pos + _DECODE_STEP >= stop else len(piece) - len(piece) % 4
-        carry = piece[cut:]
-        padded = piece.find(b"=", 0, cut) >= 0
-        try:
-            decoded = binascii.a2b_base64(memoryview(piece)[:cut], strict_mode=True)
-        except (binascii.Error, ValueError):
-            raise MalformedMessage("OpenPGP armor is not valid base64") from None
+        decoded, carry, now_padded = _step(piece, padded, pos + _DECODE_STEP >= stop)
+        padded = now_padded
         if whole is None:
             out.append(decoded)
         else:   # at most 3 bytes for 4 of armor: it fits (a slice assignment would grow it if not)
@@ -201,6 +194,20 @@ def _decode(data: bytes, start: int, stop: int, max_size: int | None, buffer: bo
         del whole[at:]
         return whole
     return out[0] if len(out) == 1 else b"".join(out)
+
+
+def _step(piece: bytes, padded: bool, last: bool) -> tuple[bytes, bytes, bool]:
+    """One piece of armor, blanks removed, after a carried remainder: (its binary, the remainder
+    carried to the next piece, whether padding ended it). Strict: base64 after padding that ended
+    an earlier piece (``padded``) is refused, as it would be in one piece."""
+    if padded and piece:
+        raise MalformedMessage("OpenPGP armor is not valid base64")
+    cut = len(piece) if last else len(piece) - len(piece) % 4
+    try:
+        decoded = binascii.a2b_base64(memoryview(piece)[:cut], strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise MalformedMessage("OpenPGP armor is not valid base64") from None
+    return decoded, piece[cut:], piece.find(b"=", 0, cut) >= 0
 
 
 def _decode_over(data: bytearray, start: int, stop: int) -> bytearray:
@@ -215,21 +222,15 @@ def _decode_over(data: bytearray, start: int, stop: int) -> bytearray:
         piece = carry + data[pos:min(stop, pos + _DECODE_STEP)].translate(None, b" \t\r\n")   # bytes
         keep = min(p for p in (before, carried, padded) if p is not None)   # read again if refused
         try:
-            if padded is not None and piece:
-                raise MalformedMessage("OpenPGP armor is not valid base64")
-            cut = len(piece) if pos + _DECODE_STEP >= stop else len(piece) - len(piece) % 4
-            try:
-                decoded = binascii.a2b_base64(memoryview(piece)[:cut], strict_mode=True)
-            except (binascii.Error, ValueError):
-                raise MalformedMessage("OpenPGP armor is not valid base64") from None
+            decoded, rest, now_padded = _step(piece, padded is not None, pos + _DECODE_STEP >= stop)
         except MalformedMessage:
             _refuse_data_after_checksum(data, keep - 8 if keep > start + 8 else start, stop,
                                         first_line=keep <= start + 8)
             raise
-        if piece.find(b"=", 0, cut) >= 0 and padded is None:
+        if now_padded and padded is None:
             padded = pos if not carry or carried is None else carried
-        carried = (carried if carry else pos) if piece[cut:] else None
-        carry, before = piece[cut:], pos
+        carried = (carried if carry else pos) if rest else None
+        carry, before = rest, pos
         queue.append(decoded)
         keep = min(p for p in (before, carried, padded) if p is not None)
         while queue and written + len(queue[0]) <= keep - 8:   # behind what may be read again
