@@ -184,7 +184,7 @@ def _decode(data: bytes, start: int, stop: int, max_size: int | None, buffer: bo
     for pos in range(start, stop, _DECODE_STEP):
         piece = carry + data[pos:min(stop, pos + _DECODE_STEP)].translate(None, b" \t\r\n")
         decoded, carry, now_padded = _step(piece, padded, pos + _DECODE_STEP >= stop)
-        padded = now_padded
+        padded = padded or now_padded   # padding ends the base64, however many blanks follow
         if whole is None:
             out.append(decoded)
         else:   # at most 3 bytes for 4 of armor: it fits (a slice assignment would grow it if not)

@@ -172,3 +172,19 @@ def test_a_checksum_line_with_data_after_it_is_refused_by_name(step, data, at, l
             A.dearmor(bytearray(b"x\n" + bent), start=2, over=True)
     finally:
         A._DECODE_STEP = saved
+
+
+@pytest.mark.parametrize("step", [4, 8, 16])
+@pytest.mark.parametrize("over", [False, True])
+def test_base64_after_padding_is_refused_across_a_piece_of_blanks_only(step, over):
+    """Padding, then a whole piece of nothing but blanks, then more base64: refused, as the same
+    armor read whole refuses it (a piece of blanks once made the decoder forget the padding)."""
+    body = b"QUI=\n" + b" " * (3 * step - 5) + b"\nQUJD\n"
+    text = b"x\n-----BEGIN PGP MESSAGE-----\n\n" + body + b"-----END PGP MESSAGE-----\n"
+    assert outcome(whole_string, text[2:], None) == "MalformedMessage"
+    saved, A._DECODE_STEP = A._DECODE_STEP, step
+    try:
+        with pytest.raises(MalformedMessage, match="not valid base64"):
+            A.dearmor(bytearray(text), start=2, over=True) if over else A.dearmor(text[2:])
+    finally:
+        A._DECODE_STEP = saved
