@@ -101,8 +101,7 @@ def plain_content_type(head: Message) -> tuple[str, str | None] | None:
     """(content type, boundary or None) of ``head`` as ``get_content_type`` and ``get_boundary``
     answer them, read from its first Content-Type field when that is plainly written (a type,
     then distinct parameters, each a token or a quoted string with no backslash, all ASCII, no
-    encoded word);
-    otherwise None, and the caller asks the policy. The policy parses the field through the
+    encoded word); otherwise None, and the caller asks the policy. The policy parses the field through the
     header registry, the costliest part of reading a message's shell for the bridge, and its
     memo of parsed fields cannot help: the boundary is new in every message.
     tests/fuzz/test_shell_fuzz.py holds the answers to the policy's."""

@@ -24,14 +24,19 @@ def pgp_mime(armored: bytes) -> bytes:
             + armored.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n--b--\r\n")
 
 
-def test_a_big_message_is_read_holding_two_copies_at_most():
+def big_message() -> tuple[keys.Key, bytes, bytes, int]:
+    """(Ana's key, an entity with a 6 MiB attachment, the PGP/MIME message of it signed and
+    encrypted to her, the size of its binary)."""
     key = keys.Key(openpgp.generate("Ana <ana@example.org>", "ed25519", None, None))
-    attachment = base64.encodebytes(os.urandom(6 * MiB)).replace(b"\n", b"\r\n")
     entity = (b"From: ana@example.org\r\nSubject: big\r\nContent-Type: application/octet-stream\r\n"
-              b"Content-Transfer-Encoding: base64\r\n\r\n" + attachment)
+              b"Content-Transfer-Encoding: base64\r\n\r\n"
+              + base64.encodebytes(os.urandom(6 * MiB)).replace(b"\n", b"\r\n"))
     raw = pgp_mime(message.encrypt(entity, [(key.public(), "ana@example.org")], signer=key))
-    binary = len(A.dearmor(raw)[1])
-    del attachment
+    return key, entity, raw, len(A.dearmor(raw)[1])
+
+
+def test_a_big_message_is_read_holding_two_copies_at_most():
+    key, entity, raw, binary = big_message()
     tracemalloc.start()
     try:
         res = read_message(raw, [key], lambda kid, fpr: key.public(), content=False)
@@ -50,13 +55,8 @@ def test_a_message_handed_to_the_bridge_view_goes_once_its_payload_is_dearmored(
     of 1 MiB, and the same message shown as from bytes."""
     from securemail.bridge.view import Viewer
     from securemail.mail.read import Given
-    key = keys.Key(openpgp.generate("Ana <ana@example.org>", "ed25519", None, None))
-    attachment = base64.encodebytes(os.urandom(6 * MiB)).replace(b"\n", b"\r\n")
-    entity = (b"From: ana@example.org\r\nSubject: big\r\nContent-Type: application/octet-stream\r\n"
-              b"Content-Transfer-Encoding: base64\r\n\r\n" + attachment)
-    raw = pgp_mime(message.encrypt(entity, [(key.public(), "ana@example.org")], signer=key))
-    size, binary = len(raw), len(A.dearmor(raw)[1])
-    del attachment
+    key, entity, raw, binary = big_message()
+    size = len(raw)
     viewer = Viewer([key], lambda kid, fpr: key.public())
     peaks = {}
     for how in ("held", "given"):
