@@ -61,11 +61,10 @@ def status_field(res: ReadResult) -> bytes:
     return f"{name}: {value}\r\n".encode("ascii", "replace")
 
 
-def render(raw: bytes | None, res: ReadResult, head: bytes | None = None) -> bytes:
-    """The message to show for ``raw`` read as ``res`` (see the module docstring); ``head``:
-    ``crlf_head(raw)`` if the caller has it. ``raw`` is None when the reader let it go (an
-    encrypted message, read_message's ``Given``): its header block ``head`` is all that is shown."""
-    head = crlf_head(raw) if head is None else head
+def render(raw: bytes | None, res: ReadResult, head: bytes) -> bytes:
+    """The message to show for ``raw`` read as ``res`` (see the module docstring); ``head``: its
+    ``crlf_head``, taken before the read. ``raw`` is None when the read let it go (an encrypted
+    message, read_message's ``Given``): its header block ``head`` is all that is shown of it."""
     if res.error:
         return notice(head, res)
     try:
