@@ -35,8 +35,10 @@ def fed(tmp_path_factory):
 
 
 def checkpoint_files(gw) -> list:
+    """The checkpoints the gateway has written, not one it is writing (a hidden .tmp, renamed
+    when whole: listed, it could be gone before it is read)."""
     d = gw.home / "checkpoints"
-    return sorted(d.iterdir()) if d.exists() else []
+    return sorted(f for f in d.iterdir() if not f.name.startswith(".")) if d.exists() else []
 
 
 def verify(home, *files) -> tuple[int, str]:
