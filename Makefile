@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.crypto
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.bridge
+	$(BIN)/python -m bench.bridge --readers 0   # the bridge in one process: its memory, its time
 
 proof: $(STAMP)
 	$(BIN)/python -m proof.run
