@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Dovecot, cli, require_dovecot
+from bench.bridge import ALICE, SENDER, make_homes
+from tests.support import Dovecot, require_dovecot
 from tests.support.bridge import BridgeServe, Mbsync, bridge_home, require_mbsync
 
 pytestmark = pytest.mark.timeout(300)
 
-ALICE, SENDER = "alice@interieur.gouv.fr", "bruno@justice.gouv.fr"
 NOTICE = "[securemail] message not shown"
 
 
@@ -59,12 +59,7 @@ def world(tmp_path_factory):
     require_mbsync()
     tmp = tmp_path_factory.mktemp("oneproc")
     os.chmod(tmp, 0o755)
-    sender, keys = tmp / "sender", tmp / "alice-keys"
-    cli(sender, "keys", "generate", "--uid", SENDER, "--no-passphrase")
-    cli(keys, "keys", "generate", "--uid", ALICE, "--no-passphrase")
-    (tmp / "alice.asc").write_bytes(cli(keys, "keys", "export", ALICE, "--secret").encode())
-    (tmp / "sender.asc").write_bytes(cli(sender, "keys", "export", SENDER).encode())
-    cli(sender, "keys", "import", str(tmp / "alice.asc"))
+    sender, _ = make_homes(tmp)   # bruno's home (alice's key in it); alice.asc, sender.asc in tmp
     dovecot = Dovecot(tmp / "dv", [ALICE], fsync=False).start()
     try:
         big = os.urandom(1 << 20)
