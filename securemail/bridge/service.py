@@ -1,8 +1,9 @@
 """``bridge serve``: the local IMAP listener and the SMTP submission side, until SIGTERM.
 
 ``app.open_bridge`` builds a ``Bridge`` from the home; ``run_until_signal`` starts it, waits
-for SIGTERM or SIGINT and stops it in reverse order. An upstream that cannot be reached at start
-is said in the log, not fatal: a laptop starts offline, and each client command tries again.
+for SIGTERM or SIGINT and stops it in reverse order. An upstream that cannot be reached at start,
+or refuses the login, is said in the log, not fatal: a laptop starts offline, a password is
+changed upstream, and each client command tries again (its NO says why).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Bridge:
         try:
             await self.folders.load()
         except UpstreamError as e:
-            log.warning("the upstream IMAP server cannot be reached now (%s); every client command "
+            log.warning("the upstream IMAP server cannot be used now (%s); every client command "
                         "tries again", e.message)
         self.server = await start_imap(self.login, self.imap_config)
         if self.submission is not None:

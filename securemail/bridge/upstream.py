@@ -13,7 +13,9 @@ idles on it: each push from the server calls ``on_change`` on the event loop.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import contextlib
 import imaplib
 import logging
 import re
@@ -72,6 +74,15 @@ class Endpoint:
         return client
 
 
+def _said(error: Exception) -> str:
+    """What the server answered, as text (IMAPClient's errors carry the response's bytes)."""
+    said = error.args[0] if error.args else ""
+    if isinstance(said, str) and said[:2] in ("b'", 'b"'):   # LoginError holds str() of the bytes
+        with contextlib.suppress(ValueError, SyntaxError):
+            said = ast.literal_eval(said)
+    return said.decode("utf-8", "replace") if isinstance(said, bytes) else str(said)
+
+
 def _close(client: IMAPClient) -> None:
     try:
         client.shutdown()
@@ -126,10 +137,11 @@ class Upstream:
             if conn is not None:
                 _close(conn.client)
             raise UpstreamError(f"the upstream IMAP server failed: {e}") from None
-        except IMAPClientError as e:
-            conn.folder = None
-            self._give_back(conn)
-            raise UpstreamError(f"the upstream IMAP server refused: {e}") from None
+        except IMAPClientError as e:   # a NO or BAD; at connect (conn None): the login refused
+            if conn is not None:
+                conn.folder = None
+                self._give_back(conn)
+            raise UpstreamError(f"the upstream IMAP server refused: {_said(e)}") from None
         self._give_back(conn)
         return out
 
