@@ -56,6 +56,7 @@ class Readers:
     def __init__(self, work: Work, count: int, *, fallback: Callable[[bytes], Awaitable[tuple[bytes, bytes]]],
                  after_fork: Callable[[], None] = lambda: None) -> None:
         self.fallback = fallback
+        self._stopping = False
         context = multiprocessing.get_context("fork")
         self._slots: list[_Slot] = []
         gc.freeze()   # what exists now is the readers' for good: their collector need not walk it
@@ -138,9 +139,11 @@ class Readers:
             if not done.done():
                 done.set_exception(UpstreamError("a reader process ended; ask again"))
         s.pending.clear()
-        log.warning("bridge reader %s ended (exit %s)", s.process.pid, s.process.exitcode)
+        if not self._stopping:   # at stop the bridge itself ends them
+            log.warning("bridge reader %s ended (exit %s)", s.process.pid, s.process.exitcode)
 
     async def stop(self) -> None:
+        self._stopping = True
         for s in self._slots:
             with contextlib.suppress(OSError):
                 s.sock.shutdown(socket.SHUT_RDWR)   # the reader reads EOF and exits

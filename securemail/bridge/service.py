@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 
+from ..errors import ConfigError
 from ..procs.supervisor import stop_on_signals
 from .folders import Folders
 from .imap import BridgeIMAPConfig, Login, start_imap
@@ -43,9 +45,10 @@ class Bridge:
         except UpstreamError as e:
             log.warning("the upstream IMAP server cannot be used now (%s); every client command "
                         "tries again", e.message)
-        self.server = await start_imap(self.login, self.imap_config)
+        self.server = await _listening("IMAP", self.imap_config.host, self.imap_config.port,
+                                       start_imap(self.login, self.imap_config))
         if self.submission is not None:
-            await self.submission.start()
+            await _listening("SMTP", self.submission.host, self.submission.port, self.submission.start())
         log.info("securemail bridge for %s: IMAP on %s:%s", self.address, self.imap_config.host, self.imap_port)
 
     async def stop(self) -> None:
@@ -65,10 +68,24 @@ class Bridge:
         self._close()
 
     async def run_until_signal(self) -> None:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:   # a listener that cannot listen: what was started stops, keys locked
+            await self.stop()
+            raise
         stop = stop_on_signals()
         try:
             await stop.wait()
         finally:
             log.info("stopping")
             await self.stop()
+
+
+async def _listening(name: str, host: str, port: int, starting):
+    """``await starting`` (a listener's start); a port another program holds is a clear error."""
+    try:
+        return await starting
+    except OSError as e:
+        raise ConfigError(f"the bridge's {name} listener {host}:{port} cannot listen: {os.strerror(e.errno) if e.errno else e} "
+                          "(another bridge or mail program, Proton Mail Bridge for one, may hold the port: "
+                          f"stop it, or give the bridge another in bridge.toml, [local] {name.lower()})") from None
