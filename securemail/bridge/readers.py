@@ -191,12 +191,15 @@ def _serve(work: Work, sock: socket.socket, parents: socket.socket,
             shown, meta, status = b"", b"", 1
         del given
         head = _HEAD.pack(len(shown), len(meta), status)
-        if len(shown) + len(meta) <= _JOINED:
-            sock.sendall(head + shown + meta)
-        else:
-            sock.sendall(head)
-            sock.sendall(shown)
-            sock.sendall(meta)
+        try:
+            if len(shown) + len(meta) <= _JOINED:
+                sock.sendall(head + shown + meta)
+            else:
+                sock.sendall(head)
+                sock.sendall(shown)
+                sock.sendall(meta)
+        except OSError:   # the bridge stopped (or died) while this was read: nobody to answer
+            return
         del shown, meta
 
 

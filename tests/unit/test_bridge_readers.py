@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 
 import pytest
 
@@ -102,3 +103,23 @@ def test_messages_in_flight_when_a_reader_dies_are_all_answered():
             assert sum(isinstance(r, tuple) for r in results) >= len(items) // 2
             assert await readers.show(b"after") == (b"AFTER", str(readers.pids[0]).encode())
     run(main())
+
+
+def test_a_reader_stopped_in_the_middle_of_a_message_ends_quietly(capfd):
+    """At SIGTERM during a sync the readers are still reading ahead: the one whose answer finds the
+    bridge gone ends without a traceback in the bridge's log (it wrote BrokenPipeError's)."""
+    def slow(given: Given) -> tuple[bytes, bytes]:
+        time.sleep(0.5)
+        return given.data, b""
+
+    async def main():
+        readers = Readers(slow, 1, fallback=fallback)
+        await readers.start()
+        late = asyncio.ensure_future(readers.show(b"late"))
+        await asyncio.sleep(0.1)   # the reader has it, and is working on it
+        await readers.stop()
+        with contextlib.suppress(UpstreamError):
+            await asyncio.wait_for(late, 5)
+    run(main())   # stop() waits for the reader to end (join)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
