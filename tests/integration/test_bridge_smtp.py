@@ -374,7 +374,8 @@ def test_only_loopback_unless_allowed(bridge):
 
 def test_an_upstream_without_starttls_or_trusted_certificate_gets_nothing(bridge):
     """Nothing is sent to a submission server that offers no STARTTLS (a real plain SMTP server that
-    records what reaches it), nor to one whose certificate is not the one trusted."""
+    records what reaches it), nor to one whose certificate is not the one trusted; a submission
+    server that refuses the bridge's login (a password changed upstream) is said as such."""
     b = bridge
     got: list = []
 
@@ -387,7 +388,9 @@ def test_an_upstream_without_starttls_or_trusted_certificate_gets_nothing(bridge
     try:
         for upstream, expect in ((b.upstream(port=plain.port), b"4.7.0"),                # no STARTTLS
                                  (b.upstream(cafile=str(b.fed.homes[B].cert)), b"4.7.0"),  # not its cert
-                                 (b.upstream(port=free_port()), b"4.4.1")):                # nobody there
+                                 (b.upstream(port=free_port()), b"4.4.1"),                 # nobody there
+                                 (b.upstream(password="changed-upstream"),                 # login refused
+                                  b"4.7.0 The submission server refused the bridge's login")):
             sub = b.start(b.make(upstream=upstream))
             try:
                 with b.client(sub) as s:
