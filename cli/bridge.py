@@ -64,12 +64,13 @@ def serve(obj, passphrase_file, allow_remote) -> None:
     home = obj.core.home.path
     obj.close()
     bridge_ = open_bridge(home, passphrase=passphrase, allow_remote=allow_remote)
-    click.echo(f"securemail bridge for {bridge_.address}: IMAP {bridge_.imap_config.host}:"
-               f"{bridge_.imap_config.port}; stop with SIGTERM or Ctrl-C", err=True)
+    def ready() -> None:   # said once both listeners listen, not before a port found taken
+        click.echo(f"securemail bridge for {bridge_.address}: IMAP {bridge_.imap_config.host}:"
+                   f"{bridge_.imap_config.port}; stop with SIGTERM or Ctrl-C", err=True)
     # the event loop hands each message to the upstream and crypto threads and back: with CPython's
     # default switch interval (5 ms) each handoff may wait that long for the GIL
     sys.setswitchinterval(SWITCH_INTERVAL)
-    asyncio.run(bridge_.run_until_signal())
+    asyncio.run(bridge_.run_until_signal(ready))
 
 
 def _protected(core) -> bool:

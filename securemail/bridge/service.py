@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 from ..errors import ConfigError
 from ..procs.supervisor import stop_on_signals
@@ -67,12 +68,13 @@ class Bridge:
         self.secrets.close()  # the secret keys locked again
         self._close()
 
-    async def run_until_signal(self) -> None:
+    async def run_until_signal(self, ready: Callable[[], None] = lambda: None) -> None:
         try:
             await self.start()
         except BaseException:   # a listener that cannot listen: what was started stops, keys locked
             await self.stop()
             raise
+        ready()
         stop = stop_on_signals()
         try:
             await stop.wait()

@@ -47,5 +47,6 @@ def test_a_port_held_by_another_program_is_said_in_one_line(home, listener):
         assert line in done.stderr, done.stderr
         assert f"[local] {listener}" in done.stderr
         assert "ended (exit" not in done.stderr   # its readers stopped by the bridge, not found dead
+        assert "stop with SIGTERM" not in done.stderr   # never said to be serving
         with socket.create_connection(("127.0.0.1", port)):   # the other program still listens
             pass
