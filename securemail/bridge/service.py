@@ -88,6 +88,7 @@ async def _listening(name: str, host: str, port: int, starting):
     try:
         return await starting
     except OSError as e:
-        raise ConfigError(f"the bridge's {name} listener {host}:{port} cannot listen: {os.strerror(e.errno) if e.errno else e} "
+        why = os.strerror(e.errno) if e.errno else str(e)
+        raise ConfigError(f"the bridge's {name} listener {host}:{port} cannot listen: {why} "
                           "(another bridge or mail program, Proton Mail Bridge for one, may hold the port: "
                           f"stop it, or give the bridge another in bridge.toml, [local] {name.lower()})") from None
