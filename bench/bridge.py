@@ -27,8 +27,8 @@ threefold with the machine's writeback. The bench prints the times, the ratio br
 it), the incremental time (target: under 1 s; the direct incremental beside it) and the bridge's
 peak RSS (VmHWM of the serve process plus its reader processes; target: under 200 MB with the
 25 MB attachment; and the peak of their PSS sampled every 20 ms, which counts the pages they
-share once; both also just after the bridge started, before it read a message). Each timed run starts in a fresh second (``settle``: mbsync's Maildir side
-otherwise waits one out).
+share once; both also just after the bridge started, before it read a message). Each timed run
+starts in a fresh second (``settle``: mbsync's Maildir side otherwise waits one out).
 """
 
 from __future__ import annotations
