@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from argparse import Namespace
 
@@ -40,7 +41,9 @@ from . import pymap_checks, pymap_fetch
 from .folders import Folders
 from .mailbox import selected_messages
 from .selected import Selected
+from .upstream import UpstreamError
 
+log = logging.getLogger(__name__)
 BODY_SEARCH_DECRYPTS = 200       # messages a body search may decrypt beyond those in memory
 MAX_APPEND = 50 << 20            # bytes of one APPEND
 
@@ -259,7 +262,12 @@ class _Server(IMAPServer):
         async with contextlib.AsyncExitStack() as stack:
             connection_exit.set(stack)
             stack.enter_context(contextlib.closing(conn))
-            await conn.run(state)
+            try:
+                await conn.run(state)
+            except UpstreamError as e:   # in the middle of an answer (a message loaded as it is
+                # written): no NO can follow its first bytes, so the connection ends; the client
+                # connects again and asks again
+                log.warning("a client's connection ended: %s", e.message)
 
 
 async def start_imap(login: Login, config: BridgeIMAPConfig) -> asyncio.AbstractServer:

@@ -8,12 +8,13 @@ crashed the bridge (an AttributeError in the upstream pool's error path, exit 1)
 
 from __future__ import annotations
 
+import imaplib
 import os
 import time
 
 import pytest
 
-from bench.bridge import ALICE, make_homes
+from bench.bridge import ALICE, fill, make_homes, messages
 from tests.support import Dovecot, require_dovecot
 from tests.support.bridge import BridgeServe, bridge_home
 
@@ -25,11 +26,11 @@ WRONG = "not-the-password-" + os.urandom(6).hex()
 def setup(tmp_path):
     require_dovecot()
     os.chmod(tmp_path, 0o755)
-    make_homes(tmp_path)
+    sender, _ = make_homes(tmp_path)
     dovecot = Dovecot(tmp_path / "dv", [ALICE], fsync=False).start()
     home, creds = bridge_home(tmp_path, dovecot, ALICE, [tmp_path / "alice.asc", tmp_path / "sender.asc"])
     try:
-        yield dovecot, home, creds
+        yield dovecot, home, creds, sender
     finally:
         dovecot.stop()
 
@@ -47,7 +48,7 @@ def select_refused(bridge: BridgeServe) -> str:
 
 
 def test_a_refused_upstream_login_is_said_and_the_bridge_keeps_serving(setup):
-    dovecot, home, creds = setup
+    dovecot, home, creds, _ = setup
     (home / "bridge" / "upstream-password").write_text(WRONG + "\n")
     bridge = BridgeServe(home, creds).start()
     try:
@@ -63,7 +64,7 @@ def test_a_refused_upstream_login_is_said_and_the_bridge_keeps_serving(setup):
 
 
 def test_an_upstream_down_at_start_is_used_once_it_is_back(setup):
-    dovecot, home, creds = setup
+    dovecot, home, creds, _ = setup
     dovecot.stop()
     bridge = BridgeServe(home, creds).start()
     try:
@@ -83,5 +84,39 @@ def test_an_upstream_down_at_start_is_used_once_it_is_back(setup):
             assert time.monotonic() < deadline, bridge.output()
             time.sleep(0.2)
         assert typ == "OK" and data == [b"0"], (typ, data)
+    finally:
+        assert bridge.stop() == 0, bridge.output()
+
+
+def test_an_upstream_lost_in_the_middle_of_a_fetch_ends_that_connection_cleanly(setup):
+    """The upstream gone in the middle of a client's FETCH: the first messages of the answer come
+    from memory and are written, the next must be fetched upstream and cannot (the messages are
+    loaded as the answer is written, and no NO can follow its first bytes). That connection ends,
+    with one line in the log and no traceback (the connection's task died with one); the bridge
+    serves on, and once the upstream is back a client gets every message."""
+    dovecot, home, creds, sender = setup
+    assert fill(dovecot, messages(sender, 100, 4096, "lost")) == 100
+    bridge = BridgeServe(home, creds).start()
+    try:
+        client = bridge.client()
+        assert client.select("INBOX") == ("OK", [b"100"])
+        assert client.uid("FETCH", "1:5", "(BODY.PEEK[])")[0] == "OK"   # 1 to 5, and some ahead, in memory
+        dovecot.doveadm("kick", ALICE)   # the bridge's upstream connections cut...
+        dovecot.stop()                   # ... and no new one taken
+        with pytest.raises((imaplib.IMAP4.abort, OSError)):
+            client.uid("FETCH", "1:*", "(BODY.PEEK[])")
+        assert bridge.proc.poll() is None
+        log = bridge.output()
+        assert "a client's connection ended: the upstream IMAP server failed" in log and "Traceback" not in log, log
+        dovecot.start()
+        client = bridge.client()
+        try:
+            assert client.select("INBOX")[0] == "OK"
+            typ, data = client.uid("FETCH", "1:*", "(BODY.PEEK[])")
+        finally:
+            client.logout()
+        bodies = [part[1] for part in data if isinstance(part, tuple)]
+        assert typ == "OK" and len(bodies) == 100
+        assert all(b"Securemail-Status: encrypted=yes; signature=valid" in body for body in bodies)
     finally:
         assert bridge.stop() == 0, bridge.output()
