@@ -194,10 +194,7 @@ def measure(args, tmp: Path, sender: Path, keys: Path, dv: Dovecot, clients: Pat
     t = time.monotonic()
     n = fill(dv, messages(sender, args.small, 4096, "small")) + fill(dv, messages(sender, args.large, 1 << 20, "large"))
     print(f"{n} messages in Dovecot ({time.monotonic() - t:.1f} s to make and store)", flush=True)
-    home, creds = bridge_home(tmp, dv, ALICE, [keys / "alice.asc", keys / "sender.asc"])
-    if args.readers is not None:   # bridge.toml's [readers] count (docs/bridge.md); else its default
-        with open(home / "bridge.toml", "a") as conf:
-            conf.write(f"\n[readers]\ncount = {args.readers}\n")
+    home, creds = bridge_home(tmp, dv, ALICE, [keys / "alice.asc", keys / "sender.asc"], readers=args.readers)
     print(f"mbsync's Maildirs in {clients.parent}", flush=True)
     out, direct, bridge, through = full_syncs(args.runs, clients, dv, home, creds, n)
     try:

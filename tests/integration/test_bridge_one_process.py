@@ -79,9 +79,7 @@ def synced(tmp: Path, dovecot: Dovecot, keys: list[Path], readers: int) -> tuple
     of the bridge's children while it served."""
     base = tmp / f"readers-{readers}"
     base.mkdir()
-    home, creds = bridge_home(base, dovecot, ALICE, keys)
-    with open(home / "bridge.toml", "a") as conf:
-        conf.write(f"\n[readers]\ncount = {readers}\n")
+    home, creds = bridge_home(base, dovecot, ALICE, keys, readers=readers)
     bridge = BridgeServe(home, creds).start()
     try:
         sync = Mbsync(base / "client", "127.0.0.1", bridge.port, creds["username"], creds["password"],

@@ -35,9 +35,10 @@ def require_mbsync() -> None:
 
 
 def bridge_home(tmp: Path, dovecot, address: str, keys=(), *, generate: bool = False,
-                imap_listen: str | None = None) -> tuple[Path, dict]:
+                imap_listen: str | None = None, readers: int | None = None) -> tuple[Path, dict]:
     """A person's home with ``keys`` imported (or a key generated) and the bridge set up on
-    ``dovecot``; (home, ``bridge credentials --json``)."""
+    ``dovecot``, with ``readers`` reader processes (bridge.toml's ``[readers] count``) when given;
+    (home, ``bridge credentials --json``)."""
     home = tmp / f"home-{address.split('@')[0]}"
     if keys:
         ok(run_cli(home, "keys", "import", *map(str, keys)), "keys import")
@@ -49,6 +50,9 @@ def bridge_home(tmp: Path, dovecot, address: str, keys=(), *, generate: bool = F
                "--username", address, "--password-file", str(pw), "--cafile", str(dovecot.cert),
                "--imap-listen", imap_listen or f"127.0.0.1:{free_port()}", "--smtp-listen",
                f"127.0.0.1:{free_port()}"), "bridge init")
+    if readers is not None:
+        with open(home / "bridge.toml", "a") as conf:
+            conf.write(f"\n[readers]\ncount = {readers}\n")
     return home, json.loads(ok(run_cli(home, "bridge", "credentials", "--json")).stdout)
 
 
